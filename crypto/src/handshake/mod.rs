@@ -78,7 +78,8 @@ impl Handshake {
         let mut noise = noise_builder(&config, &preamble)?
             .build_initiator()
             .map_err(noise_error)?;
-        let mut message = [0u8; wire::DH_LEN];
+        // snow wants room for a tag even where message 1 has none.
+        let mut message = [0u8; wire::DH_LEN + record::TAG_LEN];
         let len = noise.write_message(&[], &mut message).map_err(noise_error)?;
         let mut this = Self::new(config, Role::Initiator, expected_peer, State::AwaitResponse);
         this.noise = Some(noise);
@@ -173,6 +174,11 @@ impl Handshake {
     }
 
     fn fail(&mut self, error: HandshakeError) -> HandshakeError {
+        // The initiator already believes the handshake done; tell it, so that it does not wait
+        // for records that will never come. Earlier failures are told by the reject or the close.
+        if self.state == State::AwaitFinalize {
+            self.push_reject(RejectReason::HandshakeFailed);
+        }
         self.state = State::Failed;
         self.noise = None;
         error
@@ -183,13 +189,7 @@ impl Handshake {
             (State::AwaitRequest, KIND_REQUEST) => self.handle_request(body),
             (State::AwaitResponse, KIND_RESPONSE) => self.handle_response(body),
             (State::AwaitResponse, KIND_REJECT) => Err(self.handle_reject(body)),
-            (State::AwaitFinalize, KIND_FINALIZE) => {
-                let result = self.handle_finalize(body);
-                if result.is_err() {
-                    self.push_reject(RejectReason::HandshakeFailed);
-                }
-                result
-            }
+            (State::AwaitFinalize, KIND_FINALIZE) => self.handle_finalize(body),
             _ => Err(HandshakeError::UnexpectedMessage { kind }),
         }
     }
@@ -224,7 +224,7 @@ impl Handshake {
         let mut noise = noise_builder(&self.config, prologue)?
             .build_responder()
             .map_err(noise_error)?;
-        let mut payload = [0u8; 1];
+        let mut payload = [0u8; record::TAG_LEN];
         let len = noise
             .read_message(reader.rest(), &mut payload)
             .map_err(noise_error)?;
