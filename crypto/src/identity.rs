@@ -58,7 +58,11 @@ impl Identity {
             move |source| IdentityError::Io { op, path, source }
         };
         let file = File::open(path).map_err(io_err("open"))?;
-        let mode = file.metadata().map_err(io_err("stat"))?.permissions().mode();
+        let mode = file
+            .metadata()
+            .map_err(io_err("stat"))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(IdentityError::InsecurePermissions {
                 path: path.to_path_buf(),

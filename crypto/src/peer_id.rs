@@ -131,15 +131,18 @@ mod tests {
     fn rejects_garbage_with_a_clear_error() {
         let id = Identity::from_seed(&[7; 32]).peer_id().to_string();
         assert_eq!("".parse::<PeerId>(), Err(PeerIdError::Length { len: 0 }));
-        assert_eq!("gbp1".parse::<PeerId>(), Err(PeerIdError::Length { len: 4 }));
+        assert_eq!(
+            "gbp1".parse::<PeerId>(),
+            Err(PeerIdError::Length { len: 4 })
+        );
         // One character changed: the checksum catches it.
         let mut typo = id.clone().into_bytes();
         typo[10] = if typo[10] == b'q' { b'p' } else { b'q' };
         let typo = String::from_utf8(typo).expect("ascii");
         assert_eq!(typo.parse::<PeerId>(), Err(PeerIdError::Encoding));
         // Another prefix with a valid checksum.
-        let other = bech32::encode_lower::<Bech32m>(Hrp::parse_unchecked("xyz"), &[1; 32])
-            .expect("encode");
+        let other =
+            bech32::encode_lower::<Bech32m>(Hrp::parse_unchecked("xyz"), &[1; 32]).expect("encode");
         assert_eq!(other.len(), PEER_ID_TEXT_LEN);
         assert_eq!(other.parse::<PeerId>(), Err(PeerIdError::Prefix));
         // Mixed case is not bech32.

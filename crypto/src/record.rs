@@ -228,7 +228,7 @@ impl RecordSealer {
                 len: buf.len(),
             });
         }
-        if self.counter >= REKEY_NONCE {
+        if self.counter == REKEY_NONCE {
             return Err(RecordError::NonceExhausted);
         }
         let key_update = self.records_this_key + 1 >= self.rekey_after;
@@ -305,7 +305,7 @@ impl RecordOpener {
         if body.len() != header.body_len {
             return Err(RecordError::Truncated);
         }
-        if self.counter >= REKEY_NONCE {
+        if self.counter == REKEY_NONCE {
             return Err(RecordError::NonceExhausted);
         }
         if self.records_this_key + 1 >= MAX_RECORDS_PER_KEY && !header.key_update {
@@ -395,7 +395,9 @@ mod tests {
     fn seal(sealer: &mut RecordSealer, plaintext: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; HEADER_LEN + plaintext.len() + TAG_LEN];
         buf[HEADER_LEN..HEADER_LEN + plaintext.len()].copy_from_slice(plaintext);
-        let len = sealer.seal_in_place(&mut buf, plaintext.len()).expect("seal");
+        let len = sealer
+            .seal_in_place(&mut buf, plaintext.len())
+            .expect("seal");
         assert_eq!(len, buf.len());
         buf
     }
@@ -444,13 +446,14 @@ mod tests {
         let raw = [0x42u8; 32];
         let mut key = DirectionKey::new(Suite::ChaCha20Poly1305, Zeroizing::new(raw));
         key.rekey();
-        let sealing = LessSafeKey::new(
-            UnboundKey::new(&aead::CHACHA20_POLY1305, &raw).expect("key"),
-        );
+        let sealing =
+            LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, &raw).expect("key"));
         let mut expected = vec![0u8; 32];
         sealing
             .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+                Nonce::assume_unique_for_key([
+                    0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                ]),
                 Aad::empty(),
                 &mut expected,
             )
@@ -462,8 +465,12 @@ mod tests {
         // Same key: same ciphertext for the same nonce and input.
         let mut a = *b"probe";
         let mut b = *b"probe";
-        let tag_a = key.aead.seal_in_place_separate_tag(nonce(7), Aad::empty(), &mut a);
-        let tag_b = from_expected.aead.seal_in_place_separate_tag(nonce(7), Aad::empty(), &mut b);
+        let tag_a = key
+            .aead
+            .seal_in_place_separate_tag(nonce(7), Aad::empty(), &mut a);
+        let tag_b = from_expected
+            .aead
+            .seal_in_place_separate_tag(nonce(7), Aad::empty(), &mut b);
         assert_eq!(a, b);
         assert_eq!(tag_a.expect("seal").as_ref(), tag_b.expect("seal").as_ref());
         from_expected.rekey();

@@ -3,7 +3,9 @@
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use super::wire::{MAX_HELLO_PAYLOAD_LEN, MAX_NETWORK_ID_LEN, MAX_OFFERED_SUITES, SIGNATURE_CONTEXT};
+use super::wire::{
+    MAX_HELLO_PAYLOAD_LEN, MAX_NETWORK_ID_LEN, MAX_OFFERED_SUITES, SIGNATURE_CONTEXT,
+};
 use crate::record::{DEFAULT_REKEY_AFTER_RECORDS, MAX_RECORDS_PER_KEY, Suite};
 use crate::{Identity, PeerId};
 

@@ -19,8 +19,8 @@ use wire::{
     KIND_RESPONSE, Preamble, Reader, ResponsePayload,
 };
 pub use wire::{
-    MAGIC, MAX_HANDSHAKE_BODY_LEN, MAX_HELLO_PAYLOAD_LEN, MAX_NETWORK_ID_LEN, Reject,
-    RejectReason, decode_reject,
+    MAGIC, MAX_HANDSHAKE_BODY_LEN, MAX_HELLO_PAYLOAD_LEN, MAX_NETWORK_ID_LEN, Reject, RejectReason,
+    decode_reject,
 };
 
 use crate::record::{self, RecordOpener, RecordSealer, Suite};
@@ -80,7 +80,9 @@ impl Handshake {
             .map_err(noise_error)?;
         // snow wants room for a tag even where message 1 has none.
         let mut message = [0u8; wire::DH_LEN + record::TAG_LEN];
-        let len = noise.write_message(&[], &mut message).map_err(noise_error)?;
+        let len = noise
+            .write_message(&[], &mut message)
+            .map_err(noise_error)?;
         let mut this = Self::new(config, Role::Initiator, expected_peer, State::AwaitResponse);
         this.noise = Some(noise);
         this.push_frame(KIND_REQUEST, &[&preamble, &message[..len]]);
@@ -261,13 +263,13 @@ impl Handshake {
             .map_err(noise_error)?;
         let payload = ResponsePayload::decode(&plaintext[..len])?;
         let peer_id = self.verify(&noise, payload.proof)?;
-        if let Some(expected) = self.expected_peer {
-            if expected != peer_id {
-                return Err(HandshakeError::PeerIdMismatch {
-                    expected,
-                    actual: peer_id,
-                });
-            }
+        if let Some(expected) = self.expected_peer
+            && expected != peer_id
+        {
+            return Err(HandshakeError::PeerIdMismatch {
+                expected,
+                actual: peer_id,
+            });
         }
         let suite = self
             .config

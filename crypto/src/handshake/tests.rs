@@ -206,10 +206,17 @@ fn capabilities_are_the_intersection() {
 /// damaged length makes the responder wait for bytes that never come, its handshake timeout
 /// closes the connection: the caller owns the clock.)
 fn assert_failed_both_sides(outcome: &Outcome, what: &str) {
-    assert!(!outcome.responder.is_finished(), "responder finished: {what}");
-    let responder_waiting = outcome.responder_error.is_none() && !outcome.responder.inbox.is_empty();
+    assert!(
+        !outcome.responder.is_finished(),
+        "responder finished: {what}"
+    );
+    let responder_waiting =
+        outcome.responder_error.is_none() && !outcome.responder.inbox.is_empty();
     if outcome.initiator.is_finished() && !responder_waiting {
-        assert!(outcome.responder_error.is_some(), "no responder error: {what}");
+        assert!(
+            outcome.responder_error.is_some(),
+            "no responder error: {what}"
+        );
         let header: [u8; HEADER_LEN] = outcome
             .late_reject
             .get(..HEADER_LEN)
@@ -503,7 +510,10 @@ fn connecting_to_oneself_fails() {
         Handshake::initiator(config(1), None).expect("initiator"),
         Handshake::responder(config(1)),
     );
-    assert_eq!(outcome.initiator_error, Some(HandshakeError::SelfConnection));
+    assert_eq!(
+        outcome.initiator_error,
+        Some(HandshakeError::SelfConnection)
+    );
     assert!(!outcome.responder.is_finished());
     // The same config on both ends.
     let cfg = config(1);
@@ -511,7 +521,10 @@ fn connecting_to_oneself_fails() {
         Handshake::initiator(cfg.clone(), None).expect("initiator"),
         Handshake::responder(cfg),
     );
-    assert_eq!(outcome.initiator_error, Some(HandshakeError::SelfConnection));
+    assert_eq!(
+        outcome.initiator_error,
+        Some(HandshakeError::SelfConnection)
+    );
 }
 
 #[test]
@@ -551,16 +564,27 @@ fn hello_payload_limits() {
             len: MAX_HELLO_PAYLOAD_LEN + 1
         })
     );
-    for bad in ["", "has space", "\u{e9}t\u{e9}", &"x".repeat(MAX_NETWORK_ID_LEN + 1)] {
+    for bad in [
+        "",
+        "has space",
+        "\u{e9}t\u{e9}",
+        &"x".repeat(MAX_NETWORK_ID_LEN + 1),
+    ] {
         assert_eq!(
             HandshakeConfig::new(&id, bad).err(),
             Some(ConfigError::NetworkId)
         );
     }
-    assert!(HandshakeConfig::new(&id, NET).and_then(|c| c.with_suites(&[])).is_err());
-    assert!(HandshakeConfig::new(&id, NET)
-        .and_then(|c| c.with_rekey_after_records(0))
-        .is_err());
+    assert!(
+        HandshakeConfig::new(&id, NET)
+            .and_then(|c| c.with_suites(&[]))
+            .is_err()
+    );
+    assert!(
+        HandshakeConfig::new(&id, NET)
+            .and_then(|c| c.with_rekey_after_records(0))
+            .is_err()
+    );
 }
 
 #[test]
@@ -578,5 +602,8 @@ fn session_is_only_handed_out_when_complete() {
     i.handle_input(&response).expect("response");
     assert!(i.is_finished());
     // HelloFinalize has not been taken yet.
-    assert!(matches!(i.into_session(), Err(HandshakeError::UnsentOutput)));
+    assert!(matches!(
+        i.into_session(),
+        Err(HandshakeError::UnsentOutput)
+    ));
 }
