@@ -51,14 +51,23 @@ impl HandshakeConfig {
     /// ASCII characters), with both suites (ChaCha20-Poly1305 preferred), no hello payload and
     /// the default rekey interval.
     pub fn new(identity: &Identity, network_id: &str) -> Result<Self, ConfigError> {
+        let mut noise_private = Zeroizing::new([0u8; 32]);
+        getrandom::fill(noise_private.as_mut_slice())
+            .map_err(|e| ConfigError::Random(e.to_string()))?;
+        Self::with_noise_key(identity, network_id, noise_private)
+    }
+
+    /// As [`HandshakeConfig::new`], with a given Noise static key (for test vectors).
+    pub(crate) fn with_noise_key(
+        identity: &Identity,
+        network_id: &str,
+        noise_private: Zeroizing<[u8; 32]>,
+    ) -> Result<Self, ConfigError> {
         let valid = (1..=MAX_NETWORK_ID_LEN).contains(&network_id.len())
             && network_id.bytes().all(|b| b.is_ascii_graphic());
         if !valid {
             return Err(ConfigError::NetworkId);
         }
-        let mut noise_private = Zeroizing::new([0u8; 32]);
-        getrandom::fill(noise_private.as_mut_slice())
-            .map_err(|e| ConfigError::Random(e.to_string()))?;
         let noise_public = PublicKey::from(&StaticSecret::from(*noise_private)).to_bytes();
         let mut signed = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 32);
         signed.extend_from_slice(SIGNATURE_CONTEXT);

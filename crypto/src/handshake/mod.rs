@@ -58,6 +58,8 @@ pub struct Handshake {
     inbox: Vec<u8>,
     outbox: Vec<u8>,
     session: Option<Box<Session>>,
+    /// Only ever set by test-vector generation.
+    fixed_ephemeral: Option<[u8; 32]>,
 }
 
 impl Handshake {
@@ -68,6 +70,15 @@ impl Handshake {
         config: Arc<HandshakeConfig>,
         expected_peer: Option<PeerId>,
     ) -> Result<Self, HandshakeError> {
+        Self::initiator_with(config, expected_peer, None)
+    }
+
+    /// As [`Handshake::initiator`]; `fixed_ephemeral` is for test vectors only.
+    pub(crate) fn initiator_with(
+        config: Arc<HandshakeConfig>,
+        expected_peer: Option<PeerId>,
+        fixed_ephemeral: Option<&[u8; 32]>,
+    ) -> Result<Self, HandshakeError> {
         let mut preamble = Vec::with_capacity(7 + config.network_id.len());
         Preamble {
             major: config.version.major,
@@ -75,9 +86,11 @@ impl Handshake {
             network_id: &config.network_id,
         }
         .encode(&mut preamble);
-        let mut noise = noise_builder(&config, &preamble)?
-            .build_initiator()
-            .map_err(noise_error)?;
+        let mut builder = noise_builder(&config, &preamble)?;
+        if let Some(key) = fixed_ephemeral {
+            builder = builder.fixed_ephemeral_key_for_testing_only(key);
+        }
+        let mut noise = builder.build_initiator().map_err(noise_error)?;
         // snow wants room for a tag even where message 1 has none.
         let mut message = [0u8; wire::DH_LEN + record::TAG_LEN];
         let len = noise
@@ -92,6 +105,14 @@ impl Handshake {
     /// Starts a handshake as the listener; it waits for HelloRequest.
     pub fn responder(config: Arc<HandshakeConfig>) -> Self {
         Self::new(config, Role::Responder, None, State::AwaitRequest)
+    }
+
+    /// As [`Handshake::responder`], with a fixed ephemeral key: for test vectors only.
+    #[cfg(test)]
+    pub(crate) fn responder_with(config: Arc<HandshakeConfig>, fixed_ephemeral: [u8; 32]) -> Self {
+        let mut this = Self::responder(config);
+        this.fixed_ephemeral = Some(fixed_ephemeral);
+        this
     }
 
     fn new(
@@ -109,6 +130,7 @@ impl Handshake {
             inbox: Vec::new(),
             outbox: Vec::new(),
             session: None,
+            fixed_ephemeral: None,
         }
     }
 
@@ -223,9 +245,11 @@ impl Handshake {
             major: theirs.major,
             minor: theirs.minor,
         };
-        let mut noise = noise_builder(&self.config, prologue)?
-            .build_responder()
-            .map_err(noise_error)?;
+        let mut builder = noise_builder(&self.config, prologue)?;
+        if let Some(key) = &self.fixed_ephemeral {
+            builder = builder.fixed_ephemeral_key_for_testing_only(key);
+        }
+        let mut noise = builder.build_responder().map_err(noise_error)?;
         let mut payload = [0u8; record::TAG_LEN];
         let len = noise
             .read_message(reader.rest(), &mut payload)
@@ -664,3 +688,5 @@ pub enum HandshakeError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectors;
