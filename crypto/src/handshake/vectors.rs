@@ -101,7 +101,7 @@ fn generate() -> String {
 
     let (mut a_seal, _) = a.into_channel();
     let (mut b_seal, _) = b.into_channel();
-    let mut seal = |sealer: &mut RecordSealer, text: &[u8]| {
+    let seal = |sealer: &mut RecordSealer, text: &[u8]| {
         let mut buf = vec![0u8; HEADER_LEN + text.len() + TAG_LEN];
         buf[HEADER_LEN..HEADER_LEN + text.len()].copy_from_slice(text);
         let len = sealer.seal_in_place(&mut buf, text.len()).expect("seal");
