@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use glueberry_crypto::handshake::complete_in_memory;
 use glueberry_crypto::record::{HEADER_LEN, TAG_LEN};
 use glueberry_crypto::{
     Handshake, HandshakeConfig, Identity, RecordOpener, RecordSealer, Session, Suite,
@@ -28,21 +29,8 @@ fn configs(suite: Suite) -> (Arc<HandshakeConfig>, Arc<HandshakeConfig>) {
 
 /// One complete handshake, both ends, in memory. Returns the two sessions.
 fn handshake(a: &Arc<HandshakeConfig>, b: &Arc<HandshakeConfig>) -> (Session, Session) {
-    let mut i = Handshake::initiator(a.clone(), None).expect("initiator");
-    let mut r = Handshake::responder(b.clone());
-    let mut wire = Vec::with_capacity(512);
-    i.poll_transmit(&mut wire);
-    r.handle_input(&wire).expect("request");
-    wire.clear();
-    r.poll_transmit(&mut wire);
-    i.handle_input(&wire).expect("response");
-    wire.clear();
-    i.poll_transmit(&mut wire);
-    r.handle_input(&wire).expect("finalize");
-    (
-        i.into_session().expect("session"),
-        r.into_session().expect("session"),
-    )
+    let initiator = Handshake::initiator(a.clone(), None).expect("initiator");
+    complete_in_memory(initiator, Handshake::responder(b.clone())).expect("handshake")
 }
 
 fn bench_handshake(c: &mut Criterion) {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use glueberry_crypto::handshake::complete_in_memory;
 use glueberry_crypto::record::{
     HEADER_LEN, MAX_RECORD_LEN, MAX_RECORD_PLAINTEXT_LEN, RECORD_TYPE_DATA,
     RECORD_TYPE_DATA_KEY_UPDATE, RecordHeader, TAG_LEN,
@@ -22,21 +23,8 @@ fn sessions(suite: Suite, rekey_after: u64) -> (Session, Session) {
                 .expect("config"),
         )
     };
-    let mut i = Handshake::initiator(config(1), None).expect("initiator");
-    let mut r = Handshake::responder(config(2));
-    let mut wire = Vec::new();
-    i.poll_transmit(&mut wire);
-    r.handle_input(&wire).expect("request");
-    wire.clear();
-    r.poll_transmit(&mut wire);
-    i.handle_input(&wire).expect("response");
-    wire.clear();
-    i.poll_transmit(&mut wire);
-    r.handle_input(&wire).expect("finalize");
-    (
-        i.into_session().expect("session"),
-        r.into_session().expect("session"),
-    )
+    let initiator = Handshake::initiator(config(1), None).expect("initiator");
+    complete_in_memory(initiator, Handshake::responder(config(2))).expect("handshake")
 }
 
 /// (initiator's sealer, responder's opener, responder's sealer, initiator's opener)

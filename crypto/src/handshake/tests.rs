@@ -410,6 +410,15 @@ fn wrong_network_gives_network_mismatch_on_both_sides() {
     };
     assert_eq!(outcome.responder_error, Some(expected("other-chain", NET)));
     assert_eq!(outcome.initiator_error, Some(expected(NET, "other-chain")));
+    // The in-memory helper reports the first error it meets: the responder's.
+    let other = Arc::new(
+        HandshakeConfig::new(&Identity::from_seed(&[2; 32]), "other-chain").expect("config"),
+    );
+    let initiator = Handshake::initiator(config(1), None).expect("initiator");
+    assert_eq!(
+        complete_in_memory(initiator, Handshake::responder(other)).err(),
+        Some(expected("other-chain", NET))
+    );
 }
 
 #[test]
