@@ -118,7 +118,8 @@ impl RecordHeader {
 /// One direction's key. Only `ring`'s expanded key is kept; REKEY is computed with it.
 struct DirectionKey {
     suite: Suite,
-    aead: LessSafeKey,
+    /// `None` only for [`danger_null_channel`].
+    aead: Option<LessSafeKey>,
 }
 
 impl DirectionKey {
@@ -129,17 +130,49 @@ impl DirectionKey {
             // Both algorithms take exactly 32-byte keys.
             Err(_) => unreachable!("32-byte key rejected by {suite:?}"),
         };
-        Self { suite, aead }
+        Self {
+            suite,
+            aead: Some(aead),
+        }
+    }
+
+    fn seal(&self, counter: u64, header: [u8; HEADER_LEN], plaintext: &mut [u8], tag: &mut [u8]) {
+        match &self.aead {
+            Some(aead) => {
+                match aead.seal_in_place_separate_tag(nonce(counter), Aad::from(header), plaintext)
+                {
+                    Ok(t) => tag.copy_from_slice(t.as_ref()),
+                    // ring fails only for inputs beyond 2^38 bytes; records are at most 64 KiB.
+                    Err(_) => unreachable!("record of {} bytes refused by ring", plaintext.len()),
+                }
+            }
+            None => tag.fill(0),
+        }
+    }
+
+    fn open<'a>(
+        &self,
+        counter: u64,
+        header: [u8; HEADER_LEN],
+        body: &'a mut [u8],
+    ) -> Result<&'a mut [u8], RecordError> {
+        match &self.aead {
+            Some(aead) => aead
+                .open_in_place(nonce(counter), Aad::from(header), body)
+                .map_err(|_| RecordError::Decrypt),
+            None => {
+                let len = body.len() - TAG_LEN;
+                Ok(&mut body[..len])
+            }
+        }
     }
 
     /// Noise's REKEY(k): the first 32 bytes of ENCRYPT(k, 2^64-1, "", 32 zero bytes).
     fn rekey(&mut self) {
+        let Some(aead) = &self.aead else { return };
         let mut next = Zeroizing::new([0u8; 32]);
-        let sealed = self.aead.seal_in_place_separate_tag(
-            nonce(REKEY_NONCE),
-            Aad::empty(),
-            next.as_mut_slice(),
-        );
+        let sealed =
+            aead.seal_in_place_separate_tag(nonce(REKEY_NONCE), Aad::empty(), next.as_mut_slice());
         debug_assert!(sealed.is_ok(), "sealing 32 bytes cannot fail");
         *self = Self::new(self.suite, next);
     }
@@ -194,6 +227,32 @@ pub(crate) fn channel(
     )
 }
 
+/// A sealer and opener pair that **do not encrypt or authenticate**: records keep their layout
+/// (header, plaintext, a zero tag) so that everything around the AEAD can be profiled without it.
+///
+/// For benchmarks and profiling only. No handshake ever produces it and no wire value selects
+/// it: it cannot be negotiated with a peer.
+pub fn danger_null_channel() -> (RecordSealer, RecordOpener) {
+    let null = || DirectionKey {
+        suite: Suite::ChaCha20Poly1305,
+        aead: None,
+    };
+    (
+        RecordSealer {
+            key: null(),
+            counter: 0,
+            records_this_key: 0,
+            rekey_after: MAX_RECORDS_PER_KEY,
+        },
+        RecordOpener {
+            key: null(),
+            counter: 0,
+            records_this_key: 0,
+            poisoned: false,
+        },
+    )
+}
+
 /// HKDF info prefix for record keys; the suite's wire id follows it.
 pub(crate) const RECORD_KEY_INFO: &[u8] = b"glueberry/1 record key";
 
@@ -240,12 +299,8 @@ impl RecordSealer {
         let (head, rest) = buf.split_at_mut(HEADER_LEN);
         head.copy_from_slice(&header);
         let (plaintext, rest) = rest.split_at_mut(plaintext_len);
-        let tag = self
-            .key
-            .aead
-            .seal_in_place_separate_tag(nonce(self.counter), Aad::from(header), plaintext)
-            .map_err(|_| RecordError::NonceExhausted)?;
-        rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+        self.key
+            .seal(self.counter, header, plaintext, &mut rest[..TAG_LEN]);
         self.counter += 1;
         self.records_this_key += 1;
         if key_update {
@@ -311,11 +366,7 @@ impl RecordOpener {
         if self.records_this_key + 1 >= MAX_RECORDS_PER_KEY && !header.key_update {
             return Err(RecordError::KeyOveruse);
         }
-        let plaintext = self
-            .key
-            .aead
-            .open_in_place(nonce(self.counter), Aad::from(*head), body)
-            .map_err(|_| RecordError::Decrypt)?;
+        let plaintext = self.key.open(self.counter, *head, body)?;
         self.counter += 1;
         self.records_this_key += 1;
         if header.key_update {
@@ -458,21 +509,36 @@ mod tests {
                 &mut expected,
             )
             .expect("seal");
-        let mut from_expected = DirectionKey::new(
+        let from_expected = DirectionKey::new(
             Suite::ChaCha20Poly1305,
             Zeroizing::new(expected[..32].try_into().expect("32 bytes")),
         );
         // Same key: same ciphertext for the same nonce and input.
         let mut a = *b"probe";
         let mut b = *b"probe";
-        let tag_a = key
-            .aead
-            .seal_in_place_separate_tag(nonce(7), Aad::empty(), &mut a);
-        let tag_b = from_expected
-            .aead
-            .seal_in_place_separate_tag(nonce(7), Aad::empty(), &mut b);
+        let mut tag_a = [0u8; TAG_LEN];
+        let mut tag_b = [0u8; TAG_LEN];
+        key.seal(7, [0; HEADER_LEN], &mut a, &mut tag_a);
+        from_expected.seal(7, [0; HEADER_LEN], &mut b, &mut tag_b);
         assert_eq!(a, b);
-        assert_eq!(tag_a.expect("seal").as_ref(), tag_b.expect("seal").as_ref());
-        from_expected.rekey();
+        assert_eq!(tag_a, tag_b);
+    }
+
+    #[test]
+    fn null_channel_keeps_the_layout_and_refuses_nothing_it_should_not() {
+        let (mut sealer, mut opener) = danger_null_channel();
+        let mut buf = [0u8; HEADER_LEN + 3 + TAG_LEN];
+        buf[HEADER_LEN..HEADER_LEN + 3].copy_from_slice(b"abc");
+        assert_eq!(sealer.seal_in_place(&mut buf, 3), Ok(buf.len()));
+        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + 3], b"abc");
+        assert_eq!(
+            opener.open_in_place(&mut buf).map(|p| p.to_vec()),
+            Ok(b"abc".to_vec())
+        );
+        // Framing is still checked.
+        assert_eq!(
+            opener.open_in_place(&mut buf[..5]),
+            Err(RecordError::Truncated)
+        );
     }
 }
