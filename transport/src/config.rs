@@ -1,0 +1,126 @@
+//! Per-connection settings.
+
+use std::time::Duration;
+
+use glueberry_crypto::record::MAX_RECORD_PLAINTEXT_LEN;
+
+/// The most message bytes a node may accept.
+pub const MAX_MESSAGE_SIZE_LIMIT: usize = u32::MAX as usize;
+/// The most streams a connection may carry (ids are 16-bit).
+pub const MAX_STREAMS_LIMIT: u16 = 1024;
+/// The smallest stream window: enough that a fragment always makes progress.
+pub const MIN_WINDOW: u32 = 4096;
+
+/// How one connection behaves. Shared by all connections of a node (wrap it in an `Arc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// The longest message accepted on receive and announced to the peer (default 1 MiB).
+    pub max_message_size: usize,
+    /// How many streams, the `handshake` stream included, per connection (default 32).
+    pub max_streams: u16,
+    /// Credit each stream starts with, in bytes; also the receive buffering allowed per stream
+    /// before the application consumes (default 1 MiB).
+    pub initial_window: u32,
+    /// Queued messages per stream at which `send` stops accepting (default 1000).
+    pub high_watermark: usize,
+    /// Queued messages per stream at which a blocked stream accepts again (default 100).
+    pub low_watermark: usize,
+    /// The largest record plaintext to produce (default and maximum 64 KiB).
+    pub max_record_plaintext: usize,
+    /// Pack many messages per record (default on). Off: one message or fragment per record,
+    /// for measuring what batching buys.
+    pub batching: bool,
+    /// Silence after which a ping is sent (default 15 s).
+    pub keepalive_interval: Duration,
+    /// Silence after which the connection is declared dead (default 45 s).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1024 * 1024,
+            max_streams: 32,
+            initial_window: 1024 * 1024,
+            high_watermark: 1000,
+            low_watermark: 100,
+            max_record_plaintext: MAX_RECORD_PLAINTEXT_LEN,
+            batching: true,
+            keepalive_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Checks the settings make sense together; says which one does not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |what: &'static str| Err(ConfigError(what));
+        if self.max_message_size == 0 || self.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
+            return fail("max_message_size must be between 1 and 2^32 - 1");
+        }
+        if !(2..=MAX_STREAMS_LIMIT).contains(&self.max_streams) {
+            return fail("max_streams must be between 2 and 1024 (the handshake stream counts)");
+        }
+        if self.initial_window < MIN_WINDOW {
+            return fail("initial_window must be at least 4096 bytes");
+        }
+        if self.high_watermark == 0 {
+            return fail("high_watermark must be at least 1");
+        }
+        if self.low_watermark >= self.high_watermark {
+            return fail("low_watermark must be below high_watermark");
+        }
+        if !(256..=MAX_RECORD_PLAINTEXT_LEN).contains(&self.max_record_plaintext) {
+            return fail("max_record_plaintext must be between 256 and 65536");
+        }
+        if self.keepalive_interval.is_zero() || self.idle_timeout <= self.keepalive_interval {
+            return fail("idle_timeout must be longer than a non-zero keepalive_interval");
+        }
+        Ok(())
+    }
+}
+
+/// A setting that makes no sense, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid connection config: {0}")]
+pub struct ConfigError(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_refused() {
+        assert_eq!(ConnectionConfig::default().validate(), Ok(()));
+        let bad = [
+            ConnectionConfig {
+                low_watermark: 1000,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                max_streams: 1,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                initial_window: 100,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                max_message_size: 0,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                idle_timeout: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ConnectionConfig {
+                max_record_plaintext: 100_000,
+                ..Default::default()
+            },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+}

@@ -1,0 +1,908 @@
+//! One connection's protocol logic, sans-IO: the secure handshake, then records of frames.
+//!
+//! Inputs are `handle_*` (bytes received, end of stream, timer fired) and application commands
+//! (`send`, `release`, `complete_handshake`, `close`); outputs are `poll_*` (bytes to send,
+//! events, the next deadline). Time is passed in; nothing here reads a clock or touches a socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glueberry_crypto::record::{HEADER_LEN, RecordHeader, TAG_LEN};
+use glueberry_crypto::{
+    Handshake, HandshakeConfig, HandshakeError, PeerId, RecordOpener, RecordSealer, Session,
+};
+
+use crate::config::ConnectionConfig;
+use crate::event::{
+    CloseCode, CloseReason, ConnectionError, Direction, Event, SendError, StreamError, StreamId,
+};
+use crate::frame::{self, DATA_FIRST, DATA_LAST, Frame, MAX_CONTROL_FRAME_LEN, Settings};
+use crate::stream::{
+    LocalStream, MESSAGE_CREDIT_OVERHEAD, PeerStream, RecvState, SendState,
+};
+
+/// The name of the reserved stream open from Connected on.
+pub const HANDSHAKE_STREAM: &str = "handshake";
+
+/// Receive buffer growth step: one allocation per this many bytes received, not per message.
+const RX_CHUNK: usize = 256 * 1024;
+/// Bytes one stream may write into a record before the next stream's turn.
+const STREAM_QUANTUM: usize = 16 * 1024;
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The secure handshake is running.
+    Handshaking,
+    /// The peer is authenticated; the `handshake` stream is open.
+    Connected,
+    /// The application completed its handshake; its named streams are open on our side.
+    Established,
+    /// Closed; at most a CLOSE frame is left to send.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Settings,
+    Credit { stream: u16, increment: u32 },
+    Reject { stream: u16 },
+    Ping(u64),
+    Pong(u64),
+}
+
+/// One connection's protocol state.
+pub struct Connection {
+    config: Arc<ConnectionConfig>,
+    direction: Direction,
+    phase: Phase,
+    handshake: Option<Box<Handshake>>,
+    handshake_out: Vec<u8>,
+    channel: Option<(RecordSealer, RecordOpener)>,
+    peer: Option<PeerId>,
+    peer_settings: Option<Settings>,
+    streams: Vec<LocalStream>,
+    peer_streams: Vec<Option<PeerStream>>,
+    control: VecDeque<Control>,
+    events: VecDeque<Event>,
+    rx: BytesMut,
+    round_robin: usize,
+    last_recv: Instant,
+    ping: Option<(u64, Instant)>,
+    ping_seq: u64,
+    close_frame: Option<CloseCode>,
+    close_reason: Option<CloseReason>,
+    rtt: Option<Duration>,
+}
+
+impl Connection {
+    /// A connection we dialled. If `expected_peer` is given, a different peer fails the handshake.
+    pub fn outbound(
+        config: Arc<ConnectionConfig>,
+        handshake: Arc<HandshakeConfig>,
+        expected_peer: Option<PeerId>,
+        now: Instant,
+    ) -> Result<Self, HandshakeError> {
+        let mut handshake = Handshake::initiator(handshake, expected_peer)?;
+        let mut this = Self::new(config, Direction::Outbound, now);
+        handshake.poll_transmit(&mut this.handshake_out);
+        this.handshake = Some(Box::new(handshake));
+        Ok(this)
+    }
+
+    /// A connection the peer dialled.
+    pub fn inbound(
+        config: Arc<ConnectionConfig>,
+        handshake: Arc<HandshakeConfig>,
+        now: Instant,
+    ) -> Self {
+        let mut this = Self::new(config, Direction::Inbound, now);
+        this.handshake = Some(Box::new(Handshake::responder(handshake)));
+        this
+    }
+
+    /// A connection over a session whose handshake ran elsewhere (tests, benchmarks, or a
+    /// runtime that moves a connection between threads after the handshake).
+    pub fn from_session(
+        config: Arc<ConnectionConfig>,
+        session: Session,
+        direction: Direction,
+        now: Instant,
+    ) -> Self {
+        let mut this = Self::new(config, direction, now);
+        let peer = session.peer_id();
+        let hello = Bytes::copy_from_slice(session.remote_hello());
+        this.start_session(peer, hello, session.into_channel());
+        this
+    }
+
+    /// A connection over an already keyed channel and a known peer: for benchmarks with
+    /// [`glueberry_crypto::record::danger_null_channel`].
+    pub fn from_channel(
+        config: Arc<ConnectionConfig>,
+        peer: PeerId,
+        channel: (RecordSealer, RecordOpener),
+        direction: Direction,
+        now: Instant,
+    ) -> Self {
+        let mut this = Self::new(config, direction, now);
+        this.start_session(peer, Bytes::new(), channel);
+        this
+    }
+
+    fn new(config: Arc<ConnectionConfig>, direction: Direction, now: Instant) -> Self {
+        let queue = config.high_watermark;
+        let mut streams = Vec::with_capacity(usize::from(config.max_streams));
+        streams.push(LocalStream::new(HANDSHAKE_STREAM, SendState::AwaitingPeer, queue));
+        let mut peer_streams = Vec::with_capacity(usize::from(config.max_streams));
+        peer_streams.push(Some(PeerStream::new(
+            HANDSHAKE_STREAM.as_bytes(),
+            RecvState::Accepted { local: 0 },
+            u64::from(config.initial_window),
+        )));
+        streams[0].peer_id = Some(0);
+        Self {
+            direction,
+            phase: Phase::Handshaking,
+            handshake: None,
+            handshake_out: Vec::new(),
+            channel: None,
+            peer: None,
+            peer_settings: None,
+            streams,
+            peer_streams,
+            control: VecDeque::with_capacity(64),
+            events: VecDeque::with_capacity(1024),
+            rx: BytesMut::new(),
+            round_robin: 0,
+            last_recv: now,
+            ping: None,
+            ping_seq: 0,
+            close_frame: None,
+            close_reason: None,
+            rtt: None,
+            config,
+        }
+    }
+
+    fn start_session(&mut self, peer: PeerId, hello: Bytes, channel: (RecordSealer, RecordOpener)) {
+        self.peer = Some(peer);
+        self.channel = Some(channel);
+        self.phase = Phase::Connected;
+        self.control.push_back(Control::Settings);
+        self.events.push_back(Event::Connected {
+            peer,
+            remote_hello: hello,
+        });
+    }
+
+    // ---- inputs ----
+
+    /// Takes bytes received from the peer.
+    pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
+        if self.phase == Phase::Closed || data.is_empty() {
+            return;
+        }
+        self.last_recv = now;
+        if let Some(handshake) = self.handshake.as_mut() {
+            let result = handshake.handle_input(data);
+            handshake.poll_transmit(&mut self.handshake_out);
+            match result {
+                Err(e) => return self.fail(ConnectionError::Handshake(e)),
+                Ok(n) => data = &data[n..],
+            }
+            if !handshake.is_finished() {
+                return;
+            }
+            let Some(handshake) = self.handshake.take() else {
+                return;
+            };
+            match handshake.into_session() {
+                Ok(session) => {
+                    let peer = session.peer_id();
+                    let hello = Bytes::copy_from_slice(session.remote_hello());
+                    self.start_session(peer, hello, session.into_channel());
+                }
+                Err(e) => return self.fail(ConnectionError::Handshake(e)),
+            }
+        }
+        if self.rx.capacity() - self.rx.len() < data.len() {
+            self.rx.reserve(data.len().max(RX_CHUNK));
+        }
+        self.rx.extend_from_slice(data);
+        if let Err(e) = self.process_records(now) {
+            self.fail(e);
+        }
+    }
+
+    /// The peer closed its sending side (TCP FIN) or the socket failed. Without a CLOSE frame
+    /// first, this is a lost connection.
+    pub fn handle_eof(&mut self) {
+        if self.phase != Phase::Closed {
+            self.fail(ConnectionError::ConnectionLost);
+            self.close_frame = None;
+        }
+    }
+
+    /// Time passed: sends keepalive pings and declares a silent peer dead.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let silent = now.saturating_duration_since(self.last_recv);
+        if silent >= self.config.idle_timeout {
+            self.fail(ConnectionError::IdleTimeout);
+        } else if silent >= self.config.keepalive_interval
+            && self.ping.is_none()
+            && self.channel.is_some()
+        {
+            self.ping_seq += 1;
+            self.control.push_back(Control::Ping(self.ping_seq));
+            self.ping = Some((self.ping_seq, now));
+        }
+    }
+
+    fn process_records(&mut self, now: Instant) -> Result<(), ConnectionError> {
+        while let Some(head) = self.rx.first_chunk::<HEADER_LEN>() {
+            let record_len = RecordHeader::decode(*head)?.record_len();
+            if self.rx.len() < record_len {
+                break;
+            }
+            let mut record = self.rx.split_to(record_len);
+            let Some((_, opener)) = self.channel.as_mut() else {
+                return Err(ConnectionError::Protocol("record before the handshake"));
+            };
+            let plaintext_len = opener.open_in_place(&mut record)?.len();
+            let record = record.freeze();
+            self.handle_frames(now, &record, HEADER_LEN, HEADER_LEN + plaintext_len)?;
+            if self.phase == Phase::Closed {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_frames(
+        &mut self,
+        now: Instant,
+        record: &Bytes,
+        mut at: usize,
+        end: usize,
+    ) -> Result<(), ConnectionError> {
+        while at < end {
+            let (frame, len) = Frame::decode(&record[at..end])?;
+            if self.peer_settings.is_none() && !matches!(frame, Frame::Settings(_)) {
+                return Err(ConnectionError::Protocol("the first frame must be SETTINGS"));
+            }
+            match frame {
+                Frame::Data {
+                    stream,
+                    flags,
+                    total_len,
+                    payload,
+                } => self.handle_data(record, stream, flags, total_len, payload)?,
+                Frame::Credit { stream, increment } => self.handle_credit(stream, increment)?,
+                Frame::Settings(settings) => self.handle_settings(settings)?,
+                Frame::Open { stream, name } => self.handle_open(stream, name)?,
+                Frame::Reject { stream } => self.handle_reject(stream)?,
+                Frame::Ping(value) => {
+                    // One answer pending is enough: a peer that pings without reading gets one.
+                    self.control.retain(|c| !matches!(c, Control::Pong(_)));
+                    self.control.push_back(Control::Pong(value));
+                }
+                Frame::Pong(value) => {
+                    if let Some((seq, sent)) = self.ping
+                        && seq == value
+                    {
+                        let rtt = now.saturating_duration_since(sent);
+                        self.rtt = Some(rtt);
+                        self.ping = None;
+                        self.events.push_back(Event::Rtt(rtt));
+                    }
+                }
+                Frame::Close(code) => {
+                    self.finish(CloseReason::Peer(CloseCode(code)));
+                    return Ok(());
+                }
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    fn handle_data(
+        &mut self,
+        record: &Bytes,
+        stream: u16,
+        flags: u8,
+        total_len: Option<u32>,
+        payload: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let max = self.config.max_message_size;
+        let peer_stream = self
+            .peer_streams
+            .get_mut(usize::from(stream))
+            .and_then(Option::as_mut)
+            .ok_or(ConnectionError::Protocol("DATA on a stream that was not opened"))?;
+        let RecvState::Accepted { local } = peer_stream.state else {
+            return Err(ConnectionError::FlowControl);
+        };
+        let overhead = if flags & DATA_FIRST != 0 {
+            MESSAGE_CREDIT_OVERHEAD
+        } else {
+            0
+        };
+        let cost = payload.len() as u64 + overhead;
+        peer_stream.window = peer_stream
+            .window
+            .checked_sub(cost)
+            .ok_or(ConnectionError::FlowControl)?;
+        let stream = StreamId(local);
+        match flags {
+            f if f == DATA_FIRST | DATA_LAST => {
+                if peer_stream.partial.is_some() {
+                    return Err(ConnectionError::Protocol("new message before the last ended"));
+                }
+                if payload.len() > max {
+                    return Err(ConnectionError::MessageTooLarge {
+                        len: payload.len() as u64,
+                        max,
+                    });
+                }
+                self.events.push_back(Event::Message {
+                    stream,
+                    data: record.slice_ref(payload),
+                });
+            }
+            DATA_FIRST => {
+                let total = total_len.unwrap_or(0) as usize;
+                if total > max {
+                    return Err(ConnectionError::MessageTooLarge {
+                        len: total as u64,
+                        max,
+                    });
+                }
+                if peer_stream.partial.is_some() {
+                    return Err(ConnectionError::Protocol("new message before the last ended"));
+                }
+                if total <= payload.len() {
+                    return Err(ConnectionError::Protocol("first fragment is the whole message"));
+                }
+                // Bounded by `max_message_size`, checked above, and paid for by credit as it fills.
+                let mut buf = BytesMut::with_capacity(total);
+                buf.extend_from_slice(payload);
+                peer_stream.partial = Some((buf, total));
+            }
+            _ => {
+                let Some((buf, total)) = peer_stream.partial.as_mut() else {
+                    return Err(ConnectionError::Protocol("fragment without a first fragment"));
+                };
+                if buf.len() + payload.len() > *total {
+                    return Err(ConnectionError::Protocol("fragments exceed the message length"));
+                }
+                buf.extend_from_slice(payload);
+                let complete = buf.len() == *total;
+                if flags & DATA_LAST != 0 {
+                    if !complete {
+                        return Err(ConnectionError::Protocol("message shorter than announced"));
+                    }
+                    if let Some((buf, _)) = peer_stream.partial.take() {
+                        self.events.push_back(Event::Message {
+                            stream,
+                            data: buf.freeze(),
+                        });
+                    }
+                } else if complete {
+                    return Err(ConnectionError::Protocol("a message must end with LAST"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_credit(&mut self, stream: u16, increment: u32) -> Result<(), ConnectionError> {
+        let local = self
+            .streams
+            .get_mut(usize::from(stream))
+            .filter(|s| !s.open_pending)
+            .ok_or(ConnectionError::Protocol("CREDIT for a stream we did not open"))?;
+        match local.state {
+            SendState::Rejected => {
+                return Err(ConnectionError::Protocol("CREDIT for a rejected stream"));
+            }
+            SendState::AwaitingPeer => {
+                local.state = SendState::Open;
+                if stream != 0 {
+                    self.events
+                        .push_back(Event::StreamAccepted(StreamId(stream)));
+                }
+            }
+            SendState::Open => {}
+        }
+        local.credit = local
+            .credit
+            .checked_add(u64::from(increment))
+            .filter(|c| *c <= u64::from(u32::MAX) * 4)
+            .ok_or(ConnectionError::Protocol("credit overflow"))?;
+        Ok(())
+    }
+
+    fn handle_settings(&mut self, settings: Settings) -> Result<(), ConnectionError> {
+        if self.peer_settings.is_some() {
+            return Err(ConnectionError::Protocol("SETTINGS sent twice"));
+        }
+        if settings.max_streams == 0
+            || settings.initial_window < crate::config::MIN_WINDOW
+            || settings.max_message_size == 0
+        {
+            return Err(ConnectionError::Protocol("SETTINGS out of range"));
+        }
+        self.peer_settings = Some(settings);
+        // The handshake stream opens with the peer's initial window.
+        let handshake = &mut self.streams[0];
+        handshake.state = SendState::Open;
+        handshake.credit = u64::from(settings.initial_window);
+        // Streams opened before we knew the peer's limit and above it can never be accepted.
+        for (index, stream) in self.streams.iter_mut().enumerate().skip(1) {
+            if index >= usize::from(settings.max_streams) {
+                Self::reject_local(stream, StreamId(index as u16), &mut self.events);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_open(&mut self, stream: u16, name: &[u8]) -> Result<(), ConnectionError> {
+        let index = usize::from(stream);
+        if stream == 0 || index >= usize::from(self.config.max_streams) {
+            return Err(ConnectionError::Protocol("OPEN with a stream id out of range"));
+        }
+        if name == HANDSHAKE_STREAM.as_bytes() {
+            return Err(ConnectionError::Protocol("OPEN of the reserved handshake stream"));
+        }
+        if self.peer_streams.get(index).is_some_and(Option::is_some)
+            || self
+                .peer_streams
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_ref() == name)
+        {
+            return Err(ConnectionError::Protocol("stream opened twice"));
+        }
+        if self.peer_streams.len() <= index {
+            self.peer_streams.resize_with(index + 1, || None);
+        }
+        self.peer_streams[index] = Some(PeerStream::new(name, RecvState::Pending, 0));
+        if self.phase == Phase::Established {
+            self.decide(stream);
+        }
+        Ok(())
+    }
+
+    fn handle_reject(&mut self, stream: u16) -> Result<(), ConnectionError> {
+        let local = self
+            .streams
+            .get_mut(usize::from(stream))
+            .filter(|s| stream != 0 && !s.open_pending && s.state == SendState::AwaitingPeer)
+            .ok_or(ConnectionError::Protocol("REJECT of a stream not awaiting an answer"))?;
+        Self::reject_local(local, StreamId(stream), &mut self.events);
+        Ok(())
+    }
+
+    fn reject_local(stream: &mut LocalStream, id: StreamId, events: &mut VecDeque<Event>) {
+        stream.state = SendState::Rejected;
+        let unsent = stream.queue.len() as u64;
+        stream.queue.clear();
+        stream.front_offset = 0;
+        stream.blocked = false;
+        events.push_back(Event::StreamRejected { stream: id, unsent });
+    }
+
+    /// Accepts or rejects a stream the peer opened, now that our own set is final.
+    fn decide(&mut self, peer_id: u16) {
+        let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(peer_id)) else {
+            return;
+        };
+        if peer_stream.state != RecvState::Pending {
+            return;
+        }
+        let local = self
+            .streams
+            .iter()
+            .position(|s| s.name.as_bytes() == peer_stream.name.as_ref());
+        match local {
+            Some(local) if local != 0 => {
+                peer_stream.state = RecvState::Accepted {
+                    local: local as u16,
+                };
+                peer_stream.window = u64::from(self.config.initial_window);
+                self.streams[local].peer_id = Some(peer_id);
+                self.control.push_back(Control::Credit {
+                    stream: peer_id,
+                    increment: self.config.initial_window,
+                });
+            }
+            _ => {
+                peer_stream.state = RecvState::Rejected;
+                self.control.push_back(Control::Reject { stream: peer_id });
+            }
+        }
+    }
+
+    // ---- application commands ----
+
+    /// Opens the application's named streams and makes the connection Established (Glueberry's
+    /// prepare-streams and finalize-handshake in one). Streams the peer opens under the same
+    /// names are accepted; the others it opens are rejected, and it is told.
+    pub fn complete_handshake(&mut self, names: &[&str]) -> Result<(), StreamError> {
+        match self.phase {
+            Phase::Connected => {}
+            Phase::Established => return Err(StreamError::AlreadyEstablished),
+            Phase::Handshaking | Phase::Closed => return Err(StreamError::NotConnected),
+        }
+        let mut unique: Vec<&str> = Vec::with_capacity(names.len());
+        for name in names {
+            if name == &HANDSHAKE_STREAM || !frame::is_valid_stream_name(name.as_bytes()) {
+                return Err(StreamError::InvalidName(name.escape_debug().to_string()));
+            }
+            if !unique.contains(name) {
+                unique.push(name);
+            }
+        }
+        let max = self
+            .peer_settings
+            .map_or(self.config.max_streams, |s| s.max_streams.min(self.config.max_streams));
+        if unique.len() + 1 > usize::from(max) {
+            return Err(StreamError::TooMany { max });
+        }
+        for name in unique {
+            let mut stream =
+                LocalStream::new(name, SendState::AwaitingPeer, self.config.high_watermark);
+            stream.open_pending = true;
+            self.streams.push(stream);
+        }
+        self.phase = Phase::Established;
+        self.events.push_back(Event::Established);
+        for peer_id in 1..self.peer_streams.len() {
+            self.decide(peer_id as u16);
+        }
+        Ok(())
+    }
+
+    /// Queues a message on a stream. Never blocks: at the stream's high watermark it returns
+    /// [`SendError::Full`] until [`Event::Writable`].
+    pub fn send(&mut self, stream: StreamId, data: Bytes) -> Result<(), SendError> {
+        match self.phase {
+            Phase::Handshaking => return Err(SendError::NotEstablished),
+            Phase::Closed => return Err(SendError::Closed),
+            Phase::Connected | Phase::Established => {}
+        }
+        let max = self
+            .peer_settings
+            .map_or(self.config.max_message_size, |s| s.max_message_size as usize);
+        let local = self
+            .streams
+            .get_mut(usize::from(stream.0))
+            .ok_or(SendError::UnknownStream)?;
+        if local.state == SendState::Rejected {
+            return Err(SendError::StreamRejected);
+        }
+        if data.len() > max {
+            return Err(SendError::MessageTooLarge {
+                len: data.len(),
+                max,
+            });
+        }
+        if local.blocked {
+            return Err(SendError::Full);
+        }
+        local.queue.push_back(data);
+        if local.queue.len() >= self.config.high_watermark {
+            local.blocked = true;
+        }
+        Ok(())
+    }
+
+    /// The application consumed a message of `len` bytes from `stream`: its credit goes back to
+    /// the peer (batched, a quarter window at a time).
+    pub fn release(&mut self, stream: StreamId, len: usize) {
+        let Some(peer_id) = self
+            .streams
+            .get(usize::from(stream.0))
+            .and_then(|s| s.peer_id)
+        else {
+            return;
+        };
+        let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(peer_id)) else {
+            return;
+        };
+        peer_stream.released += len as u64 + MESSAGE_CREDIT_OVERHEAD;
+        let batch = u64::from(self.config.initial_window / 4);
+        if peer_stream.released >= batch {
+            let increment = peer_stream.released.min(u64::from(u32::MAX)) as u32;
+            peer_stream.released -= u64::from(increment);
+            peer_stream.window += u64::from(increment);
+            self.control.push_back(Control::Credit {
+                stream: peer_id,
+                increment,
+            });
+        }
+    }
+
+    /// Closes the connection with `code`: a CLOSE frame is sent next, and messages still queued
+    /// are reported unsent. To flush first, wait until [`Connection::queued_messages`] is 0.
+    pub fn close(&mut self, code: CloseCode) {
+        if self.phase != Phase::Closed {
+            self.finish(CloseReason::Local(code));
+            if self.channel.is_some() {
+                self.close_frame = Some(code);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: ConnectionError) {
+        let code = match &error {
+            ConnectionError::FlowControl => CloseCode::FLOW_CONTROL,
+            ConnectionError::MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_LARGE,
+            ConnectionError::IdleTimeout => CloseCode::IDLE_TIMEOUT,
+            _ => CloseCode::PROTOCOL_ERROR,
+        };
+        if self.phase != Phase::Closed {
+            self.finish(CloseReason::Error(error));
+            if self.channel.is_some() {
+                self.close_frame = Some(code);
+            }
+        }
+    }
+
+    fn finish(&mut self, reason: CloseReason) {
+        self.phase = Phase::Closed;
+        self.handshake = None;
+        self.control.clear();
+        let unsent = self.queued_messages() as u64;
+        for stream in &mut self.streams {
+            stream.queue.clear();
+        }
+        self.close_reason = Some(reason.clone());
+        self.events.push_back(Event::Closed { reason, unsent });
+    }
+
+    // ---- outputs ----
+
+    /// Writes what is ready to send into `out` (whole records, sealed in place) and returns how
+    /// many bytes it wrote. Call until it returns 0 or the transport cannot take more.
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> usize {
+        let mut pos = 0;
+        if !self.handshake_out.is_empty() {
+            let n = self.handshake_out.len().min(out.len());
+            out[..n].copy_from_slice(&self.handshake_out[..n]);
+            self.handshake_out.drain(..n);
+            pos = n;
+            if !self.handshake_out.is_empty() {
+                return pos;
+            }
+        }
+        if self.channel.is_none() {
+            return pos;
+        }
+        loop {
+            let available = out.len() - pos;
+            if available < HEADER_LEN + TAG_LEN + MAX_CONTROL_FRAME_LEN {
+                break;
+            }
+            let capacity = self
+                .config
+                .max_record_plaintext
+                .min(available - HEADER_LEN - TAG_LEN);
+            let body = &mut out[pos + HEADER_LEN..pos + HEADER_LEN + capacity];
+            let written = if let Some(code) = self.close_frame.take() {
+                Frame::Close(code.0).encode(body).unwrap_or(0)
+            } else if self.phase == Phase::Closed {
+                0
+            } else {
+                let control = self.write_control(body);
+                control + self.write_data(&mut body[control..])
+            };
+            if written == 0 {
+                break;
+            }
+            let Some((sealer, _)) = self.channel.as_mut() else {
+                break;
+            };
+            match sealer.seal_in_place(&mut out[pos..], written) {
+                Ok(len) => pos += len,
+                Err(e) => {
+                    // The nonce counter is spent: nothing more can be sent on this connection.
+                    self.fail(ConnectionError::Record(e));
+                    self.close_frame = None;
+                    break;
+                }
+            }
+            if self.phase == Phase::Closed {
+                break;
+            }
+        }
+        pos
+    }
+
+    fn write_control(&mut self, out: &mut [u8]) -> usize {
+        let mut written = 0;
+        while let Some(&control) = self.control.front() {
+            let frame = match control {
+                Control::Settings => Frame::Settings(Settings {
+                    max_message_size: self.config.max_message_size as u32,
+                    max_streams: self.config.max_streams,
+                    initial_window: self.config.initial_window,
+                }),
+                Control::Credit { stream, increment } => Frame::Credit { stream, increment },
+                Control::Reject { stream } => Frame::Reject { stream },
+                Control::Ping(v) => Frame::Ping(v),
+                Control::Pong(v) => Frame::Pong(v),
+            };
+            let Some(n) = frame.encode(&mut out[written..]) else {
+                return written;
+            };
+            written += n;
+            self.control.pop_front();
+        }
+        // OPEN frames go out once the peer's limits are known (ids must be below them).
+        if self.peer_settings.is_some() {
+            for (index, stream) in self.streams.iter_mut().enumerate() {
+                if !stream.open_pending || stream.state == SendState::Rejected {
+                    continue;
+                }
+                let frame = Frame::Open {
+                    stream: index as u16,
+                    name: stream.name.as_bytes(),
+                };
+                let Some(n) = frame.encode(&mut out[written..]) else {
+                    return written;
+                };
+                written += n;
+                stream.open_pending = false;
+            }
+        }
+        written
+    }
+
+    fn write_data(&mut self, out: &mut [u8]) -> usize {
+        let count = self.streams.len();
+        let one_only = !self.config.batching;
+        let mut written = 0;
+        let mut idle = 0;
+        let mut index = self.round_robin % count;
+        while idle < count && written < out.len() {
+            let stream = &mut self.streams[index];
+            let mut progressed = false;
+            if stream.sendable() {
+                let (n, completed) =
+                    stream.write_data(index as u16, &mut out[written..], STREAM_QUANTUM, one_only);
+                written += n;
+                progressed = n > 0;
+                if completed > 0 && stream.blocked && stream.queue.len() <= self.config.low_watermark
+                {
+                    stream.blocked = false;
+                    self.events.push_back(Event::Writable(StreamId(index as u16)));
+                }
+                if one_only && progressed {
+                    self.round_robin = index + 1;
+                    return written;
+                }
+            }
+            idle = if progressed { 0 } else { idle + 1 };
+            // A stream that still has data and credit but made no progress is out of room.
+            if !progressed && self.streams[index].sendable() && written > 0 {
+                break;
+            }
+            index = (index + 1) % count;
+        }
+        self.round_robin = index;
+        written
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Connection::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        let idle = self.last_recv + self.config.idle_timeout;
+        if self.ping.is_none() && self.channel.is_some() {
+            Some(idle.min(self.last_recv + self.config.keepalive_interval))
+        } else {
+            Some(idle)
+        }
+    }
+
+    // ---- state ----
+
+    /// Whether `poll_transmit` has something to write.
+    pub fn has_pending_output(&self) -> bool {
+        !self.handshake_out.is_empty()
+            || self.close_frame.is_some()
+            || (self.phase != Phase::Closed
+                && self.channel.is_some()
+                && (!self.control.is_empty()
+                    || self.streams.iter().any(|s| s.sendable() || (s.open_pending && self.peer_settings.is_some()))))
+    }
+
+    /// The connection's phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether the connection is closed (a CLOSE frame may still be pending in `poll_transmit`).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// Who dialled.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// The authenticated peer, once Connected.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.peer
+    }
+
+    /// The latest keepalive round-trip time.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Our stream of this name, if open.
+    pub fn stream_id(&self, name: &str) -> Option<StreamId> {
+        self.streams
+            .iter()
+            .position(|s| &*s.name == name)
+            .map(|i| StreamId(i as u16))
+    }
+
+    /// The name of one of our streams.
+    pub fn stream_name(&self, stream: StreamId) -> Option<&str> {
+        self.streams.get(usize::from(stream.0)).map(|s| &*s.name)
+    }
+
+    /// Messages accepted by `send` and not yet fully transmitted, over all streams.
+    pub fn queued_messages(&self) -> usize {
+        self.streams.iter().map(|s| s.queue.len()).sum()
+    }
+
+    /// Whether `send` on `stream` would be refused with [`SendError::Full`].
+    pub fn is_blocked(&self, stream: StreamId) -> bool {
+        self.streams
+            .get(usize::from(stream.0))
+            .is_some_and(|s| s.blocked)
+    }
+
+    /// Bytes we may still send on `stream` before the peer grants more.
+    pub fn send_credit(&self, stream: StreamId) -> u64 {
+        self.streams
+            .get(usize::from(stream.0))
+            .map_or(0, |s| s.credit)
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("direction", &self.direction)
+            .field("phase", &self.phase)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

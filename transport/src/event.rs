@@ -1,0 +1,201 @@
+//! What a connection reports, and why it fails.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use glueberry_crypto::{HandshakeError, PeerId, RecordError};
+
+use crate::frame::FrameError;
+
+/// A stream of one connection, as the application sees it: an index into the connection's
+/// stream table. [`StreamId::HANDSHAKE`] is always 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub(crate) u16);
+
+impl StreamId {
+    /// The reserved `handshake` stream, open from Connected on.
+    pub const HANDSHAKE: StreamId = StreamId(0);
+
+    /// The index of this stream in its connection's table.
+    pub fn index(self) -> u16 {
+        self.0
+    }
+}
+
+/// Who opened the connection. Fixed when the connection is made; never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// We dialled.
+    Outbound,
+    /// The peer dialled.
+    Inbound,
+}
+
+/// Something the application should know about one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The secure handshake finished: the peer is authenticated and the `handshake` stream open.
+    Connected {
+        /// The peer's authenticated identity.
+        peer: PeerId,
+        /// The hello bytes the peer sent inside the secure handshake.
+        remote_hello: Bytes,
+    },
+    /// [`crate::Connection::complete_handshake`] took effect: the named streams are open on our
+    /// side.
+    Established,
+    /// The peer opened one of our streams too: messages queued on it start flowing.
+    StreamAccepted(StreamId),
+    /// The peer has not opened this stream: its queued messages were not sent (`unsent` of them),
+    /// and sends on it fail from now on.
+    StreamRejected {
+        /// Our stream.
+        stream: StreamId,
+        /// Messages accepted by `send` that will not be delivered.
+        unsent: u64,
+    },
+    /// A stream that reached its high watermark drained to its low watermark: `send` accepts
+    /// again.
+    Writable(StreamId),
+    /// A message arrived. Call [`crate::Connection::release`] once it is consumed, to return its
+    /// credit to the peer.
+    Message {
+        /// The stream it arrived on.
+        stream: StreamId,
+        /// Its bytes.
+        data: Bytes,
+    },
+    /// A keepalive round trip completed.
+    Rtt(Duration),
+    /// The connection is over; nothing more will happen on it.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Messages accepted by `send` that were not (fully) transmitted.
+        unsent: u64,
+    },
+}
+
+/// Close codes carried in CLOSE frames (`PROTOCOL.md` §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    /// Orderly close by the application.
+    pub const NORMAL: CloseCode = CloseCode(0);
+    /// The other side broke the protocol.
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1);
+    /// The other side sent more than its credit.
+    pub const FLOW_CONTROL: CloseCode = CloseCode(2);
+    /// The other side sent a message above the announced limit.
+    pub const MESSAGE_TOO_LARGE: CloseCode = CloseCode(3);
+    /// Nothing was heard for the idle timeout.
+    pub const IDLE_TIMEOUT: CloseCode = CloseCode(4);
+    /// The node is shutting down.
+    pub const SHUTDOWN: CloseCode = CloseCode(5);
+    /// Another connection to the same peer won (simultaneous dial).
+    pub const DUPLICATE: CloseCode = CloseCode(6);
+    /// The peer is blacklisted.
+    pub const BLACKLISTED: CloseCode = CloseCode(7);
+    /// The application handshake did not complete in time.
+    pub const HANDSHAKE_TIMEOUT: CloseCode = CloseCode(8);
+    /// Connection limits were reached.
+    pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(9);
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We closed it, with this code.
+    Local(CloseCode),
+    /// The peer closed it, with this code.
+    Peer(CloseCode),
+    /// It failed.
+    Error(ConnectionError),
+}
+
+/// Why a connection failed. Every variant but the last group is the peer's doing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The secure handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// A record failed to parse or authenticate.
+    #[error("record: {0}")]
+    Record(#[from] RecordError),
+    /// A frame failed to parse.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// A frame that is not allowed at this point.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The peer sent more than the credit it was given on a stream.
+    #[error("peer exceeded its flow-control credit")]
+    FlowControl,
+    /// The peer sent a message longer than we announced we accept.
+    #[error("peer sent a message of {len} bytes, above the limit of {max}")]
+    MessageTooLarge {
+        /// Its length.
+        len: u64,
+        /// Our limit.
+        max: usize,
+    },
+    /// Nothing was heard from the peer for the idle timeout.
+    #[error("peer silent for the idle timeout")]
+    IdleTimeout,
+    /// The byte stream ended without a CLOSE frame: the connection broke or was cut.
+    #[error("connection lost (no close frame)")]
+    ConnectionLost,
+}
+
+/// Why `send` refused a message. The caller's to handle; the connection is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The stream is at its high watermark; wait for [`Event::Writable`].
+    #[error("stream is full (high watermark); wait until it is writable")]
+    Full,
+    /// The message is longer than the peer accepts.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    MessageTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No such stream on this connection.
+    #[error("no such stream")]
+    UnknownStream,
+    /// Named streams open with `complete_handshake`; only `handshake` is open before.
+    #[error("stream not open yet: call complete_handshake first")]
+    NotEstablished,
+    /// The peer did not open this stream.
+    #[error("the peer has not opened this stream")]
+    StreamRejected,
+    /// The connection is closing or closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Why `complete_handshake` refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// A name is empty, longer than 64 bytes, or has characters other than letters, digits, `-`
+    /// and `_`; or it is the reserved `handshake`.
+    #[error("invalid stream name {0:?}: use 1-64 letters, digits, '-' or '_' (not 'handshake')")]
+    InvalidName(String),
+    /// More streams than `max_streams` allows.
+    #[error("too many streams: at most {max} including 'handshake'")]
+    TooMany {
+        /// The limit.
+        max: u16,
+    },
+    /// The secure handshake has not finished, or the connection is closed.
+    #[error("connection not in the Connected state")]
+    NotConnected,
+    /// `complete_handshake` was already called on this connection.
+    #[error("handshake already completed")]
+    AlreadyEstablished,
+}

@@ -1,0 +1,161 @@
+//! Streams: our named streams with their send queues and credit, and the peer's streams as we
+//! receive them, with their windows and reassembly.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame::{DATA_FIRST, DATA_FIRST_HEADER_LEN, DATA_HEADER_LEN, DATA_LAST, encode_data_header};
+
+/// Credit charged per message on top of its bytes, so that empty messages are not free.
+pub(crate) const MESSAGE_CREDIT_OVERHEAD: u64 = DATA_HEADER_LEN as u64;
+/// A message is split only into fragments of at least this many bytes (or its remainder).
+const MIN_FRAGMENT: usize = 512;
+
+/// Where our stream stands with the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendState {
+    /// Opened by the application, not yet answered by the peer: messages queue.
+    AwaitingPeer,
+    /// The peer opened it too and gave credit.
+    Open,
+    /// The peer has not opened it.
+    Rejected,
+}
+
+/// One of our streams: what we send on it, and the peer stream we receive it from.
+#[derive(Debug)]
+pub(crate) struct LocalStream {
+    pub name: Box<str>,
+    pub state: SendState,
+    /// Bytes we may still send.
+    pub credit: u64,
+    pub queue: VecDeque<Bytes>,
+    /// Bytes of `queue.front()` already sent as fragments.
+    pub front_offset: usize,
+    /// At the high watermark; cleared at the low one.
+    pub blocked: bool,
+    /// Whether the OPEN frame for it still has to be sent.
+    pub open_pending: bool,
+    /// The peer's id for the stream of the same name, once we accepted it.
+    pub peer_id: Option<u16>,
+}
+
+impl LocalStream {
+    pub(crate) fn new(name: &str, state: SendState, queue_capacity: usize) -> Self {
+        Self {
+            name: name.into(),
+            state,
+            credit: 0,
+            queue: VecDeque::with_capacity(queue_capacity),
+            front_offset: 0,
+            blocked: false,
+            open_pending: false,
+            peer_id: None,
+        }
+    }
+
+    pub(crate) fn sendable(&self) -> bool {
+        self.state == SendState::Open && !self.queue.is_empty() && self.credit > 0
+    }
+
+    /// Writes as many queued messages (or fragments) as fit in `out`, the credit and `quantum`
+    /// allow. Returns bytes written and messages completed.
+    #[inline]
+    pub(crate) fn write_data(
+        &mut self,
+        id: u16,
+        out: &mut [u8],
+        quantum: usize,
+        one_only: bool,
+    ) -> (usize, usize) {
+        let mut written = 0;
+        let mut completed = 0;
+        while let Some(message) = self.queue.front() {
+            let first = self.front_offset == 0;
+            let remaining = message.len() - self.front_offset;
+            let space = out.len() - written;
+            let overhead = if first { MESSAGE_CREDIT_OVERHEAD } else { 0 };
+            let Some(credit) = self.credit.checked_sub(overhead) else {
+                break;
+            };
+            let credit = usize::try_from(credit).unwrap_or(usize::MAX);
+            if remaining <= credit
+                && remaining <= u16::MAX as usize
+                && DATA_HEADER_LEN + remaining <= space
+            {
+                // The whole message, or its last fragment.
+                let flags = if first { DATA_FIRST | DATA_LAST } else { DATA_LAST };
+                let at =
+                    written + encode_data_header(&mut out[written..], id, flags, remaining, None);
+                out[at..at + remaining].copy_from_slice(&message[self.front_offset..]);
+                written = at + remaining;
+                self.credit -= overhead + remaining as u64;
+                self.queue.pop_front();
+                self.front_offset = 0;
+                completed += 1;
+                if one_only || written >= quantum {
+                    break;
+                }
+                continue;
+            }
+            // A fragment that is not the last: as much as space, credit and the 16-bit length
+            // allow, leaving at least one byte for the last fragment.
+            let header = if first { DATA_FIRST_HEADER_LEN } else { DATA_HEADER_LEN };
+            let len = space
+                .saturating_sub(header)
+                .min(credit)
+                .min(u16::MAX as usize)
+                .min(remaining.saturating_sub(1));
+            if len < MIN_FRAGMENT {
+                break;
+            }
+            let flags = if first { DATA_FIRST } else { 0 };
+            let total = first.then_some(message.len() as u32);
+            let at = written + encode_data_header(&mut out[written..], id, flags, len, total);
+            out[at..at + len]
+                .copy_from_slice(&message[self.front_offset..self.front_offset + len]);
+            written = at + len;
+            self.credit -= overhead + len as u64;
+            self.front_offset += len;
+            break;
+        }
+        (written, completed)
+    }
+}
+
+/// Where a peer's stream stands with us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvState {
+    /// The peer opened it; we have not decided (our handshake is not complete).
+    Pending,
+    /// We opened it too: data flows into local stream `local`.
+    Accepted { local: u16 },
+    /// We did not open it.
+    Rejected,
+}
+
+/// One of the peer's streams as we receive it.
+#[derive(Debug)]
+pub(crate) struct PeerStream {
+    pub name: Box<[u8]>,
+    pub state: RecvState,
+    /// Bytes the peer may still send before we grant more.
+    pub window: u64,
+    /// Bytes the application consumed that we have not yet granted back.
+    pub released: u64,
+    /// A message being reassembled from fragments, and its announced length.
+    pub partial: Option<(BytesMut, usize)>,
+}
+
+impl PeerStream {
+    pub(crate) fn new(name: &[u8], state: RecvState, window: u64) -> Self {
+        Self {
+            name: name.into(),
+            state,
+            window,
+            released: 0,
+            partial: None,
+        }
+    }
+}
