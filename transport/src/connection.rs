@@ -19,9 +19,7 @@ use crate::event::{
     CloseCode, CloseReason, ConnectionError, Direction, Event, SendError, StreamError, StreamId,
 };
 use crate::frame::{self, DATA_FIRST, DATA_LAST, Frame, MAX_CONTROL_FRAME_LEN, Settings};
-use crate::stream::{
-    LocalStream, MESSAGE_CREDIT_OVERHEAD, PeerStream, RecvState, SendState,
-};
+use crate::stream::{LocalStream, MESSAGE_CREDIT_OVERHEAD, PeerStream, RecvState, SendState};
 
 /// The name of the reserved stream open from Connected on.
 pub const HANDSHAKE_STREAM: &str = "handshake";
@@ -135,7 +133,11 @@ impl Connection {
     fn new(config: Arc<ConnectionConfig>, direction: Direction, now: Instant) -> Self {
         let queue = config.high_watermark;
         let mut streams = Vec::with_capacity(usize::from(config.max_streams));
-        streams.push(LocalStream::new(HANDSHAKE_STREAM, SendState::AwaitingPeer, queue));
+        streams.push(LocalStream::new(
+            HANDSHAKE_STREAM,
+            SendState::AwaitingPeer,
+            queue,
+        ));
         let mut peer_streams = Vec::with_capacity(usize::from(config.max_streams));
         peer_streams.push(Some(PeerStream::new(
             HANDSHAKE_STREAM.as_bytes(),
@@ -274,7 +276,9 @@ impl Connection {
         while at < end {
             let (frame, len) = Frame::decode(&record[at..end])?;
             if self.peer_settings.is_none() && !matches!(frame, Frame::Settings(_)) {
-                return Err(ConnectionError::Protocol("the first frame must be SETTINGS"));
+                return Err(ConnectionError::Protocol(
+                    "the first frame must be SETTINGS",
+                ));
             }
             match frame {
                 Frame::Data {
@@ -325,7 +329,9 @@ impl Connection {
             .peer_streams
             .get_mut(usize::from(stream))
             .and_then(Option::as_mut)
-            .ok_or(ConnectionError::Protocol("DATA on a stream that was not opened"))?;
+            .ok_or(ConnectionError::Protocol(
+                "DATA on a stream that was not opened",
+            ))?;
         let RecvState::Accepted { local } = peer_stream.state else {
             return Err(ConnectionError::FlowControl);
         };
@@ -339,11 +345,14 @@ impl Connection {
             .window
             .checked_sub(cost)
             .ok_or(ConnectionError::FlowControl)?;
+        let peer_id = stream;
         let stream = StreamId(local);
         match flags {
             f if f == DATA_FIRST | DATA_LAST => {
                 if peer_stream.partial.is_some() {
-                    return Err(ConnectionError::Protocol("new message before the last ended"));
+                    return Err(ConnectionError::Protocol(
+                        "new message before the last ended",
+                    ));
                 }
                 if payload.len() > max {
                     return Err(ConnectionError::MessageTooLarge {
@@ -365,22 +374,33 @@ impl Connection {
                     });
                 }
                 if peer_stream.partial.is_some() {
-                    return Err(ConnectionError::Protocol("new message before the last ended"));
+                    return Err(ConnectionError::Protocol(
+                        "new message before the last ended",
+                    ));
                 }
                 if total <= payload.len() {
-                    return Err(ConnectionError::Protocol("first fragment is the whole message"));
+                    return Err(ConnectionError::Protocol(
+                        "first fragment is the whole message",
+                    ));
                 }
                 // Bounded by `max_message_size`, checked above, and paid for by credit as it fills.
                 let mut buf = BytesMut::with_capacity(total);
                 buf.extend_from_slice(payload);
                 peer_stream.partial = Some((buf, total));
+                peer_stream.prereleased += cost;
+                let batch = u64::from(self.config.initial_window / 4);
+                Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
             }
             _ => {
                 let Some((buf, total)) = peer_stream.partial.as_mut() else {
-                    return Err(ConnectionError::Protocol("fragment without a first fragment"));
+                    return Err(ConnectionError::Protocol(
+                        "fragment without a first fragment",
+                    ));
                 };
                 if buf.len() + payload.len() > *total {
-                    return Err(ConnectionError::Protocol("fragments exceed the message length"));
+                    return Err(ConnectionError::Protocol(
+                        "fragments exceed the message length",
+                    ));
                 }
                 buf.extend_from_slice(payload);
                 let complete = buf.len() == *total;
@@ -396,6 +416,10 @@ impl Connection {
                     }
                 } else if complete {
                     return Err(ConnectionError::Protocol("a message must end with LAST"));
+                } else {
+                    peer_stream.prereleased += cost;
+                    let batch = u64::from(self.config.initial_window / 4);
+                    Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
                 }
             }
         }
@@ -407,7 +431,9 @@ impl Connection {
             .streams
             .get_mut(usize::from(stream))
             .filter(|s| !s.open_pending)
-            .ok_or(ConnectionError::Protocol("CREDIT for a stream we did not open"))?;
+            .ok_or(ConnectionError::Protocol(
+                "CREDIT for a stream we did not open",
+            ))?;
         match local.state {
             SendState::Rejected => {
                 return Err(ConnectionError::Protocol("CREDIT for a rejected stream"));
@@ -456,10 +482,14 @@ impl Connection {
     fn handle_open(&mut self, stream: u16, name: &[u8]) -> Result<(), ConnectionError> {
         let index = usize::from(stream);
         if stream == 0 || index >= usize::from(self.config.max_streams) {
-            return Err(ConnectionError::Protocol("OPEN with a stream id out of range"));
+            return Err(ConnectionError::Protocol(
+                "OPEN with a stream id out of range",
+            ));
         }
         if name == HANDSHAKE_STREAM.as_bytes() {
-            return Err(ConnectionError::Protocol("OPEN of the reserved handshake stream"));
+            return Err(ConnectionError::Protocol(
+                "OPEN of the reserved handshake stream",
+            ));
         }
         if self.peer_streams.get(index).is_some_and(Option::is_some)
             || self
@@ -485,7 +515,9 @@ impl Connection {
             .streams
             .get_mut(usize::from(stream))
             .filter(|s| stream != 0 && !s.open_pending && s.state == SendState::AwaitingPeer)
-            .ok_or(ConnectionError::Protocol("REJECT of a stream not awaiting an answer"))?;
+            .ok_or(ConnectionError::Protocol(
+                "REJECT of a stream not awaiting an answer",
+            ))?;
         Self::reject_local(local, StreamId(stream), &mut self.events);
         Ok(())
     }
@@ -550,9 +582,9 @@ impl Connection {
                 unique.push(name);
             }
         }
-        let max = self
-            .peer_settings
-            .map_or(self.config.max_streams, |s| s.max_streams.min(self.config.max_streams));
+        let max = self.peer_settings.map_or(self.config.max_streams, |s| {
+            s.max_streams.min(self.config.max_streams)
+        });
         if unique.len() + 1 > usize::from(max) {
             return Err(StreamError::TooMany { max });
         }
@@ -580,7 +612,9 @@ impl Connection {
         }
         let max = self
             .peer_settings
-            .map_or(self.config.max_message_size, |s| s.max_message_size as usize);
+            .map_or(self.config.max_message_size, |s| {
+                s.max_message_size as usize
+            });
         let local = self
             .streams
             .get_mut(usize::from(stream.0))
@@ -617,13 +651,32 @@ impl Connection {
         let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(peer_id)) else {
             return;
         };
-        peer_stream.released += len as u64 + MESSAGE_CREDIT_OVERHEAD;
+        let amount = len as u64 + MESSAGE_CREDIT_OVERHEAD;
+        let already = peer_stream.prereleased.min(amount);
+        peer_stream.prereleased -= already;
         let batch = u64::from(self.config.initial_window / 4);
+        Self::credit_back(
+            peer_id,
+            peer_stream,
+            amount - already,
+            batch,
+            &mut self.control,
+        );
+    }
+
+    fn credit_back(
+        peer_id: u16,
+        peer_stream: &mut PeerStream,
+        amount: u64,
+        batch: u64,
+        control: &mut VecDeque<Control>,
+    ) {
+        peer_stream.released += amount;
         if peer_stream.released >= batch {
             let increment = peer_stream.released.min(u64::from(u32::MAX)) as u32;
             peer_stream.released -= u64::from(increment);
             peer_stream.window += u64::from(increment);
-            self.control.push_back(Control::Credit {
+            control.push_back(Control::Credit {
                 stream: peer_id,
                 increment,
             });
@@ -780,10 +833,13 @@ impl Connection {
                     stream.write_data(index as u16, &mut out[written..], STREAM_QUANTUM, one_only);
                 written += n;
                 progressed = n > 0;
-                if completed > 0 && stream.blocked && stream.queue.len() <= self.config.low_watermark
+                if completed > 0
+                    && stream.blocked
+                    && stream.queue.len() <= self.config.low_watermark
                 {
                     stream.blocked = false;
-                    self.events.push_back(Event::Writable(StreamId(index as u16)));
+                    self.events
+                        .push_back(Event::Writable(StreamId(index as u16)));
                 }
                 if one_only && progressed {
                     self.round_robin = index + 1;
@@ -828,7 +884,10 @@ impl Connection {
             || (self.phase != Phase::Closed
                 && self.channel.is_some()
                 && (!self.control.is_empty()
-                    || self.streams.iter().any(|s| s.sendable() || (s.open_pending && self.peer_settings.is_some()))))
+                    || self
+                        .streams
+                        .iter()
+                        .any(|s| s.sendable() || (s.open_pending && self.peer_settings.is_some()))))
     }
 
     /// The connection's phase.

@@ -339,7 +339,15 @@ mod tests {
     }
 
     fn build<'a>(
-        (kind, stream, flags, word, long, payload, name): &'a (u8, u16, u8, u32, u64, Vec<u8>, Vec<u8>),
+        (kind, stream, flags, word, long, payload, name): &'a (
+            u8,
+            u16,
+            u8,
+            u32,
+            u64,
+            Vec<u8>,
+            Vec<u8>,
+        ),
     ) -> Frame<'a> {
         match kind {
             0 => Frame::Data {
@@ -440,7 +448,10 @@ mod tests {
     #[test]
     fn bad_frames_are_typed_errors() {
         assert_eq!(Frame::decode(&[0x00]), Err(FrameError::UnknownType(0)));
-        assert_eq!(Frame::decode(&[0x99, 1, 2]), Err(FrameError::UnknownType(0x99)));
+        assert_eq!(
+            Frame::decode(&[0x99, 1, 2]),
+            Err(FrameError::UnknownType(0x99))
+        );
         assert_eq!(
             Frame::decode(&[FRAME_DATA, 0, 1, 0x04, 0, 0]),
             Err(FrameError::Invalid("DATA flags"))

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::{DATA_FIRST, DATA_FIRST_HEADER_LEN, DATA_HEADER_LEN, DATA_LAST, encode_data_header};
+use crate::frame::{
+    DATA_FIRST, DATA_FIRST_HEADER_LEN, DATA_HEADER_LEN, DATA_LAST, encode_data_header,
+};
 
 /// Credit charged per message on top of its bytes, so that empty messages are not free.
 pub(crate) const MESSAGE_CREDIT_OVERHEAD: u64 = DATA_HEADER_LEN as u64;
@@ -85,7 +87,11 @@ impl LocalStream {
                 && DATA_HEADER_LEN + remaining <= space
             {
                 // The whole message, or its last fragment.
-                let flags = if first { DATA_FIRST | DATA_LAST } else { DATA_LAST };
+                let flags = if first {
+                    DATA_FIRST | DATA_LAST
+                } else {
+                    DATA_LAST
+                };
                 let at =
                     written + encode_data_header(&mut out[written..], id, flags, remaining, None);
                 out[at..at + remaining].copy_from_slice(&message[self.front_offset..]);
@@ -101,7 +107,11 @@ impl LocalStream {
             }
             // A fragment that is not the last: as much as space, credit and the 16-bit length
             // allow, leaving at least one byte for the last fragment.
-            let header = if first { DATA_FIRST_HEADER_LEN } else { DATA_HEADER_LEN };
+            let header = if first {
+                DATA_FIRST_HEADER_LEN
+            } else {
+                DATA_HEADER_LEN
+            };
             let len = space
                 .saturating_sub(header)
                 .min(credit)
@@ -113,8 +123,7 @@ impl LocalStream {
             let flags = if first { DATA_FIRST } else { 0 };
             let total = first.then_some(message.len() as u32);
             let at = written + encode_data_header(&mut out[written..], id, flags, len, total);
-            out[at..at + len]
-                .copy_from_slice(&message[self.front_offset..self.front_offset + len]);
+            out[at..at + len].copy_from_slice(&message[self.front_offset..self.front_offset + len]);
             written = at + len;
             self.credit -= overhead + len as u64;
             self.front_offset += len;
@@ -144,6 +153,11 @@ pub(crate) struct PeerStream {
     pub window: u64,
     /// Bytes the application consumed that we have not yet granted back.
     pub released: u64,
+    /// Credit already returned for fragments of a message being reassembled (which the
+    /// reassembly buffer holds, bounded by the message size limit); deducted when the
+    /// application releases that message. Without it a message larger than the window could
+    /// never complete.
+    pub prereleased: u64,
     /// A message being reassembled from fragments, and its announced length.
     pub partial: Option<(BytesMut, usize)>,
 }
@@ -155,6 +169,7 @@ impl PeerStream {
             state,
             window,
             released: 0,
+            prereleased: 0,
             partial: None,
         }
     }
