@@ -57,6 +57,7 @@ mod connection;
 mod event;
 pub mod frame;
 mod stream;
+pub mod testing;
 
 pub use config::{
     ConfigError, ConnectionConfig, MAX_MESSAGE_SIZE_LIMIT, MAX_STREAMS_LIMIT, MIN_WINDOW,

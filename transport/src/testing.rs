@@ -1,0 +1,66 @@
+//! Helpers for tests and benchmarks that need a pair of connections wired back to back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use glueberry_crypto::handshake::complete_in_memory;
+use glueberry_crypto::record::danger_null_channel;
+use glueberry_crypto::{Handshake, HandshakeConfig, Identity};
+
+use crate::{Connection, ConnectionConfig, Direction};
+
+/// Whether a [`connected_pair`] encrypts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    /// A real handshake and the given suite.
+    Real(glueberry_crypto::Suite),
+    /// [`danger_null_channel`]: no AEAD, to measure everything around it.
+    DangerNull,
+}
+
+/// Two connections (outbound, inbound) over one secure session, both Connected, with their
+/// first flight (SETTINGS) not yet exchanged. For tests and benchmarks.
+pub fn connected_pair(
+    config: Arc<ConnectionConfig>,
+    cipher: Cipher,
+) -> Result<(Connection, Connection), Box<dyn std::error::Error + Send + Sync>> {
+    let now = Instant::now();
+    let a_id = Identity::from_seed(&[0xa1; 32]);
+    let b_id = Identity::from_seed(&[0xb2; 32]);
+    match cipher {
+        Cipher::DangerNull => {
+            let (a_seal, a_open) = danger_null_channel();
+            let (b_seal, b_open) = danger_null_channel();
+            Ok((
+                Connection::from_channel(
+                    config.clone(),
+                    b_id.peer_id(),
+                    (a_seal, a_open),
+                    Direction::Outbound,
+                    now,
+                ),
+                Connection::from_channel(
+                    config,
+                    a_id.peer_id(),
+                    (b_seal, b_open),
+                    Direction::Inbound,
+                    now,
+                ),
+            ))
+        }
+        Cipher::Real(suite) => {
+            let handshake = |id: &Identity| {
+                HandshakeConfig::new(id, "testing")
+                    .and_then(|c| c.with_suites(&[suite]))
+                    .map(Arc::new)
+            };
+            let (a_cfg, b_cfg) = (handshake(&a_id)?, handshake(&b_id)?);
+            let initiator = Handshake::initiator(a_cfg, None)?;
+            let (a, b) = complete_in_memory(initiator, Handshake::responder(b_cfg))?;
+            Ok((
+                Connection::from_session(config.clone(), a, Direction::Outbound, now),
+                Connection::from_session(config, b, Direction::Inbound, now),
+            ))
+        }
+    }
+}
