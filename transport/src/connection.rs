@@ -822,6 +822,7 @@ impl Connection {
     fn write_data(&mut self, out: &mut [u8]) -> usize {
         let count = self.streams.len();
         let one_only = !self.config.batching;
+        let min_fragment = crate::stream::min_fragment(self.config.max_record_plaintext);
         let mut written = 0;
         let mut idle = 0;
         let mut index = self.round_robin % count;
@@ -829,8 +830,13 @@ impl Connection {
             let stream = &mut self.streams[index];
             let mut progressed = false;
             if stream.sendable() {
-                let (n, completed) =
-                    stream.write_data(index as u16, &mut out[written..], STREAM_QUANTUM, one_only);
+                let (n, completed) = stream.write_data(
+                    index as u16,
+                    &mut out[written..],
+                    STREAM_QUANTUM,
+                    one_only,
+                    min_fragment,
+                );
                 written += n;
                 progressed = n > 0;
                 if completed > 0

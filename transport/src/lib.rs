@@ -56,6 +56,8 @@ mod config;
 mod connection;
 mod event;
 pub mod frame;
+mod node;
+mod peer;
 mod stream;
 pub mod testing;
 
@@ -67,3 +69,5 @@ pub use event::{
     CloseCode, CloseReason, ConnectionError, Direction, Event, SendError, StreamError, StreamId,
 };
 pub use glueberry_crypto as crypto;
+pub use node::{Action, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent};
+pub use peer::{Backoff, ConnState, InvalidTransition, Jitter};

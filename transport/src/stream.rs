@@ -11,8 +11,15 @@ use crate::frame::{
 
 /// Credit charged per message on top of its bytes, so that empty messages are not free.
 pub(crate) const MESSAGE_CREDIT_OVERHEAD: u64 = DATA_HEADER_LEN as u64;
-/// A message is split only into fragments of at least this many bytes (or its remainder).
+/// A message is split only into fragments of at least this many bytes (less when records are
+/// configured smaller: see [`min_fragment`]).
 const MIN_FRAGMENT: usize = 512;
+
+/// The smallest fragment worth a frame with records of `record_plaintext` bytes: small enough
+/// that an empty record always has room for one, so a large message always makes progress.
+pub(crate) fn min_fragment(record_plaintext: usize) -> usize {
+    MIN_FRAGMENT.min(record_plaintext / 4).max(1)
+}
 
 /// Where our stream stands with the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +77,7 @@ impl LocalStream {
         out: &mut [u8],
         quantum: usize,
         one_only: bool,
+        min_fragment: usize,
     ) -> (usize, usize) {
         let mut written = 0;
         let mut completed = 0;
@@ -117,7 +125,7 @@ impl LocalStream {
                 .min(credit)
                 .min(u16::MAX as usize)
                 .min(remaining.saturating_sub(1));
-            if len < MIN_FRAGMENT {
+            if len < min_fragment {
                 break;
             }
             let flags = if first { DATA_FIRST } else { 0 };

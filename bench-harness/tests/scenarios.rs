@@ -1,0 +1,447 @@
+//! Protocol scenarios on the in-memory network. Each prints its seed when it fails; rerun one
+//! seed with `GLUEBERRY_SIM_SEED=<seed>`.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use glueberry_bench_harness::sim::{AppConfig, LinkConfig, SimNetwork};
+use glueberry_transport::{Backoff, ConnState, ConnectionConfig, NodeConfig};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn app(streams: &[&str]) -> AppConfig {
+    AppConfig {
+        streams: Some(streams.iter().map(|s| s.to_string()).collect()),
+        hold: Vec::new(),
+    }
+}
+
+/// Short timers so that scenarios run in little virtual time.
+fn fast_timers(config: NodeConfig) -> NodeConfig {
+    NodeConfig {
+        dial_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(5),
+        cooldown: Duration::from_secs(10),
+        backoff: Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            max_attempts: 0,
+        },
+        ..config
+    }
+}
+
+fn fast_connection() -> ConnectionConfig {
+    ConnectionConfig {
+        keepalive_interval: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+fn numbered(i: u32, len: usize) -> Bytes {
+    let mut v = vec![(i % 251) as u8; len.max(4)];
+    v[..4].copy_from_slice(&i.to_be_bytes());
+    v.truncate(len.max(4));
+    Bytes::from(v)
+}
+
+fn number(b: &Bytes) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().unwrap())
+}
+
+fn all_established(net: &SimNetwork, nodes: &[usize]) -> bool {
+    nodes.iter().all(|&a| {
+        nodes
+            .iter()
+            .filter(|&&b| b != a)
+            .all(|&b| net.state(a, b) == ConnState::Established)
+    })
+}
+
+#[test]
+fn two_nodes_handshake_and_exchange_on_several_streams_in_order() {
+    let streams = ["consensus", "mempool", "blocksync"];
+    let mut net = SimNetwork::new(7, LinkConfig::default());
+    let a = net.add_node(ConnectionConfig::default(), app(&streams));
+    let b = net.add_node(ConnectionConfig::default(), app(&streams));
+    net.connect(a, b);
+    assert!(net.run_until(Duration::from_secs(1), MS, |n| all_established(n, &[a, b])));
+    for i in 0..600u32 {
+        let stream = streams[i as usize % 3];
+        assert!(net.send(a, b, stream, numbered(i, 10 + i as usize)));
+        assert!(net.send(b, a, stream, numbered(i, 3)));
+    }
+    net.run_for(Duration::from_millis(50), MS);
+    for stream in streams {
+        for (from, to) in [(a, b), (b, a)] {
+            let got: Vec<u32> = net.received(from, to, stream).iter().map(number).collect();
+            let want: Vec<u32> = (0..600)
+                .filter(|i| streams[*i as usize % 3] == stream)
+                .collect();
+            assert_eq!(got, want, "{stream} {from}->{to}");
+        }
+    }
+    // Direction is fixed at creation and carried in the peer's state.
+    let b_id = net.nodes[b].peer_id;
+    assert_eq!(
+        net.nodes[a].core.direction(b_id),
+        Some(glueberry_transport::Direction::Outbound)
+    );
+}
+
+#[test]
+fn ten_nodes_full_mesh_with_simultaneous_dials() {
+    let mut net = SimNetwork::new(10, LinkConfig::default());
+    let nodes: Vec<usize> = (0..10)
+        .map(|_| net.add_node_with(fast_connection(), app(&["gossip"]), fast_timers))
+        .collect();
+    // Every node dials every other: each pair dials both ways at once.
+    for &a in &nodes {
+        for &b in &nodes {
+            if a != b {
+                net.connect(a, b);
+            }
+        }
+    }
+    assert!(
+        net.run_until(Duration::from_secs(5), MS, |n| all_established(n, &nodes)),
+        "seed {}",
+        net.seed
+    );
+    net.run_for(Duration::from_millis(100), MS);
+    // Exactly one connection per pair survived.
+    for &a in &nodes {
+        assert_eq!(net.nodes[a].core.connections().count(), 9, "node {a}");
+    }
+    for &a in &nodes {
+        for &b in &nodes {
+            if a != b {
+                assert!(net.send(a, b, "gossip", numbered(a as u32 * 100 + b as u32, 8)));
+            }
+        }
+    }
+    net.run_for(Duration::from_millis(20), MS);
+    for &a in &nodes {
+        for &b in &nodes {
+            if a != b {
+                let got: Vec<u32> = net.received(a, b, "gossip").iter().map(number).collect();
+                assert_eq!(got, vec![a as u32 * 100 + b as u32]);
+            }
+        }
+    }
+}
+
+#[test]
+fn partition_and_heal_reconnects_everyone() {
+    let mut net = SimNetwork::new(11, LinkConfig::default());
+    let nodes: Vec<usize> = (0..5)
+        .map(|_| net.add_node_with(fast_connection(), app(&["s"]), fast_timers))
+        .collect();
+    for &a in &nodes {
+        for &b in &nodes {
+            if a < b {
+                net.connect(a, b);
+                net.know(b, a);
+            }
+        }
+    }
+    assert!(net.run_until(Duration::from_secs(3), MS, |n| all_established(n, &nodes)));
+    net.partition(&[0, 1], &[2, 3, 4]);
+    // Keepalive notices within the idle timeout; everyone across the cut reconnects (and fails).
+    net.run_for(Duration::from_secs(5), 10 * MS);
+    for a in [0, 1] {
+        for b in [2, 3, 4] {
+            let state = net.state(a, b);
+            assert!(
+                matches!(state, ConnState::Reconnecting | ConnState::Connecting),
+                "{a}->{b} {state:?}"
+            );
+        }
+    }
+    assert_eq!(net.state(0, 1), ConnState::Established);
+    assert_eq!(net.state(2, 4), ConnState::Established);
+    net.heal();
+    // Back to Established within the backoff bound (2 s cap, plus handshakes).
+    assert!(
+        net.run_until(Duration::from_secs(4), 10 * MS, |n| all_established(
+            n, &nodes
+        )),
+        "seed {}",
+        net.seed
+    );
+    for &a in &nodes {
+        assert_eq!(
+            net.nodes[a].core.connections().count(),
+            4,
+            "node {a}: {:#?}",
+            net.nodes[a].core.connection_summary()
+        );
+        assert_eq!(net.nodes[a].core.invalid_transitions(), 0);
+    }
+}
+
+#[test]
+fn silent_peer_is_detected_by_keepalive() {
+    let mut net = SimNetwork::new(12, LinkConfig::default());
+    let a = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    let b = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    net.connect(a, b);
+    assert!(net.run_until(Duration::from_secs(1), MS, |n| all_established(n, &[a, b])));
+    let silent_since = net.elapsed();
+    // b stops sending anything, without closing: only keepalive can tell.
+    net.stall(b, a);
+    assert!(
+        net.run_until(Duration::from_secs(10), 10 * MS, |n| n.state(a, b)
+            != ConnState::Established)
+    );
+    let noticed = net.elapsed() - silent_since;
+    let idle = fast_connection().idle_timeout;
+    assert!(
+        noticed >= idle && noticed <= idle + Duration::from_millis(100),
+        "{noticed:?}"
+    );
+    let b_id = net.nodes[b].peer_id;
+    assert!(
+        net.nodes[a]
+            .states
+            .iter()
+            .any(|(_, p, s)| *p == b_id && *s == ConnState::Disconnected)
+    );
+}
+
+#[test]
+fn remote_close_is_noticed_and_the_peer_reconnects() {
+    let mut net = SimNetwork::new(13, LinkConfig::default());
+    let a = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    let b = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    net.connect(a, b);
+    assert!(net.run_until(Duration::from_secs(1), MS, |n| all_established(n, &[a, b])));
+    net.drop_connections(a, b);
+    net.run_for(10 * MS, MS);
+    let b_id = net.nodes[b].peer_id;
+    let after_drop: Vec<ConnState> = net.nodes[a]
+        .states
+        .iter()
+        .filter(|(_, p, _)| *p == b_id)
+        .map(|(_, _, s)| *s)
+        .collect();
+    assert!(
+        after_drop.ends_with(&[ConnState::Disconnected, ConnState::Reconnecting])
+            || after_drop.contains(&ConnState::Reconnecting),
+        "{after_drop:?}"
+    );
+    // And the reconnect completes: never stuck in Reconnecting.
+    assert!(net.run_until(Duration::from_secs(2), MS, |n| all_established(n, &[a, b])));
+}
+
+#[test]
+fn handshake_timeout_cooldown_then_reconnect() {
+    let mut net = SimNetwork::new(14, LinkConfig::default());
+    // a never completes its application handshake (its peer's HelloFinalize never came).
+    let a = net.add_node_with(fast_connection(), AppConfig::default(), fast_timers);
+    let b = net.add_node_with(fast_connection(), app(&["s"]), |c| NodeConfig {
+        handshake_timeout: Duration::from_secs(60),
+        ..fast_timers(c)
+    });
+    net.connect(a, b);
+    net.run_for(Duration::from_secs(17), 10 * MS);
+    let b_id = net.nodes[b].peer_id;
+    let seen: Vec<(u64, ConnState)> = net.nodes[a]
+        .states
+        .iter()
+        .filter(|(_, p, _)| *p == b_id)
+        .map(|(t, _, s)| (t.as_secs(), *s))
+        .collect();
+    let states: Vec<ConnState> = seen.iter().map(|(_, s)| *s).collect();
+    use ConnState::*;
+    assert_eq!(
+        &states[..7],
+        &[
+            Connecting,
+            Connected,
+            Cooldown,
+            Disconnected,
+            Reconnecting,
+            Connecting,
+            Connected
+        ],
+        "{seen:?}"
+    );
+    // Cooldown lasted the configured 10 s, entered after the 5 s handshake timeout.
+    assert_eq!(seen[2].0, 5);
+    assert_eq!(seen[3].0, 15);
+}
+
+#[test]
+fn cooldown_can_be_left_by_an_explicit_connect() {
+    let mut net = SimNetwork::new(15, LinkConfig::default());
+    let a = net.add_node_with(fast_connection(), AppConfig::default(), fast_timers);
+    let b = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    net.connect(a, b);
+    assert!(
+        net.run_until(Duration::from_secs(7), 10 * MS, |n| n.state(a, b)
+            == ConnState::Cooldown)
+    );
+    let b_id = net.nodes[b].peer_id;
+    let now = net.now();
+    net.nodes[a].core.connect(b_id, now).expect("connect");
+    assert_eq!(net.state(a, b), ConnState::Connecting);
+}
+
+#[test]
+fn slow_consumer_on_one_stream_does_not_stall_another() {
+    let mut net = SimNetwork::new(16, LinkConfig::default());
+    let a = net.add_node(ConnectionConfig::default(), app(&["slow", "fast"]));
+    let b = net.add_node(
+        ConnectionConfig::default(),
+        AppConfig {
+            streams: Some(vec!["slow".into(), "fast".into()]),
+            hold: vec!["slow".into()],
+        },
+    );
+    net.connect(a, b);
+    assert!(net.run_until(Duration::from_secs(1), MS, |n| all_established(n, &[a, b])));
+    let mut slow_sent = 0;
+    for i in 0..2000u32 {
+        if net.send(a, b, "slow", numbered(i, 4096)) {
+            slow_sent += 1;
+        }
+    }
+    for round in 0..20u32 {
+        for i in 0..100 {
+            assert!(net.send(a, b, "fast", numbered(round * 100 + i, 4096)));
+        }
+        net.run_for(5 * MS, MS);
+        assert_eq!(net.received(a, b, "fast").len(), (round as usize + 1) * 100);
+    }
+    let slow = net.received(a, b, "slow").len();
+    let window = ConnectionConfig::default().initial_window as usize;
+    assert_eq!(
+        slow,
+        window / (4096 + 6),
+        "slow stream got exactly its window"
+    );
+    assert!(slow < slow_sent);
+}
+
+#[test]
+fn message_sizes_zero_one_max_and_max_plus_one() {
+    let mut net = SimNetwork::new(17, LinkConfig::default());
+    let a = net.add_node(ConnectionConfig::default(), app(&["s"]));
+    let b = net.add_node(ConnectionConfig::default(), app(&["s"]));
+    net.connect(a, b);
+    assert!(net.run_until(Duration::from_secs(1), MS, |n| all_established(n, &[a, b])));
+    let max = ConnectionConfig::default().max_message_size;
+    for len in [0, 1, max] {
+        assert!(net.send(a, b, "s", Bytes::from(vec![9u8; len])));
+    }
+    let b_id = net.nodes[b].peer_id;
+    let stream = net.stream_id(a, b, "s").unwrap();
+    assert!(matches!(
+        net.nodes[a]
+            .core
+            .send(b_id, stream, Bytes::from(vec![0u8; max + 1])),
+        Err(glueberry_transport::NodeError::Send(
+            glueberry_transport::SendError::MessageTooLarge { .. }
+        ))
+    ));
+    net.run_for(Duration::from_millis(50), MS);
+    let lens: Vec<usize> = net.received(a, b, "s").iter().map(Bytes::len).collect();
+    assert_eq!(lens, vec![0, 1, max]);
+}
+
+/// One seed of the mixed workload: random links (latency, jitter, bandwidth, chunking, a
+/// stall), random sizes on random streams both ways. Returns an error naming the seed.
+fn mixed_workload(seed: u64) -> Result<(), String> {
+    let mut net = SimNetwork::new(seed, LinkConfig::default());
+    let r = net.random();
+    let link = LinkConfig {
+        latency: Duration::from_micros(50 + r % 5000),
+        jitter: Duration::from_micros((r >> 16) % 500),
+        bandwidth: if r & 1 == 0 {
+            None
+        } else {
+            Some(10_000_000 + (r >> 20) % 1_000_000_000)
+        },
+        max_chunk: 1 + ((r >> 40) % 70_000) as usize,
+    };
+    net = SimNetwork::new(seed, link);
+    let streams = ["a", "b", "c"];
+    let window = [4096u32, 65_536, 1 << 20][(r >> 8) as usize % 3];
+    let connection = ConnectionConfig {
+        initial_window: window,
+        max_record_plaintext: [256usize, 4096, 65_536][(r >> 12) as usize % 3],
+        ..Default::default()
+    };
+    let x = net.add_node(connection.clone(), app(&streams));
+    let y = net.add_node(connection, app(&streams));
+    net.connect(x, y);
+    if !net.run_until(Duration::from_secs(2), MS, |n| all_established(n, &[x, y])) {
+        return Err(format!("seed {seed}: not established"));
+    }
+    let mut sent: Vec<Vec<Bytes>> = vec![Vec::new(); 6];
+    for i in 0..40u32 {
+        let r = net.random();
+        let (from, to) = if r & 1 == 0 { (x, y) } else { (y, x) };
+        let s = (r >> 1) as usize % 3;
+        let len = match (r >> 8) % 10 {
+            0 => 0,
+            1..=6 => ((r >> 16) % 200) as usize,
+            7 | 8 => ((r >> 16) % 5000) as usize,
+            _ => ((r >> 16) % 150_000) as usize,
+        };
+        let mut data = vec![(i % 256) as u8; len];
+        if len >= 4 {
+            data[..4].copy_from_slice(&i.to_be_bytes());
+        }
+        let data = Bytes::from(data);
+        if net.send(from, to, streams[s], data.clone()) {
+            sent[from * 3 + s].push(data);
+        }
+        if r >> 60 == 0 {
+            net.stall(from, to);
+            net.run_for(3 * MS, MS);
+            net.unstall(from, to);
+        }
+        if (r >> 32).is_multiple_of(4) {
+            net.step(MS);
+        }
+    }
+    net.run_for(Duration::from_secs(2), MS);
+    for (from, to) in [(x, y), (y, x)] {
+        for (s, stream) in streams.iter().enumerate() {
+            let got = net.received(from, to, stream);
+            let want = &sent[from * 3 + s];
+            if &got != want {
+                let lens = |v: &[Bytes]| v.iter().map(Bytes::len).collect::<Vec<_>>();
+                return Err(format!(
+                    "seed {seed}: {from}->{to} on {stream}: sent {:?}, received {:?}; states {:?}",
+                    lens(want),
+                    lens(&got),
+                    net.nodes[to].states,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn ten_thousand_seeds_of_mixed_workload_lose_duplicate_and_reorder_nothing() {
+    if let Ok(seed) = std::env::var("GLUEBERRY_SIM_SEED") {
+        let seed: u64 = seed.parse().expect("seed");
+        mixed_workload(seed).unwrap();
+        return;
+    }
+    let seeds: u64 = std::env::var("GLUEBERRY_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    for seed in 1..=seeds {
+        if let Err(e) = mixed_workload(seed) {
+            panic!("{e} (replay: GLUEBERRY_SIM_SEED={seed})");
+        }
+    }
+}

@@ -1,0 +1,761 @@
+//! A node's set of connections, sans-IO: which peer is in which state, dialling and
+//! reconnecting with backoff, handshake timeouts and cooldown, and simultaneous dials.
+//!
+//! The driver (the io_uring engine, or the in-memory network) performs the [`Action`]s, feeds
+//! bytes and timer ticks in, and reads [`NodeEvent`]s out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glueberry_crypto::{HandshakeConfig, PeerId};
+
+use crate::ConnectionConfig;
+use crate::connection::Connection;
+use crate::event::{CloseCode, CloseReason, Direction, Event, SendError, StreamError, StreamId};
+use crate::peer::{Backoff, ConnState, InvalidTransition, Jitter};
+
+/// Identifies one connection (one TCP stream) of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A node's settings (Glueberry's defaults).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Per-connection settings.
+    pub connection: Arc<ConnectionConfig>,
+    /// This node's handshake settings (identity, network, suites).
+    pub handshake: Arc<HandshakeConfig>,
+    /// From dial to authenticated (default 30 s).
+    pub dial_timeout: Duration,
+    /// From Connected to Established (default 30 s); expiry goes to Cooldown.
+    pub handshake_timeout: Duration,
+    /// How long a peer stays in Cooldown (default 1 min).
+    pub cooldown: Duration,
+    /// Reconnection schedule.
+    pub backoff: Backoff,
+    /// Seed for the backoff jitter.
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    /// Glueberry's defaults around the given connection and handshake settings.
+    pub fn new(connection: Arc<ConnectionConfig>, handshake: Arc<HandshakeConfig>) -> Self {
+        Self {
+            connection,
+            handshake,
+            dial_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(30),
+            cooldown: Duration::from_secs(60),
+            backoff: Backoff::default(),
+            seed: 1,
+        }
+    }
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection to `addr` for `conn`; report with [`NodeCore::handle_dial_result`].
+    Dial {
+        /// The connection.
+        conn: ConnId,
+        /// Where to.
+        addr: SocketAddr,
+    },
+    /// Write `last_bytes` (a CLOSE frame, if any), then close `conn`'s socket. The connection
+    /// is already forgotten.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Final bytes to send before closing.
+        last_bytes: Vec<u8>,
+    },
+}
+
+/// Something the application should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A peer changed state.
+    State {
+        /// The peer.
+        peer: PeerId,
+        /// Its new state.
+        state: ConnState,
+        /// The direction of its connection, when it has one.
+        direction: Option<Direction>,
+        /// Why a connection ended, when one did.
+        reason: Option<CloseReason>,
+    },
+    /// A message arrived.
+    Message {
+        /// From whom.
+        peer: PeerId,
+        /// On which of our streams of that peer's connection.
+        stream: StreamId,
+        /// Its bytes. Call [`NodeCore::release`] once consumed.
+        data: Bytes,
+    },
+    /// The peer did not open one of our streams; `unsent` queued messages were not delivered.
+    StreamRejected {
+        /// The peer.
+        peer: PeerId,
+        /// Our stream.
+        stream: StreamId,
+        /// Messages not delivered.
+        unsent: u64,
+    },
+    /// A stream that hit its high watermark accepts messages again.
+    Writable {
+        /// The peer.
+        peer: PeerId,
+        /// The stream.
+        stream: StreamId,
+    },
+}
+
+/// Why a node command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The peer is not known (add it first).
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// The peer has no address to dial.
+    #[error("peer has no address")]
+    NoAddress,
+    /// The peer has no live connection.
+    #[error("peer not connected")]
+    NotConnected,
+    /// Sending failed.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// Opening streams failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+#[derive(Debug)]
+struct Peer {
+    state: ConnState,
+    addr: Option<SocketAddr>,
+    reconnect: bool,
+    conn: Option<ConnId>,
+    direction: Option<Direction>,
+    attempts: u32,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    conn: Connection,
+    peer: Option<PeerId>,
+}
+
+/// A node's connections and peers.
+pub struct NodeCore {
+    config: NodeConfig,
+    me: PeerId,
+    peers: BTreeMap<PeerId, Peer>,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: u64,
+    actions: VecDeque<Action>,
+    events: VecDeque<NodeEvent>,
+    scratch: Vec<Event>,
+    /// Connections closed while handling another's events; settled right after.
+    closing: Vec<ConnId>,
+    jitter: Jitter,
+    invalid_transitions: u64,
+}
+
+impl NodeCore {
+    /// A node with no peers.
+    pub fn new(config: NodeConfig) -> Self {
+        Self {
+            me: config.handshake.peer_id(),
+            jitter: Jitter::new(config.seed),
+            config,
+            peers: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: Vec::with_capacity(1024),
+            closing: Vec::new(),
+            invalid_transitions: 0,
+        }
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+
+    // ---- peers ----
+
+    /// Makes a peer known, with an address to dial and whether to reconnect when it drops.
+    pub fn add_peer(&mut self, peer: PeerId, addr: Option<SocketAddr>, reconnect: bool) {
+        let entry = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| Peer::new(addr, reconnect));
+        if addr.is_some() {
+            entry.addr = addr;
+        }
+        entry.reconnect = reconnect;
+    }
+
+    /// Dials a known peer now (also out of Reconnecting and Cooldown).
+    pub fn connect(&mut self, peer: PeerId, now: Instant) -> Result<(), NodeError> {
+        let p = self.peers.get(&peer).ok_or(NodeError::UnknownPeer)?;
+        match p.state {
+            ConnState::Connecting | ConnState::Connected | ConnState::Established => Ok(()),
+            ConnState::Disconnected | ConnState::Reconnecting | ConnState::Cooldown => {
+                if p.addr.is_none() {
+                    return Err(NodeError::NoAddress);
+                }
+                self.start_dial(peer, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes the peer's connection (or stops reconnecting) and leaves it Disconnected.
+    pub fn disconnect(&mut self, peer: PeerId, now: Instant) -> Result<(), NodeError> {
+        let p = self.peers.get_mut(&peer).ok_or(NodeError::UnknownPeer)?;
+        p.deadline = None;
+        if let Some(id) = p.conn.take() {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.conn.close(CloseCode::NORMAL);
+            }
+            self.settle_at(id, now);
+        }
+        self.set_state(peer, ConnState::Disconnected, None);
+        Ok(())
+    }
+
+    /// Stops a pending reconnection: Reconnecting becomes Disconnected.
+    pub fn cancel_reconnect(&mut self, peer: PeerId) -> Result<(), NodeError> {
+        let p = self.peers.get_mut(&peer).ok_or(NodeError::UnknownPeer)?;
+        if p.state == ConnState::Reconnecting {
+            p.deadline = None;
+            self.set_state(peer, ConnState::Disconnected, None);
+        }
+        Ok(())
+    }
+
+    /// The peer's state (Disconnected if unknown).
+    pub fn state(&self, peer: PeerId) -> ConnState {
+        self.peers
+            .get(&peer)
+            .map_or(ConnState::Disconnected, |p| p.state)
+    }
+
+    /// The direction of the peer's current connection.
+    pub fn direction(&self, peer: PeerId) -> Option<Direction> {
+        self.peers.get(&peer).and_then(|p| p.conn.and(p.direction))
+    }
+
+    /// How many invalid state transitions were attempted; always 0 unless there is a bug. The
+    /// property tests check it.
+    pub fn invalid_transitions(&self) -> u64 {
+        self.invalid_transitions
+    }
+
+    // ---- application commands ----
+
+    /// Opens the named streams with a Connected peer; it becomes Established.
+    pub fn complete_handshake(
+        &mut self,
+        peer: PeerId,
+        streams: &[&str],
+        now: Instant,
+    ) -> Result<(), NodeError> {
+        let id = self.conn_of(peer)?;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.conn.complete_handshake(streams)?;
+        }
+        self.settle_at(id, now);
+        Ok(())
+    }
+
+    /// Queues a message for a peer (see [`Connection::send`]).
+    pub fn send(&mut self, peer: PeerId, stream: StreamId, data: Bytes) -> Result<(), NodeError> {
+        let id = self.conn_of(peer)?;
+        let conn = self.conns.get_mut(&id).ok_or(NodeError::NotConnected)?;
+        Ok(conn.conn.send(stream, data)?)
+    }
+
+    /// The id of a peer connection's stream by name.
+    pub fn stream_id(&self, peer: PeerId, name: &str) -> Option<StreamId> {
+        let id = self.peers.get(&peer)?.conn?;
+        self.conns.get(&id)?.conn.stream_id(name)
+    }
+
+    /// The name of a peer connection's stream.
+    pub fn stream_name(&self, peer: PeerId, stream: StreamId) -> Option<&str> {
+        let id = self.peers.get(&peer)?.conn?;
+        self.conns.get(&id)?.conn.stream_name(stream)
+    }
+
+    /// Returns a consumed message's credit to the peer.
+    pub fn release(&mut self, peer: PeerId, stream: StreamId, len: usize) {
+        if let Some(id) = self.peers.get(&peer).and_then(|p| p.conn)
+            && let Some(conn) = self.conns.get_mut(&id)
+        {
+            conn.conn.release(stream, len);
+        }
+    }
+
+    fn conn_of(&self, peer: PeerId) -> Result<ConnId, NodeError> {
+        self.peers
+            .get(&peer)
+            .ok_or(NodeError::UnknownPeer)?
+            .conn
+            .ok_or(NodeError::NotConnected)
+    }
+
+    // ---- driver inputs ----
+
+    /// A dial finished: `Ok` once TCP is connected, `Err` if it failed.
+    pub fn handle_dial_result(&mut self, conn: ConnId, result: Result<(), String>, now: Instant) {
+        if result.is_err()
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            c.conn.handle_eof();
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// A TCP connection was accepted; returns its id. The peer is known once it authenticates.
+    pub fn handle_accepted(&mut self, now: Instant) -> ConnId {
+        let id = self.new_conn_id();
+        let conn = Connection::inbound(
+            self.config.connection.clone(),
+            self.config.handshake.clone(),
+            now,
+        );
+        self.conns.insert(id, Conn { conn, peer: None });
+        id
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.handle_input(now, data);
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// A connection's byte stream ended (or its socket failed).
+    pub fn handle_eof(&mut self, conn: ConnId, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.handle_eof();
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.conn.handle_timeout(now);
+                self.settle_at(id, now);
+            }
+        }
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            self.handle_deadline(peer, now);
+        }
+    }
+
+    fn handle_deadline(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.deadline = None;
+        match p.state {
+            ConnState::Connecting => {
+                // Dial timeout: abandon this attempt.
+                if let Some(id) = p.conn
+                    && let Some(c) = self.conns.get_mut(&id)
+                {
+                    c.conn.handle_eof();
+                    self.settle_at(id, now);
+                }
+            }
+            ConnState::Connected => {
+                if let Some(id) = p.conn
+                    && let Some(c) = self.conns.get_mut(&id)
+                {
+                    c.conn.close(CloseCode::HANDSHAKE_TIMEOUT);
+                    self.settle_at(id, now);
+                }
+            }
+            ConnState::Cooldown => {
+                self.set_state(peer, ConnState::Disconnected, None);
+                self.schedule_reconnect(peer, now);
+            }
+            ConnState::Reconnecting => self.start_dial(peer, now),
+            ConnState::Disconnected | ConnState::Established => {}
+        }
+    }
+
+    // ---- driver outputs ----
+
+    /// Writes what `conn` has to send into `out`; returns the byte count.
+    pub fn poll_transmit(&mut self, conn: ConnId, out: &mut [u8]) -> usize {
+        self.conns
+            .get_mut(&conn)
+            .map_or(0, |c| c.conn.poll_transmit(out))
+    }
+
+    /// Connections with something to send.
+    pub fn has_pending_output(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.conn.has_pending_output())
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`NodeCore::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conns = self.conns.values().filter_map(|c| c.conn.poll_timeout());
+        let peers = self.peers.values().filter_map(|p| p.deadline);
+        conns.chain(peers).min()
+    }
+
+    /// Live connection ids.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns.keys().copied()
+    }
+
+    /// Every live connection: id, peer (once known), direction and phase. For debugging and
+    /// state dumps.
+    pub fn connection_summary(
+        &self,
+    ) -> Vec<(ConnId, Option<PeerId>, Direction, crate::connection::Phase)> {
+        let mut all: Vec<_> = self
+            .conns
+            .iter()
+            .map(|(id, c)| (*id, c.peer, c.conn.direction(), c.conn.phase()))
+            .collect();
+        all.sort_by_key(|(id, ..)| *id);
+        all
+    }
+
+    // ---- internals ----
+
+    fn new_conn_id(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId(self.next_conn)
+    }
+
+    fn start_dial(&mut self, peer: PeerId, now: Instant) {
+        let id = self.new_conn_id();
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let Some(addr) = p.addr else {
+            return;
+        };
+        let conn = match Connection::outbound(
+            self.config.connection.clone(),
+            self.config.handshake.clone(),
+            Some(peer),
+            now,
+        ) {
+            Ok(conn) => conn,
+            Err(_) => return,
+        };
+        self.conns.insert(
+            id,
+            Conn {
+                conn,
+                peer: Some(peer),
+            },
+        );
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.conn = Some(id);
+            p.direction = Some(Direction::Outbound);
+            p.deadline = Some(now + self.config.dial_timeout);
+        }
+        self.set_state(peer, ConnState::Connecting, None);
+        self.actions.push_back(Action::Dial { conn: id, addr });
+    }
+
+    /// Takes a connection's events and turns them into peer state changes and node events.
+    fn settle_at(&mut self, id: ConnId, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if let Some(c) = self.conns.get_mut(&id) {
+            scratch.extend(std::iter::from_fn(|| c.conn.poll_event()));
+        }
+        for event in scratch.drain(..) {
+            self.handle_conn_event(id, event, now);
+        }
+        self.scratch = scratch;
+        while let Some(closed) = self.closing.pop() {
+            self.settle_at(closed, now);
+        }
+    }
+
+    fn handle_conn_event(&mut self, id: ConnId, event: Event, now: Instant) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let direction = c.conn.direction();
+        let attached_peer = c
+            .peer
+            .filter(|p| self.peers.get(p).is_some_and(|peer| peer.conn == Some(id)));
+        match event {
+            Event::Connected { peer, .. } => self.handle_connected(id, peer, direction, now),
+            Event::Established => {
+                if let Some(peer) = attached_peer {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.deadline = None;
+                    }
+                    self.set_state(peer, ConnState::Established, None);
+                }
+            }
+            Event::Message { stream, data } => {
+                if let Some(peer) = attached_peer {
+                    self.events
+                        .push_back(NodeEvent::Message { peer, stream, data });
+                }
+            }
+            Event::StreamRejected { stream, unsent } => {
+                if let Some(peer) = attached_peer {
+                    self.events.push_back(NodeEvent::StreamRejected {
+                        peer,
+                        stream,
+                        unsent,
+                    });
+                }
+            }
+            Event::Writable(stream) => {
+                if let Some(peer) = attached_peer {
+                    self.events.push_back(NodeEvent::Writable { peer, stream });
+                }
+            }
+            Event::StreamAccepted(_) | Event::Rtt(_) => {}
+            Event::Closed { reason, .. } => self.handle_closed(id, attached_peer, reason, now),
+        }
+    }
+
+    fn handle_connected(&mut self, id: ConnId, peer: PeerId, direction: Direction, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.peer = Some(peer);
+        }
+        let p = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| Peer::new(None, false));
+        if p.state == ConnState::Cooldown {
+            // It timed out its handshake with us recently: not before the cooldown ends.
+            self.close_conn(id, CloseCode::HANDSHAKE_TIMEOUT);
+            return;
+        }
+        if let Some(other) = p.conn.filter(|other| *other != id) {
+            let other_direction = self.conns.get(&other).map(|c| c.conn.direction());
+            let keep_new = match other_direction {
+                // Both ends dialled: keep the connection dialled by the smaller peer id, which
+                // both ends compute the same way.
+                Some(d) if d != direction => {
+                    self.initiator(direction, peer) < self.initiator(d, peer)
+                }
+                // Same direction: the newer connection replaces a stale one.
+                _ => true,
+            };
+            if !keep_new {
+                self.close_conn(id, CloseCode::DUPLICATE);
+                return;
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.conn = Some(id);
+            }
+            self.close_conn(other, CloseCode::DUPLICATE);
+            if self.state(peer) == ConnState::Established {
+                // The peer came back on a new connection: the old session is over.
+                let reason = Some(CloseReason::Local(CloseCode::DUPLICATE));
+                self.set_state(peer, ConnState::Disconnected, reason);
+            }
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.conn = Some(id);
+        p.direction = Some(direction);
+        p.attempts = 0;
+        p.deadline = Some(now + self.config.handshake_timeout);
+        if p.state != ConnState::Connected {
+            self.set_state(peer, ConnState::Connected, None);
+        }
+    }
+
+    fn initiator(&self, direction: Direction, peer: PeerId) -> PeerId {
+        match direction {
+            Direction::Outbound => self.me,
+            Direction::Inbound => peer,
+        }
+    }
+
+    /// Closes a connection that is not (or no longer) the peer's: no state change follows.
+    fn close_conn(&mut self, id: ConnId, code: CloseCode) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.peer = None;
+            c.conn.close(code);
+            // Its Closed event finds no attached peer; it is handled once the current
+            // connection's events are.
+            self.closing.push(id);
+        }
+    }
+
+    fn handle_closed(
+        &mut self,
+        id: ConnId,
+        attached: Option<PeerId>,
+        reason: CloseReason,
+        now: Instant,
+    ) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            let mut last_bytes = vec![0u8; 256];
+            let n = c.conn.poll_transmit(&mut last_bytes);
+            last_bytes.truncate(n);
+            self.actions.push_back(Action::Close {
+                conn: id,
+                last_bytes,
+            });
+        }
+        let Some(peer) = attached else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.conn = None;
+        p.deadline = None;
+        match p.state {
+            ConnState::Connecting => {
+                // The dial or its secure handshake failed.
+                p.attempts += 1;
+                let attempts = p.attempts;
+                self.schedule_retry(peer, attempts, Some(reason), now);
+            }
+            ConnState::Connected if reason == CloseReason::Local(CloseCode::HANDSHAKE_TIMEOUT) => {
+                p.deadline = Some(now + self.config.cooldown);
+                self.set_state(peer, ConnState::Cooldown, Some(reason));
+            }
+            ConnState::Connected | ConnState::Established => {
+                let manual = reason == CloseReason::Local(CloseCode::NORMAL);
+                self.set_state(peer, ConnState::Disconnected, Some(reason));
+                if !manual {
+                    self.schedule_reconnect(peer, now);
+                }
+            }
+            ConnState::Disconnected | ConnState::Reconnecting | ConnState::Cooldown => {}
+        }
+    }
+
+    /// After a failed attempt: Reconnecting if attempts remain, else Disconnected.
+    fn schedule_retry(
+        &mut self,
+        peer: PeerId,
+        attempts: u32,
+        reason: Option<CloseReason>,
+        now: Instant,
+    ) {
+        let random = self.jitter.next_u64();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match self
+            .config
+            .backoff
+            .delay(attempts, random)
+            .filter(|_| p.reconnect)
+        {
+            Some(delay) => {
+                p.deadline = Some(now + delay);
+                self.set_state(peer, ConnState::Reconnecting, reason);
+            }
+            None => self.set_state(peer, ConnState::Disconnected, reason),
+        }
+    }
+
+    /// After a connection ended: Disconnected → Reconnecting for peers that reconnect.
+    fn schedule_reconnect(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !p.reconnect || p.addr.is_none() {
+            return;
+        }
+        p.attempts = 1;
+        let random = self.jitter.next_u64();
+        if let Some(delay) = self.config.backoff.delay(1, random) {
+            p.deadline = Some(now + delay);
+            self.set_state(peer, ConnState::Reconnecting, None);
+        }
+    }
+
+    fn set_state(&mut self, peer: PeerId, next: ConnState, reason: Option<CloseReason>) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.state == next {
+            return;
+        }
+        match p.state.transition(next) {
+            Ok(state) => {
+                p.state = state;
+                let direction = if matches!(state, ConnState::Connected | ConnState::Established) {
+                    p.direction
+                } else {
+                    None
+                };
+                self.events.push_back(NodeEvent::State {
+                    peer,
+                    state,
+                    direction,
+                    reason,
+                });
+            }
+            Err(InvalidTransition { .. }) => {
+                // A bug in this module; counted so tests catch it, never silently applied.
+                self.invalid_transitions += 1;
+                debug_assert!(false, "invalid transition {:?} -> {next:?}", p.state);
+            }
+        }
+    }
+}
+
+impl Peer {
+    fn new(addr: Option<SocketAddr>, reconnect: bool) -> Self {
+        Self {
+            state: ConnState::Disconnected,
+            addr,
+            reconnect,
+            conn: None,
+            direction: None,
+            attempts: 0,
+            deadline: None,
+        }
+    }
+}
