@@ -233,6 +233,7 @@ impl NodeCore {
             self.settle_at(id, now);
         }
         self.set_state(peer, ConnState::Disconnected, None);
+        self.forget_if_unknown(peer);
         Ok(())
     }
 
@@ -256,6 +257,11 @@ impl NodeCore {
     /// The direction of the peer's current connection.
     pub fn direction(&self, peer: PeerId) -> Option<Direction> {
         self.peers.get(&peer).and_then(|p| p.conn.and(p.direction))
+    }
+
+    /// How many peers the node holds state for.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
     }
 
     /// How many invalid state transitions were attempted; always 0 unless there is a bug. The
@@ -668,8 +674,19 @@ impl NodeCore {
                 if !manual {
                     self.schedule_reconnect(peer, now);
                 }
+                self.forget_if_unknown(peer);
             }
             ConnState::Disconnected | ConnState::Reconnecting | ConnState::Cooldown => {}
+        }
+    }
+
+    /// A peer that only ever dialled us, and is gone, leaves no trace: the table of peers is
+    /// bounded by the peers the application added plus those connected now.
+    fn forget_if_unknown(&mut self, peer: PeerId) {
+        if self.peers.get(&peer).is_some_and(|p| {
+            p.state == ConnState::Disconnected && p.addr.is_none() && !p.reconnect && p.conn.is_none()
+        }) {
+            self.peers.remove(&peer);
         }
     }
 
