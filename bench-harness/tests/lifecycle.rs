@@ -66,8 +66,10 @@ fn zero_max_attempts_means_unlimited_and_a_limit_is_a_limit() {
     assert_eq!(net.state(limited, target), ConnState::Disconnected);
     // Healing lets the unlimited one in by itself.
     net.heal();
-    assert!(net.run_until(Duration::from_secs(2), MS, |n| n.state(unlimited, target)
-        == ConnState::Established));
+    assert!(
+        net.run_until(Duration::from_secs(2), MS, |n| n.state(unlimited, target)
+            == ConnState::Established)
+    );
 }
 
 #[test]
@@ -80,9 +82,11 @@ fn peers_that_only_dialled_in_are_forgotten_when_they_leave() {
     for &c in &clients {
         net.connect(c, server);
     }
-    assert!(net.run_until(Duration::from_secs(2), MS, |n| clients
-        .iter()
-        .all(|&c| n.state(server, c) == ConnState::Established)));
+    assert!(net.run_until(Duration::from_secs(2), MS, |n| {
+        clients
+            .iter()
+            .all(|&c| n.state(server, c) == ConnState::Established)
+    }));
     assert_eq!(net.nodes[server].core.peer_count(), 20);
     let now = net.now();
     for &c in &clients {

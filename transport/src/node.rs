@@ -684,7 +684,10 @@ impl NodeCore {
     /// bounded by the peers the application added plus those connected now.
     fn forget_if_unknown(&mut self, peer: PeerId) {
         if self.peers.get(&peer).is_some_and(|p| {
-            p.state == ConnState::Disconnected && p.addr.is_none() && !p.reconnect && p.conn.is_none()
+            p.state == ConnState::Disconnected
+                && p.addr.is_none()
+                && !p.reconnect
+                && p.conn.is_none()
         }) {
             self.peers.remove(&peer);
         }
