@@ -314,6 +314,8 @@ impl SimNetwork {
                 any = true;
                 match action {
                     Action::Dial { conn, addr } => self.dial(i, conn, addr),
+                    // Every simulated node is a single shard: it owns all its peers.
+                    Action::Handoff { .. } => {}
                     Action::Close { conn, last_bytes } => {
                         if let Some(link) = self.links.get_mut(&(i, conn)) {
                             if !last_bytes.is_empty() {

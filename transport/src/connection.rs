@@ -868,6 +868,14 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Puts taken events back at the front, in order (a connection handed between threads
+    /// keeps the events its new owner has not seen).
+    pub fn requeue_events(&mut self, events: Vec<Event>) {
+        for event in events.into_iter().rev() {
+            self.events.push_front(event);
+        }
+    }
+
     /// When [`Connection::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.phase == Phase::Closed {

@@ -69,5 +69,5 @@ pub use event::{
     CloseCode, CloseReason, ConnectionError, Direction, Event, SendError, StreamError, StreamId,
 };
 pub use glueberry_crypto as crypto;
-pub use node::{Action, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent};
+pub use node::{Action, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, Shard, shard_of};
 pub use peer::{Backoff, ConnState, InvalidTransition, Jitter};

@@ -38,6 +38,37 @@ pub struct NodeConfig {
     pub backoff: Backoff,
     /// Seed for the backoff jitter.
     pub seed: u64,
+    /// Which share of the peers this core owns, when a node runs several (one per shard).
+    pub shard: Shard,
+}
+
+/// A core's share of the peers: peer `p` belongs to shard [`shard_of`]`(p, count)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This core's index.
+    pub index: usize,
+    /// How many cores share the peers.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The only shard: owns every peer.
+    pub const SINGLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Whether this shard owns `peer`.
+    pub fn owns(&self, peer: &PeerId) -> bool {
+        shard_of(peer, self.count) == self.index
+    }
+}
+
+/// The shard that owns `peer` among `count`: a peer id is a uniformly random key, so its first
+/// eight bytes spread peers evenly without hashing.
+pub fn shard_of(peer: &PeerId, count: usize) -> usize {
+    let key = peer.public_key();
+    let word = u64::from_le_bytes([
+        key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+    ]);
+    (word % count.max(1) as u64) as usize
 }
 
 impl NodeConfig {
@@ -51,6 +82,7 @@ impl NodeConfig {
             cooldown: Duration::from_secs(60),
             backoff: Backoff::default(),
             seed: 1,
+            shard: Shard::SINGLE,
         }
     }
 }
@@ -64,6 +96,15 @@ pub enum Action {
         conn: ConnId,
         /// Where to.
         addr: SocketAddr,
+    },
+    /// An inbound connection authenticated a peer another shard owns: once no I/O is in flight
+    /// on it, take it with [`NodeCore::detach`] and give it (with its socket) to that shard,
+    /// which calls [`NodeCore::adopt`].
+    Handoff {
+        /// The connection.
+        conn: ConnId,
+        /// The peer, whose shard is [`shard_of`].
+        peer: PeerId,
     },
     /// Write `last_bytes` (a CLOSE frame, if any), then close `conn`'s socket. The connection
     /// is already forgotten.
@@ -152,6 +193,8 @@ struct Peer {
 struct Conn {
     conn: Connection,
     peer: Option<PeerId>,
+    /// Waiting to be handed to the owner shard: its events are left for the adopter.
+    parked: bool,
 }
 
 /// A node's connections and peers.
@@ -343,7 +386,14 @@ impl NodeCore {
             self.config.handshake.clone(),
             now,
         );
-        self.conns.insert(id, Conn { conn, peer: None });
+        self.conns.insert(
+            id,
+            Conn {
+                conn,
+                peer: None,
+                parked: false,
+            },
+        );
         id
     }
 
@@ -448,6 +498,33 @@ impl NodeCore {
         conns.chain(peers).min()
     }
 
+    /// Takes a connection parked for handoff (see [`Action::Handoff`]) out of this core.
+    pub fn detach(&mut self, conn: ConnId) -> Option<Connection> {
+        if !self.conns.get(&conn).is_some_and(|c| c.parked) {
+            return None;
+        }
+        self.conns.remove(&conn).map(|c| c.conn)
+    }
+
+    /// Takes over a connection another shard authenticated for a peer this shard owns; returns
+    /// its id here. Its pending events (the peer's first messages) are processed now.
+    pub fn adopt(&mut self, conn: Connection, now: Instant) -> Option<ConnId> {
+        let peer = conn.peer()?;
+        let direction = conn.direction();
+        let id = self.new_conn_id();
+        self.conns.insert(
+            id,
+            Conn {
+                conn,
+                peer: Some(peer),
+                parked: false,
+            },
+        );
+        self.handle_connected(id, peer, direction, now);
+        self.settle_at(id, now);
+        Some(id)
+    }
+
     /// Live connection ids.
     pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.conns.keys().copied()
@@ -496,6 +573,7 @@ impl NodeCore {
             Conn {
                 conn,
                 peer: Some(peer),
+                parked: false,
             },
         );
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -513,8 +591,19 @@ impl NodeCore {
         if let Some(c) = self.conns.get_mut(&id) {
             scratch.extend(std::iter::from_fn(|| c.conn.poll_event()));
         }
-        for event in scratch.drain(..) {
+        let mut events = scratch.drain(..);
+        for event in events.by_ref() {
             self.handle_conn_event(id, event, now);
+            if self.conns.get(&id).is_some_and(|c| c.parked) {
+                break;
+            }
+        }
+        // Events after a handoff belong to the adopting shard: put them back, in order.
+        let rest: Vec<Event> = events.collect();
+        if !rest.is_empty()
+            && let Some(c) = self.conns.get_mut(&id)
+        {
+            c.conn.requeue_events(rest);
         }
         self.scratch = scratch;
         while let Some(closed) = self.closing.pop() {
@@ -568,6 +657,11 @@ impl NodeCore {
     fn handle_connected(&mut self, id: ConnId, peer: PeerId, direction: Direction, now: Instant) {
         if let Some(c) = self.conns.get_mut(&id) {
             c.peer = Some(peer);
+            if !self.config.shard.owns(&peer) {
+                c.parked = true;
+                self.actions.push_back(Action::Handoff { conn: id, peer });
+                return;
+            }
         }
         let p = self
             .peers
