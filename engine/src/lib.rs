@@ -1,8 +1,47 @@
 //! Glueberry: encrypted peer-to-peer messaging for blockchain validators.
 //!
-//! **Not implemented yet.** This crate will be the thread-per-core io_uring engine and the `Node`
-//! handle applications embed. What works today is the secure channel, re-exported here as
-//! [`crypto`]: identities, the Noise XX handshake and record sealing.
+//! A [`Node`] runs one shard per CPU, each a pinned thread with its own io_uring, driving the
+//! sans-IO protocol core ([`transport`]) over real TCP sockets. Peers are split between shards by
+//! peer id; an inbound connection is handed to its peer's shard once the handshake names the
+//! peer. The application talks to the shards through bounded queues and receives messages and
+//! events on bounded channels; the `Node` handle is `Send + Sync + Clone` and its async methods
+//! work from any executor.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use glueberry::{Event, Node, NodeConfig};
+//! use glueberry::crypto::Identity;
+//! use glueberry::transport::ConnState;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let a = Node::start(NodeConfig::new(Identity::generate()?, "chain-1", "127.0.0.1:0".parse()?))?;
+//! let b = Node::start(NodeConfig::new(Identity::generate()?, "chain-1", "127.0.0.1:0".parse()?))?;
+//! a.connect(b.peer_id(), b.listen_addr())?;
+//! // Each side completes the application handshake when the peer is Connected.
+//! for (node, peer) in [(&a, b.peer_id()), (&b, a.peer_id())] {
+//!     while let Ok(event) = node.events().recv_blocking() {
+//!         if matches!(event, Event::State { state: ConnState::Connected, .. }) {
+//!             node.complete_handshake(peer, &["consensus"])?;
+//!             break;
+//!         }
+//!     }
+//! }
+//! let consensus = a.stream("consensus");
+//! // (wait for Established on both sides in real code)
+//! a.try_send(b.peer_id(), &consensus, Bytes::from_static(b"vote"))?;
+//! let message = b.messages().recv_blocking()?;
+//! assert_eq!(&message.data[..], b"vote");
+//! a.stop();
+//! b.stop();
+//! # Ok(())
+//! # }
+//! ```
+
+mod node;
+mod shard;
+mod sys;
 
 pub use glueberry_crypto as crypto;
 pub use glueberry_transport as transport;
+pub use node::{Event, Handler, Message, Node, NodeConfig, NodeSendError, StartError, StreamName};
+pub use sys::socket::open_fd_count;

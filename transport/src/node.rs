@@ -498,6 +498,33 @@ impl NodeCore {
         conns.chain(peers).min()
     }
 
+    /// Closes every connection with `code` (the node is stopping): CLOSE frames go out through
+    /// the resulting [`Action::Close`]s, and peers become Disconnected without reconnecting.
+    pub fn close_all(&mut self, code: CloseCode, now: Instant) {
+        for p in self.peers.values_mut() {
+            p.reconnect = false;
+            p.deadline = None;
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.parked = false;
+                c.conn.close(code);
+            }
+            self.settle_at(id, now);
+        }
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            if self.state(peer) != ConnState::Disconnected {
+                self.set_state(
+                    peer,
+                    ConnState::Disconnected,
+                    Some(CloseReason::Local(code)),
+                );
+            }
+        }
+    }
+
     /// Takes a connection parked for handoff (see [`Action::Handoff`]) out of this core.
     pub fn detach(&mut self, conn: ConnId) -> Option<Connection> {
         if !self.conns.get(&conn).is_some_and(|c| c.parked) {
@@ -588,7 +615,9 @@ impl NodeCore {
     /// Takes a connection's events and turns them into peer state changes and node events.
     fn settle_at(&mut self, id: ConnId, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        if let Some(c) = self.conns.get_mut(&id) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.parked
+        {
             scratch.extend(std::iter::from_fn(|| c.conn.poll_event()));
         }
         let mut events = scratch.drain(..);

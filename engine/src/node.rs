@@ -1,0 +1,553 @@
+//! The `Node` handle: start the shards, talk to them, stop them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use glueberry_crypto::{HandshakeConfig, Identity, PeerId};
+use glueberry_transport::{
+    CloseReason, ConnState, ConnectionConfig, Direction, NodeConfig as CoreConfig, NodeCore, Shard,
+    shard_of,
+};
+
+use crate::shard::{self, Command, ShardHandle, Shared};
+use crate::sys::{ring::Ring, socket};
+
+/// A stream name, interned: cloning it is a reference-count increment, so naming the stream of
+/// every message costs no allocation. Get one with [`Node::stream`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamName(Arc<str>);
+
+impl StreamName {
+    pub(crate) fn new(name: &str) -> Self {
+        Self(Arc::from(name))
+    }
+}
+
+impl Deref for StreamName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message received from a peer.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The sender.
+    pub peer: PeerId,
+    /// The stream it came on.
+    pub stream: StreamName,
+    /// Its bytes.
+    pub data: Bytes,
+}
+
+/// Something that happened to a peer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The peer changed state.
+    State {
+        /// The peer.
+        peer: PeerId,
+        /// Its new state.
+        state: ConnState,
+        /// Its connection's direction, when connected.
+        direction: Option<Direction>,
+        /// Why a connection ended, when one did.
+        reason: Option<CloseReason>,
+    },
+    /// A message accepted by `send` could not be queued on the connection.
+    SendFailed {
+        /// The peer.
+        peer: PeerId,
+        /// The stream.
+        stream: StreamName,
+        /// Why.
+        error: String,
+    },
+    /// The peer did not open a stream we opened; `unsent` queued messages were not delivered.
+    StreamRejected {
+        /// The peer.
+        peer: PeerId,
+        /// The stream.
+        stream: StreamName,
+        /// Messages not delivered.
+        unsent: u64,
+    },
+    /// A command (such as `complete_handshake`) failed on the shard.
+    CommandFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        error: String,
+    },
+}
+
+/// A zero-copy message handler, called on the shard thread for every message instead of the
+/// [`Node::messages`] channel. It must be quick: the shard serves nothing else while it runs.
+pub type Handler = Arc<dyn Fn(&PeerId, &str, &Bytes) + Send + Sync>;
+
+/// How to run a node.
+pub struct NodeConfig {
+    identity: Identity,
+    network_id: String,
+    listen: SocketAddr,
+    shards: usize,
+    connection: ConnectionConfig,
+    message_buffer: usize,
+    event_buffer: usize,
+    command_queue: usize,
+    pin_threads: bool,
+    ring_entries: u32,
+    handler: Option<Handler>,
+}
+
+impl NodeConfig {
+    /// A node with `identity` on network `network_id`, listening on `listen` (port 0 picks one),
+    /// with Glueberry's defaults.
+    pub fn new(identity: Identity, network_id: &str, listen: SocketAddr) -> Self {
+        Self {
+            identity,
+            network_id: network_id.to_string(),
+            listen,
+            shards: 0,
+            connection: ConnectionConfig::default(),
+            message_buffer: 1000,
+            event_buffer: 100,
+            command_queue: 4096,
+            pin_threads: true,
+            ring_entries: 4096,
+            handler: None,
+        }
+    }
+
+    /// Number of shards (threads); 0 (the default) is one per CPU the process may use.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Per-connection settings.
+    pub fn connection(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// Capacity of the [`Node::messages`] channel (default 1000). When full, shards stop
+    /// reading from sockets until the application catches up.
+    pub fn message_buffer(mut self, messages: usize) -> Self {
+        self.message_buffer = messages.max(1);
+        self
+    }
+
+    /// Capacity of the [`Node::events`] channel (default 100). When full, events are dropped and
+    /// counted ([`Node::events_dropped`]).
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events.max(1);
+        self
+    }
+
+    /// Capacity of each shard's command queue (default 4096): how many `send`s may be waiting
+    /// for a shard before `send` waits and `try_send` fails.
+    pub fn command_queue(mut self, commands: usize) -> Self {
+        self.command_queue = commands.max(1);
+        self
+    }
+
+    /// Pin each shard thread to its CPU (default on).
+    pub fn pin_threads(mut self, pin: bool) -> Self {
+        self.pin_threads = pin;
+        self
+    }
+
+    /// Deliver messages to `handler` on the shard threads instead of [`Node::messages`].
+    pub fn handler(mut self, handler: Handler) -> Self {
+        self.handler = Some(handler);
+        self
+    }
+
+    /// Submission queue entries per shard ring (default 4096). 0 makes io_uring unusable: for
+    /// testing the error a node gives when it cannot start.
+    pub fn ring_entries(mut self, entries: u32) -> Self {
+        self.ring_entries = entries;
+        self
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// io_uring could not be set up; the node refuses to run without it.
+    #[error(
+        "io_uring is unavailable ({0}); check `sysctl kernel.io_uring_disabled` (must be 0) and \
+         any seccomp profile that blocks io_uring_setup"
+    )]
+    IoUringUnavailable(io::Error),
+    /// Binding the listener failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another system call failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why `send` refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeSendError {
+    /// The shard's queue is full: `try_send` does not wait (`send` would).
+    #[error("buffer full: the peer's shard has no room; retry or use send()")]
+    BufferFull,
+    /// The message is longer than `max_message_size`.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    MessageTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The node stopped.
+    #[error("node stopped")]
+    Stopped,
+}
+
+struct Inner {
+    peer_id: PeerId,
+    listen_addr: SocketAddr,
+    shared: Arc<Shared>,
+    events: async_channel::Receiver<crate::Event>,
+    messages: async_channel::Receiver<Message>,
+    threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+    names: Mutex<HashMap<String, StreamName>>,
+    max_message_size: usize,
+    stopped: AtomicBool,
+}
+
+/// A running node. Cheap to clone; all clones drive the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .field("listen_addr", &self.inner.listen_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts the shards and the listeners.
+    pub fn start(config: NodeConfig) -> Result<Node, StartError> {
+        config
+            .connection
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let handshake = Arc::new(
+            HandshakeConfig::new(&config.identity, &config.network_id)
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        );
+        let cpus = socket::allowed_cpus();
+        let count = if config.shards == 0 {
+            cpus.len().max(1)
+        } else {
+            config.shards
+        };
+        // The first listener fixes the port; the others share it (SO_REUSEPORT).
+        let listen_err = |source| StartError::Listen {
+            addr: config.listen,
+            source,
+        };
+        let first = socket::listener(config.listen).map_err(listen_err)?;
+        let listen_addr = socket::local_addr(&first)?;
+        let mut listeners = vec![first];
+        for _ in 1..count {
+            listeners.push(socket::listener(listen_addr).map_err(listen_err)?);
+        }
+
+        let (events_tx, events_rx) = async_channel::bounded(config.event_buffer);
+        let (messages_tx, messages_rx) = async_channel::bounded(config.message_buffer);
+        let mut handles = Vec::with_capacity(count);
+        let mut receivers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (tx, rx) = async_channel::bounded(config.command_queue);
+            handles.push(ShardHandle {
+                commands: tx,
+                wake_fd: Arc::new(socket::eventfd()?),
+                sleeping: Arc::new(AtomicBool::new(false)),
+            });
+            receivers.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            shards: handles,
+            events: events_tx,
+            messages: messages_tx,
+            stop: AtomicBool::new(false),
+            handler: config.handler.clone(),
+            events_dropped: AtomicU64::new(0),
+        });
+        let connection = Arc::new(config.connection.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::with_capacity(count);
+        for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
+            let shared = shared.clone();
+            let ready = ready_tx.clone();
+            let mut core_config = CoreConfig::new(connection.clone(), handshake.clone());
+            core_config.shard = Shard { index, count };
+            core_config.seed = u64::from_le_bytes(
+                handshake.peer_id().public_key()[..8]
+                    .try_into()
+                    .unwrap_or([1; 8]),
+            ) ^ index as u64;
+            let cpu = cpus.get(index % cpus.len().max(1)).copied();
+            let pin = config.pin_threads;
+            let entries = config.ring_entries;
+            let thread = std::thread::Builder::new()
+                .name(format!("glueberry-shard-{index}"))
+                .spawn(move || {
+                    if pin && let Some(cpu) = cpu {
+                        let _ = socket::pin_to_cpu(cpu);
+                    }
+                    // The ring is made on its own thread: SINGLE_ISSUER ties it to its creator.
+                    let ring = match Ring::new(entries) {
+                        Ok(ring) => {
+                            let _ = ready.send(Ok(()));
+                            ring
+                        }
+                        Err(e) => {
+                            let error = io::Error::new(e.kind(), e.to_string());
+                            let _ = ready.send(Err(e));
+                            return Err(error);
+                        }
+                    };
+                    let handle = &shared.shards[index];
+                    let shard = shard::Shard::new(
+                        index,
+                        ring,
+                        NodeCore::new(core_config),
+                        listener,
+                        handle.wake_fd.clone(),
+                        handle.sleeping.clone(),
+                        commands,
+                        shared.clone(),
+                    );
+                    shard.run()
+                })?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..count {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(io::Error::other("a shard thread died at start")),
+            }
+        }
+        let node = Node {
+            inner: Arc::new(Inner {
+                peer_id: handshake.peer_id(),
+                listen_addr,
+                shared,
+                events: events_rx,
+                messages: messages_rx,
+                threads: Mutex::new(threads),
+                names: Mutex::new(HashMap::new()),
+                max_message_size: config.connection.max_message_size,
+                stopped: AtomicBool::new(false),
+            }),
+        };
+        if let Some(e) = failure {
+            node.stop();
+            return Err(StartError::IoUringUnavailable(e));
+        }
+        Ok(node)
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The address the node listens on (the real port when 0 was asked for).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen_addr
+    }
+
+    /// How many shards (threads) run the node.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shared.shards.len()
+    }
+
+    /// The interned name of a stream, for [`Node::send`].
+    pub fn stream(&self, name: &str) -> StreamName {
+        let mut names = self
+            .inner
+            .names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        names
+            .entry(name.to_string())
+            .or_insert_with(|| StreamName::new(name))
+            .clone()
+    }
+
+    fn command(&self, peer: PeerId, command: Command) -> Result<(), NodeSendError> {
+        let handle = self.handle(peer)?;
+        handle.commands.try_send(command).map_err(|e| match e {
+            async_channel::TrySendError::Full(_) => NodeSendError::BufferFull,
+            async_channel::TrySendError::Closed(_) => NodeSendError::Stopped,
+        })?;
+        handle.wake();
+        Ok(())
+    }
+
+    fn handle(&self, peer: PeerId) -> Result<&ShardHandle, NodeSendError> {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(NodeSendError::Stopped);
+        }
+        let shards = &self.inner.shared.shards;
+        Ok(&shards[shard_of(&peer, shards.len())])
+    }
+
+    /// Dials `peer` at `addr` (and redials it with backoff when the connection drops).
+    pub fn connect(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
+        self.command(peer, Command::Connect { peer, addr })
+    }
+
+    /// Closes the connection to `peer`.
+    pub fn disconnect(&self, peer: PeerId) -> Result<(), NodeSendError> {
+        self.command(peer, Command::Disconnect { peer })
+    }
+
+    /// Opens the named streams with a Connected peer: it becomes Established.
+    pub fn complete_handshake(&self, peer: PeerId, streams: &[&str]) -> Result<(), NodeSendError> {
+        let streams = streams.iter().map(|s| s.to_string()).collect();
+        self.command(peer, Command::CompleteHandshake { peer, streams })
+    }
+
+    /// Queues a message, waiting while the peer's shard has no room (backpressure).
+    pub async fn send(
+        &self,
+        peer: PeerId,
+        stream: &StreamName,
+        data: Bytes,
+    ) -> Result<(), NodeSendError> {
+        self.check_size(&data)?;
+        let handle = self.handle(peer)?;
+        let command = Command::Send {
+            peer,
+            stream: stream.clone(),
+            data,
+        };
+        if let Err(async_channel::TrySendError::Full(command)) = handle.commands.try_send(command) {
+            handle.wake();
+            handle
+                .commands
+                .send(command)
+                .await
+                .map_err(|_| NodeSendError::Stopped)?;
+        }
+        handle.wake();
+        Ok(())
+    }
+
+    /// Queues a message without waiting: [`NodeSendError::BufferFull`] when the shard has no room.
+    pub fn try_send(
+        &self,
+        peer: PeerId,
+        stream: &StreamName,
+        data: Bytes,
+    ) -> Result<(), NodeSendError> {
+        self.check_size(&data)?;
+        self.command(
+            peer,
+            Command::Send {
+                peer,
+                stream: stream.clone(),
+                data,
+            },
+        )
+    }
+
+    fn check_size(&self, data: &Bytes) -> Result<(), NodeSendError> {
+        if data.len() > self.inner.max_message_size {
+            return Err(NodeSendError::MessageTooLarge {
+                len: data.len(),
+                max: self.inner.max_message_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The received messages (a bounded channel shared by all clones: each message goes to one
+    /// receiver). `recv().await` from any executor, or `recv_blocking()` from a plain thread.
+    pub fn messages(&self) -> async_channel::Receiver<Message> {
+        self.inner.messages.clone()
+    }
+
+    /// Peer events (a bounded channel; see [`Node::events_dropped`]).
+    pub fn events(&self) -> async_channel::Receiver<crate::Event> {
+        self.inner.events.clone()
+    }
+
+    /// Events dropped because the event channel was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.inner.shared.events_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops the node: connections close with a CLOSE frame, shard threads finish every
+    /// operation in flight and exit, and their sockets close. Idempotent; waits for the threads.
+    pub fn stop(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.shared.stop.store(true, Ordering::Release);
+        for handle in &self.inner.shared.shards {
+            handle.sleeping.store(true, Ordering::SeqCst);
+            handle.wake();
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .inner
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in threads {
+            let _ = thread.join();
+        }
+        self.inner.events.close();
+        self.inner.messages.close();
+    }
+}

@@ -1,0 +1,670 @@
+//! One shard: a thread pinned to a CPU, its io_uring, and the transport core of the peers it
+//! owns. Nothing here is shared with other threads except the bounded queues in and out.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glueberry_crypto::PeerId;
+use glueberry_transport::{
+    Action, CloseCode, ConnId, Connection, NodeCore, NodeError, NodeEvent, SendError, StreamId,
+    shard_of,
+};
+
+use crate::sys::ring::{Completion, Op, Ring};
+use crate::sys::socket;
+use crate::{Event, Handler, Message, StreamName};
+
+/// Size of each connection's receive buffer.
+const RECV_BUF: usize = 256 * 1024;
+/// Size of each connection's send buffer: several 64 KiB records per send.
+const SEND_BUF: usize = 512 * 1024;
+/// Commands taken from the queue per loop turn, so that I/O keeps being served.
+const COMMANDS_PER_TURN: usize = 8192;
+/// How long a stopping shard waits for CLOSE frames and cancellations to complete.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What other threads ask of a shard.
+pub(crate) enum Command {
+    Connect {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    CompleteHandshake {
+        peer: PeerId,
+        streams: Vec<String>,
+    },
+    Send {
+        peer: PeerId,
+        stream: StreamName,
+        data: Bytes,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
+    /// A connection another shard authenticated for a peer this shard owns.
+    Adopt {
+        fd: OwnedFd,
+        conn: Box<Connection>,
+    },
+}
+
+/// How other threads reach a shard.
+pub(crate) struct ShardHandle {
+    pub commands: async_channel::Sender<Command>,
+    pub wake_fd: Arc<OwnedFd>,
+    pub sleeping: Arc<AtomicBool>,
+}
+
+impl ShardHandle {
+    /// Wakes the shard if it is (about to be) blocked in the kernel: one write per sleep, not
+    /// one per command.
+    pub(crate) fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            socket::signal(&self.wake_fd);
+        }
+    }
+}
+
+/// State shared by all shards and the `Node` handles.
+pub(crate) struct Shared {
+    pub shards: Vec<ShardHandle>,
+    pub events: async_channel::Sender<Event>,
+    pub messages: async_channel::Sender<Message>,
+    pub stop: AtomicBool,
+    pub handler: Option<Handler>,
+    pub events_dropped: AtomicU64,
+}
+
+/// A connection's socket and the operations in flight on it.
+struct ConnIo {
+    fd: OwnedFd,
+    connected: bool,
+    recv: Option<usize>,
+    send: Option<usize>,
+    recv_buf: Option<Vec<u8>>,
+    send_buf: Option<Vec<u8>>,
+    /// Final bytes to send once the current send completes, then close.
+    closing: Option<Vec<u8>>,
+    /// To be handed to the owner shard once idle.
+    handoff: bool,
+}
+
+impl ConnIo {
+    fn new(fd: OwnedFd, connected: bool) -> Self {
+        Self {
+            fd,
+            connected,
+            recv: None,
+            send: None,
+            recv_buf: None,
+            send_buf: None,
+            closing: None,
+            handoff: false,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.recv.is_none() && self.send.is_none()
+    }
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    ring: Ring,
+    core: NodeCore,
+    listener: OwnedFd,
+    accept: Option<usize>,
+    wake_fd: Arc<OwnedFd>,
+    sleeping: Arc<AtomicBool>,
+    commands: async_channel::Receiver<Command>,
+    shared: Arc<Shared>,
+    conns: HashMap<ConnId, ConnIo>,
+    completions: Vec<Completion>,
+    /// Sends refused by a full stream, retried in order before any new command is taken.
+    overflow: VecDeque<(PeerId, StreamName, Bytes)>,
+    /// Messages the application channel had no room for; receiving pauses until they fit.
+    undelivered: VecDeque<(Message, StreamId)>,
+    /// Connections to hand off whose adoption the owner's queue had no room for yet.
+    handoffs: VecDeque<(usize, OwnedFd, Box<Connection>)>,
+    names: HashMap<Box<str>, StreamName>,
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        index: usize,
+        ring: Ring,
+        core: NodeCore,
+        listener: OwnedFd,
+        wake_fd: Arc<OwnedFd>,
+        sleeping: Arc<AtomicBool>,
+        commands: async_channel::Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            index,
+            ring,
+            core,
+            listener,
+            accept: None,
+            wake_fd,
+            sleeping,
+            commands,
+            shared,
+            conns: HashMap::new(),
+            completions: Vec::with_capacity(1024),
+            overflow: VecDeque::new(),
+            undelivered: VecDeque::new(),
+            handoffs: VecDeque::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// The event loop; returns when the node stops.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        self.arm_accept()?;
+        self.arm_wake()?;
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            self.turn(now)?;
+            let timeout = self
+                .core
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            self.sleeping.store(true, Ordering::SeqCst);
+            let busy = !self.commands.is_empty() && self.overflow.is_empty();
+            if busy || self.shared.stop.load(Ordering::Acquire) {
+                self.sleeping.store(false, Ordering::SeqCst);
+                self.ring.submit()?;
+            } else {
+                self.ring.submit_and_wait(timeout)?;
+                self.sleeping.store(false, Ordering::SeqCst);
+            }
+            self.handle_completions(Instant::now())?;
+        }
+        self.shutdown()
+    }
+
+    /// One loop turn: commands in, timers, actions, events out, I/O submitted.
+    fn turn(&mut self, now: Instant) -> io::Result<()> {
+        self.retry_undelivered();
+        self.take_commands(now);
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+        self.perform_actions(now)?;
+        self.deliver_events();
+        self.retry_handoffs();
+        self.flush_sends()?;
+        self.arm_recvs()?;
+        Ok(())
+    }
+
+    fn take_commands(&mut self, now: Instant) {
+        // Sends that found their stream full go first, in order; while any remain, no new
+        // command is taken and the senders' queue fills up: that is the backpressure.
+        while let Some((peer, stream, data)) = self.overflow.pop_front() {
+            if let Err(back) = self.send(peer, stream, data) {
+                self.overflow.push_front(back);
+                return;
+            }
+        }
+        for _ in 0..COMMANDS_PER_TURN {
+            let Ok(command) = self.commands.try_recv() else {
+                return;
+            };
+            match command {
+                Command::Send { peer, stream, data } => {
+                    if let Err(back) = self.send(peer, stream, data) {
+                        self.overflow.push_back(back);
+                        return;
+                    }
+                }
+                Command::Connect { peer, addr } => {
+                    self.core.add_peer(peer, Some(addr), true);
+                    let _ = self.core.connect(peer, now);
+                }
+                Command::CompleteHandshake { peer, streams } => {
+                    let names: Vec<&str> = streams.iter().map(String::as_str).collect();
+                    if let Err(e) = self.core.complete_handshake(peer, &names, now) {
+                        self.emit(Event::CommandFailed {
+                            peer,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+                Command::Disconnect { peer } => {
+                    let _ = self.core.disconnect(peer, now);
+                }
+                Command::Adopt { fd, conn } => {
+                    if let Some(id) = self.core.adopt(*conn, now) {
+                        self.conns.insert(id, ConnIo::new(fd, true));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues one message; gives it back if its stream is full.
+    fn send(
+        &mut self,
+        peer: PeerId,
+        stream: StreamName,
+        data: Bytes,
+    ) -> Result<(), (PeerId, StreamName, Bytes)> {
+        let Some(id) = self.core.stream_id(peer, &stream) else {
+            self.emit(Event::SendFailed {
+                peer,
+                stream,
+                error: "no such stream on this peer's connection (not connected, or not opened)"
+                    .into(),
+            });
+            return Ok(());
+        };
+        match self.core.send(peer, id, data.clone()) {
+            Ok(()) => Ok(()),
+            Err(NodeError::Send(SendError::Full)) => Err((peer, stream, data)),
+            Err(e) => {
+                self.emit(Event::SendFailed {
+                    peer,
+                    stream,
+                    error: e.to_string(),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn perform_actions(&mut self, now: Instant) -> io::Result<()> {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Dial { conn, addr } => match socket::connecting(addr) {
+                    Ok(fd) => {
+                        let raw = fd.as_raw_fd();
+                        self.conns.insert(conn, ConnIo::new(fd, false));
+                        let addr = Box::new(socket2::SockAddr::from(addr));
+                        self.ring.push(raw, Op::Connect { conn, addr })?;
+                    }
+                    Err(e) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
+                },
+                Action::Close { conn, last_bytes } => {
+                    if let Some(io) = self.conns.get_mut(&conn) {
+                        io.closing = Some(last_bytes);
+                        if let Some(key) = io.recv {
+                            self.ring.cancel(key)?;
+                        }
+                    }
+                }
+                Action::Handoff { conn, .. } => {
+                    if let Some(io) = self.conns.get_mut(&conn) {
+                        io.handoff = true;
+                        if let Some(key) = io.recv {
+                            self.ring.cancel(key)?;
+                        }
+                    }
+                }
+            }
+        }
+        self.settle_idle_conns()
+    }
+
+    /// Closes or hands off connections that asked for it once no I/O is in flight on them.
+    fn settle_idle_conns(&mut self) -> io::Result<()> {
+        let ready: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, io)| (io.closing.is_some() || io.handoff) && io.idle())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let Some(mut io) = self.conns.remove(&id) else {
+                continue;
+            };
+            if let Some(last) = io.closing.take() {
+                if !last.is_empty() && io.connected {
+                    // One last send (the CLOSE frame); the socket closes when it completes.
+                    let raw = io.fd.as_raw_fd();
+                    let end = last.len();
+                    let key = self.ring.push(
+                        raw,
+                        Op::Send {
+                            conn: id,
+                            buf: last,
+                            start: 0,
+                            end,
+                        },
+                    )?;
+                    io.send = Some(key);
+                    io.closing = Some(Vec::new());
+                    self.conns.insert(id, io);
+                }
+                // Otherwise dropping `io` closes the socket.
+                continue;
+            }
+            if let Some(conn) = self.core.detach(id) {
+                let owner = conn
+                    .peer()
+                    .map_or(0, |p| shard_of(&p, self.shared.shards.len()));
+                self.handoffs.push_back((owner, io.fd, Box::new(conn)));
+            }
+        }
+        Ok(())
+    }
+
+    fn retry_handoffs(&mut self) {
+        while let Some((owner, fd, conn)) = self.handoffs.pop_front() {
+            let handle = &self.shared.shards[owner];
+            match handle.commands.try_send(Command::Adopt { fd, conn }) {
+                Ok(()) => handle.wake(),
+                Err(async_channel::TrySendError::Full(Command::Adopt { fd, conn })) => {
+                    self.handoffs.push_front((owner, fd, conn));
+                    return;
+                }
+                // The owner stopped (or the command came back changed, which cannot happen).
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn flush_sends(&mut self) -> io::Result<()> {
+        for (&id, io) in &mut self.conns {
+            if !io.connected || io.send.is_some() || io.closing.is_some() || io.handoff {
+                continue;
+            }
+            if !self.core.has_pending_output(id) {
+                continue;
+            }
+            let mut buf = io.send_buf.take().unwrap_or_else(|| vec![0u8; SEND_BUF]);
+            let n = self.core.poll_transmit(id, &mut buf);
+            if n == 0 {
+                io.send_buf = Some(buf);
+                continue;
+            }
+            let key = self.ring.push(
+                io.fd.as_raw_fd(),
+                Op::Send {
+                    conn: id,
+                    buf,
+                    start: 0,
+                    end: n,
+                },
+            )?;
+            io.send = Some(key);
+        }
+        Ok(())
+    }
+
+    fn arm_recvs(&mut self) -> io::Result<()> {
+        if !self.undelivered.is_empty() {
+            // The application is behind: stop reading, let TCP push back on the peers.
+            return Ok(());
+        }
+        for (&id, io) in &mut self.conns {
+            if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
+                continue;
+            }
+            let buf = io.recv_buf.take().unwrap_or_else(|| vec![0u8; RECV_BUF]);
+            let key = self
+                .ring
+                .push(io.fd.as_raw_fd(), Op::Recv { conn: id, buf })?;
+            io.recv = Some(key);
+        }
+        Ok(())
+    }
+
+    fn arm_accept(&mut self) -> io::Result<()> {
+        self.accept = Some(self.ring.push(self.listener.as_raw_fd(), Op::Accept)?);
+        Ok(())
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let buf = Box::new([0u8; 8]);
+        self.ring.push(self.wake_fd.as_raw_fd(), Op::Wake { buf })?;
+        Ok(())
+    }
+
+    fn handle_completions(&mut self, now: Instant) -> io::Result<()> {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.ring.reap(&mut completions);
+        for c in completions.drain(..) {
+            self.handle_completion(c, now)?;
+        }
+        self.completions = completions;
+        self.settle_idle_conns()
+    }
+
+    fn handle_completion(&mut self, c: Completion, now: Instant) -> io::Result<()> {
+        if Some(c.key) == self.accept {
+            if c.result >= 0 {
+                let fd = socket::own(c.result);
+                socket::tune(&fd);
+                let id = self.core.handle_accepted(now);
+                self.conns.insert(id, ConnIo::new(fd, true));
+            }
+            if !c.more {
+                self.ring.take(c.key);
+                self.accept = None;
+                if !self.shared.stop.load(Ordering::Acquire) {
+                    self.arm_accept()?;
+                }
+            }
+            return Ok(());
+        }
+        if c.more {
+            return Ok(());
+        }
+        let Some(op) = self.ring.take(c.key) else {
+            return Ok(());
+        };
+        match op {
+            Op::Accept | Op::Cancel { .. } => {}
+            Op::Wake { .. } => {
+                if !self.shared.stop.load(Ordering::Acquire) {
+                    self.arm_wake()?;
+                }
+            }
+            Op::Connect { conn, .. } => {
+                let result = if c.result == 0 {
+                    if let Some(io) = self.conns.get_mut(&conn) {
+                        io.connected = true;
+                    }
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-c.result).to_string())
+                };
+                self.core.handle_dial_result(conn, result, now);
+            }
+            Op::Recv { conn, buf } => {
+                let Some(io) = self.conns.get_mut(&conn) else {
+                    return Ok(());
+                };
+                io.recv = None;
+                if c.result > 0 {
+                    let n = c.result as usize;
+                    self.core.handle_input(conn, &buf[..n], now);
+                } else if c.result == -libc::ECANCELED || io.handoff || io.closing.is_some() {
+                    // Cancelled for a close or a handoff: nothing to report.
+                } else if c.result == -libc::EINTR || c.result == -libc::EAGAIN {
+                    // Resubmitted by the next turn.
+                } else {
+                    // 0 is the peer's FIN; anything else a socket error.
+                    self.core.handle_eof(conn, now);
+                }
+                if let Some(io) = self.conns.get_mut(&conn) {
+                    io.recv_buf = Some(buf);
+                }
+            }
+            Op::Send {
+                conn,
+                buf,
+                start,
+                end,
+            } => {
+                let Some(io) = self.conns.get_mut(&conn) else {
+                    return Ok(());
+                };
+                io.send = None;
+                if c.result > 0 {
+                    let start = start + c.result as usize;
+                    if start < end {
+                        let raw = io.fd.as_raw_fd();
+                        let key = self.ring.push(
+                            raw,
+                            Op::Send {
+                                conn,
+                                buf,
+                                start,
+                                end,
+                            },
+                        )?;
+                        if let Some(io) = self.conns.get_mut(&conn) {
+                            io.send = Some(key);
+                        }
+                        return Ok(());
+                    }
+                } else if c.result != -libc::EINTR && c.result != -libc::EAGAIN {
+                    self.core.handle_eof(conn, now);
+                }
+                if let Some(io) = self.conns.get_mut(&conn) {
+                    if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {
+                        // The CLOSE frame went out: done.
+                        self.conns.remove(&conn);
+                    } else {
+                        io.send_buf = Some(buf);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver_events(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                NodeEvent::Message { peer, stream, data } => {
+                    let name = self.stream_name(peer, stream);
+                    if let Some(handler) = &self.shared.handler {
+                        handler(&peer, &name, &data);
+                        self.core.release(peer, stream, data.len());
+                        continue;
+                    }
+                    let len = data.len();
+                    let message = Message {
+                        peer,
+                        stream: name,
+                        data,
+                    };
+                    match self.shared.messages.try_send(message) {
+                        Ok(()) => self.core.release(peer, stream, len),
+                        Err(async_channel::TrySendError::Full(message)) => {
+                            self.undelivered.push_back((message, stream));
+                        }
+                        Err(async_channel::TrySendError::Closed(_)) => {
+                            self.core.release(peer, stream, len);
+                        }
+                    }
+                }
+                NodeEvent::State {
+                    peer,
+                    state,
+                    direction,
+                    reason,
+                } => self.emit(Event::State {
+                    peer,
+                    state,
+                    direction,
+                    reason,
+                }),
+                NodeEvent::StreamRejected {
+                    peer,
+                    stream,
+                    unsent,
+                } => {
+                    let stream = self.stream_name(peer, stream);
+                    self.emit(Event::StreamRejected {
+                        peer,
+                        stream,
+                        unsent,
+                    });
+                }
+                NodeEvent::Writable { .. } => {}
+            }
+        }
+    }
+
+    fn retry_undelivered(&mut self) {
+        while let Some((message, stream)) = self.undelivered.pop_front() {
+            let (peer, len) = (message.peer, message.data.len());
+            match self.shared.messages.try_send(message) {
+                Ok(()) => self.core.release(peer, stream, len),
+                Err(async_channel::TrySendError::Full(message)) => {
+                    self.undelivered.push_front((message, stream));
+                    return;
+                }
+                Err(async_channel::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    fn stream_name(&mut self, peer: PeerId, stream: StreamId) -> StreamName {
+        let name = self.core.stream_name(peer, stream).unwrap_or("?");
+        if let Some(interned) = self.names.get(name) {
+            return interned.clone();
+        }
+        let interned = StreamName::new(name);
+        self.names.insert(name.into(), interned.clone());
+        interned
+    }
+
+    fn emit(&self, event: Event) {
+        if self.shared.events.try_send(event).is_err() {
+            self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes every connection (CLOSE frames are sent), cancels what is in flight, and waits
+    /// until every operation's completion has arrived, so that no buffer is freed under the
+    /// kernel.
+    fn shutdown(mut self) -> io::Result<()> {
+        let now = Instant::now();
+        self.core.close_all(CloseCode::SHUTDOWN, now);
+        self.perform_actions(now)?;
+        self.deliver_events();
+        if let Some(key) = self.accept {
+            self.ring.cancel(key)?;
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut cancelled = false;
+        while self.ring.in_flight() > 0 {
+            let now = Instant::now();
+            if now >= deadline && cancelled {
+                break;
+            }
+            if now >= deadline || (self.conns.values().all(|io| io.send.is_none()) && !cancelled) {
+                // CLOSE frames are out (or the grace is over): cancel everything left.
+                let keys: Vec<usize> = self
+                    .conns
+                    .values()
+                    .flat_map(|io| [io.recv, io.send])
+                    .flatten()
+                    .collect();
+                for key in keys {
+                    self.ring.cancel(key)?;
+                }
+                self.ring.cancel_all_wakes()?;
+                cancelled = true;
+            }
+            self.ring.submit_and_wait(Some(Duration::from_millis(50)))?;
+            self.handle_completions(Instant::now())?;
+        }
+        self.conns.clear();
+        let _ = self.index;
+        Ok(())
+    }
+}

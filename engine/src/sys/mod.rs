@@ -1,0 +1,4 @@
+//! The system layer: io_uring, sockets, eventfd, CPU pinning. The only place with `unsafe`.
+
+pub(crate) mod ring;
+pub(crate) mod socket;

@@ -1,0 +1,213 @@
+//! One shard's io_uring and the operations in flight on it.
+//!
+//! Every submitted operation is a slot in a slab and its `user_data` is the slot's key. What an
+//! entry points at (a buffer, a socket address) lives in that slot and is not touched or freed
+//! until the operation's final completion arrives, also when it is cancelled or the shard shuts
+//! down: that is the rule that keeps this module memory-safe.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use glueberry_transport::ConnId;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+
+/// What an operation in flight owns.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Multishot accept on the listener.
+    Accept,
+    /// Connect `conn`'s socket to `addr`.
+    Connect {
+        conn: ConnId,
+        addr: Box<socket2::SockAddr>,
+    },
+    /// Receive into `buf`.
+    Recv { conn: ConnId, buf: Vec<u8> },
+    /// Send `buf[start..end]`.
+    Send {
+        conn: ConnId,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    },
+    /// Read the shard's eventfd (a wake-up from another thread).
+    Wake { buf: Box<[u8; 8]> },
+    /// Cancel the operation whose key is `target`.
+    Cancel { target: u64 },
+}
+
+/// A completion, copied out of the completion queue before it is handled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Completion {
+    pub key: usize,
+    pub result: i32,
+    pub more: bool,
+}
+
+/// A shard's ring.
+pub(crate) struct Ring {
+    ring: IoUring,
+    ops: Slab<Op>,
+}
+
+impl Ring {
+    /// A ring of `entries` submission slots, with SINGLE_ISSUER | DEFER_TASKRUN where the kernel
+    /// accepts them (the calling thread must be the only one to use it).
+    pub(crate) fn new(entries: u32) -> io::Result<Self> {
+        let tuned = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .build(entries);
+        // Older kernels refuse the flags with EINVAL: run without them.
+        let ring = match tuned {
+            Ok(ring) => ring,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && entries > 0 => {
+                IoUring::new(entries)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            ring,
+            ops: Slab::with_capacity(entries as usize),
+        })
+    }
+
+    /// Operations in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Submits `op`; returns its key.
+    pub(crate) fn push(&mut self, fd: RawFd, op: Op) -> io::Result<usize> {
+        let entry = self.ops.vacant_entry();
+        let key = entry.key();
+        let op = entry.insert(op);
+        let sqe = match op {
+            Op::Accept => opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build(),
+            Op::Connect { addr, .. } => {
+                opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build()
+            }
+            Op::Recv { buf, .. } => {
+                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), len).build()
+            }
+            Op::Send {
+                buf, start, end, ..
+            } => {
+                let slice = &buf[*start..*end];
+                let len = u32::try_from(slice.len()).unwrap_or(u32::MAX);
+                opcode::Send::new(types::Fd(fd), slice.as_ptr(), len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Op::Wake { buf } => opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8).build(),
+            Op::Cancel { target } => opcode::AsyncCancel::new(*target).build(),
+        }
+        .user_data(key as u64);
+        self.submit_entry(&sqe)?;
+        Ok(key)
+    }
+
+    /// Asks the kernel to cancel the operation `key`; its completion still arrives (with
+    /// `-ECANCELED` or its real result) and only then is its slot freed.
+    pub(crate) fn cancel(&mut self, key: usize) -> io::Result<()> {
+        if !self.ops.contains(key) {
+            return Ok(());
+        }
+        self.push(-1, Op::Cancel { target: key as u64 }).map(|_| ())
+    }
+
+    fn submit_entry(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every pointer in `sqe` points into a slot of `self.ops` (a buffer or an
+            // address owned by a `Vec` or `Box` whose heap memory does not move when the slab
+            // grows), and that slot is freed only in `take`, after the final completion.
+            let pushed = unsafe { self.ring.submission().push(sqe) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            // A full submission queue is flushed, never dropped.
+            self.ring.submit()?;
+        }
+    }
+
+    /// Submits what is queued and waits for at least one completion, or `timeout`.
+    pub(crate) fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let result = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits what is queued without waiting.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies the ready completions into `out`; handled afterwards, never inside the iterator.
+    pub(crate) fn reap(&mut self, out: &mut Vec<Completion>) {
+        for cqe in self.ring.completion() {
+            out.push(Completion {
+                key: cqe.user_data() as usize,
+                result: cqe.result(),
+                more: cqueue::more(cqe.flags()),
+            });
+        }
+    }
+
+    /// The operation of a completion that will not be followed by more (its slot is freed).
+    pub(crate) fn take(&mut self, key: usize) -> Option<Op> {
+        self.ops.try_remove(key)
+    }
+
+    /// Cancels every pending eventfd read (at shutdown).
+    pub(crate) fn cancel_all_wakes(&mut self) -> io::Result<()> {
+        let keys: Vec<usize> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| matches!(op, Op::Wake { .. }))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.cancel(key)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if !self.ops.is_empty() {
+            // Operations whose completion never came: the kernel may still write into their
+            // buffers after the ring closes, so they are leaked rather than freed.
+            std::mem::forget(std::mem::take(&mut self.ops));
+        }
+    }
+}

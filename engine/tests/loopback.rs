@@ -1,0 +1,452 @@
+//! The engine over real loopback sockets.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glueberry::crypto::{Identity, PeerId};
+use glueberry::transport::{ConnState, ConnectionConfig};
+use glueberry::{Event, Node, NodeConfig};
+
+const NET: &str = "loopback-test";
+
+fn listen() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn start(shards: usize) -> Node {
+    Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(shards)
+            .message_buffer(100_000)
+            .event_buffer(10_000),
+    )
+    .expect("start")
+}
+
+/// Waits for an event matching `want` on `node`, answering Connected with complete_handshake.
+fn wait_for(
+    node: &Node,
+    streams: &[&str],
+    timeout: Duration,
+    mut want: impl FnMut(&Event) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let events = node.events();
+    while Instant::now() < deadline {
+        match events.try_recv() {
+            Ok(event) => {
+                if let Event::State {
+                    peer,
+                    state: ConnState::Connected,
+                    ..
+                } = &event
+                {
+                    node.complete_handshake(*peer, streams).unwrap();
+                }
+                if want(&event) {
+                    return true;
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    false
+}
+
+fn established(peer: PeerId) -> impl FnMut(&Event) -> bool {
+    move |e| matches!(e, Event::State { peer: p, state: ConnState::Established, .. } if *p == peer)
+}
+
+/// Connects every pair (lower index dials) and waits until all are Established.
+fn mesh(nodes: &[Node], streams: &[&str]) {
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[i + 1..] {
+            a.connect(b.peer_id(), b.listen_addr()).unwrap();
+        }
+    }
+    for a in nodes {
+        let mut pending: Vec<PeerId> = nodes
+            .iter()
+            .map(Node::peer_id)
+            .filter(|p| *p != a.peer_id())
+            .collect();
+        let ok = wait_for(a, streams, Duration::from_secs(10), |e| {
+            if let Event::State {
+                peer,
+                state: ConnState::Established,
+                ..
+            } = e
+            {
+                pending.retain(|p| p != peer);
+            }
+            pending.is_empty()
+        });
+        assert!(
+            ok,
+            "node {} never established with {:?}",
+            a.peer_id(),
+            pending
+        );
+    }
+}
+
+fn receive(node: &Node, count: usize, timeout: Duration) -> Vec<glueberry::Message> {
+    let deadline = Instant::now() + timeout;
+    let messages = node.messages();
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count && Instant::now() < deadline {
+        match messages.try_recv() {
+            Ok(m) => out.push(m),
+            Err(_) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+    out
+}
+
+#[test]
+fn two_nodes_handshake_and_exchange_on_several_streams() {
+    for shards in [1, 2] {
+        let (a, b) = (start(shards), start(shards));
+        let streams = ["consensus", "mempool", "blocksync"];
+        mesh(&[a.clone(), b.clone()], &streams);
+        for i in 0..300u32 {
+            let stream = a.stream(streams[i as usize % 3]);
+            a.try_send(b.peer_id(), &stream, Bytes::from(i.to_be_bytes().to_vec()))
+                .unwrap();
+        }
+        let got = receive(&b, 300, Duration::from_secs(10));
+        assert_eq!(got.len(), 300, "shards {shards}");
+        for name in streams {
+            let seq: Vec<u32> = got
+                .iter()
+                .filter(|m| &*m.stream == name)
+                .map(|m| u32::from_be_bytes(m.data[..4].try_into().unwrap()))
+                .collect();
+            assert_eq!(seq.len(), 100);
+            assert!(seq.windows(2).all(|w| w[0] < w[1]));
+            assert!(got.iter().all(|m| m.peer == a.peer_id()));
+        }
+        a.stop();
+        b.stop();
+    }
+}
+
+#[test]
+fn three_node_mesh_over_two_shards_each() {
+    let nodes: Vec<Node> = (0..4).map(|_| start(2)).collect();
+    mesh(&nodes, &["gossip"]);
+    for a in &nodes {
+        for b in &nodes {
+            if a.peer_id() != b.peer_id() {
+                let s = a.stream("gossip");
+                a.try_send(
+                    b.peer_id(),
+                    &s,
+                    Bytes::copy_from_slice(a.peer_id().public_key()),
+                )
+                .unwrap();
+            }
+        }
+    }
+    for b in &nodes {
+        let got = receive(b, nodes.len() - 1, Duration::from_secs(10));
+        assert_eq!(got.len(), nodes.len() - 1);
+        for m in got {
+            assert_eq!(&m.data[..], m.peer.public_key());
+        }
+    }
+    for n in &nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn order_per_stream_holds_under_load_from_several_threads() {
+    let (a, b) = (start(2), start(2));
+    let streams = ["s0", "s1", "s2", "s3"];
+    mesh(&[a.clone(), b.clone()], &streams);
+    const PER_THREAD: u32 = 20_000;
+    let senders: Vec<_> = streams
+        .iter()
+        .map(|name| {
+            let a = a.clone();
+            let stream = a.stream(name);
+            let to = b.peer_id();
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    let data = Bytes::from(i.to_be_bytes().to_vec());
+                    futures::executor::block_on(a.send(to, &stream, data)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let got = receive(
+        &b,
+        streams.len() * PER_THREAD as usize,
+        Duration::from_secs(60),
+    );
+    for s in senders {
+        s.join().unwrap();
+    }
+    assert_eq!(got.len(), streams.len() * PER_THREAD as usize);
+    let mut next: HashMap<String, u32> = HashMap::new();
+    for m in got {
+        let n = u32::from_be_bytes(m.data[..4].try_into().unwrap());
+        let expected = next.entry(m.stream.to_string()).or_insert(0);
+        assert_eq!(n, *expected, "stream {} out of order", m.stream);
+        *expected += 1;
+    }
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn works_from_tokio_and_from_a_plain_thread() {
+    let (a, b) = (start(1), start(1));
+    mesh(&[a.clone(), b.clone()], &["s"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (a2, to) = (a.clone(), b.peer_id());
+    runtime.block_on(async move {
+        let s = a2.stream("s");
+        for i in 0..100u8 {
+            a2.send(to, &s, Bytes::from(vec![i])).await.unwrap();
+        }
+    });
+    let messages = b.messages();
+    let got: Vec<u8> = runtime.block_on(async {
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            let m = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            got.push(m.data[0]);
+        }
+        got
+    });
+    assert_eq!(got, (0..100).collect::<Vec<u8>>());
+    // And from a plain thread with futures' executor.
+    let (b2, to) = (b.clone(), a.peer_id());
+    std::thread::spawn(move || {
+        let s = b2.stream("s");
+        futures::executor::block_on(b2.send(to, &s, Bytes::from_static(b"back"))).unwrap();
+    })
+    .join()
+    .unwrap();
+    let m = futures::executor::block_on(a.messages().recv()).unwrap();
+    assert_eq!(&m.data[..], b"back");
+    a.stop();
+    b.stop();
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+#[test]
+fn stop_with_traffic_in_flight_leaks_no_fd_or_thread() {
+    // Run alone in its own process for exact counts: other tests in this binary run in
+    // parallel threads, so this one compares against itself across two rounds.
+    let round = || {
+        let (a, b) = (start(2), start(2));
+        mesh(&[a.clone(), b.clone()], &["bulk"]);
+        let stream = a.stream("bulk");
+        let payload = Bytes::from(vec![7u8; 64 * 1024]);
+        let sent = Arc::new(AtomicU64::new(0));
+        let sender = {
+            let (a, to, sent) = (a.clone(), b.peer_id(), sent.clone());
+            std::thread::spawn(move || {
+                while a.try_send(to, &stream, payload.clone()).is_ok()
+                    || sent.load(Ordering::Relaxed) < 10
+                {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        while sent.load(Ordering::Relaxed) < 200 {
+            std::thread::yield_now();
+        }
+        // Stop both while the sender is still pushing and bytes are in the sockets.
+        a.stop();
+        b.stop();
+        sender.join().unwrap();
+    };
+    round();
+    let (fds, threads) = (glueberry::open_fd_count(), thread_count());
+    for _ in 0..3 {
+        round();
+    }
+    assert_eq!(glueberry::open_fd_count(), fds, "file descriptors leaked");
+    assert_eq!(thread_count(), threads, "threads leaked");
+}
+
+#[test]
+fn a_killed_peer_is_seen_as_disconnected() {
+    if let Ok(role) = std::env::var("GLUEBERRY_CHILD_NODE") {
+        // The child: run a node until killed, after telling the parent where it is.
+        let node = start(1);
+        println!("{} {}", node.peer_id(), node.listen_addr());
+        let _ = role;
+        loop {
+            while let Ok(Event::State {
+                peer,
+                state: ConnState::Connected,
+                ..
+            }) = node.events().try_recv()
+            {
+                node.complete_handshake(peer, &["s"]).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_killed_peer_is_seen_as_disconnected",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("GLUEBERRY_CHILD_NODE", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (peer, addr) = loop {
+        let line = lines.next().expect("child output").unwrap();
+        // libtest may print "test <name> ... " before it on the same line: take the last two.
+        let mut parts = line.split_whitespace().rev();
+        if let (Some(a), Some(p)) = (parts.next(), parts.next())
+            && let (Ok(p), Ok(a)) = (p.parse::<PeerId>(), a.parse::<SocketAddr>())
+        {
+            break (p, a);
+        }
+    };
+    let node = start(1);
+    node.connect(peer, addr).unwrap();
+    assert!(wait_for(
+        &node,
+        &["s"],
+        Duration::from_secs(10),
+        established(peer)
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let seen = wait_for(
+        &node,
+        &["s"],
+        Duration::from_secs(10),
+        |e| matches!(e, Event::State { peer: p, state: ConnState::Disconnected, .. } if *p == peer),
+    );
+    assert!(seen, "the killed peer was not reported Disconnected");
+    node.stop();
+}
+
+#[test]
+fn a_node_that_cannot_get_io_uring_refuses_to_start_with_the_cause() {
+    let result = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(1)
+            .ring_entries(0),
+    );
+    let error = result.expect_err("a ring of 0 entries cannot be set up");
+    let text = error.to_string();
+    assert!(text.contains("io_uring is unavailable"), "{text}");
+    assert!(text.contains("kernel.io_uring_disabled"), "{text}");
+}
+
+#[test]
+fn many_idle_peers_on_one_node() {
+    use glueberry::transport::Connection;
+    use std::io::{Read, Write};
+    raise_fd_limit();
+    let peers: usize = std::env::var("GLUEBERRY_IDLE_PEERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let server = start(2);
+    let before = rss_kib();
+    let config = Arc::new(ConnectionConfig::default());
+    let mut clients = Vec::with_capacity(peers);
+    let mut buf = vec![0u8; 16 * 1024];
+    let started = Instant::now();
+    for _ in 0..peers {
+        let identity = Identity::generate().unwrap();
+        let handshake = Arc::new(glueberry::crypto::HandshakeConfig::new(&identity, NET).unwrap());
+        let now = Instant::now();
+        let mut conn =
+            Connection::outbound(config.clone(), handshake, Some(server.peer_id()), now).unwrap();
+        let mut socket = std::net::TcpStream::connect(server.listen_addr()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        while conn.peer().is_none() || conn.has_pending_output() {
+            let n = conn.poll_transmit(&mut buf);
+            socket.write_all(&buf[..n]).unwrap();
+            if conn.peer().is_some() {
+                continue;
+            }
+            let n = socket.read(&mut buf).unwrap();
+            assert!(n > 0, "server closed during the handshake");
+            conn.handle_input(Instant::now(), &buf[..n]);
+        }
+        clients.push((conn, socket));
+    }
+    let connect_time = started.elapsed();
+    // Let the server settle (handoffs between its shards), then measure.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib();
+    let mut connected = 0;
+    let events = server.events();
+    while let Ok(e) = events.try_recv() {
+        if matches!(
+            e,
+            Event::State {
+                state: ConnState::Connected,
+                ..
+            }
+        ) {
+            connected += 1;
+        }
+    }
+    println!(
+        "{peers} idle peers: connected in {connect_time:?} ({:.0}/s, handshakes done serially by \
+         one client thread); process RSS grew {} KiB = {:.1} KiB per connection (server and \
+         client side together; events dropped: {})",
+        peers as f64 / connect_time.as_secs_f64(),
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / peers as f64,
+        server.events_dropped()
+    );
+    assert_eq!(connected + server.events_dropped() as usize, peers);
+    drop(clients);
+    server.stop();
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a live, correctly typed struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
