@@ -21,9 +21,12 @@ use crate::sys::socket;
 use crate::{Event, Handler, Message, StreamName};
 
 /// Size of each connection's receive buffer.
-const RECV_BUF: usize = 256 * 1024;
-/// Size of each connection's send buffer: several 64 KiB records per send.
-const SEND_BUF: usize = 512 * 1024;
+const RECV_BUF: usize = 64 * 1024;
+/// Size of a send buffer: several 64 KiB records per send. Borrowed from the shard's pool only
+/// while a connection has something to send.
+const SEND_BUF: usize = 256 * 1024;
+/// Send buffers kept in a shard's pool when no connection needs them.
+const SEND_POOL: usize = 64;
 /// Commands taken from the queue per loop turn, so that I/O keeps being served.
 const COMMANDS_PER_TURN: usize = 8192;
 /// How long a stopping shard waits for CLOSE frames and cancellations to complete.
@@ -133,6 +136,8 @@ pub(crate) struct Shard {
     /// Connections to hand off whose adoption the owner's queue had no room for yet.
     handoffs: VecDeque<(usize, OwnedFd, Box<Connection>)>,
     names: HashMap<Box<str>, StreamName>,
+    /// Idle send buffers, lent to connections while they have something to send.
+    send_pool: Vec<Vec<u8>>,
 }
 
 impl Shard {
@@ -163,6 +168,7 @@ impl Shard {
             undelivered: VecDeque::new(),
             handoffs: VecDeque::new(),
             names: HashMap::new(),
+            send_pool: Vec::with_capacity(SEND_POOL),
         }
     }
 
@@ -380,10 +386,16 @@ impl Shard {
             if !self.core.has_pending_output(id) {
                 continue;
             }
-            let mut buf = io.send_buf.take().unwrap_or_else(|| vec![0u8; SEND_BUF]);
+            let mut buf = io
+                .send_buf
+                .take()
+                .or_else(|| self.send_pool.pop())
+                .unwrap_or_else(|| vec![0u8; SEND_BUF]);
             let n = self.core.poll_transmit(id, &mut buf);
             if n == 0 {
-                io.send_buf = Some(buf);
+                if self.send_pool.len() < SEND_POOL {
+                    self.send_pool.push(buf);
+                }
                 continue;
             }
             let key = self.ring.push(
@@ -535,8 +547,11 @@ impl Shard {
                     if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {
                         // The CLOSE frame went out: done.
                         self.conns.remove(&conn);
-                    } else {
+                    } else if self.core.has_pending_output(conn) {
                         io.send_buf = Some(buf);
+                    } else if buf.len() == SEND_BUF && self.send_pool.len() < SEND_POOL {
+                        // Idle: the buffer goes back to the pool.
+                        self.send_pool.push(buf);
                     }
                 }
             }

@@ -25,7 +25,9 @@ use crate::stream::{LocalStream, MESSAGE_CREDIT_OVERHEAD, PeerStream, RecvState,
 pub const HANDSHAKE_STREAM: &str = "handshake";
 
 /// Receive buffer growth step: one allocation per this many bytes received, not per message.
-const RX_CHUNK: usize = 256 * 1024;
+const RX_CHUNK: usize = 64 * 1024;
+/// Initial capacity of a connection's event queue and of each stream's send queue.
+const INITIAL_QUEUE: usize = 16;
 /// Bytes one stream may write into a record before the next stream's turn.
 const STREAM_QUANTUM: usize = 16 * 1024;
 
@@ -131,7 +133,9 @@ impl Connection {
     }
 
     fn new(config: Arc<ConnectionConfig>, direction: Direction, now: Instant) -> Self {
-        let queue = config.high_watermark;
+        // Queues start small and grow to what the traffic needs (then keep that capacity), so
+        // an idle connection costs little.
+        let queue = INITIAL_QUEUE.min(config.high_watermark);
         let mut streams = Vec::with_capacity(usize::from(config.max_streams));
         streams.push(LocalStream::new(
             HANDSHAKE_STREAM,
@@ -155,8 +159,8 @@ impl Connection {
             peer_settings: None,
             streams,
             peer_streams,
-            control: VecDeque::with_capacity(64),
-            events: VecDeque::with_capacity(1024),
+            control: VecDeque::with_capacity(8),
+            events: VecDeque::with_capacity(INITIAL_QUEUE),
             rx: BytesMut::new(),
             round_robin: 0,
             last_recv: now,
@@ -589,8 +593,11 @@ impl Connection {
             return Err(StreamError::TooMany { max });
         }
         for name in unique {
-            let mut stream =
-                LocalStream::new(name, SendState::AwaitingPeer, self.config.high_watermark);
+            let mut stream = LocalStream::new(
+                name,
+                SendState::AwaitingPeer,
+                INITIAL_QUEUE.min(self.config.high_watermark),
+            );
             stream.open_pending = true;
             self.streams.push(stream);
         }
