@@ -117,6 +117,7 @@ pub struct NodeConfig {
     event_buffer: usize,
     command_queue: usize,
     pin_threads: bool,
+    cpus: Option<Vec<usize>>,
     ring_entries: u32,
     handler: Option<Handler>,
 }
@@ -135,6 +136,7 @@ impl NodeConfig {
             event_buffer: 100,
             command_queue: 4096,
             pin_threads: true,
+            cpus: None,
             ring_entries: 4096,
             handler: None,
         }
@@ -176,6 +178,15 @@ impl NodeConfig {
     /// Pin each shard thread to its CPU (default on).
     pub fn pin_threads(mut self, pin: bool) -> Self {
         self.pin_threads = pin;
+        self
+    }
+
+    /// The CPUs to pin shards to, in order (default: every CPU the process may use). Two nodes
+    /// in one process should get different CPUs.
+    pub fn cpus(mut self, cpus: Vec<usize>) -> Self {
+        if !cpus.is_empty() {
+            self.cpus = Some(cpus);
+        }
         self
     }
 
@@ -277,7 +288,7 @@ impl Node {
             HandshakeConfig::new(&config.identity, &config.network_id)
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
-        let cpus = socket::allowed_cpus();
+        let cpus = config.cpus.clone().unwrap_or_else(socket::allowed_cpus);
         let count = if config.shards == 0 {
             cpus.len().max(1)
         } else {
