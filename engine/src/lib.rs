@@ -38,6 +38,7 @@
 //! ```
 
 mod node;
+mod queue;
 mod shard;
 mod sys;
 

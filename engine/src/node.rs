@@ -16,6 +16,7 @@ use glueberry_transport::{
     shard_of,
 };
 
+use crate::queue::{CommandQueue, Refused};
 use crate::shard::{self, Command, ShardHandle, Shared};
 use crate::sys::{ring::Ring, socket};
 
@@ -311,9 +312,10 @@ impl Node {
         let mut handles = Vec::with_capacity(count);
         let mut receivers = Vec::with_capacity(count);
         for _ in 0..count {
-            let (tx, rx) = async_channel::bounded(config.command_queue);
+            let queue = Arc::new(CommandQueue::new(config.command_queue));
+            let rx = queue.clone();
             handles.push(ShardHandle {
-                commands: tx,
+                commands: queue,
                 wake_fd: Arc::new(socket::eventfd()?),
                 sleeping: Arc::new(AtomicBool::new(false)),
             });
@@ -435,9 +437,9 @@ impl Node {
 
     fn command(&self, peer: PeerId, command: Command) -> Result<(), NodeSendError> {
         let handle = self.handle(peer)?;
-        handle.commands.try_send(command).map_err(|e| match e {
-            async_channel::TrySendError::Full(_) => NodeSendError::BufferFull,
-            async_channel::TrySendError::Closed(_) => NodeSendError::Stopped,
+        handle.commands.try_push(command).map_err(|e| match e {
+            Refused::Full(_) => NodeSendError::BufferFull,
+            Refused::Closed(_) => NodeSendError::Stopped,
         })?;
         handle.wake();
         Ok(())
@@ -481,13 +483,17 @@ impl Node {
             stream: stream.clone(),
             data,
         };
-        if let Err(async_channel::TrySendError::Full(command)) = handle.commands.try_send(command) {
-            handle.wake();
-            handle
-                .commands
-                .send(command)
-                .await
-                .map_err(|_| NodeSendError::Stopped)?;
+        match handle.commands.try_push(command) {
+            Ok(()) => {}
+            Err(Refused::Closed(_)) => return Err(NodeSendError::Stopped),
+            Err(Refused::Full(command)) => {
+                handle.wake();
+                handle
+                    .commands
+                    .push(command)
+                    .await
+                    .map_err(|_| NodeSendError::Stopped)?;
+            }
         }
         handle.wake();
         Ok(())
@@ -545,6 +551,7 @@ impl Node {
         }
         self.inner.shared.stop.store(true, Ordering::Release);
         for handle in &self.inner.shared.shards {
+            handle.commands.close();
             handle.sleeping.store(true, Ordering::SeqCst);
             handle.wake();
         }

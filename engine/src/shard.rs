@@ -16,6 +16,7 @@ use glueberry_transport::{
     shard_of,
 };
 
+use crate::queue::{CommandQueue, Refused};
 use crate::sys::ring::{Completion, Op, Ring};
 use crate::sys::socket;
 use crate::{Event, Handler, Message, StreamName};
@@ -59,7 +60,7 @@ pub(crate) enum Command {
 
 /// How other threads reach a shard.
 pub(crate) struct ShardHandle {
-    pub commands: async_channel::Sender<Command>,
+    pub commands: Arc<CommandQueue<Command>>,
     pub wake_fd: Arc<OwnedFd>,
     pub sleeping: Arc<AtomicBool>,
 }
@@ -125,7 +126,7 @@ pub(crate) struct Shard {
     accept: Option<usize>,
     wake_fd: Arc<OwnedFd>,
     sleeping: Arc<AtomicBool>,
-    commands: async_channel::Receiver<Command>,
+    commands: Arc<CommandQueue<Command>>,
     shared: Arc<Shared>,
     conns: HashMap<ConnId, ConnIo>,
     completions: Vec<Completion>,
@@ -149,7 +150,7 @@ impl Shard {
         listener: OwnedFd,
         wake_fd: Arc<OwnedFd>,
         sleeping: Arc<AtomicBool>,
-        commands: async_channel::Receiver<Command>,
+        commands: Arc<CommandQueue<Command>>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
@@ -221,8 +222,14 @@ impl Shard {
                 return;
             }
         }
+        let commands = self.commands.clone();
+        self.take_batch(&commands, now);
+        commands.release_space();
+    }
+
+    fn take_batch(&mut self, commands: &CommandQueue<Command>, now: Instant) {
         for _ in 0..COMMANDS_PER_TURN {
-            let Ok(command) = self.commands.try_recv() else {
+            let Some(command) = commands.pop() else {
                 return;
             };
             match command {
@@ -366,9 +373,9 @@ impl Shard {
     fn retry_handoffs(&mut self) {
         while let Some((owner, fd, conn)) = self.handoffs.pop_front() {
             let handle = &self.shared.shards[owner];
-            match handle.commands.try_send(Command::Adopt { fd, conn }) {
+            match handle.commands.try_push(Command::Adopt { fd, conn }) {
                 Ok(()) => handle.wake(),
-                Err(async_channel::TrySendError::Full(Command::Adopt { fd, conn })) => {
+                Err(Refused::Full(Command::Adopt { fd, conn })) => {
                     self.handoffs.push_front((owner, fd, conn));
                     return;
                 }

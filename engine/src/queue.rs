@@ -1,0 +1,119 @@
+//! The bounded queue from application threads (and other shards) to a shard.
+//!
+//! Senders that find it full wait, and are woken **in batches**: the shard signals space only
+//! once it has drained the queue to half its capacity, not after every message it takes (which
+//! is what a general-purpose channel does, and costs a cross-core wake-up per message). The
+//! capacity is the senders' credit; the shard returns half of it at a time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use concurrent_queue::{ConcurrentQueue, PushError};
+use event_listener::Event;
+
+/// A bounded multi-producer queue with one consumer (the shard).
+pub(crate) struct CommandQueue<T> {
+    queue: ConcurrentQueue<T>,
+    space: Event,
+    waiting: AtomicBool,
+}
+
+/// Why a push failed.
+pub(crate) enum Refused<T> {
+    Full(T),
+    Closed(T),
+}
+
+impl<T> CommandQueue<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            queue: ConcurrentQueue::bounded(capacity.max(2)),
+            space: Event::new(),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    /// Pushes without waiting.
+    pub(crate) fn try_push(&self, item: T) -> Result<(), Refused<T>> {
+        self.queue.push(item).map_err(|e| match e {
+            PushError::Full(item) => Refused::Full(item),
+            PushError::Closed(item) => Refused::Closed(item),
+        })
+    }
+
+    /// Pushes, waiting while the queue is full. `Err` gives the item back if the queue closed.
+    pub(crate) async fn push(&self, mut item: T) -> Result<(), T> {
+        loop {
+            match self.try_push(item) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed(back)) => return Err(back),
+                Err(Refused::Full(back)) => item = back,
+            }
+            let listener = self.space.listen();
+            self.waiting.store(true, Ordering::SeqCst);
+            // The shard may have drained between the failed push and `listen`: try once more.
+            match self.try_push(item) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed(back)) => return Err(back),
+                Err(Refused::Full(back)) => item = back,
+            }
+            listener.await;
+        }
+    }
+
+    /// Takes the next item (the shard).
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.queue.pop().ok()
+    }
+
+    /// Called by the shard after it took a batch: wakes waiting senders once the queue is at
+    /// most half full.
+    pub(crate) fn release_space(&self) {
+        if self.waiting.load(Ordering::SeqCst)
+            && self.queue.len() <= self.queue.capacity().unwrap_or(0) / 2
+        {
+            self.waiting.store(false, Ordering::SeqCst);
+            self.space.notify(usize::MAX);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Refuses further pushes and wakes every waiting sender (the node is stopping).
+    pub(crate) fn close(&self) {
+        self.queue.close();
+        self.space.notify(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn full_queue_refuses_then_senders_wake_in_a_batch() {
+        let q = Arc::new(CommandQueue::new(4));
+        for i in 0..4 {
+            assert!(q.try_push(i).is_ok());
+        }
+        assert!(matches!(q.try_push(9), Err(Refused::Full(9))));
+        let sender = {
+            let q = q.clone();
+            std::thread::spawn(move || futures::executor::block_on(q.push(5)))
+        };
+        // One pop leaves it 3/4 full: no wake-up yet, the sender stays blocked.
+        assert_eq!(q.pop(), Some(0));
+        q.release_space();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!sender.is_finished());
+        // Half empty: the sender is released.
+        assert_eq!(q.pop(), Some(1));
+        q.release_space();
+        assert!(sender.join().expect("join").is_ok());
+        assert_eq!((q.pop(), q.pop(), q.pop()), (Some(2), Some(3), Some(5)));
+        q.close();
+        assert!(matches!(q.try_push(1), Err(Refused::Closed(1))));
+    }
+}
