@@ -103,7 +103,10 @@ mod tests {
             let q = q.clone();
             std::thread::spawn(move || futures::executor::block_on(q.push(5)))
         };
-        // One pop leaves it 3/4 full: no wake-up yet, the sender stays blocked.
+        // Let it find the queue full and park.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!sender.is_finished());
+        // One pop leaves it 3/4 full: no wake-up yet, the parked sender stays blocked.
         assert_eq!(q.pop(), Some(0));
         q.release_space();
         std::thread::sleep(std::time::Duration::from_millis(50));
