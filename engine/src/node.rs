@@ -120,6 +120,7 @@ pub struct NodeConfig {
     pin_threads: bool,
     cpus: Option<Vec<usize>>,
     ring_entries: u32,
+    send_buffers: usize,
     handler: Option<Handler>,
 }
 
@@ -139,6 +140,7 @@ impl NodeConfig {
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
+            send_buffers: 32,
             handler: None,
         }
     }
@@ -194,6 +196,14 @@ impl NodeConfig {
     /// Deliver messages to `handler` on the shard threads instead of [`Node::messages`].
     pub fn handler(mut self, handler: Handler) -> Self {
         self.handler = Some(handler);
+        self
+    }
+
+    /// Registered (pinned) send buffers of 256 KiB per shard (default 32, 8 MiB). Under a small
+    /// locked-memory limit (an unprivileged process) fewer are registered, down to none, with
+    /// one warning; sends then use ordinary buffers.
+    pub fn send_buffers(mut self, count: usize) -> Self {
+        self.send_buffers = count;
         self
     }
 
@@ -328,6 +338,8 @@ impl Node {
             stop: AtomicBool::new(false),
             handler: config.handler.clone(),
             events_dropped: AtomicU64::new(0),
+            registered_send_buffers: AtomicU64::new(0),
+            memlock_warned: AtomicBool::new(false),
         });
         let connection = Arc::new(config.connection.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -345,6 +357,7 @@ impl Node {
             let cpu = cpus.get(index % cpus.len().max(1)).copied();
             let pin = config.pin_threads;
             let entries = config.ring_entries;
+            let send_buffers = config.send_buffers;
             let thread = std::thread::Builder::new()
                 .name(format!("glueberry-shard-{index}"))
                 .spawn(move || {
@@ -353,10 +366,7 @@ impl Node {
                     }
                     // The ring is made on its own thread: SINGLE_ISSUER ties it to its creator.
                     let ring = match Ring::new(entries) {
-                        Ok(ring) => {
-                            let _ = ready.send(Ok(()));
-                            ring
-                        }
+                        Ok(ring) => ring,
                         Err(e) => {
                             let error = io::Error::new(e.kind(), e.to_string());
                             let _ = ready.send(Err(e));
@@ -364,7 +374,7 @@ impl Node {
                         }
                     };
                     let handle = &shared.shards[index];
-                    let shard = shard::Shard::new(
+                    let mut shard = shard::Shard::new(
                         index,
                         ring,
                         NodeCore::new(core_config),
@@ -374,6 +384,20 @@ impl Node {
                         commands,
                         shared.clone(),
                     );
+                    let registered = shard.register_send_buffers(send_buffers);
+                    shared
+                        .registered_send_buffers
+                        .fetch_add(registered as u64, Ordering::Relaxed);
+                    if registered < send_buffers && !shared.memlock_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            wanted = send_buffers,
+                            registered,
+                            "not enough locked memory (RLIMIT_MEMLOCK) to register every send buffer; \
+                             using fewer, and ordinary buffers for the rest"
+                        );
+                    }
+                    let _ = ready.send(Ok(()));
+                    drop(ready);
                     shard.run()
                 })?;
             threads.push(thread);
@@ -536,6 +560,15 @@ impl Node {
     /// Peer events (a bounded channel; see [`Node::events_dropped`]).
     pub fn events(&self) -> async_channel::Receiver<crate::Event> {
         self.inner.events.clone()
+    }
+
+    /// Registered send buffers over all shards (fewer than configured under a small memlock
+    /// limit).
+    pub fn registered_send_buffers(&self) -> u64 {
+        self.inner
+            .shared
+            .registered_send_buffers
+            .load(Ordering::Relaxed)
     }
 
     /// Events dropped because the event channel was full.

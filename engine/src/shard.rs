@@ -83,6 +83,10 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     pub handler: Option<Handler>,
     pub events_dropped: AtomicU64,
+    /// Registered send buffers over all shards.
+    pub registered_send_buffers: AtomicU64,
+    /// Whether the short-memlock warning was given (once per node).
+    pub memlock_warned: AtomicBool,
 }
 
 /// A connection's socket and the operations in flight on it.
@@ -139,6 +143,8 @@ pub(crate) struct Shard {
     names: HashMap<Box<str>, StreamName>,
     /// Idle send buffers, lent to connections while they have something to send.
     send_pool: Vec<Vec<u8>>,
+    /// Free registered send buffers (indices into the ring's registered set).
+    fixed_free: Vec<u16>,
 }
 
 impl Shard {
@@ -170,7 +176,16 @@ impl Shard {
             handoffs: VecDeque::new(),
             names: HashMap::new(),
             send_pool: Vec::with_capacity(SEND_POOL),
+            fixed_free: Vec::new(),
         }
+    }
+
+    /// Registers the shard's send buffers (shrinking under a small memlock limit); returns how
+    /// many were registered.
+    pub(crate) fn register_send_buffers(&mut self, count: usize) -> usize {
+        let registered = self.ring.register_send_buffers(count, SEND_BUF);
+        self.fixed_free = (0..registered as u16).rev().collect();
+        registered
     }
 
     /// The event loop; returns when the node stops.
@@ -393,6 +408,24 @@ impl Shard {
             if !self.core.has_pending_output(id) {
                 continue;
             }
+            if let Some(index) = self.fixed_free.pop() {
+                let Some(fixed) = self.ring.fixed_mut(index) else {
+                    continue;
+                };
+                let n = self.core.poll_transmit(id, fixed);
+                if n == 0 {
+                    self.fixed_free.push(index);
+                    continue;
+                }
+                let op = Op::SendFixed {
+                    conn: id,
+                    index,
+                    start: 0,
+                    end: n,
+                };
+                io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
+                continue;
+            }
             let mut buf = io
                 .send_buf
                 .take()
@@ -518,6 +551,36 @@ impl Shard {
                 if let Some(io) = self.conns.get_mut(&conn) {
                     io.recv_buf = Some(buf);
                 }
+            }
+            Op::SendFixed {
+                conn,
+                index,
+                start,
+                end,
+            } => {
+                let io = self.conns.get_mut(&conn);
+                let resubmit = c.result > 0 && start + (c.result as usize) < end;
+                match io {
+                    Some(io) if resubmit => {
+                        let start = start + c.result as usize;
+                        let op = Op::SendFixed {
+                            conn,
+                            index,
+                            start,
+                            end,
+                        };
+                        io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
+                        return Ok(());
+                    }
+                    Some(io) => {
+                        io.send = None;
+                        if c.result <= 0 && c.result != -libc::EINTR && c.result != -libc::EAGAIN {
+                            self.core.handle_eof(conn, now);
+                        }
+                    }
+                    None => {}
+                }
+                self.fixed_free.push(index);
             }
             Op::Send {
                 conn,

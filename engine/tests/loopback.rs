@@ -477,3 +477,86 @@ fn raise_fd_limit() {
         }
     }
 }
+
+#[test]
+fn send_buffers_are_registered_and_shrink_under_a_small_memlock_limit() {
+    // As root (CAP_IPC_LOCK) everything registers.
+    let node = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(2)
+            .send_buffers(16),
+    )
+    .unwrap();
+    let is_root = is_root();
+    if is_root {
+        assert_eq!(node.registered_send_buffers(), 32);
+    }
+    node.stop();
+    if child_role().as_deref() == Some("unprivileged") {
+        // The child runs as `nobody`: an 8 MiB memlock limit, ring memory included. Asking for
+        // 2 × 64 MiB of registered buffers must shrink (or fall back) and still work.
+        let (a, b) = (
+            Node::start(
+                NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+                    .shards(2)
+                    .send_buffers(256),
+            )
+            .expect("start as nobody"),
+            start(1),
+        );
+        let registered = a.registered_send_buffers();
+        assert!(
+            registered < 512,
+            "registered {registered} of 512 under an 8 MiB limit"
+        );
+        mesh(&[a.clone(), b.clone()], &["s"]);
+        let s = a.stream("s");
+        for i in 0..1000u32 {
+            futures::executor::block_on(a.send(b.peer_id(), &s, Bytes::from(vec![1u8; 4096])))
+                .unwrap();
+            let _ = i;
+        }
+        assert_eq!(receive(&b, 1000, Duration::from_secs(10)).len(), 1000);
+        println!("unprivileged ok: {registered} send buffers registered");
+        a.stop();
+        b.stop();
+        return;
+    }
+    if !is_root {
+        return; // Already unprivileged: the child below would be the same process kind.
+    }
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "send_buffers_are_registered_and_shrink_under_a_small_memlock_limit",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("GLUEBERRY_CHILD", "unprivileged")
+        .output();
+    let Ok(output) = output else {
+        println!("setpriv is not installed: the unprivileged path was not exercised");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if let Some(line) = stdout.lines().find(|l| l.contains("unprivileged ok")) {
+        println!("child as nobody: {line}");
+    }
+    assert!(
+        output.status.success() && stdout.contains("unprivileged ok"),
+        "as nobody: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(|uid| uid == "0"))
+        .unwrap_or(false)
+}

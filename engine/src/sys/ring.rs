@@ -25,6 +25,13 @@ pub(crate) enum Op {
     },
     /// Receive into `buf`.
     Recv { conn: ConnId, buf: Vec<u8> },
+    /// Send `start..end` of registered buffer `index`.
+    SendFixed {
+        conn: ConnId,
+        index: u16,
+        start: usize,
+        end: usize,
+    },
     /// Send `buf[start..end]`.
     Send {
         conn: ConnId,
@@ -50,6 +57,9 @@ pub(crate) struct Completion {
 pub(crate) struct Ring {
     ring: IoUring,
     ops: Slab<Op>,
+    /// Registered send buffers. Their memory stays allocated (and pinned by the kernel) for the
+    /// life of the ring; `SendFixed` operations borrow them by index.
+    fixed: Vec<Box<[u8]>>,
 }
 
 impl Ring {
@@ -72,7 +82,43 @@ impl Ring {
         Ok(Self {
             ring,
             ops: Slab::with_capacity(entries as usize),
+            fixed: Vec::new(),
         })
+    }
+
+    /// Registers up to `count` send buffers of `size` bytes. Registration pins memory, which an
+    /// unprivileged process may only do up to RLIMIT_MEMLOCK (ring memory counts too): on
+    /// failure the count is halved until it fits, down to none. Returns how many were
+    /// registered.
+    pub(crate) fn register_send_buffers(&mut self, mut count: usize, size: usize) -> usize {
+        while count >= 2 {
+            let buffers: Vec<Box<[u8]>> = (0..count)
+                .map(|_| vec![0u8; size].into_boxed_slice())
+                .collect();
+            let iovecs: Vec<libc::iovec> = buffers
+                .iter()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_ptr().cast_mut().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            // SAFETY: each iovec describes a live heap allocation owned by `buffers`, which is
+            // moved into `self.fixed` on success and kept until the ring is dropped, so the
+            // kernel's pinned pages always belong to memory we own.
+            let registered = unsafe { self.ring.submitter().register_buffers(&iovecs) };
+            if registered.is_ok() {
+                self.fixed = buffers;
+                return count;
+            }
+            count /= 2;
+        }
+        0
+    }
+
+    /// Registered buffer `index`, to fill before a `SendFixed`. The caller lends each index to
+    /// one operation at a time.
+    pub(crate) fn fixed_mut(&mut self, index: u16) -> Option<&mut [u8]> {
+        self.fixed.get_mut(usize::from(index)).map(|b| &mut b[..])
     }
 
     /// Operations in flight.
@@ -82,6 +128,16 @@ impl Ring {
 
     /// Submits `op`; returns its key.
     pub(crate) fn push(&mut self, fd: RawFd, op: Op) -> io::Result<usize> {
+        if let Op::SendFixed {
+            index, start, end, ..
+        } = &op
+            && self
+                .fixed
+                .get(usize::from(*index))
+                .is_none_or(|b| start > end || *end > b.len())
+        {
+            return Err(io::Error::other("registered buffer range out of bounds"));
+        }
         let entry = self.ops.vacant_entry();
         let key = entry.key();
         let op = entry.insert(op);
@@ -95,6 +151,14 @@ impl Ring {
             Op::Recv { buf, .. } => {
                 let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
                 opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), len).build()
+            }
+            Op::SendFixed {
+                index, start, end, ..
+            } => {
+                // Checked above: the index exists and the range is inside the buffer.
+                let slice = &self.fixed[usize::from(*index)][*start..*end];
+                let len = u32::try_from(slice.len()).unwrap_or(u32::MAX);
+                opcode::WriteFixed::new(types::Fd(fd), slice.as_ptr(), len, *index).build()
             }
             Op::Send {
                 buf, start, end, ..
