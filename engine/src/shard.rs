@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use glueberry_crypto::PeerId;
 use glueberry_transport::{
     Action, CloseCode, ConnId, Connection, NodeCore, NodeError, NodeEvent, SendError, StreamId,
@@ -17,12 +17,13 @@ use glueberry_transport::{
 };
 
 use crate::queue::{CommandQueue, Refused};
-use crate::sys::ring::{Completion, Op, Ring};
+use crate::sys::ring::{Completion, Op, Ring, received};
 use crate::sys::socket;
 use crate::{Event, Handler, Message, StreamName};
 
-/// Size of each connection's receive buffer.
-const RECV_BUF: usize = 64 * 1024;
+/// Size of a receive buffer (a fresh one per receive: it becomes the connection's receive
+/// buffer, and messages are slices of it).
+const RECV_BUF: usize = 128 * 1024;
 /// Size of a send buffer: several 64 KiB records per send. Borrowed from the shard's pool only
 /// while a connection has something to send.
 const SEND_BUF: usize = 256 * 1024;
@@ -95,7 +96,6 @@ struct ConnIo {
     connected: bool,
     recv: Option<usize>,
     send: Option<usize>,
-    recv_buf: Option<Vec<u8>>,
     send_buf: Option<Vec<u8>>,
     /// Final bytes to send once the current send completes, then close.
     closing: Option<Vec<u8>>,
@@ -110,7 +110,6 @@ impl ConnIo {
             connected,
             recv: None,
             send: None,
-            recv_buf: None,
             send_buf: None,
             closing: None,
             handoff: false,
@@ -461,7 +460,11 @@ impl Shard {
             if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
                 continue;
             }
-            let buf = io.recv_buf.take().unwrap_or_else(|| vec![0u8; RECV_BUF]);
+            // The start of a record still in flight goes first; the kernel writes after it, so
+            // the connection gets whole records without copying them again.
+            let pending = self.core.take_pending_input(id);
+            let mut buf = Vec::with_capacity(RECV_BUF.max(pending.len() + RECV_BUF / 2));
+            buf.extend_from_slice(&pending);
             let key = self
                 .ring
                 .push(io.fd.as_raw_fd(), Op::Recv { conn: id, buf })?;
@@ -532,24 +535,28 @@ impl Shard {
                 };
                 self.core.handle_dial_result(conn, result, now);
             }
-            Op::Recv { conn, buf } => {
+            Op::Recv { conn, mut buf } => {
                 let Some(io) = self.conns.get_mut(&conn) else {
                     return Ok(());
                 };
                 io.recv = None;
+                let quiet = io.handoff || io.closing.is_some();
                 if c.result > 0 {
-                    let n = c.result as usize;
-                    self.core.handle_input(conn, &buf[..n], now);
-                } else if c.result == -libc::ECANCELED || io.handoff || io.closing.is_some() {
-                    // Cancelled for a close or a handoff: nothing to report.
-                } else if c.result == -libc::EINTR || c.result == -libc::EAGAIN {
-                    // Resubmitted by the next turn.
+                    received(&mut buf, c.result as usize);
+                    self.core
+                        .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                } else if c.result == -libc::ECANCELED
+                    || c.result == -libc::EINTR
+                    || c.result == -libc::EAGAIN
+                    || quiet
+                {
+                    // Cancelled (close, handoff) or interrupted: give back the pending bytes
+                    // taken for this receive; the next turn resubmits if still wanted.
+                    self.core
+                        .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
                 } else {
                     // 0 is the peer's FIN; anything else a socket error.
                     self.core.handle_eof(conn, now);
-                }
-                if let Some(io) = self.conns.get_mut(&conn) {
-                    io.recv_buf = Some(buf);
                 }
             }
             Op::SendFixed {

@@ -223,6 +223,34 @@ impl Connection {
         }
     }
 
+    /// Takes received bytes in a buffer the caller hands over: when no partial record is
+    /// pending, the buffer becomes the receive buffer without a copy, records are opened in
+    /// place in it and messages are slices of it. A caller that receives into its own buffers
+    /// first takes [`Connection::take_pending_input`] and puts those bytes at the front of the
+    /// next buffer, so that this never copies.
+    pub fn handle_input_buf(&mut self, now: Instant, data: BytesMut) {
+        if self.handshake.is_some() || !self.rx.is_empty() {
+            return self.handle_input(now, &data);
+        }
+        if self.phase == Phase::Closed || data.is_empty() {
+            return;
+        }
+        self.last_recv = now;
+        self.rx = data;
+        if let Err(e) = self.process_records(now) {
+            self.fail(e);
+        }
+    }
+
+    /// Takes the received bytes not yet processed (the start of a record whose end has not
+    /// arrived). The caller must hand them back, first, with the next input.
+    pub fn take_pending_input(&mut self) -> BytesMut {
+        if self.handshake.is_some() {
+            return BytesMut::new();
+        }
+        std::mem::take(&mut self.rx)
+    }
+
     /// The peer closed its sending side (TCP FIN) or the socket failed. Without a CLOSE frame
     /// first, this is a lost connection.
     pub fn handle_eof(&mut self) {

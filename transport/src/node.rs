@@ -405,6 +405,24 @@ impl NodeCore {
         }
     }
 
+    /// Bytes arrived on a connection, in a buffer handed over (see
+    /// [`Connection::handle_input_buf`]).
+    pub fn handle_input_buf(&mut self, conn: ConnId, data: bytes::BytesMut, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.handle_input_buf(now, data);
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// The start of a record still waiting for its end on `conn` (see
+    /// [`Connection::take_pending_input`]).
+    pub fn take_pending_input(&mut self, conn: ConnId) -> bytes::BytesMut {
+        self.conns
+            .get_mut(&conn)
+            .map(|c| c.conn.take_pending_input())
+            .unwrap_or_default()
+    }
+
     /// A connection's byte stream ended (or its socket failed).
     pub fn handle_eof(&mut self, conn: ConnId, now: Instant) {
         if let Some(c) = self.conns.get_mut(&conn) {

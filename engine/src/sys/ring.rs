@@ -23,7 +23,7 @@ pub(crate) enum Op {
         conn: ConnId,
         addr: Box<socket2::SockAddr>,
     },
-    /// Receive into `buf`.
+    /// Receive into the spare capacity of `buf` (its current contents are kept in front).
     Recv { conn: ConnId, buf: Vec<u8> },
     /// Send `start..end` of registered buffer `index`.
     SendFixed {
@@ -43,6 +43,15 @@ pub(crate) enum Op {
     Wake { buf: Box<[u8; 8]> },
     /// Cancel the operation whose key is `target`.
     Cancel { target: u64 },
+}
+
+/// Marks `n` more bytes of `buf` as filled after a `Recv` into its spare capacity completed
+/// with result `n`.
+pub(crate) fn received(buf: &mut Vec<u8>, n: usize) {
+    let filled = buf.len() + n.min(buf.capacity() - buf.len());
+    // SAFETY: the kernel wrote `n` bytes (the completion's result, never more than the spare
+    // capacity it was given) right after the initialised prefix, so `..filled` is initialised.
+    unsafe { buf.set_len(filled) };
 }
 
 /// A completion, copied out of the completion queue before it is handled.
@@ -149,8 +158,9 @@ impl Ring {
                 opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build()
             }
             Op::Recv { buf, .. } => {
-                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-                opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), len).build()
+                let spare = buf.spare_capacity_mut();
+                let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+                opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr().cast(), len).build()
             }
             Op::SendFixed {
                 index, start, end, ..
