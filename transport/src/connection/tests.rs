@@ -623,3 +623,39 @@ proptest! {
         prop_assert_eq!(received, sent);
     }
 }
+
+#[test]
+fn owned_input_with_pending_bytes_moved_forward_delivers_everything() {
+    let mut p = Pair::established(&["s"]);
+    let s = p.a.stream_id("s").expect("s");
+    for i in 0..500u32 {
+        p.a.send(s, Bytes::from(vec![(i % 256) as u8; 300 + i as usize]))
+            .expect("send");
+    }
+    let n = p.a.poll_transmit(&mut p.buf);
+    // Deliver in owned chunks of 777 bytes, as the engine does: the pending start of a record
+    // is taken out and put in front of the next chunk.
+    let mut at = 0;
+    while at < n {
+        let end = (at + 777).min(n);
+        let mut chunk = p.b.take_pending_input();
+        chunk.extend_from_slice(&p.buf[at..end]);
+        p.b.handle_input_buf(p.now, chunk);
+        at = end;
+    }
+    let got = drain_messages(&mut p.b);
+    assert_eq!(got.len(), 500);
+    for (i, (_, data)) in got.iter().enumerate() {
+        assert_eq!(data.len(), 300 + i);
+        assert!(data.iter().all(|&b| b == (i % 256) as u8));
+    }
+    // Owned input while bytes are pending (not taken) is appended, not lost.
+    p.a.send(s, Bytes::from_static(b"tail")).expect("send");
+    let n = p.a.poll_transmit(&mut p.buf);
+    p.b.handle_input(p.now, &p.buf[..3]);
+    p.b.handle_input_buf(p.now, BytesMut::from(&p.buf[3..n]));
+    assert_eq!(
+        drain_messages(&mut p.b),
+        vec![("s".into(), Bytes::from_static(b"tail"))]
+    );
+}
