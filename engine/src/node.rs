@@ -340,6 +340,7 @@ impl Node {
             events_dropped: AtomicU64::new(0),
             registered_send_buffers: AtomicU64::new(0),
             memlock_warned: AtomicBool::new(false),
+            abandoned_operations: AtomicU64::new(0),
         });
         let connection = Arc::new(config.connection.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -568,6 +569,15 @@ impl Node {
         self.inner
             .shared
             .registered_send_buffers
+            .load(Ordering::Relaxed)
+    }
+
+    /// io_uring operations whose completion never arrived before the shards stopped (their
+    /// buffers were leaked, not freed under the kernel). 0 after a clean `stop`.
+    pub fn abandoned_operations(&self) -> u64 {
+        self.inner
+            .shared
+            .abandoned_operations
             .load(Ordering::Relaxed)
     }
 

@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub registered_send_buffers: AtomicU64,
     /// Whether the short-memlock warning was given (once per node).
     pub memlock_warned: AtomicBool,
+    /// Operations whose completion never arrived before a shard exited (their buffers are
+    /// leaked rather than freed under the kernel). Zero unless something is wrong.
+    pub abandoned_operations: AtomicU64,
 }
 
 /// A connection's socket and the operations in flight on it.
@@ -755,6 +758,9 @@ impl Shard {
             self.ring.submit_and_wait(Some(Duration::from_millis(50)))?;
             self.handle_completions(Instant::now())?;
         }
+        self.shared
+            .abandoned_operations
+            .fetch_add(self.ring.in_flight() as u64, Ordering::Relaxed);
         self.conns.clear();
         let _ = self.index;
         Ok(())

@@ -327,6 +327,8 @@ fn stop_with_traffic_in_flight_leaks_no_fd_or_thread() {
         a.stop();
         b.stop();
         sender.join().unwrap();
+        // Every operation in flight completed before its buffer was freed.
+        assert_eq!(a.abandoned_operations() + b.abandoned_operations(), 0);
     };
     round();
     let (fds, threads) = (glueberry::open_fd_count(), thread_count());
