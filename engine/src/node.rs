@@ -341,6 +341,10 @@ impl Node {
             registered_send_buffers: AtomicU64::new(0),
             memlock_warned: AtomicBool::new(false),
             abandoned_operations: AtomicU64::new(0),
+            handoffs: AtomicU64::new(0),
+            ring_fds: (0..count)
+                .map(|_| std::sync::atomic::AtomicI32::new(-1))
+                .collect(),
         });
         let connection = Arc::new(config.connection.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -385,6 +389,7 @@ impl Node {
                         commands,
                         shared.clone(),
                     );
+                    shared.ring_fds[index].store(shard.ring_fd(), Ordering::Release);
                     let registered = shard.register_send_buffers(send_buffers);
                     shared
                         .registered_send_buffers
@@ -579,6 +584,11 @@ impl Node {
             .shared
             .abandoned_operations
             .load(Ordering::Relaxed)
+    }
+
+    /// Inbound connections handed from the shard that accepted them to their peer's shard.
+    pub fn handoffs(&self) -> u64 {
+        self.inner.shared.handoffs.load(Ordering::Relaxed)
     }
 
     /// Events dropped because the event channel was full.

@@ -17,7 +17,7 @@ use glueberry_transport::{
 };
 
 use crate::queue::{CommandQueue, Refused};
-use crate::sys::ring::{Completion, Op, Ring, received};
+use crate::sys::ring::{Completion, Op, Ring, WAKE_TOKEN, received};
 use crate::sys::socket;
 use crate::{Event, Handler, Message, StreamName};
 
@@ -88,6 +88,10 @@ pub(crate) struct Shared {
     pub registered_send_buffers: AtomicU64,
     /// Whether the short-memlock warning was given (once per node).
     pub memlock_warned: AtomicBool,
+    /// Inbound connections handed from the accepting shard to their peer's shard.
+    pub handoffs: AtomicU64,
+    /// Each shard's ring descriptor (-1 until it starts), for MSG_RING wake-ups between shards.
+    pub ring_fds: Vec<std::sync::atomic::AtomicI32>,
     /// Operations whose completion never arrived before a shard exited (their buffers are
     /// leaked rather than freed under the kernel). Zero unless something is wrong.
     pub abandoned_operations: AtomicU64,
@@ -180,6 +184,11 @@ impl Shard {
             send_pool: Vec::with_capacity(SEND_POOL),
             fixed_free: Vec::new(),
         }
+    }
+
+    /// This shard's ring descriptor (published for other shards' MSG_RING wake-ups).
+    pub(crate) fn ring_fd(&self) -> std::os::fd::RawFd {
+        self.ring.fd()
     }
 
     /// Registers the shard's send buffers (shrinking under a small memlock limit); returns how
@@ -391,7 +400,15 @@ impl Shard {
         while let Some((owner, fd, conn)) = self.handoffs.pop_front() {
             let handle = &self.shared.shards[owner];
             match handle.commands.try_push(Command::Adopt { fd, conn }) {
-                Ok(()) => handle.wake(),
+                Ok(()) => {
+                    self.shared.handoffs.fetch_add(1, Ordering::Relaxed);
+                    // Shard to shard: a completion posted on the owner's ring (MSG_RING) wakes
+                    // it without a system call of its own; the eventfd is the fallback.
+                    let ring_fd = self.shared.ring_fds[owner].load(Ordering::Acquire);
+                    if ring_fd < 0 || self.ring.push(ring_fd, Op::MsgRing).is_err() {
+                        handle.wake();
+                    }
+                }
                 Err(Refused::Full(Command::Adopt { fd, conn })) => {
                     self.handoffs.push_front((owner, fd, conn));
                     return;
@@ -498,6 +515,10 @@ impl Shard {
     }
 
     fn handle_completion(&mut self, c: Completion, now: Instant) -> io::Result<()> {
+        if c.key as u64 == WAKE_TOKEN {
+            // Another shard woke us (MSG_RING): its command is taken in the next turn.
+            return Ok(());
+        }
         if Some(c.key) == self.accept {
             if c.result >= 0 {
                 let fd = socket::own(c.result);
@@ -521,7 +542,7 @@ impl Shard {
             return Ok(());
         };
         match op {
-            Op::Accept | Op::Cancel { .. } => {}
+            Op::Accept | Op::Cancel { .. } | Op::MsgRing => {}
             Op::Wake { .. } => {
                 if !self.shared.stop.load(Ordering::Acquire) {
                     self.arm_wake()?;
@@ -727,6 +748,8 @@ impl Shard {
     /// until every operation's completion has arrived, so that no buffer is freed under the
     /// kernel.
     fn shutdown(mut self) -> io::Result<()> {
+        // No more MSG_RING wake-ups to this ring: its descriptor closes when the shard ends.
+        self.shared.ring_fds[self.index].store(-1, Ordering::Release);
         let now = Instant::now();
         self.core.close_all(CloseCode::SHUTDOWN, now);
         self.perform_actions(now)?;
@@ -762,7 +785,6 @@ impl Shard {
             .abandoned_operations
             .fetch_add(self.ring.in_flight() as u64, Ordering::Relaxed);
         self.conns.clear();
-        let _ = self.index;
         Ok(())
     }
 }

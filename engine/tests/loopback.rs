@@ -137,9 +137,26 @@ fn two_nodes_handshake_and_exchange_on_several_streams() {
 }
 
 #[test]
-fn three_node_mesh_over_two_shards_each() {
-    let nodes: Vec<Node> = (0..4).map(|_| start(2)).collect();
+fn four_node_mesh_over_two_shards_each_with_handoffs() {
+    // Four nodes of two shards: inbound connections land on either shard (SO_REUSEPORT) and
+    // about half must move to their peer's shard. Retry with fresh identities until at least
+    // one did, so that the handoff path is exercised.
+    let mut nodes: Vec<Node> = (0..4).map(|_| start(2)).collect();
     mesh(&nodes, &["gossip"]);
+    for _ in 0..5 {
+        if nodes.iter().map(Node::handoffs).sum::<u64>() > 0 {
+            break;
+        }
+        for n in &nodes {
+            n.stop();
+        }
+        nodes = (0..4).map(|_| start(2)).collect();
+        mesh(&nodes, &["gossip"]);
+    }
+    assert!(
+        nodes.iter().map(Node::handoffs).sum::<u64>() > 0,
+        "no connection changed shard"
+    );
     for a in &nodes {
         for b in &nodes {
             if a.peer_id() != b.peer_id() {

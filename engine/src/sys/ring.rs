@@ -43,7 +43,13 @@ pub(crate) enum Op {
     Wake { buf: Box<[u8; 8]> },
     /// Cancel the operation whose key is `target`.
     Cancel { target: u64 },
+    /// Post a wake-up completion ([`WAKE_TOKEN`]) on another shard's ring (MSG_RING).
+    MsgRing,
 }
+
+/// `user_data` of the completion another shard posts on this ring to wake it (MSG_RING); it
+/// belongs to no operation of this ring.
+pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
 
 /// Marks `n` more bytes of `buf` as filled after a `Recv` into its spare capacity completed
 /// with result `n`.
@@ -130,6 +136,12 @@ impl Ring {
         self.fixed.get_mut(usize::from(index)).map(|b| &mut b[..])
     }
 
+    /// This ring's descriptor, for other shards' MSG_RING wake-ups.
+    pub(crate) fn fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
+    }
+
     /// Operations in flight.
     pub(crate) fn in_flight(&self) -> usize {
         self.ops.len()
@@ -181,6 +193,7 @@ impl Ring {
             }
             Op::Wake { buf } => opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8).build(),
             Op::Cancel { target } => opcode::AsyncCancel::new(*target).build(),
+            Op::MsgRing => opcode::MsgRingData::new(types::Fd(fd), 0, WAKE_TOKEN, None).build(),
         }
         .user_data(key as u64);
         self.submit_entry(&sqe)?;
