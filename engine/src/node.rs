@@ -338,6 +338,7 @@ impl Node {
             stop: AtomicBool::new(false),
             handler: config.handler.clone(),
             events_dropped: AtomicU64::new(0),
+            overflow_limit: config.command_queue,
             registered_send_buffers: AtomicU64::new(0),
             memlock_warned: AtomicBool::new(false),
             abandoned_operations: AtomicU64::new(0),

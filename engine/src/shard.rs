@@ -1,7 +1,7 @@
 //! One shard: a thread pinned to a CPU, its io_uring, and the transport core of the peers it
 //! owns. Nothing here is shared with other threads except the bounded queues in and out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     pub handler: Option<Handler>,
     pub events_dropped: AtomicU64,
+    /// Messages a shard holds for peers whose streams are full before it stops taking commands.
+    pub overflow_limit: usize,
     /// Registered send buffers over all shards.
     pub registered_send_buffers: AtomicU64,
     /// Whether the short-memlock warning was given (once per node).
@@ -140,8 +142,10 @@ pub(crate) struct Shard {
     shared: Arc<Shared>,
     conns: HashMap<ConnId, ConnIo>,
     completions: Vec<Completion>,
-    /// Sends refused by a full stream, retried in order before any new command is taken.
-    overflow: VecDeque<(PeerId, StreamName, Bytes)>,
+    /// Sends refused by a full stream, per peer, retried in order; other peers' sends go on.
+    overflow: BTreeMap<PeerId, VecDeque<(StreamName, Bytes)>>,
+    /// Messages in `overflow`; at `Shared::overflow_limit` the shard stops taking commands.
+    overflowed: usize,
     /// Messages the application channel had no room for; receiving pauses until they fit.
     undelivered: VecDeque<(Message, StreamId)>,
     /// Connections to hand off whose adoption the owner's queue had no room for yet.
@@ -177,7 +181,8 @@ impl Shard {
             shared,
             conns: HashMap::new(),
             completions: Vec::with_capacity(1024),
-            overflow: VecDeque::new(),
+            overflow: BTreeMap::new(),
+            overflowed: 0,
             undelivered: VecDeque::new(),
             handoffs: VecDeque::new(),
             names: HashMap::new(),
@@ -211,7 +216,7 @@ impl Shard {
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(Instant::now()));
             self.sleeping.store(true, Ordering::SeqCst);
-            let busy = !self.commands.is_empty() && self.overflow.is_empty();
+            let busy = !self.commands.is_empty() && self.overflowed < self.shared.overflow_limit;
             if busy || self.shared.stop.load(Ordering::Acquire) {
                 self.sleeping.store(false, Ordering::SeqCst);
                 self.ring.submit()?;
@@ -240,13 +245,12 @@ impl Shard {
     }
 
     fn take_commands(&mut self, now: Instant) {
-        // Sends that found their stream full go first, in order; while any remain, no new
-        // command is taken and the senders' queue fills up: that is the backpressure.
-        while let Some((peer, stream, data)) = self.overflow.pop_front() {
-            if let Err(back) = self.send(peer, stream, data) {
-                self.overflow.push_front(back);
-                return;
-            }
+        // Sends that found their peer's stream full wait per peer and go first, in order. A slow
+        // peer holds back only its own messages, until the shard's overflow is full: then no
+        // new command is taken and the senders' queue fills up, the last-resort backpressure.
+        self.retry_overflow();
+        if self.overflowed >= self.shared.overflow_limit {
+            return;
         }
         let commands = self.commands.clone();
         self.take_batch(&commands, now);
@@ -260,8 +264,24 @@ impl Shard {
             };
             match command {
                 Command::Send { peer, stream, data } => {
-                    if let Err(back) = self.send(peer, stream, data) {
-                        self.overflow.push_back(back);
+                    let waiting = self.overflow.get_mut(&peer).filter(|q| !q.is_empty());
+                    let back = match waiting {
+                        // Behind this peer's waiting messages: keep the order.
+                        Some(queue) => {
+                            queue.push_back((stream, data));
+                            self.overflowed += 1;
+                            None
+                        }
+                        None => self.send(peer, stream, data).err(),
+                    };
+                    if let Some((peer, stream, data)) = back {
+                        self.overflow
+                            .entry(peer)
+                            .or_default()
+                            .push_back((stream, data));
+                        self.overflowed += 1;
+                    }
+                    if self.overflowed >= self.shared.overflow_limit {
                         return;
                     }
                 }
@@ -286,6 +306,25 @@ impl Shard {
                         self.conns.insert(id, ConnIo::new(fd, true));
                     }
                 }
+            }
+        }
+    }
+
+    fn retry_overflow(&mut self) {
+        let peers: Vec<PeerId> = self.overflow.keys().copied().collect();
+        for peer in peers {
+            let Some(mut queue) = self.overflow.remove(&peer) else {
+                continue;
+            };
+            while let Some((stream, data)) = queue.pop_front() {
+                if let Err((_, stream, data)) = self.send(peer, stream, data) {
+                    queue.push_front((stream, data));
+                    break;
+                }
+                self.overflowed -= 1;
+            }
+            if !queue.is_empty() {
+                self.overflow.insert(peer, queue);
             }
         }
     }

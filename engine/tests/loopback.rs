@@ -579,3 +579,51 @@ fn is_root() -> bool {
         .and_then(|v| v.split_whitespace().next().map(|uid| uid == "0"))
         .unwrap_or(false)
 }
+
+#[test]
+fn a_peer_that_stops_reading_does_not_hold_up_the_others() {
+    // a (one shard) sends to b, whose application never reads, and to c, which does.
+    let a = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(1)
+            .connection(ConnectionConfig {
+                initial_window: 64 * 1024,
+                ..Default::default()
+            })
+            .command_queue(4096),
+    )
+    .unwrap();
+    let slow = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(1)
+            .message_buffer(10),
+    )
+    .unwrap();
+    let fast = start(1);
+    mesh(&[a.clone(), slow.clone(), fast.clone()], &["s"]);
+    let s = a.stream("s");
+    let message = Bytes::from(vec![3u8; 1024]);
+    // Far more than the slow peer's window, messages channel and a's stream queue hold.
+    let mut accepted = 0;
+    for _ in 0..3000 {
+        if a.try_send(slow.peer_id(), &s, message.clone()).is_ok() {
+            accepted += 1;
+        }
+    }
+    assert!(accepted > 1000);
+    std::thread::sleep(Duration::from_millis(200));
+    // The fast peer still gets everything, promptly.
+    for i in 0..1000u32 {
+        futures::executor::block_on(a.send(
+            fast.peer_id(),
+            &s,
+            Bytes::from(i.to_be_bytes().to_vec()),
+        ))
+        .unwrap();
+    }
+    let got = receive(&fast, 1000, Duration::from_secs(5));
+    assert_eq!(got.len(), 1000, "the fast peer was held up by the slow one");
+    for n in [a, slow, fast] {
+        n.stop();
+    }
+}
