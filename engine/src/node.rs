@@ -140,7 +140,7 @@ impl NodeConfig {
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
-            send_buffers: 32,
+            send_buffers: 16,
             handler: None,
         }
     }
@@ -199,7 +199,7 @@ impl NodeConfig {
         self
     }
 
-    /// Registered (pinned) send buffers of 256 KiB per shard (default 32, 8 MiB). Under a small
+    /// Registered (pinned) send buffers of 512 KiB per shard (default 16, 8 MiB). Under a small
     /// locked-memory limit (an unprivileged process) fewer are registered, down to none, with
     /// one warning; sends then use ordinary buffers.
     pub fn send_buffers(mut self, count: usize) -> Self {
