@@ -106,7 +106,7 @@ fn measure(received: &AtomicU64, size: usize, seconds: f64) -> Figure {
 
 /// Two Glueberry nodes (one shard each), ChaCha20-Poly1305: one app thread sends, the receiver
 /// counts in its zero-copy handler on the shard thread.
-fn glueberry(size: usize, seconds: f64) -> Figure {
+fn glueberry(size: usize, seconds: f64, provided: bool) -> Figure {
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let connection = ConnectionConfig {
@@ -122,6 +122,7 @@ fn glueberry(size: usize, seconds: f64) -> Figure {
             .cpus(vec![cpu])
             .connection(connection.clone())
             .command_queue(65_536)
+            .provided_receive_buffers(if provided { 256 } else { 0 })
     };
     let a = Node::start(config(Identity::generate().unwrap(), 0)).unwrap();
     let b = Node::start(config(Identity::generate().unwrap(), 1).handler(Arc::new(
@@ -181,22 +182,28 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(seconds);
     }
-    println!("| scenario | plain TCP | glueberry (ChaCha20-Poly1305) | ratio |");
-    println!("|---|---|---|---|");
+    println!(
+        "| scenario | plain TCP | glueberry (ChaCha20-Poly1305) | ratio | glueberry, provided-buffer ring | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (name, size) in [
         ("bulk, 64 KiB messages", 65_536),
         ("1 KiB messages", 1024),
         ("64 B messages", 64),
     ] {
         let tcp = plain_tcp(size, seconds);
-        let gb = glueberry(size, seconds);
+        let gb = glueberry(size, seconds, false);
+        let pb = glueberry(size, seconds, true);
         println!(
-            "| {name} | {:.2} GB/s, {:.2} M msg/s | {:.2} GB/s, {:.2} M msg/s | {:.2} |",
+            "| {name} | {:.2} GB/s, {:.2} M msg/s | {:.2} GB/s, {:.2} M msg/s | {:.2} | {:.2} GB/s, {:.2} M msg/s | {:.2} |",
             tcp.bytes_per_sec / 1e9,
             tcp.messages_per_sec / 1e6,
             gb.bytes_per_sec / 1e9,
             gb.messages_per_sec / 1e6,
             gb.messages_per_sec / tcp.messages_per_sec,
+            pb.bytes_per_sec / 1e9,
+            pb.messages_per_sec / 1e6,
+            pb.messages_per_sec / tcp.messages_per_sec,
         );
     }
 }

@@ -121,6 +121,7 @@ pub struct NodeConfig {
     cpus: Option<Vec<usize>>,
     ring_entries: u32,
     send_buffers: usize,
+    provided_receive_buffers: u16,
     handler: Option<Handler>,
 }
 
@@ -141,6 +142,7 @@ impl NodeConfig {
             cpus: None,
             ring_entries: 4096,
             send_buffers: 16,
+            provided_receive_buffers: 0,
             handler: None,
         }
     }
@@ -204,6 +206,16 @@ impl NodeConfig {
     /// one warning; sends then use ordinary buffers.
     pub fn send_buffers(mut self, count: usize) -> Self {
         self.send_buffers = count;
+        self
+    }
+
+    /// Receive through a provided-buffer ring of `count` buffers of 64 KiB per shard (a power of
+    /// two, at most 32768) with multishot receives, instead of the default: a fresh buffer per
+    /// receive that becomes the connection's receive buffer. The ring bounds receive memory per
+    /// shard whatever the number of idle connections, at the cost of one copy of every received
+    /// byte. 0 (the default) is off.
+    pub fn provided_receive_buffers(mut self, count: u16) -> Self {
+        self.provided_receive_buffers = count;
         self
     }
 
@@ -364,6 +376,7 @@ impl Node {
             let pin = config.pin_threads;
             let entries = config.ring_entries;
             let send_buffers = config.send_buffers;
+            let provided = config.provided_receive_buffers;
             let thread = std::thread::Builder::new()
                 .name(format!("glueberry-shard-{index}"))
                 .spawn(move || {
@@ -390,6 +403,13 @@ impl Node {
                         commands,
                         shared.clone(),
                     );
+                    if provided > 0
+                        && let Err(e) = shard.provide_receive_buffers(provided)
+                    {
+                        let error = io::Error::new(e.kind(), e.to_string());
+                        let _ = ready.send(Err(e));
+                        return Err(error);
+                    }
                     shared.ring_fds[index].store(shard.ring_fd(), Ordering::Release);
                     let registered = shard.register_send_buffers(send_buffers);
                     shared

@@ -192,6 +192,12 @@ impl Shard {
         }
     }
 
+    /// Receives through a provided-buffer ring of `entries` buffers of 64 KiB (multishot) instead
+    /// of one buffer per connection.
+    pub(crate) fn provide_receive_buffers(&mut self, entries: u16) -> io::Result<()> {
+        self.ring.provide_receive_buffers(entries, 64 * 1024)
+    }
+
     /// This shard's ring descriptor (published for other shards' MSG_RING wake-ups).
     pub(crate) fn ring_fd(&self) -> std::os::fd::RawFd {
         self.ring.fd()
@@ -516,8 +522,18 @@ impl Shard {
             // The application is behind: stop reading, let TCP push back on the peers.
             return Ok(());
         }
+        let provided = self.ring.has_provided_buffers();
         for (&id, io) in &mut self.conns {
             if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
+                continue;
+            }
+            if provided {
+                // One multishot receive per connection; the kernel takes a buffer from the
+                // shard's ring only when data arrives.
+                let key = self
+                    .ring
+                    .push(io.fd.as_raw_fd(), Op::RecvMulti { conn: id })?;
+                io.recv = Some(key);
                 continue;
             }
             // The start of a record still in flight goes first; the kernel writes after it, so
@@ -576,6 +592,11 @@ impl Shard {
             return Ok(());
         }
         if c.more {
+            // A multishot operation that stays armed.
+            if let Some(Op::RecvMulti { conn }) = self.ring.get(c.key) {
+                let conn = *conn;
+                self.handle_provided_recv(conn, c, now);
+            }
             return Ok(());
         }
         let Some(op) = self.ring.take(c.key) else {
@@ -598,6 +619,13 @@ impl Shard {
                     Err(io::Error::from_raw_os_error(-c.result).to_string())
                 };
                 self.core.handle_dial_result(conn, result, now);
+            }
+            Op::RecvMulti { conn } => {
+                if let Some(io) = self.conns.get_mut(&conn) {
+                    io.recv = None;
+                }
+                // Its last completion: it may still carry data; re-armed by the next turn.
+                self.handle_provided_recv(conn, c, now);
             }
             Op::Recv { conn, mut buf } => {
                 let Some(io) = self.conns.get_mut(&conn) else {
@@ -698,6 +726,34 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// A multishot receive completed into a provided buffer (or ended).
+    fn handle_provided_recv(&mut self, conn: ConnId, c: Completion, now: Instant) {
+        let quiet = self
+            .conns
+            .get(&conn)
+            .is_none_or(|io| io.handoff || io.closing.is_some());
+        if c.result > 0 {
+            if let Some(bid) = c.buffer {
+                let data = self.ring.provided_data(bid, c.result as usize);
+                self.core.handle_input(conn, data, now);
+                self.ring.recycle(bid);
+            }
+            return;
+        }
+        if let Some(bid) = c.buffer {
+            self.ring.recycle(bid);
+        }
+        let ended = c.result == 0
+            || !matches!(
+                -c.result,
+                libc::ECANCELED | libc::ENOBUFS | libc::EINTR | libc::EAGAIN
+            );
+        if ended && !quiet && !c.more {
+            // 0 is the peer's FIN; anything else a socket error.
+            self.core.handle_eof(conn, now);
+        }
     }
 
     fn deliver_events(&mut self) {

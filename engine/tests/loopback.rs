@@ -415,9 +415,15 @@ fn many_idle_peers_on_one_node() {
     use glueberry::transport::Connection;
     use std::io::{Read, Write};
     raise_fd_limit();
-    if child_role().as_deref() == Some("server") {
+    if let Some(role) = child_role().filter(|r| r.starts_with("server")) {
         // The child: a node alone in its process, so that its memory can be read.
-        let server = start(2);
+        let mut config = NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(2)
+            .event_buffer(10_000);
+        if role == "server-provided" {
+            config = config.provided_receive_buffers(256);
+        }
+        let server = Node::start(config).unwrap();
         println!("{} {}", server.peer_id(), server.listen_addr());
         std::thread::sleep(Duration::from_secs(600));
         return;
@@ -426,7 +432,21 @@ fn many_idle_peers_on_one_node() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let (mut child, mut lines) = spawn_child("many_idle_peers_on_one_node", "server");
+    for (role, mode) in [
+        ("server", "a receive buffer per connection"),
+        (
+            "server-provided",
+            "provided-buffer ring of 256 x 64 KiB per shard",
+        ),
+    ] {
+        idle_peers(peers, role, mode);
+    }
+}
+
+fn idle_peers(peers: usize, role: &str, mode: &str) {
+    use glueberry::transport::Connection;
+    use std::io::{Read, Write};
+    let (mut child, mut lines) = spawn_child("many_idle_peers_on_one_node", role);
     let (server_id, server_addr) = read_peer(&mut lines);
     std::thread::sleep(Duration::from_millis(200));
     let before = rss_kib_of(child.id());
@@ -464,7 +484,7 @@ fn many_idle_peers_on_one_node() {
     child.wait().unwrap();
     let grown = after.saturating_sub(before);
     println!(
-        "{peers} idle peers on one node (2 shards): all connected in {connect_time:?} \
+        "{peers} idle peers on one node (2 shards, {mode}): all connected in {connect_time:?} \
          ({:.0} handshakes/s, done one after another by one client thread); server RSS \
          {before} KiB -> {after} KiB: {:.1} KiB per idle connection",
         peers as f64 / connect_time.as_secs_f64(),
@@ -626,4 +646,51 @@ fn a_peer_that_stops_reading_does_not_hold_up_the_others() {
     for n in [a, slow, fast] {
         n.stop();
     }
+}
+
+#[test]
+fn provided_receive_buffers_carry_traffic_in_order() {
+    let config = |shards| {
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(shards)
+            .provided_receive_buffers(64)
+            .message_buffer(100_000)
+            .event_buffer(10_000)
+    };
+    let (a, b) = (
+        Node::start(config(2)).unwrap(),
+        Node::start(config(2)).unwrap(),
+    );
+    mesh(&[a.clone(), b.clone()], &["small", "large"]);
+    let (small, large) = (a.stream("small"), a.stream("large"));
+    for i in 0..2000u32 {
+        futures::executor::block_on(a.send(
+            b.peer_id(),
+            &small,
+            Bytes::from(i.to_be_bytes().to_vec()),
+        ))
+        .unwrap();
+        if i % 100 == 0 {
+            // Messages far larger than one provided buffer.
+            let mut big = vec![(i % 251) as u8; 300_000];
+            big[..4].copy_from_slice(&i.to_be_bytes());
+            futures::executor::block_on(a.send(b.peer_id(), &large, Bytes::from(big))).unwrap();
+        }
+    }
+    let got = receive(&b, 2020, Duration::from_secs(20));
+    assert_eq!(got.len(), 2020);
+    let small_seq: Vec<u32> = got
+        .iter()
+        .filter(|m| &*m.stream == "small")
+        .map(|m| u32::from_be_bytes(m.data[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(small_seq, (0..2000).collect::<Vec<u32>>());
+    for m in got.iter().filter(|m| &*m.stream == "large") {
+        let i = u32::from_be_bytes(m.data[..4].try_into().unwrap());
+        assert_eq!(m.data.len(), 300_000);
+        assert!(m.data[4..].iter().all(|&b| b == (i % 251) as u8));
+    }
+    a.stop();
+    b.stop();
+    assert_eq!(a.abandoned_operations() + b.abandoned_operations(), 0);
 }

@@ -1,4 +1,5 @@
 //! The system layer: io_uring, sockets, eventfd, CPU pinning. The only place with `unsafe`.
 
+pub(crate) mod bufring;
 pub(crate) mod ring;
 pub(crate) mod socket;

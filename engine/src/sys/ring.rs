@@ -13,6 +13,8 @@ use glueberry_transport::ConnId;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
+use super::bufring::{self, BufRing};
+
 /// What an operation in flight owns.
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -25,6 +27,8 @@ pub(crate) enum Op {
     },
     /// Receive into the spare capacity of `buf` (its current contents are kept in front).
     Recv { conn: ConnId, buf: Vec<u8> },
+    /// Multishot receive into buffers the kernel picks from the provided-buffer ring.
+    RecvMulti { conn: ConnId },
     /// Send `start..end` of registered buffer `index`.
     SendFixed {
         conn: ConnId,
@@ -66,6 +70,8 @@ pub(crate) struct Completion {
     pub key: usize,
     pub result: i32,
     pub more: bool,
+    /// The provided buffer the kernel filled, for a multishot receive.
+    pub buffer: Option<u16>,
 }
 
 /// A shard's ring.
@@ -75,6 +81,9 @@ pub(crate) struct Ring {
     /// Registered send buffers. Their memory stays allocated (and pinned by the kernel) for the
     /// life of the ring; `SendFixed` operations borrow them by index.
     fixed: Vec<Box<[u8]>>,
+    /// The provided-buffer ring for multishot receives, if enabled. Declared after `ring`, so
+    /// the io_uring is closed before this memory is freed.
+    provided: Option<BufRing>,
 }
 
 impl Ring {
@@ -98,7 +107,31 @@ impl Ring {
             ring,
             ops: Slab::with_capacity(entries as usize),
             fixed: Vec::new(),
+            provided: None,
         })
+    }
+
+    /// Sets up `entries` provided receive buffers of `size` bytes for multishot receives.
+    pub(crate) fn provide_receive_buffers(&mut self, entries: u16, size: usize) -> io::Result<()> {
+        self.provided = Some(BufRing::new(&self.ring, entries, size)?);
+        Ok(())
+    }
+
+    /// Whether receives use the provided-buffer ring.
+    pub(crate) fn has_provided_buffers(&self) -> bool {
+        self.provided.is_some()
+    }
+
+    /// The bytes a multishot receive put in provided buffer `bid`.
+    pub(crate) fn provided_data(&self, bid: u16, len: usize) -> &[u8] {
+        self.provided.as_ref().map_or(&[], |p| p.data(bid, len))
+    }
+
+    /// Gives provided buffer `bid` back to the kernel.
+    pub(crate) fn recycle(&mut self, bid: u16) {
+        if let Some(p) = self.provided.as_mut() {
+            p.recycle(bid);
+        }
     }
 
     /// Registers up to `count` send buffers of `size` bytes. Registration pins memory, which an
@@ -191,6 +224,7 @@ impl Ring {
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
             }
+            Op::RecvMulti { .. } => opcode::RecvMulti::new(types::Fd(fd), bufring::GROUP).build(),
             Op::Wake { buf } => opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8).build(),
             Op::Cancel { target } => opcode::AsyncCancel::new(*target).build(),
             Op::MsgRing => opcode::MsgRingData::new(types::Fd(fd), 0, WAKE_TOKEN, None).build(),
@@ -265,6 +299,7 @@ impl Ring {
                 key: cqe.user_data() as usize,
                 result: cqe.result(),
                 more: cqueue::more(cqe.flags()),
+                buffer: cqueue::buffer_select(cqe.flags()),
             });
         }
     }
@@ -272,6 +307,11 @@ impl Ring {
     /// The operation of a completion that will not be followed by more (its slot is freed).
     pub(crate) fn take(&mut self, key: usize) -> Option<Op> {
         self.ops.try_remove(key)
+    }
+
+    /// The operation of a completion that is followed by more (multishot): it stays.
+    pub(crate) fn get(&self, key: usize) -> Option<&Op> {
+        self.ops.get(key)
     }
 
     /// Cancels every pending eventfd read (at shutdown).
@@ -295,6 +335,7 @@ impl Drop for Ring {
             // Operations whose completion never came: the kernel may still write into their
             // buffers after the ring closes, so they are leaked rather than freed.
             std::mem::forget(std::mem::take(&mut self.ops));
+            std::mem::forget(self.provided.take());
         }
     }
 }
