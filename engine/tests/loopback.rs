@@ -412,8 +412,6 @@ fn a_node_that_cannot_get_io_uring_refuses_to_start_with_the_cause() {
 
 #[test]
 fn many_idle_peers_on_one_node() {
-    use glueberry::transport::Connection;
-    use std::io::{Read, Write};
     raise_fd_limit();
     if let Some(role) = child_role().filter(|r| r.starts_with("server")) {
         // The child: a node alone in its process, so that its memory can be read.
