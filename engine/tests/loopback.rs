@@ -692,3 +692,18 @@ fn provided_receive_buffers_carry_traffic_in_order() {
     b.stop();
     assert_eq!(a.abandoned_operations() + b.abandoned_operations(), 0);
 }
+
+#[test]
+fn node_handle_is_send_sync_clone() {
+    fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Node>();
+    assert_traits::<glueberry::StreamName>();
+    fn assert_send<T: Send>(_: &T) {}
+    let node = start(1);
+    let s = node.stream("s");
+    // The future of `send` can move between threads (any executor).
+    let future = node.send(node.peer_id(), &s, Bytes::new());
+    assert_send(&future);
+    drop(future);
+    node.stop();
+}
