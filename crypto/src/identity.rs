@@ -1,8 +1,8 @@
 //! A node's long-term Ed25519 identity: generate, load, save, sign.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey};
@@ -97,39 +97,13 @@ impl Identity {
     /// the same directory, synced, renamed over `path`, and the directory synced, so a crash
     /// leaves either the old file or the new one, never a torn key.
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path.file_name().ok_or_else(|| IdentityError::BadKeyFile {
-            path: path.to_path_buf(),
-        })?;
-        let mut tmp_name = file_name.to_os_string();
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let io_err = |op: &'static str, p: &Path| {
-            let path = p.to_path_buf();
-            move |source| IdentityError::Io { op, path, source }
-        };
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            file.write_all(self.signing_key.as_bytes())
-                .map_err(io_err("write", &tmp))?;
-            file.sync_all().map_err(io_err("fsync", &tmp))?;
-            fs::rename(&tmp, path).map_err(io_err("rename", path))?;
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("fsync", &dir))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        crate::file::write_atomically(path, self.signing_key.as_bytes(), 0o600).map_err(|e| {
+            IdentityError::Io {
+                op: e.op,
+                path: e.path,
+                source: e.source,
+            }
+        })
     }
 
     /// This identity's peer id.
@@ -194,6 +168,9 @@ pub enum IdentityError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn same_seed_same_identity() {

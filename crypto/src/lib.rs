@@ -52,6 +52,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod file;
 pub mod handshake;
 mod identity;
 mod peer_id;

@@ -174,8 +174,13 @@ fn glueberry(size: usize, seconds: f64, provided: bool) -> Figure {
 }
 
 fn main() {
-    let mut seconds = 3.0;
     let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this as a quick smoke test.
+    let mut seconds = if args.iter().any(|a| a == "--bench") {
+        3.0
+    } else {
+        0.2
+    };
     if let Some(i) = args.iter().position(|a| a == "--seconds") {
         seconds = args
             .get(i + 1)

@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+pub mod address_book;
 mod node;
 mod queue;
 mod shard;
@@ -44,5 +45,7 @@ mod sys;
 
 pub use glueberry_crypto as crypto;
 pub use glueberry_transport as transport;
-pub use node::{Event, Handler, Message, Node, NodeConfig, NodeSendError, StartError, StreamName};
+pub use node::{
+    Event, Handler, Message, Node, NodeConfig, NodeError, NodeSendError, StartError, StreamName,
+};
 pub use sys::socket::open_fd_count;

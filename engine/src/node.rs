@@ -16,6 +16,7 @@ use glueberry_transport::{
     shard_of,
 };
 
+use crate::address_book::{AddressBook, BookError, PeerEntry};
 use crate::queue::{CommandQueue, Refused};
 use crate::shard::{self, Command, ShardHandle, Shared};
 use crate::sys::{ring::Ring, socket};
@@ -122,6 +123,7 @@ pub struct NodeConfig {
     ring_entries: u32,
     send_buffers: usize,
     provided_receive_buffers: u16,
+    address_book: Option<std::path::PathBuf>,
     handler: Option<Handler>,
 }
 
@@ -143,6 +145,7 @@ impl NodeConfig {
             ring_entries: 4096,
             send_buffers: 16,
             provided_receive_buffers: 0,
+            address_book: None,
             handler: None,
         }
     }
@@ -219,6 +222,13 @@ impl NodeConfig {
         self
     }
 
+    /// Keep the address book in this JSON file (created if missing). At start the node dials
+    /// every peer in it that is not blacklisted; a corrupt file refuses to start.
+    pub fn address_book(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.address_book = Some(path.into());
+        self
+    }
+
     /// Submission queue entries per shard ring (default 4096). 0 makes io_uring unusable: for
     /// testing the error a node gives when it cannot start.
     pub fn ring_entries(mut self, entries: u32) -> Self {
@@ -240,6 +250,9 @@ pub enum StartError {
          any seccomp profile that blocks io_uring_setup"
     )]
     IoUringUnavailable(io::Error),
+    /// The address book could not be opened (corrupt, locked by another node, unreadable).
+    #[error(transparent)]
+    AddressBook(#[from] BookError),
     /// Binding the listener failed.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -251,6 +264,18 @@ pub enum StartError {
     /// Another system call failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// Why an address book command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The address book refused or could not write.
+    #[error(transparent)]
+    AddressBook(#[from] BookError),
+    /// The shards could not take the command.
+    #[error(transparent)]
+    Send(#[from] NodeSendError),
 }
 
 /// Why `send` refused a message.
@@ -311,6 +336,10 @@ impl Node {
             HandshakeConfig::new(&config.identity, &config.network_id)
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
+        let book = match &config.address_book {
+            Some(path) => Some(AddressBook::open(path)?),
+            None => None,
+        };
         let cpus = config.cpus.clone().unwrap_or_else(socket::allowed_cpus);
         let count = if config.shards == 0 {
             cpus.len().max(1)
@@ -358,6 +387,7 @@ impl Node {
             ring_fds: (0..count)
                 .map(|_| std::sync::atomic::AtomicI32::new(-1))
                 .collect(),
+            book: Mutex::new(book),
         });
         let connection = Arc::new(config.connection.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -455,6 +485,20 @@ impl Node {
             node.stop();
             return Err(StartError::IoUringUnavailable(e));
         }
+        // The blacklist first (every shard), then dial every other peer in the book.
+        for entry in node.peers() {
+            let result = if entry.blacklisted {
+                node.broadcast_blacklist(entry.peer_id, true)
+            } else if let Some(addr) = entry.addresses.first() {
+                node.connect(entry.peer_id, *addr)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                node.stop();
+                return Err(StartError::Io(io::Error::other(e.to_string())));
+            }
+        }
         Ok(node)
     }
 
@@ -507,6 +551,86 @@ impl Node {
     /// Dials `peer` at `addr` (and redials it with backoff when the connection drops).
     pub fn connect(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
         self.command(peer, Command::Connect { peer, addr })
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Option<AddressBook>> {
+        self.inner
+            .shared
+            .book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn broadcast_blacklist(&self, peer: PeerId, blacklisted: bool) -> Result<(), NodeSendError> {
+        for handle in &self.inner.shared.shards {
+            let command = Command::Blacklist { peer, blacklisted };
+            handle.commands.try_push(command).map_err(|e| match e {
+                Refused::Full(_) => NodeSendError::BufferFull,
+                Refused::Closed(_) => NodeSendError::Stopped,
+            })?;
+            handle.wake();
+        }
+        Ok(())
+    }
+
+    /// Adds (or updates) a peer in the address book and dials it. Without an address book the
+    /// peer is only dialled.
+    pub fn add_peer(
+        &self,
+        peer: PeerId,
+        addresses: Vec<SocketAddr>,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), NodeError> {
+        if let Some(book) = self.book().as_mut() {
+            book.add(peer, addresses.clone(), metadata)?;
+            if book.is_blacklisted(&peer) {
+                return Ok(());
+            }
+        }
+        if let Some(addr) = addresses.first() {
+            self.connect(peer, *addr)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a peer from the address book and disconnects it.
+    pub fn remove_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        if let Some(book) = self.book().as_mut() {
+            book.remove(&peer)?;
+        }
+        self.disconnect(peer)?;
+        Ok(())
+    }
+
+    /// Blacklists a peer: persisted, its connection closed at once, and every future connection
+    /// from or to it refused before any application byte.
+    pub fn blacklist(&self, peer: PeerId) -> Result<(), NodeError> {
+        if let Some(book) = self.book().as_mut() {
+            book.set_blacklisted(peer, true)?;
+        }
+        self.broadcast_blacklist(peer, true)?;
+        Ok(())
+    }
+
+    /// Lifts a blacklist (the peer is not dialled again by itself; `connect` it).
+    pub fn unblacklist(&self, peer: PeerId) -> Result<(), NodeError> {
+        if let Some(book) = self.book().as_mut() {
+            book.set_blacklisted(peer, false)?;
+        }
+        self.broadcast_blacklist(peer, false)?;
+        Ok(())
+    }
+
+    /// A peer's address book entry.
+    pub fn peer(&self, peer: PeerId) -> Option<PeerEntry> {
+        self.book().as_ref().and_then(|b| b.get(&peer).cloned())
+    }
+
+    /// Every peer in the address book.
+    pub fn peers(&self) -> Vec<PeerEntry> {
+        self.book()
+            .as_ref()
+            .map_or_else(Vec::new, |b| b.list().cloned().collect())
     }
 
     /// Closes the connection to `peer`.
@@ -638,6 +762,12 @@ impl Node {
         );
         for thread in threads {
             let _ = thread.join();
+        }
+        // Batched last-seen updates are not lost on stop; the book's lock is released.
+        if let Some(mut book) = self.book().take()
+            && let Err(e) = book.flush()
+        {
+            tracing::warn!(error = %e, "address book flush on stop failed");
         }
         self.inner.events.close();
         self.inner.messages.close();

@@ -53,6 +53,11 @@ pub(crate) enum Command {
     Disconnect {
         peer: PeerId,
     },
+    /// Sent to every shard: inbound connections may land on any of them.
+    Blacklist {
+        peer: PeerId,
+        blacklisted: bool,
+    },
     /// A connection another shard authenticated for a peer this shard owns.
     Adopt {
         fd: OwnedFd,
@@ -95,6 +100,8 @@ pub(crate) struct Shared {
     pub handoffs: AtomicU64,
     /// Each shard's ring descriptor (-1 until it starts), for MSG_RING wake-ups between shards.
     pub ring_fds: Vec<std::sync::atomic::AtomicI32>,
+    /// The address book, when the node has one: shards record when peers are seen.
+    pub book: std::sync::Mutex<Option<crate::address_book::AddressBook>>,
     /// Operations whose completion never arrived before a shard exited (their buffers are
     /// leaked rather than freed under the kernel). Zero unless something is wrong.
     pub abandoned_operations: AtomicU64,
@@ -307,6 +314,9 @@ impl Shard {
                 }
                 Command::Disconnect { peer } => {
                     let _ = self.core.disconnect(peer, now);
+                }
+                Command::Blacklist { peer, blacklisted } => {
+                    self.core.set_blacklisted(peer, blacklisted, now);
                 }
                 Command::Adopt { fd, conn } => {
                     if let Some(id) = self.core.adopt(*conn, now) {
@@ -787,12 +797,24 @@ impl Shard {
                     state,
                     direction,
                     reason,
-                } => self.emit(Event::State {
-                    peer,
-                    state,
-                    direction,
-                    reason,
-                }),
+                } => {
+                    if state == glueberry_transport::ConnState::Connected {
+                        // Not on the data path: once per connection.
+                        let mut guard = self.shared.book.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(book) = guard.as_mut() {
+                            book.touch(&peer);
+                            if let Err(e) = book.flush_if_due() {
+                                tracing::warn!(error = %e, "address book write failed");
+                            }
+                        }
+                    }
+                    self.emit(Event::State {
+                        peer,
+                        state,
+                        direction,
+                        reason,
+                    });
+                }
                 NodeEvent::StreamRejected {
                     peer,
                     stream,

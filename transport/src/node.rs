@@ -170,6 +170,9 @@ pub enum NodeError {
     /// The peer has no live connection.
     #[error("peer not connected")]
     NotConnected,
+    /// The peer is blacklisted.
+    #[error("peer is blacklisted")]
+    Blacklisted,
     /// Sending failed.
     #[error(transparent)]
     Send(#[from] SendError),
@@ -209,6 +212,8 @@ pub struct NodeCore {
     scratch: Vec<Event>,
     /// Connections closed while handling another's events; settled right after.
     closing: Vec<ConnId>,
+    /// Peers refused before any application byte, and disconnected when added.
+    blacklist: std::collections::BTreeSet<PeerId>,
     jitter: Jitter,
     invalid_transitions: u64,
 }
@@ -227,6 +232,7 @@ impl NodeCore {
             events: VecDeque::new(),
             scratch: Vec::with_capacity(1024),
             closing: Vec::new(),
+            blacklist: std::collections::BTreeSet::new(),
             invalid_transitions: 0,
         }
     }
@@ -250,8 +256,41 @@ impl NodeCore {
         entry.reconnect = reconnect;
     }
 
+    /// Blacklists a peer (its connection closes at once and it is refused from now on, before
+    /// any application byte) or lifts the blacklist.
+    pub fn set_blacklisted(&mut self, peer: PeerId, blacklisted: bool, now: Instant) {
+        if !blacklisted {
+            self.blacklist.remove(&peer);
+            return;
+        }
+        self.blacklist.insert(peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.reconnect = false;
+            p.deadline = None;
+            if let Some(id) = p.conn.take() {
+                self.close_conn(id, CloseCode::BLACKLISTED);
+            }
+        }
+        // Connections still in their handshake for this peer are refused when it completes.
+        if self.state(peer) != ConnState::Disconnected {
+            let reason = Some(CloseReason::Local(CloseCode::BLACKLISTED));
+            self.set_state(peer, ConnState::Disconnected, reason);
+        }
+        while let Some(closed) = self.closing.pop() {
+            self.settle_at(closed, now);
+        }
+    }
+
+    /// Whether a peer is blacklisted.
+    pub fn is_blacklisted(&self, peer: &PeerId) -> bool {
+        self.blacklist.contains(peer)
+    }
+
     /// Dials a known peer now (also out of Reconnecting and Cooldown).
     pub fn connect(&mut self, peer: PeerId, now: Instant) -> Result<(), NodeError> {
+        if self.blacklist.contains(&peer) {
+            return Err(NodeError::Blacklisted);
+        }
         let p = self.peers.get(&peer).ok_or(NodeError::UnknownPeer)?;
         match p.state {
             ConnState::Connecting | ConnState::Connected | ConnState::Established => Ok(()),
@@ -702,6 +741,11 @@ impl NodeCore {
     }
 
     fn handle_connected(&mut self, id: ConnId, peer: PeerId, direction: Direction, now: Instant) {
+        if self.blacklist.contains(&peer) {
+            // Refused before the application sees the peer or any of its bytes.
+            self.close_conn(id, CloseCode::BLACKLISTED);
+            return;
+        }
         if let Some(c) = self.conns.get_mut(&id) {
             c.peer = Some(peer);
             if !self.config.shard.owns(&peer) {
