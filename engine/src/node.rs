@@ -692,6 +692,24 @@ impl Node {
         )
     }
 
+    /// Queues one message for many peers without copying it: every peer's command holds the
+    /// same `Bytes` (a reference count each). Waits per peer as [`Node::send`] does. Returns the
+    /// peers it could not queue the message for (the node stopped), with why.
+    pub async fn broadcast(
+        &self,
+        peers: &[PeerId],
+        stream: &StreamName,
+        data: Bytes,
+    ) -> Vec<(PeerId, NodeSendError)> {
+        let mut failed = Vec::new();
+        for &peer in peers {
+            if let Err(e) = self.send(peer, stream, data.clone()).await {
+                failed.push((peer, e));
+            }
+        }
+        failed
+    }
+
     fn check_size(&self, data: &Bytes) -> Result<(), NodeSendError> {
         if data.len() > self.inner.max_message_size {
             return Err(NodeSendError::MessageTooLarge {

@@ -829,3 +829,24 @@ mod address_book {
         b.stop();
     }
 }
+
+#[test]
+fn broadcast_reaches_every_peer_from_one_buffer() {
+    let nodes: Vec<Node> = (0..4).map(|_| start(1)).collect();
+    mesh(&nodes, &["gossip"]);
+    let (sender, others) = nodes.split_first().unwrap();
+    let peers: Vec<PeerId> = others.iter().map(Node::peer_id).collect();
+    let block = Bytes::from(vec![42u8; 100_000]);
+    let stream = sender.stream("gossip");
+    let failed = futures::executor::block_on(sender.broadcast(&peers, &stream, block.clone()));
+    assert!(failed.is_empty(), "{failed:?}");
+    for node in others {
+        let got = receive(node, 1, Duration::from_secs(10));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data, block);
+        assert_eq!(got[0].peer, sender.peer_id());
+    }
+    for n in &nodes {
+        n.stop();
+    }
+}
