@@ -46,6 +46,7 @@ mod sys;
 pub use glueberry_crypto as crypto;
 pub use glueberry_transport as transport;
 pub use node::{
-    Event, Handler, Message, Node, NodeConfig, NodeError, NodeSendError, StartError, StreamName,
+    Event, EventFilter, Handler, Message, Node, NodeConfig, NodeError, NodeSendError, StartError,
+    StreamName, Subscription,
 };
 pub use sys::socket::open_fd_count;

@@ -95,6 +95,11 @@ pub enum Event {
         /// Messages not delivered.
         unsent: u64,
     },
+    /// A subscriber fell behind and lost this many events (told before its next event).
+    Missed {
+        /// Events lost since the last one delivered.
+        count: u64,
+    },
     /// A command (such as `complete_handshake`) failed on the shard.
     CommandFailed {
         /// The peer.
@@ -102,6 +107,86 @@ pub enum Event {
         /// Why.
         error: String,
     },
+}
+
+impl Event {
+    /// The peer the event is about, if any.
+    pub fn peer(&self) -> Option<PeerId> {
+        match self {
+            Event::State { peer, .. }
+            | Event::SendFailed { peer, .. }
+            | Event::StreamRejected { peer, .. }
+            | Event::CommandFailed { peer, .. } => Some(*peer),
+            Event::Missed { .. } => None,
+        }
+    }
+}
+
+/// Which events a subscription wants: by peer and/or by state (`None` = all).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only events about these peers.
+    pub peers: Option<Vec<PeerId>>,
+    /// Only state changes into these states (other kinds of events pass when `None`).
+    pub states: Option<Vec<ConnState>>,
+}
+
+impl EventFilter {
+    pub(crate) fn matches(&self, event: &Event) -> bool {
+        if let Some(peers) = &self.peers
+            && !event.peer().is_some_and(|p| peers.contains(&p))
+        {
+            return false;
+        }
+        match (&self.states, event) {
+            (Some(states), Event::State { state, .. }) => states.contains(state),
+            (Some(_), _) => false,
+            (None, _) => true,
+        }
+    }
+}
+
+pub(crate) struct Subscriber {
+    pub id: u64,
+    pub filter: EventFilter,
+    pub tx: async_channel::Sender<Event>,
+    pub missed: u64,
+}
+
+/// A filtered stream of events; unsubscribes when dropped. A subscriber that does not keep up
+/// loses events (never the node's time): it is told how many with [`Event::Missed`].
+pub struct Subscription {
+    id: u64,
+    rx: async_channel::Receiver<Event>,
+    shared: Arc<Shared>,
+}
+
+impl Subscription {
+    /// The next event, waiting for it.
+    pub async fn recv(&self) -> Option<Event> {
+        self.rx.recv().await.ok()
+    }
+
+    /// The next event, blocking the thread.
+    pub fn recv_blocking(&self) -> Option<Event> {
+        self.rx.recv_blocking().ok()
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribers = self
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|s| s.id != self.id);
+    }
 }
 
 /// A zero-copy message handler, called on the shard thread for every message instead of the
@@ -388,6 +473,8 @@ impl Node {
                 .map(|_| std::sync::atomic::AtomicI32::new(-1))
                 .collect(),
             book: Mutex::new(book),
+            subscribers: Mutex::new(Vec::new()),
+            next_subscriber: AtomicU64::new(1),
         });
         let connection = Arc::new(config.connection.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -752,6 +839,42 @@ impl Node {
     /// Inbound connections handed from the shard that accepted them to their peer's shard.
     pub fn handoffs(&self) -> u64 {
         self.inner.shared.handoffs.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes to the events that pass `filter`, in a channel of `capacity`.
+    pub fn subscribe(&self, filter: EventFilter, capacity: usize) -> Subscription {
+        let (tx, rx) = async_channel::bounded(capacity.max(1));
+        let id = self
+            .inner
+            .shared
+            .next_subscriber
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Subscriber {
+                id,
+                filter,
+                tx,
+                missed: 0,
+            });
+        Subscription {
+            id,
+            rx,
+            shared: self.inner.shared.clone(),
+        }
+    }
+
+    /// Live subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.inner
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Events dropped because the event channel was full.

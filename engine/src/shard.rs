@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     pub handoffs: AtomicU64,
     /// Each shard's ring descriptor (-1 until it starts), for MSG_RING wake-ups between shards.
     pub ring_fds: Vec<std::sync::atomic::AtomicI32>,
+    /// Filtered event subscriptions.
+    pub subscribers: std::sync::Mutex<Vec<crate::node::Subscriber>>,
+    pub next_subscriber: AtomicU64,
     /// The address book, when the node has one: shards record when peers are seen.
     pub book: std::sync::Mutex<Option<crate::address_book::AddressBook>>,
     /// Operations whose completion never arrived before a shard exited (their buffers are
@@ -857,6 +860,29 @@ impl Shard {
     }
 
     fn emit(&self, event: Event) {
+        {
+            let mut subscribers = self
+                .shared
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for sub in subscribers.iter_mut().filter(|s| s.filter.matches(&event)) {
+                if sub.missed > 0 {
+                    match sub.tx.try_send(Event::Missed { count: sub.missed }) {
+                        Ok(()) => sub.missed = 0,
+                        Err(_) => {
+                            sub.missed += 1;
+                            self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                }
+                if sub.tx.try_send(event.clone()).is_err() {
+                    sub.missed += 1;
+                    self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         if self.shared.events.try_send(event).is_err() {
             self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
         }

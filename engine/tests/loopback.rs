@@ -850,3 +850,52 @@ fn broadcast_reaches_every_peer_from_one_buffer() {
         n.stop();
     }
 }
+
+#[test]
+fn subscriptions_filter_lose_rather_than_block_and_end_on_drop() {
+    use glueberry::EventFilter;
+    let (a, b, c) = (start(1), start(1), start(1));
+    let only_b_established = a.subscribe(
+        EventFilter {
+            peers: Some(vec![b.peer_id()]),
+            states: Some(vec![ConnState::Established]),
+        },
+        16,
+    );
+    // A subscriber that never reads and holds one event.
+    let slow = a.subscribe(EventFilter::default(), 1);
+    assert_eq!(a.subscription_count(), 2);
+    mesh(&[a.clone(), b.clone(), c.clone()], &["s"]);
+    let event = only_b_established.recv_blocking().unwrap();
+    assert!(matches!(
+        event,
+        Event::State { peer, state: ConnState::Established, .. } if peer == b.peer_id()
+    ));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        only_b_established.try_recv().is_none(),
+        "c's or other events passed the filter"
+    );
+    // The slow subscriber kept its first event and lost the rest; after it reads, the next
+    // event it gets tells it how many it missed.
+    assert!(slow.try_recv().is_some());
+    a.disconnect(c.peer_id()).unwrap();
+    let told = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        match slow.try_recv() {
+            Some(Event::Missed { count }) => Some(count),
+            _ => None,
+        }
+    });
+    assert!(
+        told.is_some_and(|n| n > 0),
+        "the slow subscriber was not told: {told:?}"
+    );
+    assert!(a.events_dropped() > 0);
+    drop(slow);
+    drop(only_b_established);
+    assert_eq!(a.subscription_count(), 0);
+    for n in [a, b, c] {
+        n.stop();
+    }
+}
