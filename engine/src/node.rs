@@ -210,6 +210,10 @@ pub struct NodeConfig {
     provided_receive_buffers: u16,
     address_book: Option<std::path::PathBuf>,
     handler: Option<Handler>,
+    dial_timeout: std::time::Duration,
+    handshake_timeout: std::time::Duration,
+    cooldown: std::time::Duration,
+    backoff: glueberry_transport::Backoff,
 }
 
 impl NodeConfig {
@@ -232,6 +236,10 @@ impl NodeConfig {
             provided_receive_buffers: 0,
             address_book: None,
             handler: None,
+            dial_timeout: std::time::Duration::from_secs(30),
+            handshake_timeout: std::time::Duration::from_secs(30),
+            cooldown: std::time::Duration::from_secs(60),
+            backoff: glueberry_transport::Backoff::default(),
         }
     }
 
@@ -239,6 +247,65 @@ impl NodeConfig {
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards;
         self
+    }
+
+    /// How long a dial may take to authenticate the peer (default 30 s).
+    pub fn dial_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.dial_timeout = timeout;
+        self
+    }
+
+    /// How long the application handshake may take from Connected (default 30 s); expiry puts
+    /// the peer in Cooldown.
+    pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a peer stays in Cooldown after a handshake timeout (default 1 min).
+    pub fn cooldown(mut self, cooldown: std::time::Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Reconnection: first delay `base` (default 1 s), doubling up to `max` (default 5 min), ±10 %
+    /// jitter, at most `max_attempts` attempts (default 10; 0 means unlimited).
+    pub fn reconnect(
+        mut self,
+        base: std::time::Duration,
+        max: std::time::Duration,
+        max_attempts: u32,
+    ) -> Self {
+        self.backoff = glueberry_transport::Backoff {
+            base,
+            max,
+            max_attempts,
+        };
+        self
+    }
+
+    /// Checks the settings make sense together; says which one does not. `Node::start` calls it.
+    pub fn validate(&self) -> Result<(), String> {
+        self.connection.validate().map_err(|e| e.to_string())?;
+        let nonzero = [
+            ("dial_timeout", self.dial_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("cooldown", self.cooldown),
+            ("reconnect base delay", self.backoff.base),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be greater than zero"));
+        }
+        if self.backoff.max < self.backoff.base {
+            return Err(format!(
+                "reconnect max delay {:?} is below the base delay {:?}",
+                self.backoff.max, self.backoff.base
+            ));
+        }
+        if self.message_buffer == 0 || self.event_buffer == 0 || self.command_queue == 0 {
+            return Err("message_buffer, event_buffer and command_queue must be at least 1".into());
+        }
+        Ok(())
     }
 
     /// Per-connection settings.
@@ -391,6 +458,7 @@ struct Inner {
     messages: async_channel::Receiver<Message>,
     threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
     names: Mutex<HashMap<String, StreamName>>,
+    prepared: Mutex<HashMap<PeerId, Vec<String>>>,
     max_message_size: usize,
     stopped: AtomicBool,
 }
@@ -413,10 +481,7 @@ impl fmt::Debug for Node {
 impl Node {
     /// Starts the shards and the listeners.
     pub fn start(config: NodeConfig) -> Result<Node, StartError> {
-        config
-            .connection
-            .validate()
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        config.validate().map_err(StartError::Config)?;
         let handshake = Arc::new(
             HandshakeConfig::new(&config.identity, &config.network_id)
                 .map_err(|e| StartError::Config(e.to_string()))?,
@@ -474,6 +539,7 @@ impl Node {
                 .collect(),
             book: Mutex::new(book),
             subscribers: Mutex::new(Vec::new()),
+            states: Mutex::new(HashMap::new()),
             next_subscriber: AtomicU64::new(1),
         });
         let connection = Arc::new(config.connection.clone());
@@ -484,6 +550,10 @@ impl Node {
             let ready = ready_tx.clone();
             let mut core_config = CoreConfig::new(connection.clone(), handshake.clone());
             core_config.shard = Shard { index, count };
+            core_config.dial_timeout = config.dial_timeout;
+            core_config.handshake_timeout = config.handshake_timeout;
+            core_config.cooldown = config.cooldown;
+            core_config.backoff = config.backoff;
             core_config.seed = u64::from_le_bytes(
                 handshake.peer_id().public_key()[..8]
                     .try_into()
@@ -564,6 +634,7 @@ impl Node {
                 messages: messages_rx,
                 threads: Mutex::new(threads),
                 names: Mutex::new(HashMap::new()),
+                prepared: Mutex::new(HashMap::new()),
                 max_message_size: config.connection.max_message_size,
                 stopped: AtomicBool::new(false),
             }),
@@ -839,6 +910,64 @@ impl Node {
     /// Inbound connections handed from the shard that accepted them to their peer's shard.
     pub fn handoffs(&self) -> u64 {
         self.inner.shared.handoffs.load(Ordering::Relaxed)
+    }
+
+    /// A peer's connection state as last reported by its shard (Disconnected if unknown).
+    pub fn state(&self, peer: PeerId) -> ConnState {
+        self.inner
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map_or(ConnState::Disconnected, |(s, _)| *s)
+    }
+
+    /// Whether we dialled the peer's current connection (`None` when it has none). Fixed when
+    /// the connection is made; a peer opening streams never changes it.
+    pub fn is_outbound(&self, peer: PeerId) -> Option<bool> {
+        self.inner
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .and_then(|(_, d)| *d)
+            .map(|d| d == Direction::Outbound)
+    }
+
+    /// Peers with a connection, and their states.
+    pub fn connected_peers(&self) -> Vec<(PeerId, ConnState)> {
+        self.inner
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (s, _))| matches!(s, ConnState::Connected | ConnState::Established))
+            .map(|(p, (s, _))| (*p, *s))
+            .collect()
+    }
+
+    /// The first half of [`Node::complete_handshake`]: remembers the streams to open.
+    pub fn prepare_streams(&self, peer: PeerId, streams: &[&str]) {
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, streams.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// The second half: opens the prepared streams; the peer becomes Established.
+    pub fn finalize_handshake(&self, peer: PeerId) -> Result<(), NodeSendError> {
+        let streams = self
+            .inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer)
+            .unwrap_or_default();
+        self.command(peer, Command::CompleteHandshake { peer, streams })
     }
 
     /// Subscribes to the events that pass `filter`, in a channel of `capacity`.

@@ -100,6 +100,16 @@ pub(crate) struct Shared {
     pub handoffs: AtomicU64,
     /// Each shard's ring descriptor (-1 until it starts), for MSG_RING wake-ups between shards.
     pub ring_fds: Vec<std::sync::atomic::AtomicI32>,
+    /// Each peer's last reported state and direction (entries leave when Disconnected).
+    pub states: std::sync::Mutex<
+        HashMap<
+            PeerId,
+            (
+                glueberry_transport::ConnState,
+                Option<glueberry_transport::Direction>,
+            ),
+        >,
+    >,
     /// Filtered event subscriptions.
     pub subscribers: std::sync::Mutex<Vec<crate::node::Subscriber>>,
     pub next_subscriber: AtomicU64,
@@ -801,6 +811,15 @@ impl Shard {
                     direction,
                     reason,
                 } => {
+                    {
+                        let mut states =
+                            self.shared.states.lock().unwrap_or_else(|p| p.into_inner());
+                        if state == glueberry_transport::ConnState::Disconnected {
+                            states.remove(&peer);
+                        } else {
+                            states.insert(peer, (state, direction));
+                        }
+                    }
                     if state == glueberry_transport::ConnState::Connected {
                         // Not on the data path: once per connection.
                         let mut guard = self.shared.book.lock().unwrap_or_else(|p| p.into_inner());

@@ -899,3 +899,97 @@ fn subscriptions_filter_lose_rather_than_block_and_end_on_drop() {
         n.stop();
     }
 }
+
+#[test]
+fn config_validation_rejects_nonsense_with_a_clear_message() {
+    let base = || NodeConfig::new(Identity::generate().unwrap(), NET, listen()).shards(1);
+    let cases = [
+        (
+            base().reconnect(Duration::from_secs(10), Duration::from_secs(1), 3),
+            "below the base delay",
+        ),
+        (
+            base().handshake_timeout(Duration::ZERO),
+            "handshake_timeout",
+        ),
+        (
+            base().connection(ConnectionConfig {
+                low_watermark: 1000,
+                high_watermark: 1000,
+                ..Default::default()
+            }),
+            "low_watermark",
+        ),
+    ];
+    for (config, expected) in cases {
+        let error = Node::start(config).expect_err("invalid");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+    // 0 attempts is valid: unlimited.
+    let node = Node::start(base().reconnect(Duration::from_secs(1), Duration::from_secs(5), 0))
+        .expect("0 = unlimited is valid");
+    node.stop();
+}
+
+#[test]
+fn state_and_direction_are_queryable_and_direction_never_flips() {
+    let (a, b) = (start(2), start(2));
+    a.connect(b.peer_id(), b.listen_addr()).unwrap();
+    // a uses the two-step form of the application handshake.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut a_done = false;
+    let mut b_done = false;
+    while !(a_done && b_done) && Instant::now() < deadline {
+        while let Ok(e) = a.events().try_recv() {
+            match e {
+                Event::State {
+                    peer,
+                    state: ConnState::Connected,
+                    ..
+                } => {
+                    a.prepare_streams(peer, &["s"]);
+                    a.finalize_handshake(peer).unwrap();
+                }
+                Event::State {
+                    state: ConnState::Established,
+                    ..
+                } => a_done = true,
+                _ => {}
+            }
+        }
+        while let Ok(e) = b.events().try_recv() {
+            match e {
+                Event::State {
+                    peer,
+                    state: ConnState::Connected,
+                    ..
+                } => {
+                    b.complete_handshake(peer, &["s", "extra"]).unwrap();
+                }
+                Event::State {
+                    state: ConnState::Established,
+                    ..
+                } => b_done = true,
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(a_done && b_done);
+    assert_eq!(a.state(b.peer_id()), ConnState::Established);
+    assert_eq!(a.is_outbound(b.peer_id()), Some(true));
+    assert_eq!(b.is_outbound(a.peer_id()), Some(false));
+    // The remote opening streams (and sending on them) does not change the direction.
+    let s = b.stream("s");
+    b.try_send(a.peer_id(), &s, Bytes::from_static(b"x"))
+        .unwrap();
+    assert_eq!(receive(&a, 1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(a.is_outbound(b.peer_id()), Some(true));
+    assert_eq!(b.is_outbound(a.peer_id()), Some(false));
+    assert_eq!(
+        a.connected_peers(),
+        vec![(b.peer_id(), ConnState::Established)]
+    );
+    a.stop();
+    b.stop();
+}
