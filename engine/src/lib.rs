@@ -50,3 +50,8 @@ pub use node::{
     StreamName, Subscription,
 };
 pub use sys::socket::open_fd_count;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -791,6 +791,11 @@ impl Node {
             .map_or_else(Vec::new, |b| b.list().cloned().collect())
     }
 
+    /// Stops redialling a peer that is Reconnecting: it becomes Disconnected (with its event).
+    pub fn cancel_reconnect(&self, peer: PeerId) -> Result<(), NodeSendError> {
+        self.command(peer, Command::CancelReconnect { peer })
+    }
+
     /// Closes the connection to `peer`.
     pub fn disconnect(&self, peer: PeerId) -> Result<(), NodeSendError> {
         self.command(peer, Command::Disconnect { peer })

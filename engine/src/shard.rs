@@ -53,6 +53,9 @@ pub(crate) enum Command {
     Disconnect {
         peer: PeerId,
     },
+    CancelReconnect {
+        peer: PeerId,
+    },
     /// Sent to every shard: inbound connections may land on any of them.
     Blacklist {
         peer: PeerId,
@@ -327,6 +330,9 @@ impl Shard {
                 }
                 Command::Disconnect { peer } => {
                     let _ = self.core.disconnect(peer, now);
+                }
+                Command::CancelReconnect { peer } => {
+                    let _ = self.core.cancel_reconnect(peer);
                 }
                 Command::Blacklist { peer, blacklisted } => {
                     self.core.set_blacklisted(peer, blacklisted, now);

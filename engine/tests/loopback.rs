@@ -993,3 +993,48 @@ fn state_and_direction_are_queryable_and_direction_never_flips() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn cancelling_reconnection_emits_disconnected() {
+    let a = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(1)
+            .reconnect(Duration::from_millis(200), Duration::from_secs(1), 0),
+    )
+    .unwrap();
+    // Nobody listens there: the dial fails and a waits to retry.
+    let ghost = Identity::generate().unwrap().peer_id();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    a.connect(ghost, addr).unwrap();
+    assert!(wait_for(&a, &[], Duration::from_secs(5), |e| matches!(
+        e,
+        Event::State {
+            state: ConnState::Reconnecting,
+            ..
+        }
+    )));
+    a.cancel_reconnect(ghost).unwrap();
+    assert!(wait_for(&a, &[], Duration::from_secs(5), |e| matches!(
+        e,
+        Event::State {
+            state: ConnState::Disconnected,
+            ..
+        }
+    )));
+    // And it stays down.
+    assert!(!wait_for(
+        &a,
+        &[],
+        Duration::from_millis(800),
+        |e| matches!(
+            e,
+            Event::State {
+                state: ConnState::Connecting,
+                ..
+            }
+        )
+    ));
+    a.stop();
+}
