@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use glueberry_crypto::{HandshakeConfig, Identity, PeerId};
 use glueberry_transport::{
-    CloseReason, ConnState, ConnectionConfig, Direction, NodeConfig as CoreConfig, NodeCore, Shard,
-    shard_of,
+    CloseReason, ConnState, ConnectionConfig, Direction, NodeConfig as CoreConfig, NodeCore,
+    PeerStats, Shard, shard_of,
 };
 
 use crate::address_book::{AddressBook, BookError, PeerEntry};
@@ -789,6 +789,86 @@ impl Node {
         self.book()
             .as_ref()
             .map_or_else(Vec::new, |b| b.list().cloned().collect())
+    }
+
+    /// Statistics of one peer, from its shard.
+    pub async fn peer_stats(&self, peer: PeerId) -> Option<PeerStats> {
+        let (reply, answer) = async_channel::bounded(1);
+        let handle = self.handle(peer).ok()?;
+        handle
+            .commands
+            .push(Command::Stats {
+                peer: Some(peer),
+                reply,
+            })
+            .await
+            .ok()?;
+        handle.wake();
+        answer.recv().await.ok()?.into_iter().next()
+    }
+
+    /// Statistics of every peer the node holds state for, from all shards.
+    pub async fn stats(&self) -> Vec<PeerStats> {
+        let mut all = Vec::new();
+        for handle in &self.inner.shared.shards {
+            let (reply, answer) = async_channel::bounded(1);
+            if handle
+                .commands
+                .push(Command::Stats { peer: None, reply })
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            handle.wake();
+            if let Ok(stats) = answer.recv().await {
+                all.extend(stats);
+            }
+        }
+        all
+    }
+
+    /// The node's state as JSON: identity, shards, counters, and every peer's statistics.
+    pub async fn dump_state(&self) -> String {
+        let peers: Vec<serde_json::Value> = self
+            .stats()
+            .await
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "peer_id": s.peer.to_string(),
+                    "state": format!("{:?}", s.state),
+                    "direction": s.direction.map(|d| format!("{d:?}")),
+                    "connected_for_ms": s.connected_for.map(|d| d.as_millis() as u64),
+                    "total_connected_ms": s.total_connected.as_millis() as u64,
+                    "connections": s.connections,
+                    "failures": s.failures,
+                    "since_last_message_ms": s.since_last_message.map(|d| d.as_millis() as u64),
+                    "rtt_us": s.rtt.map(|d| d.as_micros() as u64),
+                    "streams": s.streams.iter().map(|t| serde_json::json!({
+                        "name": t.name,
+                        "sent_messages": t.sent_messages,
+                        "sent_bytes": t.sent_bytes,
+                        "received_messages": t.received_messages,
+                        "received_bytes": t.received_bytes,
+                        "queued_messages": t.queued_messages,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let shared = &self.inner.shared;
+        serde_json::json!({
+            "peer_id": self.peer_id().to_string(),
+            "listen_addr": self.listen_addr().to_string(),
+            "protocol_version": glueberry_crypto::handshake::PROTOCOL_VERSION.to_string(),
+            "shards": shared.shards.len(),
+            "events_dropped": self.events_dropped(),
+            "handoffs": self.handoffs(),
+            "registered_send_buffers": self.registered_send_buffers(),
+            "abandoned_operations": self.abandoned_operations(),
+            "peers": peers,
+        })
+        .to_string()
     }
 
     /// Stops redialling a peer that is Reconnecting: it becomes Disconnected (with its event).

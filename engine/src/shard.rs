@@ -56,6 +56,11 @@ pub(crate) enum Command {
     CancelReconnect {
         peer: PeerId,
     },
+    /// Statistics of one peer (or all of this shard's), answered on `reply`.
+    Stats {
+        peer: Option<PeerId>,
+        reply: async_channel::Sender<Vec<glueberry_transport::PeerStats>>,
+    },
     /// Sent to every shard: inbound connections may land on any of them.
     Blacklist {
         peer: PeerId,
@@ -330,6 +335,13 @@ impl Shard {
                 }
                 Command::Disconnect { peer } => {
                     let _ = self.core.disconnect(peer, now);
+                }
+                Command::Stats { peer, reply } => {
+                    let stats = match peer {
+                        Some(p) => self.core.peer_stats(p, now).into_iter().collect(),
+                        None => self.core.all_stats(now),
+                    };
+                    let _ = reply.try_send(stats);
                 }
                 Command::CancelReconnect { peer } => {
                     let _ = self.core.cancel_reconnect(peer);

@@ -1038,3 +1038,50 @@ fn cancelling_reconnection_emits_disconnected() {
     ));
     a.stop();
 }
+
+#[test]
+fn statistics_and_dump_state_reflect_traffic() {
+    let (a, b) = (start(2), start(2));
+    mesh(&[a.clone(), b.clone()], &["blocks", "votes"]);
+    let (blocks, votes) = (a.stream("blocks"), a.stream("votes"));
+    for _ in 0..10 {
+        a.try_send(b.peer_id(), &blocks, Bytes::from(vec![0u8; 1000]))
+            .unwrap();
+    }
+    for _ in 0..3 {
+        a.try_send(b.peer_id(), &votes, Bytes::from(vec![0u8; 10]))
+            .unwrap();
+    }
+    assert_eq!(receive(&b, 13, Duration::from_secs(5)).len(), 13);
+    let sent = futures::executor::block_on(a.peer_stats(b.peer_id())).expect("stats");
+    assert_eq!(sent.state, ConnState::Established);
+    assert_eq!(sent.connections, 1);
+    assert_eq!(sent.failures, 0);
+    let blocks_out = sent
+        .streams
+        .iter()
+        .find(|s| s.name == "blocks")
+        .expect("blocks");
+    assert_eq!(
+        (blocks_out.sent_messages, blocks_out.sent_bytes),
+        (10, 10_000)
+    );
+    let got = futures::executor::block_on(b.peer_stats(a.peer_id())).expect("stats");
+    let votes_in = got
+        .streams
+        .iter()
+        .find(|s| s.name == "votes")
+        .expect("votes");
+    assert_eq!(
+        (votes_in.received_messages, votes_in.received_bytes),
+        (3, 30)
+    );
+    assert!(got.since_last_message.is_some());
+    let dump: serde_json::Value =
+        serde_json::from_str(&futures::executor::block_on(a.dump_state())).expect("json");
+    assert_eq!(dump["peer_id"], a.peer_id().to_string());
+    assert_eq!(dump["peers"][0]["peer_id"], b.peer_id().to_string());
+    assert_eq!(dump["peers"][0]["state"], "Established");
+    a.stop();
+    b.stop();
+}

@@ -21,6 +21,23 @@ use crate::event::{
 use crate::frame::{self, DATA_FIRST, DATA_LAST, Frame, MAX_CONTROL_FRAME_LEN, Settings};
 use crate::stream::{LocalStream, MESSAGE_CREDIT_OVERHEAD, PeerStream, RecvState, SendState};
 
+/// Traffic on one stream of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStats {
+    /// The stream's name.
+    pub name: String,
+    /// Messages written into records.
+    pub sent_messages: u64,
+    /// Their payload bytes.
+    pub sent_bytes: u64,
+    /// Messages received.
+    pub received_messages: u64,
+    /// Their payload bytes.
+    pub received_bytes: u64,
+    /// Messages accepted by `send` and not yet written.
+    pub queued_messages: u64,
+}
+
 /// The name of the reserved stream open from Connected on.
 pub const HANDSHAKE_STREAM: &str = "handshake";
 
@@ -392,6 +409,10 @@ impl Connection {
                         max,
                     });
                 }
+                if let Some(s) = self.streams.get_mut(usize::from(local)) {
+                    s.received_messages += 1;
+                    s.received_bytes += payload.len() as u64;
+                }
                 self.events.push_back(Event::Message {
                     stream,
                     data: record.slice_ref(payload),
@@ -441,6 +462,10 @@ impl Connection {
                         return Err(ConnectionError::Protocol("message shorter than announced"));
                     }
                     if let Some((buf, _)) = peer_stream.partial.take() {
+                        if let Some(s) = self.streams.get_mut(usize::from(local)) {
+                            s.received_messages += 1;
+                            s.received_bytes += buf.len() as u64;
+                        }
                         self.events.push_back(Event::Message {
                             stream,
                             data: buf.freeze(),
@@ -980,6 +1005,21 @@ impl Connection {
     /// The name of one of our streams.
     pub fn stream_name(&self, stream: StreamId) -> Option<&str> {
         self.streams.get(usize::from(stream.0)).map(|s| &*s.name)
+    }
+
+    /// Per-stream traffic counters, for statistics.
+    pub fn stream_stats(&self) -> Vec<StreamStats> {
+        self.streams
+            .iter()
+            .map(|s| StreamStats {
+                name: s.name.to_string(),
+                sent_messages: s.sent_messages,
+                sent_bytes: s.sent_bytes,
+                received_messages: s.received_messages,
+                received_bytes: s.received_bytes,
+                queued_messages: s.queue.len() as u64,
+            })
+            .collect()
     }
 
     /// Messages accepted by `send` and not yet fully transmitted, over all streams.

@@ -64,10 +64,12 @@ pub mod testing;
 pub use config::{
     ConfigError, ConnectionConfig, MAX_MESSAGE_SIZE_LIMIT, MAX_STREAMS_LIMIT, MIN_WINDOW,
 };
-pub use connection::{Connection, HANDSHAKE_STREAM, Phase};
+pub use connection::{Connection, HANDSHAKE_STREAM, Phase, StreamStats};
 pub use event::{
     CloseCode, CloseReason, ConnectionError, Direction, Event, SendError, StreamError, StreamId,
 };
 pub use glueberry_crypto as crypto;
-pub use node::{Action, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, Shard, shard_of};
+pub use node::{
+    Action, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, PeerStats, Shard, shard_of,
+};
 pub use peer::{Backoff, ConnState, InvalidTransition, Jitter};

@@ -190,6 +190,36 @@ struct Peer {
     direction: Option<Direction>,
     attempts: u32,
     deadline: Option<Instant>,
+    connected_at: Option<Instant>,
+    total_connected: Duration,
+    connections: u64,
+    failures: u64,
+    last_message_at: Option<Instant>,
+}
+
+/// What a node knows about one peer's traffic and history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its state.
+    pub state: ConnState,
+    /// Its connection's direction.
+    pub direction: Option<Direction>,
+    /// How long the current connection has been up.
+    pub connected_for: Option<Duration>,
+    /// Time connected over all connections, the current one included.
+    pub total_connected: Duration,
+    /// Connections made (authenticated).
+    pub connections: u64,
+    /// Dials and connections that failed.
+    pub failures: u64,
+    /// Time since the last message received.
+    pub since_last_message: Option<Duration>,
+    /// The latest keepalive round trip.
+    pub rtt: Option<Duration>,
+    /// Traffic per stream of the current connection.
+    pub streams: Vec<crate::StreamStats>,
 }
 
 #[derive(Debug)]
@@ -339,6 +369,34 @@ impl NodeCore {
     /// The direction of the peer's current connection.
     pub fn direction(&self, peer: PeerId) -> Option<Direction> {
         self.peers.get(&peer).and_then(|p| p.conn.and(p.direction))
+    }
+
+    /// Statistics of one peer.
+    pub fn peer_stats(&self, peer: PeerId, now: Instant) -> Option<PeerStats> {
+        let p = self.peers.get(&peer)?;
+        let conn = p.conn.and_then(|id| self.conns.get(&id));
+        Some(PeerStats {
+            peer,
+            state: p.state,
+            direction: p.conn.and(p.direction),
+            connected_for: p.connected_at.map(|t| now.saturating_duration_since(t)),
+            total_connected: p.total_connected
+                + p.connected_at
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+            connections: p.connections,
+            failures: p.failures,
+            since_last_message: p.last_message_at.map(|t| now.saturating_duration_since(t)),
+            rtt: conn.and_then(|c| c.conn.rtt()),
+            streams: conn.map_or_else(Vec::new, |c| c.conn.stream_stats()),
+        })
+    }
+
+    /// Statistics of every peer this core holds state for.
+    pub fn all_stats(&self, now: Instant) -> Vec<PeerStats> {
+        self.peers
+            .keys()
+            .filter_map(|p| self.peer_stats(*p, now))
+            .collect()
     }
 
     /// How many peers the node holds state for.
@@ -701,6 +759,18 @@ impl NodeCore {
         let Some(c) = self.conns.get(&id) else {
             return;
         };
+        if let Event::Message { stream, data } = event {
+            // The hot path: one lookup, no state change.
+            if let Some(peer) = c.peer
+                && let Some(p) = self.peers.get_mut(&peer)
+                && p.conn == Some(id)
+            {
+                p.last_message_at = Some(now);
+                self.events
+                    .push_back(NodeEvent::Message { peer, stream, data });
+            }
+            return;
+        }
         let direction = c.conn.direction();
         let attached_peer = c
             .peer
@@ -794,6 +864,8 @@ impl NodeCore {
         p.conn = Some(id);
         p.direction = Some(direction);
         p.attempts = 0;
+        p.connections += 1;
+        p.connected_at = Some(now);
         p.deadline = Some(now + self.config.handshake_timeout);
         if p.state != ConnState::Connected {
             self.set_state(peer, ConnState::Connected, None);
@@ -842,6 +914,12 @@ impl NodeCore {
         };
         p.conn = None;
         p.deadline = None;
+        if let Some(since) = p.connected_at.take() {
+            p.total_connected += now.saturating_duration_since(since);
+        }
+        if matches!(reason, CloseReason::Error(_)) || p.state == ConnState::Connecting {
+            p.failures += 1;
+        }
         match p.state {
             ConnState::Connecting => {
                 // The dial or its secure handshake failed.
@@ -961,6 +1039,11 @@ impl Peer {
             direction: None,
             attempts: 0,
             deadline: None,
+            connected_at: None,
+            total_connected: Duration::ZERO,
+            connections: 0,
+            failures: 0,
+            last_message_at: None,
         }
     }
 }

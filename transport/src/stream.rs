@@ -48,6 +48,12 @@ pub(crate) struct LocalStream {
     pub open_pending: bool,
     /// The peer's id for the stream of the same name, once we accepted it.
     pub peer_id: Option<u16>,
+    /// Messages and payload bytes fully written into records on this stream.
+    pub sent_messages: u64,
+    pub sent_bytes: u64,
+    /// Messages and payload bytes received on this stream (from the peer's stream mapped to it).
+    pub received_messages: u64,
+    pub received_bytes: u64,
 }
 
 impl LocalStream {
@@ -61,6 +67,10 @@ impl LocalStream {
             blocked: false,
             open_pending: false,
             peer_id: None,
+            sent_messages: 0,
+            sent_bytes: 0,
+            received_messages: 0,
+            received_bytes: 0,
         }
     }
 
@@ -105,6 +115,8 @@ impl LocalStream {
                 out[at..at + remaining].copy_from_slice(&message[self.front_offset..]);
                 written = at + remaining;
                 self.credit -= overhead + remaining as u64;
+                self.sent_messages += 1;
+                self.sent_bytes += message.len() as u64;
                 self.queue.pop_front();
                 self.front_offset = 0;
                 completed += 1;
