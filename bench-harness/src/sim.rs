@@ -472,6 +472,8 @@ impl SimNetwork {
                         });
                     }
                     NodeEvent::StreamRejected { unsent, .. } => node.rejected += unsent,
+                    // Simulated nodes have no connection limits.
+                    NodeEvent::Refused { .. } => {}
                     NodeEvent::Writable { .. } => {}
                 }
             }

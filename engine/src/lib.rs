@@ -38,6 +38,7 @@
 //! ```
 
 pub mod address_book;
+mod limits;
 mod node;
 mod queue;
 mod shard;
@@ -45,6 +46,7 @@ mod sys;
 
 pub use glueberry_crypto as crypto;
 pub use glueberry_transport as transport;
+pub use limits::ConnectionLimits;
 pub use node::{
     Event, EventFilter, Handler, Message, Node, NodeConfig, NodeError, NodeSendError, StartError,
     StreamName, Subscription,

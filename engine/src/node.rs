@@ -100,6 +100,16 @@ pub enum Event {
         /// Events lost since the last one delivered.
         count: u64,
     },
+    /// A connection was refused by the connection limits (before the peer became Connected,
+    /// or at accept for a source IP over its limit).
+    Refused {
+        /// The peer, when it had authenticated.
+        peer: Option<PeerId>,
+        /// The remote address, when refused at accept.
+        address: Option<SocketAddr>,
+        /// Why.
+        reason: String,
+    },
     /// A command (such as `complete_handshake`) failed on the shard.
     CommandFailed {
         /// The peer.
@@ -117,6 +127,7 @@ impl Event {
             | Event::SendFailed { peer, .. }
             | Event::StreamRejected { peer, .. }
             | Event::CommandFailed { peer, .. } => Some(*peer),
+            Event::Refused { peer, .. } => *peer,
             Event::Missed { .. } => None,
         }
     }
@@ -214,6 +225,7 @@ pub struct NodeConfig {
     handshake_timeout: std::time::Duration,
     cooldown: std::time::Duration,
     backoff: glueberry_transport::Backoff,
+    limits: crate::limits::ConnectionLimits,
 }
 
 impl NodeConfig {
@@ -240,6 +252,7 @@ impl NodeConfig {
             handshake_timeout: std::time::Duration::from_secs(30),
             cooldown: std::time::Duration::from_secs(60),
             backoff: glueberry_transport::Backoff::default(),
+            limits: crate::limits::ConnectionLimits::default(),
         }
     }
 
@@ -306,6 +319,12 @@ impl NodeConfig {
             return Err("message_buffer, event_buffer and command_queue must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The connection manager's limits (default 400 in, 400 out, 400 in all, 16 per source IP).
+    pub fn limits(mut self, limits: crate::limits::ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Per-connection settings.
@@ -508,6 +527,7 @@ impl Node {
             listeners.push(socket::listener(listen_addr).map_err(listen_err)?);
         }
 
+        let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let (events_tx, events_rx) = async_channel::bounded(config.event_buffer);
         let (messages_tx, messages_rx) = async_channel::bounded(config.message_buffer);
         let mut handles = Vec::with_capacity(count);
@@ -540,6 +560,7 @@ impl Node {
             book: Mutex::new(book),
             subscribers: Mutex::new(Vec::new()),
             states: Mutex::new(HashMap::new()),
+            limits: limits.clone(),
             next_subscriber: AtomicU64::new(1),
         });
         let connection = Arc::new(config.connection.clone());
@@ -554,6 +575,7 @@ impl Node {
             core_config.handshake_timeout = config.handshake_timeout;
             core_config.cooldown = config.cooldown;
             core_config.backoff = config.backoff;
+            core_config.admission = Some(limits.clone());
             core_config.seed = u64::from_le_bytes(
                 handshake.peer_id().public_key()[..8]
                     .try_into()
@@ -1089,6 +1111,11 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// Authenticated connections now: (inbound, outbound).
+    pub fn connection_counts(&self) -> (usize, usize) {
+        self.inner.shared.limits.counts()
     }
 
     /// Events dropped because the event channel was full.

@@ -70,6 +70,7 @@ pub(crate) enum Command {
     Adopt {
         fd: OwnedFd,
         conn: Box<Connection>,
+        ip_slot: Option<crate::limits::IpSlot>,
     },
 }
 
@@ -118,6 +119,8 @@ pub(crate) struct Shared {
             ),
         >,
     >,
+    /// The connection manager's limits and counts.
+    pub limits: Arc<crate::limits::Limits>,
     /// Filtered event subscriptions.
     pub subscribers: std::sync::Mutex<Vec<crate::node::Subscriber>>,
     pub next_subscriber: AtomicU64,
@@ -139,6 +142,8 @@ struct ConnIo {
     closing: Option<Vec<u8>>,
     /// To be handed to the owner shard once idle.
     handoff: bool,
+    /// For an inbound socket: its place in its IP's count, given back when this drops.
+    ip_slot: Option<crate::limits::IpSlot>,
 }
 
 impl ConnIo {
@@ -151,6 +156,7 @@ impl ConnIo {
             send_buf: None,
             closing: None,
             handoff: false,
+            ip_slot: None,
         }
     }
 
@@ -178,7 +184,12 @@ pub(crate) struct Shard {
     /// Messages the application channel had no room for; receiving pauses until they fit.
     undelivered: VecDeque<(Message, StreamId)>,
     /// Connections to hand off whose adoption the owner's queue had no room for yet.
-    handoffs: VecDeque<(usize, OwnedFd, Box<Connection>)>,
+    handoffs: VecDeque<(
+        usize,
+        OwnedFd,
+        Box<Connection>,
+        Option<crate::limits::IpSlot>,
+    )>,
     names: HashMap<Box<str>, StreamName>,
     /// Idle send buffers, lent to connections while they have something to send.
     send_pool: Vec<Vec<u8>>,
@@ -349,9 +360,11 @@ impl Shard {
                 Command::Blacklist { peer, blacklisted } => {
                     self.core.set_blacklisted(peer, blacklisted, now);
                 }
-                Command::Adopt { fd, conn } => {
+                Command::Adopt { fd, conn, ip_slot } => {
                     if let Some(id) = self.core.adopt(*conn, now) {
-                        self.conns.insert(id, ConnIo::new(fd, true));
+                        let mut io = ConnIo::new(fd, true);
+                        io.ip_slot = ip_slot;
+                        self.conns.insert(id, io);
                     }
                 }
             }
@@ -477,16 +490,21 @@ impl Shard {
                 let owner = conn
                     .peer()
                     .map_or(0, |p| shard_of(&p, self.shared.shards.len()));
-                self.handoffs.push_back((owner, io.fd, Box::new(conn)));
+                let slot = io.ip_slot.take();
+                self.handoffs
+                    .push_back((owner, io.fd, Box::new(conn), slot));
             }
         }
         Ok(())
     }
 
     fn retry_handoffs(&mut self) {
-        while let Some((owner, fd, conn)) = self.handoffs.pop_front() {
+        while let Some((owner, fd, conn, ip_slot)) = self.handoffs.pop_front() {
             let handle = &self.shared.shards[owner];
-            match handle.commands.try_push(Command::Adopt { fd, conn }) {
+            match handle
+                .commands
+                .try_push(Command::Adopt { fd, conn, ip_slot })
+            {
                 Ok(()) => {
                     self.shared.handoffs.fetch_add(1, Ordering::Relaxed);
                     // Shard to shard: a completion posted on the owner's ring (MSG_RING) wakes
@@ -496,8 +514,8 @@ impl Shard {
                         handle.wake();
                     }
                 }
-                Err(Refused::Full(Command::Adopt { fd, conn })) => {
-                    self.handoffs.push_front((owner, fd, conn));
+                Err(Refused::Full(Command::Adopt { fd, conn, ip_slot })) => {
+                    self.handoffs.push_front((owner, fd, conn, ip_slot));
                     return;
                 }
                 // The owner stopped (or the command came back changed, which cannot happen).
@@ -619,9 +637,30 @@ impl Shard {
         if Some(c.key) == self.accept {
             if c.result >= 0 {
                 let fd = socket::own(c.result);
+                let peer_addr = socket2::SockRef::from(&fd)
+                    .peer_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket());
+                let slot = match peer_addr {
+                    Some(addr) => match self.shared.limits.accept_from(addr.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            // Over the per-IP limit: closed (by dropping it) before any work.
+                            self.emit(Event::Refused {
+                                peer: None,
+                                address: Some(addr),
+                                reason: "too many inbound connections from this IP".into(),
+                            });
+                            return Ok(());
+                        }
+                    },
+                    None => None,
+                };
                 socket::tune(&fd);
                 let id = self.core.handle_accepted(now);
-                self.conns.insert(id, ConnIo::new(fd, true));
+                let mut io = ConnIo::new(fd, true);
+                io.ip_slot = slot;
+                self.conns.insert(id, io);
             }
             if !c.more {
                 self.ring.take(c.key);
@@ -867,6 +906,15 @@ impl Shard {
                         unsent,
                     });
                 }
+                NodeEvent::Refused {
+                    peer,
+                    direction,
+                    code,
+                } => self.emit(Event::Refused {
+                    peer: Some(peer),
+                    address: None,
+                    reason: format!("{direction:?} connection refused: close code {}", code.0),
+                }),
                 NodeEvent::Writable { .. } => {}
             }
         }

@@ -415,9 +415,17 @@ fn many_idle_peers_on_one_node() {
     raise_fd_limit();
     if let Some(role) = child_role().filter(|r| r.starts_with("server")) {
         // The child: a node alone in its process, so that its memory can be read.
+        // Every client comes from 127.0.0.1 and there are more than the default 400.
+        let many = glueberry::ConnectionLimits {
+            max_inbound: 100_000,
+            max_outbound: 100_000,
+            max_total: 100_000,
+            max_inbound_per_ip: 100_000,
+        };
         let mut config = NodeConfig::new(Identity::generate().unwrap(), NET, listen())
             .shards(2)
-            .event_buffer(10_000);
+            .event_buffer(10_000)
+            .limits(many);
         if role == "server-provided" {
             config = config.provided_receive_buffers(256);
         }
@@ -1084,4 +1092,125 @@ fn statistics_and_dump_state_reflect_traffic() {
     assert_eq!(dump["peers"][0]["state"], "Established");
     a.stop();
     b.stop();
+}
+
+mod limits {
+    use super::*;
+    use glueberry::ConnectionLimits;
+    use glueberry::transport::{CloseCode, CloseReason};
+    use std::io::Read;
+
+    #[test]
+    fn inbound_sockets_per_ip_are_capped_at_accept() {
+        let server = Node::start(
+            NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+                .shards(1)
+                .event_buffer(1000)
+                .limits(ConnectionLimits {
+                    max_inbound_per_ip: 3,
+                    ..Default::default()
+                }),
+        )
+        .unwrap();
+        let sockets: Vec<std::net::TcpStream> = (0..5)
+            .map(|_| std::net::TcpStream::connect(server.listen_addr()).unwrap())
+            .collect();
+        let mut closed = 0;
+        for mut s in sockets {
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            // A refused socket is closed by the server at once; an admitted one waits for a
+            // handshake (and times out here).
+            if matches!(s.read(&mut buf), Ok(0) | Err(_)) && s.read(&mut buf).is_ok_and(|n| n == 0)
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(
+            closed, 2,
+            "two sockets over the per-IP limit should have been closed"
+        );
+        let refused = (0..50)
+            .filter_map(|_| server.events().try_recv().ok())
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Refused {
+                        address: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(refused, 2);
+        server.stop();
+    }
+
+    #[test]
+    fn inbound_limit_refuses_with_an_event_and_frees_the_slot_on_disconnect() {
+        let server = Node::start(
+            NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+                .shards(2)
+                .event_buffer(1000)
+                .limits(ConnectionLimits {
+                    max_inbound: 2,
+                    ..Default::default()
+                }),
+        )
+        .unwrap();
+        let clients: Vec<Node> = (0..3).map(|_| start(1)).collect();
+        for c in &clients[..2] {
+            c.connect(server.peer_id(), server.listen_addr()).unwrap();
+            assert!(wait_for(
+                c,
+                &["s"],
+                Duration::from_secs(10),
+                established(server.peer_id())
+            ));
+        }
+        let third = &clients[2];
+        third
+            .connect(server.peer_id(), server.listen_addr())
+            .unwrap();
+        let told = wait_for(third, &["s"], Duration::from_secs(10), |e| {
+            matches!(
+                e,
+                Event::State {
+                    state: ConnState::Disconnected,
+                    reason: Some(CloseReason::Peer(CloseCode::TOO_MANY_CONNECTIONS)),
+                    ..
+                }
+            )
+        });
+        assert!(told, "the third client was not told it was refused");
+        let refused = wait_for(
+            &server,
+            &["s"],
+            Duration::from_secs(5),
+            |e| matches!(e, Event::Refused { peer: Some(p), .. } if *p == third.peer_id()),
+        );
+        assert!(refused, "no Refused event on the server");
+        assert_eq!(server.connection_counts(), (2, 0));
+        // One leaves: its slot comes back, and the third gets in on its next attempt.
+        clients[0].disconnect(server.peer_id()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.state(third.peer_id()) != ConnState::Connected
+            && server.state(third.peer_id()) != ConnState::Established
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            while server.events().try_recv().is_ok() {}
+        }
+        assert!(matches!(
+            server.state(third.peer_id()),
+            ConnState::Connected | ConnState::Established
+        ));
+        assert_eq!(server.connection_counts(), (2, 0));
+        for c in clients {
+            c.stop();
+        }
+        server.stop();
+        assert_eq!(server.connection_counts(), (0, 0));
+    }
 }

@@ -324,7 +324,10 @@ impl Connection {
     ) -> Result<(), ConnectionError> {
         while at < end {
             let (frame, len) = Frame::decode(&record[at..end])?;
-            if self.peer_settings.is_none() && !matches!(frame, Frame::Settings(_)) {
+            // A peer may close before it sent anything else (a refused connection).
+            if self.peer_settings.is_none()
+                && !matches!(frame, Frame::Settings(_) | Frame::Close(_))
+            {
                 return Err(ConnectionError::Protocol(
                     "the first frame must be SETTINGS",
                 ));

@@ -70,6 +70,7 @@ pub use event::{
 };
 pub use glueberry_crypto as crypto;
 pub use node::{
-    Action, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, PeerStats, Shard, shard_of,
+    Action, Admission, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, PeerStats, Shard,
+    shard_of,
 };
 pub use peer::{Backoff, ConnState, InvalidTransition, Jitter};

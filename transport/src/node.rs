@@ -13,7 +13,7 @@ use bytes::Bytes;
 use glueberry_crypto::{HandshakeConfig, PeerId};
 
 use crate::ConnectionConfig;
-use crate::connection::Connection;
+use crate::connection::{Connection, Phase};
 use crate::event::{CloseCode, CloseReason, Direction, Event, SendError, StreamError, StreamId};
 use crate::peer::{Backoff, ConnState, InvalidTransition, Jitter};
 
@@ -40,6 +40,18 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Which share of the peers this core owns, when a node runs several (one per shard).
     pub shard: Shard,
+    /// Connection limits shared by all of a node's cores; `None` admits everyone.
+    pub admission: Option<Arc<dyn Admission>>,
+}
+
+/// Decides whether an authenticated connection may be kept (the connection manager's limits),
+/// shared by every core of a node. `admit` is asked once per connection before the peer
+/// becomes Connected; `release` is called when an admitted connection ends.
+pub trait Admission: Send + Sync + std::fmt::Debug {
+    /// Admit a connection to `peer` in `direction`, or refuse it with a close code.
+    fn admit(&self, peer: &PeerId, direction: Direction) -> Result<(), CloseCode>;
+    /// An admitted connection ended.
+    fn release(&self, peer: &PeerId, direction: Direction);
 }
 
 /// A core's share of the peers: peer `p` belongs to shard [`shard_of`]`(p, count)`.
@@ -83,6 +95,7 @@ impl NodeConfig {
             backoff: Backoff::default(),
             seed: 1,
             shard: Shard::SINGLE,
+            admission: None,
         }
     }
 }
@@ -147,6 +160,15 @@ pub enum NodeEvent {
         stream: StreamId,
         /// Messages not delivered.
         unsent: u64,
+    },
+    /// An authenticated connection was refused by the connection limits (or the cooldown).
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Who dialled.
+        direction: Direction,
+        /// The close code sent to the peer.
+        code: CloseCode,
     },
     /// A stream that hit its high watermark accepts messages again.
     Writable {
@@ -297,9 +319,9 @@ impl NodeCore {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.reconnect = false;
             p.deadline = None;
-            if let Some(id) = p.conn.take() {
-                self.close_conn(id, CloseCode::BLACKLISTED);
-            }
+        }
+        if let Some(id) = self.detach_conn(peer, now) {
+            self.close_conn(id, CloseCode::BLACKLISTED);
         }
         // Connections still in their handshake for this peer are refused when it completes.
         if self.state(peer) != ConnState::Disconnected {
@@ -338,7 +360,7 @@ impl NodeCore {
     pub fn disconnect(&mut self, peer: PeerId, now: Instant) -> Result<(), NodeError> {
         let p = self.peers.get_mut(&peer).ok_or(NodeError::UnknownPeer)?;
         p.deadline = None;
-        if let Some(id) = p.conn.take() {
+        if let Some(id) = self.detach_conn(peer, now) {
             if let Some(conn) = self.conns.get_mut(&id) {
                 conn.conn.close(CloseCode::NORMAL);
             }
@@ -833,6 +855,7 @@ impl NodeCore {
             self.close_conn(id, CloseCode::HANDSHAKE_TIMEOUT);
             return;
         }
+        let mut replaced = None;
         if let Some(other) = p.conn.filter(|other| *other != id) {
             let other_direction = self.conns.get(&other).map(|c| c.conn.direction());
             let keep_new = match other_direction {
@@ -851,11 +874,48 @@ impl NodeCore {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.conn = Some(id);
             }
+            // Only an admitted (Connected) connection holds a slot to give back.
+            if self
+                .conns
+                .get(&other)
+                .is_some_and(|c| c.conn.phase() != Phase::Handshaking)
+            {
+                replaced = other_direction;
+            }
             self.close_conn(other, CloseCode::DUPLICATE);
             if self.state(peer) == ConnState::Established {
                 // The peer came back on a new connection: the old session is over.
                 let reason = Some(CloseReason::Local(CloseCode::DUPLICATE));
                 self.set_state(peer, ConnState::Disconnected, reason);
+            }
+        }
+        if let Some(admission) = &self.config.admission {
+            // A replaced connection gives its slot back; the new one must be admitted.
+            if let Some(old) = replaced {
+                admission.release(&peer, old);
+            }
+            if let Err(code) = admission.admit(&peer, direction) {
+                self.close_conn(id, code);
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.conn == Some(id)
+                {
+                    p.conn = None;
+                }
+                self.events.push_back(NodeEvent::Refused {
+                    peer,
+                    direction,
+                    code,
+                });
+                if self.state(peer) == ConnState::Connecting {
+                    // Our own dial was refused by our own limits: treat it as a failed attempt.
+                    self.set_state(
+                        peer,
+                        ConnState::Disconnected,
+                        Some(CloseReason::Local(code)),
+                    );
+                }
+                self.forget_if_unknown(peer);
+                return;
             }
         }
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -916,6 +976,10 @@ impl NodeCore {
         p.deadline = None;
         if let Some(since) = p.connected_at.take() {
             p.total_connected += now.saturating_duration_since(since);
+            // It was admitted (connected_at is set on admission): give the slot back.
+            if let (Some(admission), Some(direction)) = (&self.config.admission, p.direction) {
+                admission.release(&peer, direction);
+            }
         }
         if matches!(reason, CloseReason::Error(_)) || p.state == ConnState::Connecting {
             p.failures += 1;
@@ -941,6 +1005,23 @@ impl NodeCore {
             }
             ConnState::Disconnected | ConnState::Reconnecting | ConnState::Cooldown => {}
         }
+    }
+
+    /// Takes a peer's connection away from it (the caller closes it): the connected time is
+    /// accounted and its admission slot given back.
+    fn detach_conn(&mut self, peer: PeerId, now: Instant) -> Option<ConnId> {
+        let p = self.peers.get_mut(&peer)?;
+        let id = p.conn.take()?;
+        if let Some(since) = p.connected_at.take() {
+            p.total_connected += now.saturating_duration_since(since);
+            if let (Some(admission), Some(direction)) = (&self.config.admission, p.direction) {
+                admission.release(&peer, direction);
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.peer = None;
+        }
+        Some(id)
     }
 
     /// A peer that only ever dialled us, and is gone, leaves no trace: the table of peers is
