@@ -437,6 +437,38 @@ pub enum StartError {
     Io(#[from] io::Error),
 }
 
+/// Why `connect_and_wait` did not connect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The attempt failed; the peer is now in `state` (Reconnecting: it will retry by itself).
+    #[error("connection failed; peer is now {state:?} ({})", reason.as_deref().unwrap_or("no reason"))]
+    Failed {
+        /// The peer's state after the failure.
+        state: ConnState,
+        /// Why, when known.
+        reason: Option<String>,
+    },
+    /// The command could not be queued.
+    #[error(transparent)]
+    Send(#[from] NodeSendError),
+}
+
+/// Disconnects a peer when a `connect_and_wait` future is dropped before its outcome.
+struct CancelDial<'a> {
+    node: &'a Node,
+    peer: PeerId,
+    armed: bool,
+}
+
+impl Drop for CancelDial<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.node.disconnect(self.peer);
+        }
+    }
+}
+
 /// Why an address book command failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -896,6 +928,62 @@ impl Node {
     /// Stops redialling a peer that is Reconnecting: it becomes Disconnected (with its event).
     pub fn cancel_reconnect(&self, peer: PeerId) -> Result<(), NodeSendError> {
         self.command(peer, Command::CancelReconnect { peer })
+    }
+
+    /// Dials `peer` and waits until it is authenticated (Connected), or the attempt fails. The
+    /// dial gives up after the node's dial timeout (default 30 s). Dropping the future before it
+    /// completes cancels the dial (the peer is disconnected). Works from any executor.
+    pub async fn connect_and_wait(
+        &self,
+        peer: PeerId,
+        addr: SocketAddr,
+    ) -> Result<(), ConnectError> {
+        let filter = EventFilter {
+            peers: Some(vec![peer]),
+            states: Some(vec![
+                ConnState::Connected,
+                ConnState::Established,
+                ConnState::Reconnecting,
+                ConnState::Disconnected,
+            ]),
+        };
+        let subscription = self.subscribe(filter, 16);
+        if matches!(
+            self.state(peer),
+            ConnState::Connected | ConnState::Established
+        ) {
+            return Ok(());
+        }
+        self.connect(peer, addr).map_err(ConnectError::Send)?;
+        // Until the outcome is known, dropping this future disconnects the peer.
+        let mut guard = CancelDial {
+            node: self,
+            peer,
+            armed: true,
+        };
+        loop {
+            match subscription.recv().await {
+                Some(Event::State {
+                    state: ConnState::Connected | ConnState::Established,
+                    ..
+                }) => {
+                    guard.armed = false;
+                    return Ok(());
+                }
+                Some(Event::State { state, reason, .. }) => {
+                    guard.armed = false;
+                    return Err(ConnectError::Failed {
+                        state,
+                        reason: reason.map(|r| format!("{r:?}")),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    guard.armed = false;
+                    return Err(ConnectError::Send(NodeSendError::Stopped));
+                }
+            }
+        }
     }
 
     /// Closes the connection to `peer`.

@@ -1214,3 +1214,56 @@ mod limits {
         assert_eq!(server.connection_counts(), (0, 0));
     }
 }
+
+#[test]
+fn connect_and_wait_resolves_fails_and_cancels_on_drop() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (start(1), start(1));
+    runtime
+        .block_on(a.connect_and_wait(b.peer_id(), b.listen_addr()))
+        .expect("connects");
+    assert!(matches!(
+        a.state(b.peer_id()),
+        ConnState::Connected | ConnState::Established
+    ));
+    // Nobody listens: the attempt fails, and the peer is left to retry by itself.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let ghost = Identity::generate().unwrap().peer_id();
+    let failed = runtime.block_on(a.connect_and_wait(ghost, dead));
+    assert!(
+        matches!(
+            failed,
+            Err(glueberry::ConnectError::Failed {
+                state: ConnState::Reconnecting,
+                ..
+            })
+        ),
+        "{failed:?}"
+    );
+    // A listener that never answers the handshake: the dial hangs; dropping the future (here by
+    // a timeout) cancels it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute = Identity::generate().unwrap().peer_id();
+    let silent_addr = silent.local_addr().unwrap();
+    let timed_out = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            a.connect_and_wait(mute, silent_addr),
+        )
+        .await
+    });
+    assert!(timed_out.is_err(), "the silent peer cannot have connected");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.state(mute) != ConnState::Disconnected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        a.state(mute),
+        ConnState::Disconnected,
+        "dropping the future did not cancel"
+    );
+    a.stop();
+    b.stop();
+}
