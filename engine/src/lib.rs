@@ -38,12 +38,14 @@
 //! ```
 
 pub mod address_book;
+mod error;
 mod limits;
 mod node;
 mod queue;
 mod shard;
 mod sys;
 
+pub use error::{Error, ErrorKind};
 pub use glueberry_crypto as crypto;
 pub use glueberry_transport as transport;
 pub use limits::ConnectionLimits;

@@ -1,0 +1,293 @@
+//! One error type for applications: every error the node's API returns converts into it (with
+//! `?`), keeping a kind from Glueberry's list of codes, the peer and stream involved when
+//! known, the cause, whether retrying can help, and a hint for API misuse.
+
+use std::fmt;
+
+use glueberry_crypto::{HandshakeError, PeerId};
+use glueberry_transport::{ConnectionError, SendError, StreamError};
+
+use crate::address_book::BookError;
+use crate::node::{ConnectError, NodeError, NodeSendError, StartError};
+
+/// What went wrong, as Glueberry's error codes name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A dial or a connection failed.
+    ConnectionFailed,
+    /// The secure handshake failed (authentication, protocol).
+    HandshakeFailed,
+    /// The application handshake did not complete in time.
+    HandshakeTimeout,
+    /// The stream is closed, unknown, or the peer did not open it.
+    StreamClosed,
+    /// Encryption failed (the connection's nonce space is spent).
+    EncryptionFailed,
+    /// A record failed to authenticate.
+    DecryptionFailed,
+    /// The peer is not known.
+    PeerNotFound,
+    /// The peer is blacklisted.
+    PeerBlacklisted,
+    /// A queue is full; retry later or wait.
+    BufferFull,
+    /// The operation was cancelled.
+    Canceled,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The peer is on another network.
+    NetworkMismatch,
+    /// A message is larger than allowed.
+    MessageTooLarge,
+    /// A setting or argument is invalid.
+    InvalidConfig,
+    /// The address book failed (corrupt, locked, unwritable).
+    AddressBook,
+    /// The node is stopped.
+    NodeStopped,
+    /// A system call failed.
+    Io,
+}
+
+/// An error from Glueberry.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    peer: Option<PeerId>,
+    stream: Option<String>,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Error {
+    fn new(kind: ErrorKind, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            kind,
+            peer: None,
+            stream: None,
+            source: Box::new(source),
+        }
+    }
+
+    /// Names the peer involved.
+    pub fn with_peer(mut self, peer: PeerId) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Names the stream involved.
+    pub fn with_stream(mut self, stream: &str) -> Self {
+        self.stream = Some(stream.to_string());
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The peer involved, when known.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.peer
+    }
+
+    /// The stream involved, when known.
+    pub fn stream(&self) -> Option<&str> {
+        self.stream.as_deref()
+    }
+
+    /// Whether trying again later can succeed (a full queue, a dropped connection).
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::ConnectionFailed
+                | ErrorKind::BufferFull
+                | ErrorKind::HandshakeTimeout
+                | ErrorKind::Canceled
+                | ErrorKind::Io
+        )
+    }
+
+    /// Whether the same operation will fail again whatever the timing (a bad setting, another
+    /// network, a blacklisted peer).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::InvalidConfig
+                | ErrorKind::VersionMismatch
+                | ErrorKind::NetworkMismatch
+                | ErrorKind::PeerBlacklisted
+                | ErrorKind::MessageTooLarge
+                | ErrorKind::AddressBook
+                | ErrorKind::NodeStopped
+        )
+    }
+
+    /// What to do about it, for errors that come from using the API wrongly.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self.kind {
+            ErrorKind::BufferFull => "use `send().await`, which waits for room, or retry later",
+            ErrorKind::MessageTooLarge => {
+                "split the message, or raise `max_message_size` on both nodes"
+            }
+            ErrorKind::StreamClosed => {
+                "open the stream with `complete_handshake` on both nodes before sending on it"
+            }
+            ErrorKind::PeerNotFound => "add the peer with `add_peer` or `connect` first",
+            ErrorKind::PeerBlacklisted => "`unblacklist` the peer first",
+            ErrorKind::NodeStopped => "the node was stopped; start a new one",
+            ErrorKind::InvalidConfig => "see the message for the setting to change",
+            ErrorKind::AddressBook => {
+                "repair or move away the address book file, or stop the node that holds it"
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.source)?;
+        if let Some(peer) = &self.peer {
+            write!(f, " (peer {peer})")?;
+        }
+        if let Some(stream) = &self.stream {
+            write!(f, " (stream {stream})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+impl From<HandshakeError> for Error {
+    fn from(e: HandshakeError) -> Self {
+        let kind = match e {
+            HandshakeError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+            HandshakeError::NetworkMismatch { .. } => ErrorKind::NetworkMismatch,
+            HandshakeError::Decrypt => ErrorKind::DecryptionFailed,
+            _ => ErrorKind::HandshakeFailed,
+        };
+        Error::new(kind, e)
+    }
+}
+
+impl From<ConnectionError> for Error {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Handshake(h) => h.into(),
+            ConnectionError::Record(glueberry_crypto::RecordError::NonceExhausted) => {
+                Error::new(ErrorKind::EncryptionFailed, e)
+            }
+            ConnectionError::Record(_) => Error::new(ErrorKind::DecryptionFailed, e),
+            ConnectionError::MessageTooLarge { .. } => Error::new(ErrorKind::MessageTooLarge, e),
+            _ => Error::new(ErrorKind::ConnectionFailed, e),
+        }
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Self {
+        let kind = match e {
+            SendError::Full => ErrorKind::BufferFull,
+            SendError::MessageTooLarge { .. } => ErrorKind::MessageTooLarge,
+            SendError::Closed => ErrorKind::ConnectionFailed,
+            _ => ErrorKind::StreamClosed,
+        };
+        Error::new(kind, e)
+    }
+}
+
+impl From<StreamError> for Error {
+    fn from(e: StreamError) -> Self {
+        let kind = match e {
+            StreamError::NotConnected => ErrorKind::ConnectionFailed,
+            _ => ErrorKind::InvalidConfig,
+        };
+        Error::new(kind, e)
+    }
+}
+
+impl From<NodeSendError> for Error {
+    fn from(e: NodeSendError) -> Self {
+        let kind = match e {
+            NodeSendError::BufferFull => ErrorKind::BufferFull,
+            NodeSendError::MessageTooLarge { .. } => ErrorKind::MessageTooLarge,
+            _ => ErrorKind::NodeStopped,
+        };
+        Error::new(kind, e)
+    }
+}
+
+impl From<BookError> for Error {
+    fn from(e: BookError) -> Self {
+        let kind = match e {
+            BookError::UnknownPeer => ErrorKind::PeerNotFound,
+            BookError::MetadataTooLarge { .. } | BookError::TooManyAddresses => {
+                ErrorKind::InvalidConfig
+            }
+            _ => ErrorKind::AddressBook,
+        };
+        Error::new(kind, e)
+    }
+}
+
+impl From<NodeError> for Error {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::AddressBook(b) => b.into(),
+            NodeError::Send(s) => s.into(),
+        }
+    }
+}
+
+impl From<ConnectError> for Error {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Send(s) => s.into(),
+            failed => Error::new(ErrorKind::ConnectionFailed, failed),
+        }
+    }
+}
+
+impl From<StartError> for Error {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::AddressBook(b) => b.into(),
+            StartError::Config(_) => Error::new(ErrorKind::InvalidConfig, e),
+            _ => Error::new(ErrorKind::Io, e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_classify_and_hint() {
+        let full: Error = NodeSendError::BufferFull.into();
+        assert_eq!(full.kind(), ErrorKind::BufferFull);
+        assert!(full.is_retriable() && !full.is_permanent());
+        assert!(full.hint().is_some_and(|h| h.contains("send().await")));
+        let network: Error = HandshakeError::NetworkMismatch {
+            ours: "a".into(),
+            theirs: "b".into(),
+        }
+        .into();
+        assert_eq!(network.kind(), ErrorKind::NetworkMismatch);
+        assert!(network.is_permanent() && !network.is_retriable());
+        let peer = glueberry_crypto::Identity::from_seed(&[1; 32]).peer_id();
+        let named = Error::from(SendError::StreamRejected)
+            .with_peer(peer)
+            .with_stream("consensus");
+        assert_eq!(named.kind(), ErrorKind::StreamClosed);
+        assert_eq!(named.peer(), Some(peer));
+        assert!(named.to_string().contains("consensus"));
+        assert!(std::error::Error::source(&named).is_some());
+    }
+}
