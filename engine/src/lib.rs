@@ -50,8 +50,8 @@ pub use glueberry_crypto as crypto;
 pub use glueberry_transport as transport;
 pub use limits::ConnectionLimits;
 pub use node::{
-    ConnectError, Event, EventFilter, Handler, Message, Node, NodeConfig, NodeError, NodeSendError,
-    StartError, StreamName, Subscription,
+    ConnectError, Event, EventFilter, Handler, Health, HealthCheck, Message, Node, NodeConfig,
+    NodeError, NodeSendError, StartError, StreamName, Subscription,
 };
 pub use sys::socket::open_fd_count;
 

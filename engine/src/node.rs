@@ -437,6 +437,45 @@ pub enum StartError {
     Io(#[from] io::Error),
 }
 
+/// One health check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Details for operators.
+    pub detail: String,
+}
+
+/// The node's health: `live` while it runs, `ready` when every check passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The node runs (liveness).
+    pub live: bool,
+    /// Every check passed (readiness).
+    pub ready: bool,
+    /// The checks.
+    pub checks: Vec<HealthCheck>,
+}
+
+impl Health {
+    /// The checks as a JSON object, for a 200/503 HTTP answer.
+    pub fn to_json(&self) -> String {
+        let checks: serde_json::Map<String, serde_json::Value> = self
+            .checks
+            .iter()
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    serde_json::json!({ "ok": c.ok, "detail": c.detail }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "live": self.live, "ready": self.ready, "checks": checks }).to_string()
+    }
+}
+
 /// Why `connect_and_wait` did not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -1199,6 +1238,50 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// Liveness and readiness, Glueberry's checks: the node is running, listening, its address
+    /// book (if any) is held, and it has at least one authenticated connection (readiness only).
+    pub fn health(&self) -> Health {
+        let running = !self.inner.stopped.load(Ordering::Acquire)
+            && !self.inner.shared.stop.load(Ordering::Acquire);
+        let (inbound, outbound) = self.connection_counts();
+        let book = self
+            .inner
+            .shared
+            .book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let checks = vec![
+            HealthCheck {
+                name: "started",
+                ok: running,
+                detail: format!("{} shards", self.shard_count()),
+            },
+            HealthCheck {
+                name: "listening",
+                ok: running,
+                detail: self.listen_addr().to_string(),
+            },
+            HealthCheck {
+                name: "address_book",
+                ok: running,
+                detail: book.as_ref().map_or_else(
+                    || "none configured".into(),
+                    |b| b.path().display().to_string(),
+                ),
+            },
+            HealthCheck {
+                name: "connections",
+                ok: inbound + outbound > 0,
+                detail: format!("{inbound} inbound, {outbound} outbound"),
+            },
+        ];
+        Health {
+            live: running,
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
     }
 
     /// Authenticated connections now: (inbound, outbound).

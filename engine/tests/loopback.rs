@@ -1267,3 +1267,18 @@ fn connect_and_wait_resolves_fails_and_cancels_on_drop() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn health_is_live_at_once_and_ready_with_a_connection() {
+    let (a, b) = (start(1), start(1));
+    let health = a.health();
+    assert!(health.live && !health.ready, "{health:?}");
+    mesh(&[a.clone(), b.clone()], &["s"]);
+    let health = a.health();
+    assert!(health.live && health.ready, "{health:?}");
+    let json: serde_json::Value = serde_json::from_str(&health.to_json()).unwrap();
+    assert_eq!(json["checks"]["connections"]["ok"], true);
+    a.stop();
+    assert!(!a.health().live);
+    b.stop();
+}
