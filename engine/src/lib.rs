@@ -36,6 +36,105 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # The API by group
+//!
+//! Each example compiles (they are doctests); they assume a running `node` and a `peer`.
+//!
+//! **Lifecycle and identity** — start, stop, who we are:
+//! ```no_run
+//! # use glueberry::{Node, NodeConfig, crypto::Identity};
+//! # fn main() -> Result<(), glueberry::Error> {
+//! let config = NodeConfig::new(Identity::generate().expect("rng"), "chain-1", "0.0.0.0:26656".parse().expect("addr"))
+//!     .address_book("/var/lib/node/peers.json")
+//!     .handshake_timeout(std::time::Duration::from_secs(30));
+//! let node = Node::start(config)?; // dials every non-blacklisted peer in the book
+//! println!("{} listening on {}", node.peer_id(), node.listen_addr());
+//! node.stop(); // CLOSE frames, threads joined, address book flushed
+//! # Ok(()) }
+//! ```
+//!
+//! **Address book**:
+//! ```no_run
+//! # use glueberry::Node; use glueberry::crypto::PeerId;
+//! # fn f(node: &Node, peer: PeerId) -> Result<(), glueberry::Error> {
+//! node.add_peer(peer, vec!["10.0.0.7:26656".parse().expect("addr")], Default::default())?; // and dials
+//! node.blacklist(peer)?; // disconnected now, refused from now on
+//! node.unblacklist(peer)?;
+//! for entry in node.peers() { println!("{} {:?}", entry.peer_id, entry.addresses); }
+//! # Ok(()) }
+//! ```
+//!
+//! **Connections**:
+//! ```no_run
+//! # use glueberry::Node; use glueberry::crypto::PeerId;
+//! # async fn f(node: &Node, peer: PeerId) -> Result<(), glueberry::Error> {
+//! node.connect_and_wait(peer, "10.0.0.7:26656".parse().expect("addr")).await?; // drop to cancel
+//! println!("{:?}, outbound: {:?}", node.state(peer), node.is_outbound(peer));
+//! node.disconnect(peer)?;
+//! # Ok(()) }
+//! ```
+//!
+//! **Application handshake** — on `Connected`, open the streams:
+//! ```no_run
+//! # use glueberry::{Event, Node}; use glueberry::transport::ConnState;
+//! # async fn f(node: &Node) -> Result<(), glueberry::Error> {
+//! while let Ok(event) = node.events().recv().await {
+//!     if let Event::State { peer, state: ConnState::Connected, .. } = event {
+//!         // (exchange hellos on the "handshake" stream here if the application has any)
+//!         node.complete_handshake(peer, &["consensus", "mempool"])?; // → Established
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! **Messaging**:
+//! ```no_run
+//! # use bytes::Bytes; use glueberry::Node; use glueberry::crypto::PeerId;
+//! # async fn f(node: &Node, peer: PeerId, others: &[PeerId]) -> Result<(), glueberry::Error> {
+//! let consensus = node.stream("consensus");
+//! node.send(peer, &consensus, Bytes::from_static(b"vote")).await?; // waits on backpressure
+//! node.try_send(peer, &consensus, Bytes::from_static(b"vote"))?;   // or BufferFull
+//! node.broadcast(others, &consensus, Bytes::from_static(b"block")).await; // no copy per peer
+//! let message = node.messages().recv().await.expect("running");
+//! println!("{} bytes on {} from {}", message.data.len(), message.stream, message.peer);
+//! # Ok(()) }
+//! ```
+//!
+//! **Events** — filtered subscriptions that never slow the node:
+//! ```no_run
+//! # use glueberry::{Event, EventFilter, Node}; use glueberry::transport::ConnState;
+//! # async fn f(node: &Node) {
+//! let lost = node.subscribe(EventFilter { states: Some(vec![ConnState::Disconnected]), ..Default::default() }, 100);
+//! while let Some(event) = lost.recv().await {
+//!     if let Event::Missed { count } = event { eprintln!("fell behind by {count} events"); }
+//! }
+//! # }
+//! ```
+//!
+//! **Statistics, state and health**:
+//! ```no_run
+//! # use glueberry::Node; use glueberry::crypto::PeerId;
+//! # async fn f(node: &Node, peer: PeerId) {
+//! if let Some(stats) = node.peer_stats(peer).await { println!("rtt {:?}, {:?}", stats.rtt, stats.streams); }
+//! println!("{}", node.dump_state().await);
+//! let health = node.health();
+//! let status = if health.ready { 200 } else { 503 };
+//! println!("{status} {}", health.to_json());
+//! # }
+//! ```
+//!
+//! **Errors** — one type, with Glueberry's kinds:
+//! ```no_run
+//! # use bytes::Bytes; use glueberry::{ErrorKind, Node}; use glueberry::crypto::PeerId;
+//! # fn f(node: &Node, peer: PeerId) {
+//! let stream = node.stream("consensus");
+//! if let Err(e) = node.try_send(peer, &stream, Bytes::new()).map_err(glueberry::Error::from) {
+//!     if e.kind() == ErrorKind::BufferFull && e.is_retriable() { /* retry later */ }
+//!     eprintln!("{e}; hint: {:?}", e.hint());
+//! }
+//! # }
+//! ```
 
 pub mod address_book;
 mod error;
