@@ -1282,3 +1282,66 @@ fn health_is_live_at_once_and_ready_with_a_connection() {
     assert!(!a.health().live);
     b.stop();
 }
+
+/// Go bugs, through the Node API: a remote close is noticed, the peer is redialled without a
+/// limit, the reconnect reaches Established (not stuck in Reconnecting), and a peer that only
+/// dialled in leaves no state behind.
+#[test]
+fn go_bugs_remote_close_unlimited_reconnect_and_freed_state() {
+    let seed = [0x77u8; 32];
+    let b_config = |addr| {
+        NodeConfig::new(Identity::from_seed(&seed), NET, addr)
+            .shards(1)
+            .event_buffer(1000)
+    };
+    let b = Node::start(b_config(listen())).unwrap();
+    let b_addr = b.listen_addr();
+    let b_id = b.peer_id();
+    let a = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(1)
+            .event_buffer(10_000)
+            // At most 20 attempts would be spent in the second b is down: 0 must not stop.
+            .reconnect(Duration::from_millis(20), Duration::from_millis(50), 0),
+    )
+    .unwrap();
+    a.connect(b_id, b_addr).unwrap();
+    assert!(wait_for(
+        &a,
+        &["s"],
+        Duration::from_secs(10),
+        established(b_id)
+    ));
+    assert!(wait_for(
+        &b,
+        &["s"],
+        Duration::from_secs(10),
+        established(a.peer_id())
+    ));
+    // b goes away (orderly close): a notices and starts redialling.
+    b.stop();
+    assert!(wait_for(&a, &["s"], Duration::from_secs(5), |e| matches!(
+        e,
+        Event::State { peer, state: ConnState::Reconnecting, .. } if *peer == b_id
+    )));
+    std::thread::sleep(Duration::from_secs(1)); // well past 10 attempts
+    assert_eq!(a.state(b_id), ConnState::Reconnecting);
+    // b comes back on the same address with the same identity: a gets to Established by itself.
+    let b2 = Node::start(b_config(b_addr)).unwrap();
+    assert!(wait_for(
+        &b2,
+        &["s"],
+        Duration::from_secs(10),
+        established(a.peer_id())
+    ));
+    assert!(wait_for(
+        &a,
+        &["s"],
+        Duration::from_secs(10),
+        established(b_id)
+    ));
+    let stats = futures::executor::block_on(a.peer_stats(b_id)).unwrap();
+    assert_eq!(stats.connections, 2);
+    a.stop();
+    b2.stop();
+}
