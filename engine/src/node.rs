@@ -437,6 +437,16 @@ pub enum StartError {
     Io(#[from] io::Error),
 }
 
+/// Queues a command for a shard without waiting, and wakes the shard if it sleeps.
+fn push_command(handle: &ShardHandle, command: Command) -> Result<(), NodeSendError> {
+    handle.commands.try_push(command).map_err(|e| match e {
+        Refused::Full(_) => NodeSendError::BufferFull,
+        Refused::Closed(_) => NodeSendError::Stopped,
+    })?;
+    handle.wake();
+    Ok(())
+}
+
 /// One health check's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
@@ -782,13 +792,7 @@ impl Node {
     }
 
     fn command(&self, peer: PeerId, command: Command) -> Result<(), NodeSendError> {
-        let handle = self.handle(peer)?;
-        handle.commands.try_push(command).map_err(|e| match e {
-            Refused::Full(_) => NodeSendError::BufferFull,
-            Refused::Closed(_) => NodeSendError::Stopped,
-        })?;
-        handle.wake();
-        Ok(())
+        push_command(self.handle(peer)?, command)
     }
 
     fn handle(&self, peer: PeerId) -> Result<&ShardHandle, NodeSendError> {
@@ -814,12 +818,7 @@ impl Node {
 
     fn broadcast_blacklist(&self, peer: PeerId, blacklisted: bool) -> Result<(), NodeSendError> {
         for handle in &self.inner.shared.shards {
-            let command = Command::Blacklist { peer, blacklisted };
-            handle.commands.try_push(command).map_err(|e| match e {
-                Refused::Full(_) => NodeSendError::BufferFull,
-                Refused::Closed(_) => NodeSendError::Stopped,
-            })?;
-            handle.wake();
+            push_command(handle, Command::Blacklist { peer, blacklisted })?;
         }
         Ok(())
     }

@@ -505,14 +505,7 @@ impl NodeCore {
             self.config.handshake.clone(),
             now,
         );
-        self.conns.insert(
-            id,
-            Conn {
-                conn,
-                peer: None,
-                parked: false,
-            },
-        );
+        self.conns.insert(id, Conn::new(conn, None));
         id
     }
 
@@ -676,14 +669,7 @@ impl NodeCore {
         let peer = conn.peer()?;
         let direction = conn.direction();
         let id = self.new_conn_id();
-        self.conns.insert(
-            id,
-            Conn {
-                conn,
-                peer: Some(peer),
-                parked: false,
-            },
-        );
+        self.conns.insert(id, Conn::new(conn, Some(peer)));
         self.handle_connected(id, peer, direction, now);
         self.settle_at(id, now);
         Some(id)
@@ -732,14 +718,7 @@ impl NodeCore {
             Ok(conn) => conn,
             Err(_) => return,
         };
-        self.conns.insert(
-            id,
-            Conn {
-                conn,
-                peer: Some(peer),
-                parked: false,
-            },
-        );
+        self.conns.insert(id, Conn::new(conn, Some(peer)));
         if let Some(p) = self.peers.get_mut(&peer) {
             p.conn = Some(id);
             p.direction = Some(Direction::Outbound);
@@ -1106,6 +1085,16 @@ impl NodeCore {
                 self.invalid_transitions += 1;
                 debug_assert!(false, "invalid transition {:?} -> {next:?}", p.state);
             }
+        }
+    }
+}
+
+impl Conn {
+    fn new(conn: Connection, peer: Option<PeerId>) -> Self {
+        Self {
+            conn,
+            peer,
+            parked: false,
         }
     }
 }
