@@ -32,6 +32,7 @@ enum Scenario {
     Small64,
     Small1K,
     Latency,
+    Handshake,
 }
 
 impl Scenario {
@@ -41,6 +42,7 @@ impl Scenario {
             Scenario::Small64 => "small messages (64 B)",
             Scenario::Small1K => "small messages (1 KiB)",
             Scenario::Latency => "request/response latency (64 B)",
+            Scenario::Handshake => "connections per second (each a full handshake)",
         }
     }
 
@@ -50,6 +52,7 @@ impl Scenario {
             Scenario::Small64 => "small-64",
             Scenario::Small1K => "small-1024",
             Scenario::Latency => "latency",
+            Scenario::Handshake => "handshake",
         }
     }
 }
@@ -63,6 +66,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             Scenario::Small64,
             Scenario::Small1K,
             Scenario::Latency,
+            Scenario::Handshake,
         ],
     };
     let mut rest = args.iter();
@@ -95,10 +99,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     "bulk" => vec![Scenario::Bulk],
                     "small" => vec![Scenario::Small64, Scenario::Small1K],
                     "latency" => vec![Scenario::Latency],
+                    "handshake" => vec![Scenario::Handshake],
                     "all" => options.scenarios,
                     other => {
                         return Err(format!(
-                            "unknown scenario {other:?} (bulk, small, latency, all)"
+                            "unknown scenario {other:?} (bulk, small, latency, handshake, all)"
                         ));
                     }
                 };
@@ -152,6 +157,7 @@ fn run(options: &Options) -> Result<(), String> {
                 Scenario::Small64 => peers::throughput(peer, 64, duration, &report)?,
                 Scenario::Small1K => peers::throughput(peer, 1024, duration, &report)?,
                 Scenario::Latency => peers::latency(peer, duration)?,
+                Scenario::Handshake => peers::handshakes(peer, duration)?,
             };
             if !options.json {
                 eprintln!();
@@ -184,6 +190,13 @@ fn print_table(rows: &[(Scenario, Vec<Figures>)]) {
                 gb.p50_us,
                 gb.p99_us,
                 gb.p50_us / tcp.p50_us.max(f64::MIN_POSITIVE),
+            ),
+            Scenario::Handshake => println!(
+                "| {} | {:.0}/s (TCP connect only) | {:.0}/s | {:.3} |",
+                scenario.name(),
+                tcp.messages_per_sec,
+                gb.messages_per_sec,
+                gb.messages_per_sec / tcp.messages_per_sec.max(f64::MIN_POSITIVE),
             ),
             _ => println!(
                 "| {} | {:.2} GB/s, {:.2} M msg/s | {:.2} GB/s, {:.2} M msg/s | {:.2} |",
@@ -220,7 +233,12 @@ mod tests {
 
     #[test]
     fn every_scenario_runs_briefly_and_reports_sane_json() {
-        for scenario in [Scenario::Bulk, Scenario::Small64, Scenario::Latency] {
+        for scenario in [
+            Scenario::Bulk,
+            Scenario::Small64,
+            Scenario::Latency,
+            Scenario::Handshake,
+        ] {
             for peer in [Peer::PlainTcp, Peer::Glueberry] {
                 let figures = match scenario {
                     Scenario::Bulk => {
@@ -229,6 +247,7 @@ mod tests {
                     Scenario::Small64 => {
                         peers::throughput(peer, 64, Duration::from_millis(300), &|_, _| {})
                     }
+                    Scenario::Handshake => peers::handshakes(peer, Duration::from_millis(300)),
                     _ => peers::latency(peer, Duration::from_millis(300)),
                 }
                 .expect("runs");
@@ -238,6 +257,11 @@ mod tests {
                 if scenario == Scenario::Latency {
                     assert!(
                         figures.p50_us > 0.0 && figures.p99_us >= figures.p50_us,
+                        "{line}"
+                    );
+                } else if scenario == Scenario::Handshake {
+                    assert!(
+                        figures.messages > 0 && figures.messages_per_sec > 0.0,
                         "{line}"
                     );
                 } else {

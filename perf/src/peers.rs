@@ -362,3 +362,106 @@ fn glueberry_latency(duration: Duration) -> Result<Vec<Duration>, String> {
     let _ = echo.join();
     Ok(samples)
 }
+
+/// New connections per second against one listener: plain TCP connects, or complete Glueberry
+/// handshakes (a client speaking the protocol with the transport core over a blocking socket,
+/// against a node).
+pub(crate) fn handshakes(peer: Peer, duration: Duration) -> Result<Figures, String> {
+    match peer {
+        Peer::PlainTcp => tcp_connects(duration),
+        Peer::Glueberry => glueberry_handshakes(duration),
+    }
+}
+
+fn rate(count: u64, start: Instant) -> Figures {
+    let seconds = start.elapsed().as_secs_f64();
+    Figures {
+        seconds,
+        messages: count,
+        messages_per_sec: count as f64 / seconds,
+        ..Default::default()
+    }
+}
+
+fn tcp_connects(duration: Duration) -> Result<Figures, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if listener.accept().is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let (start, mut count) = (Instant::now(), 0);
+    while start.elapsed() < duration {
+        TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        count += 1;
+    }
+    let figures = rate(count, start);
+    stop.store(true, Ordering::Relaxed);
+    let _ = TcpStream::connect(addr); // unblock the acceptor
+    let _ = acceptor.join();
+    Ok(figures)
+}
+
+fn glueberry_handshakes(duration: Duration) -> Result<Figures, String> {
+    use glueberry::crypto::HandshakeConfig;
+    use glueberry::transport::Connection;
+    // Every client comes from 127.0.0.1: lift the per-IP and total limits.
+    let limits = glueberry::ConnectionLimits {
+        max_inbound: usize::MAX / 2,
+        max_outbound: usize::MAX / 2,
+        max_total: usize::MAX / 2,
+        max_inbound_per_ip: usize::MAX / 2,
+    };
+    let identity = Identity::generate().map_err(|e| e.to_string())?;
+    let listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    let server = Node::start(
+        NodeConfig::new(identity, "glueberry-perf", listen)
+            .shards(1)
+            .cpus(vec![1])
+            .limits(limits)
+            .event_buffer(1),
+    )
+    .map_err(|e| e.to_string())?;
+    let client_identity = Identity::generate().map_err(|e| e.to_string())?;
+    let handshake = Arc::new(
+        HandshakeConfig::new(&client_identity, "glueberry-perf").map_err(|e| e.to_string())?,
+    );
+    let config = Arc::new(ConnectionConfig::default());
+    let mut buf = vec![0u8; 16 * 1024];
+    let (start, mut count) = (Instant::now(), 0);
+    while start.elapsed() < duration {
+        let mut conn = Connection::outbound(
+            config.clone(),
+            handshake.clone(),
+            Some(server.peer_id()),
+            Instant::now(),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut socket = TcpStream::connect(server.listen_addr()).map_err(|e| e.to_string())?;
+        let _ = socket.set_nodelay(true);
+        // Until the peer is authenticated and HelloFinalize is out.
+        while conn.peer().is_none() || conn.has_pending_output() {
+            let n = conn.poll_transmit(&mut buf);
+            socket.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            if conn.peer().is_some() {
+                continue;
+            }
+            let n = socket.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the node closed during the handshake".into());
+            }
+            conn.handle_input(Instant::now(), &buf[..n]);
+        }
+        count += 1;
+    }
+    let figures = rate(count, start);
+    server.stop();
+    Ok(figures)
+}
