@@ -192,7 +192,7 @@ fn print_table(rows: &[(Scenario, Vec<Figures>)]) {
                 gb.p50_us / tcp.p50_us.max(f64::MIN_POSITIVE),
             ),
             Scenario::Handshake => println!(
-                "| {} | {:.0}/s (TCP connect only) | {:.0}/s | {:.3} |",
+                "| {} | {:.0}/s (TCP connect + one round trip) | {:.0}/s | {:.3} |",
                 scenario.name(),
                 tcp.messages_per_sec,
                 gb.messages_per_sec,

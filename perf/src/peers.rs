@@ -387,24 +387,36 @@ fn tcp_connects(duration: Duration) -> Result<Figures, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
+    // A connection counts once it carried one round trip, as a handshake does.
     let acceptor = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if listener.accept().is_err() {
+                let Ok((mut socket, _)) = listener.accept() else {
                     return;
+                };
+                let mut byte = [0u8; 1];
+                if socket.read_exact(&mut byte).is_ok() {
+                    let _ = socket.write_all(&byte);
                 }
             }
         })
     };
     let (start, mut count) = (Instant::now(), 0);
+    let mut byte = [1u8; 1];
     while start.elapsed() < duration {
-        TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        let mut socket = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        let _ = socket.set_nodelay(true);
+        socket.write_all(&byte).map_err(|e| e.to_string())?;
+        socket.read_exact(&mut byte).map_err(|e| e.to_string())?;
         count += 1;
     }
     let figures = rate(count, start);
     stop.store(true, Ordering::Relaxed);
-    let _ = TcpStream::connect(addr); // unblock the acceptor
+    // Unblock the acceptor: connect, send its byte.
+    if let Ok(mut last) = TcpStream::connect(addr) {
+        let _ = last.write_all(&[0]);
+    }
     let _ = acceptor.join();
     Ok(figures)
 }
