@@ -339,7 +339,12 @@ impl SimNetwork {
                 .push((self.now + self.link.latency * 2, from, conn));
             return;
         };
-        let remote = self.nodes[to].core.handle_accepted(self.now);
+        let Some(remote) = self.nodes[to].core.handle_accepted(self.now) else {
+            // Too many pending handshakes there: refused like a reset connection.
+            self.failed_dials
+                .push((self.now + self.link.latency * 2, from, conn));
+            return;
+        };
         for (a, ca, b, cb) in [(from, conn, to, remote), (to, remote, from, conn)] {
             self.links.insert(
                 (a, ca),

@@ -226,6 +226,7 @@ pub struct NodeConfig {
     cooldown: std::time::Duration,
     backoff: glueberry_transport::Backoff,
     limits: crate::limits::ConnectionLimits,
+    pending_handshakes: (usize, std::time::Duration),
 }
 
 impl NodeConfig {
@@ -253,6 +254,7 @@ impl NodeConfig {
             cooldown: std::time::Duration::from_secs(60),
             backoff: glueberry_transport::Backoff::default(),
             limits: crate::limits::ConnectionLimits::default(),
+            pending_handshakes: (256, std::time::Duration::from_secs(10)),
         }
     }
 
@@ -301,6 +303,7 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.connection.validate().map_err(|e| e.to_string())?;
         let nonzero = [
+            ("pending handshake timeout", self.pending_handshakes.1),
             ("dial_timeout", self.dial_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("cooldown", self.cooldown),
@@ -324,6 +327,14 @@ impl NodeConfig {
     /// The connection manager's limits (default 400 in, 400 out, 400 in all, 16 per source IP).
     pub fn limits(mut self, limits: crate::limits::ConnectionLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// At most `max` inbound connections per shard may be in their secure handshake at once
+    /// (more are closed at accept), each for at most `timeout` (default 256 and 10 s): a peer
+    /// that connects and stalls is cut off.
+    pub fn pending_handshakes(mut self, max: usize, timeout: std::time::Duration) -> Self {
+        self.pending_handshakes = (max, timeout);
         self
     }
 
@@ -657,6 +668,8 @@ impl Node {
             core_config.cooldown = config.cooldown;
             core_config.backoff = config.backoff;
             core_config.admission = Some(limits.clone());
+            core_config.max_pending_handshakes = config.pending_handshakes.0;
+            core_config.pending_handshake_timeout = config.pending_handshakes.1;
             core_config.seed = u64::from_le_bytes(
                 handshake.peer_id().public_key()[..8]
                     .try_into()

@@ -657,7 +657,15 @@ impl Shard {
                     None => None,
                 };
                 socket::tune(&fd);
-                let id = self.core.handle_accepted(now);
+                let Some(id) = self.core.handle_accepted(now) else {
+                    // Too many handshakes pending on this shard: closed before any work.
+                    self.emit(Event::Refused {
+                        peer: None,
+                        address: peer_addr,
+                        reason: "too many pending handshakes".into(),
+                    });
+                    return Ok(());
+                };
                 let mut io = ConnIo::new(fd, true);
                 io.ip_slot = slot;
                 self.conns.insert(id, io);

@@ -1345,3 +1345,58 @@ fn go_bugs_remote_close_unlimited_reconnect_and_freed_state() {
     a.stop();
     b2.stop();
 }
+
+#[test]
+fn stalled_handshakes_are_capped_and_cut_off() {
+    use std::io::Read;
+    let server = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(1)
+            .event_buffer(1000)
+            .pending_handshakes(4, Duration::from_millis(300)),
+    )
+    .unwrap();
+    // Six sockets that connect and never speak (slowloris).
+    let mut sockets: Vec<std::net::TcpStream> = (0..6)
+        .map(|_| std::net::TcpStream::connect(server.listen_addr()).unwrap())
+        .collect();
+    // A socket the server closed reads 0 bytes (or a reset); an open one times out.
+    let closed = |sockets: &mut Vec<std::net::TcpStream>| {
+        let mut count = 0;
+        for s in sockets.iter_mut() {
+            s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+            let mut buf = [0u8; 8];
+            match s.read(&mut buf) {
+                Ok(0) => count += 1,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => count += 1,
+                Ok(_) => {}
+            }
+        }
+        count
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        closed(&mut sockets),
+        2,
+        "the two over the cap are closed at once"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        closed(&mut sockets),
+        6,
+        "the stalled four are cut off after the timeout"
+    );
+    // A real peer still gets in.
+    let client = start(1);
+    let ok = futures::executor::block_on(
+        client.connect_and_wait(server.peer_id(), server.listen_addr()),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    client.stop();
+    server.stop();
+}

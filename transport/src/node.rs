@@ -42,6 +42,12 @@ pub struct NodeConfig {
     pub shard: Shard,
     /// Connection limits shared by all of a node's cores; `None` admits everyone.
     pub admission: Option<Arc<dyn Admission>>,
+    /// How long an inbound connection may take to finish the secure handshake (default 10 s):
+    /// a peer that connects and stalls (slowloris) is cut off then.
+    pub pending_handshake_timeout: Duration,
+    /// Inbound connections still in the secure handshake that this core accepts at once
+    /// (default 256); more are refused at accept.
+    pub max_pending_handshakes: usize,
 }
 
 /// Decides whether an authenticated connection may be kept (the connection manager's limits),
@@ -96,6 +102,8 @@ impl NodeConfig {
             seed: 1,
             shard: Shard::SINGLE,
             admission: None,
+            pending_handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 256,
         }
     }
 }
@@ -250,6 +258,8 @@ struct Conn {
     peer: Option<PeerId>,
     /// Waiting to be handed to the owner shard: its events are left for the adopter.
     parked: bool,
+    /// For an inbound connection still in its secure handshake: when it was accepted.
+    accepted_at: Option<Instant>,
 }
 
 /// A node's connections and peers.
@@ -497,16 +507,36 @@ impl NodeCore {
         }
     }
 
-    /// A TCP connection was accepted; returns its id. The peer is known once it authenticates.
-    pub fn handle_accepted(&mut self, now: Instant) -> ConnId {
+    /// A TCP connection was accepted; returns its id, or `None` when too many accepted
+    /// connections are still in their secure handshake (close the socket). The peer is known
+    /// once it authenticates.
+    pub fn handle_accepted(&mut self, now: Instant) -> Option<ConnId> {
+        let pending = self
+            .conns
+            .values()
+            .filter(|c| c.pending_since().is_some())
+            .count();
+        if pending >= self.config.max_pending_handshakes {
+            return None;
+        }
         let id = self.new_conn_id();
         let conn = Connection::inbound(
             self.config.connection.clone(),
             self.config.handshake.clone(),
             now,
         );
-        self.conns.insert(id, Conn::new(conn, None));
-        id
+        let mut entry = Conn::new(conn, None);
+        entry.accepted_at = Some(now);
+        self.conns.insert(id, entry);
+        Some(id)
+    }
+
+    /// Inbound connections still in their secure handshake.
+    pub fn pending_handshakes(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.pending_since().is_some())
+            .count()
     }
 
     /// Bytes arrived on a connection.
@@ -545,6 +575,22 @@ impl NodeCore {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let limit = self.config.pending_handshake_timeout;
+        let stalled: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.pending_since()
+                    .is_some_and(|t| now.saturating_duration_since(t) >= limit)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.conn.close(CloseCode::HANDSHAKE_TIMEOUT);
+                self.settle_at(id, now);
+            }
+        }
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
@@ -623,9 +669,14 @@ impl NodeCore {
 
     /// When [`NodeCore::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let limit = self.config.pending_handshake_timeout;
         let conns = self.conns.values().filter_map(|c| c.conn.poll_timeout());
+        let pending = self
+            .conns
+            .values()
+            .filter_map(|c| c.pending_since().map(|t| t + limit));
         let peers = self.peers.values().filter_map(|p| p.deadline);
-        conns.chain(peers).min()
+        conns.chain(pending).chain(peers).min()
     }
 
     /// Closes every connection with `code` (the node is stopping): CLOSE frames go out through
@@ -1095,7 +1146,14 @@ impl Conn {
             conn,
             peer,
             parked: false,
+            accepted_at: None,
         }
+    }
+
+    /// An inbound connection whose secure handshake has not finished, and since when.
+    fn pending_since(&self) -> Option<Instant> {
+        self.accepted_at
+            .filter(|_| self.conn.phase() == crate::connection::Phase::Handshaking)
     }
 }
 
