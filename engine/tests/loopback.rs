@@ -1400,3 +1400,49 @@ fn stalled_handshakes_are_capped_and_cut_off() {
     client.stop();
     server.stop();
 }
+
+/// Go bugs, through the Node API: a handshake timeout leads to Cooldown, and an explicit
+/// connect leaves Cooldown (it could not in Go).
+#[test]
+fn go_bugs_cooldown_after_handshake_timeout_is_left_by_connect() {
+    let a = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(1)
+            .event_buffer(1000)
+            .handshake_timeout(Duration::from_millis(200))
+            .cooldown(Duration::from_secs(60)),
+    )
+    .unwrap();
+    let b = start(1);
+    a.connect(b.peer_id(), b.listen_addr()).unwrap();
+    // a never completes its application handshake: after 200 ms it is in Cooldown.
+    let events = a.events();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut cooled = false;
+    while Instant::now() < deadline && !cooled {
+        if let Ok(Event::State {
+            state: ConnState::Cooldown,
+            ..
+        }) = events.try_recv()
+        {
+            cooled = true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(cooled, "no Cooldown after the handshake timeout");
+    assert_eq!(a.state(b.peer_id()), ConnState::Cooldown);
+    // An explicit connect leaves Cooldown at once.
+    a.connect(b.peer_id(), b.listen_addr()).unwrap();
+    let left = wait_for(&a, &["s"], Duration::from_secs(5), |e| {
+        matches!(
+            e,
+            Event::State {
+                state: ConnState::Connected | ConnState::Connecting,
+                ..
+            }
+        )
+    });
+    assert!(left, "connect did not leave Cooldown");
+    a.stop();
+    b.stop();
+}
