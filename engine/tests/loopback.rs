@@ -1325,7 +1325,11 @@ fn go_bugs_remote_close_unlimited_reconnect_and_freed_state() {
         Event::State { peer, state: ConnState::Reconnecting, .. } if *peer == b_id
     )));
     std::thread::sleep(Duration::from_secs(1)); // well past 10 attempts
-    assert_eq!(a.state(b_id), ConnState::Reconnecting);
+    // Still trying (caught between attempts or in one).
+    assert!(matches!(
+        a.state(b_id),
+        ConnState::Reconnecting | ConnState::Connecting
+    ));
     // b comes back on the same address with the same identity: a gets to Established by itself.
     let b2 = Node::start(b_config(b_addr)).unwrap();
     assert!(wait_for(
