@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use glueberry_crypto::PeerId;
 use glueberry_transport::{
-    Action, CloseCode, ConnId, Connection, NodeCore, NodeError, NodeEvent, SendError, StreamId,
-    shard_of,
+    Action, CloseCode, ConnId, Connection, NodeCore, NodeEvent, StreamId, shard_of,
 };
 
 use crate::queue::{CommandQueue, Refused};
@@ -406,9 +405,12 @@ impl Shard {
             });
             return Ok(());
         };
-        match self.core.send(peer, id, data.clone()) {
+        // Checked first so that the message moves into the queue without a second reference.
+        if self.core.is_blocked(peer, id) {
+            return Err((peer, stream, data));
+        }
+        match self.core.send(peer, id, data) {
             Ok(()) => Ok(()),
-            Err(NodeError::Send(SendError::Full)) => Err((peer, stream, data)),
             Err(e) => {
                 self.emit(Event::SendFailed {
                     peer,

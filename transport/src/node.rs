@@ -466,6 +466,15 @@ impl NodeCore {
         Ok(conn.conn.send(stream, data)?)
     }
 
+    /// Whether `send` to this peer's stream would be refused as full (high watermark).
+    pub fn is_blocked(&self, peer: PeerId, stream: StreamId) -> bool {
+        self.peers
+            .get(&peer)
+            .and_then(|p| p.conn)
+            .and_then(|id| self.conns.get(&id))
+            .is_some_and(|c| c.conn.is_blocked(stream))
+    }
+
     /// The id of a peer connection's stream by name.
     pub fn stream_id(&self, peer: PeerId, name: &str) -> Option<StreamId> {
         let id = self.peers.get(&peer)?.conn?;
