@@ -227,6 +227,7 @@ pub struct NodeConfig {
     backoff: glueberry_transport::Backoff,
     limits: crate::limits::ConnectionLimits,
     pending_handshakes: (usize, std::time::Duration),
+    suites: Vec<glueberry_crypto::Suite>,
 }
 
 impl NodeConfig {
@@ -255,7 +256,15 @@ impl NodeConfig {
             backoff: glueberry_transport::Backoff::default(),
             limits: crate::limits::ConnectionLimits::default(),
             pending_handshakes: (256, std::time::Duration::from_secs(10)),
+            suites: Vec::new(),
         }
+    }
+
+    /// The record cipher suites offered or accepted, most preferred first; the dialler's order
+    /// decides (default: both, ChaCha20-Poly1305 first).
+    pub fn suites(mut self, suites: &[glueberry_crypto::Suite]) -> Self {
+        self.suites = suites.to_vec();
+        self
     }
 
     /// Number of shards (threads); 0 (the default) is one per CPU the process may use.
@@ -593,10 +602,14 @@ impl Node {
     /// Starts the shards and the listeners.
     pub fn start(config: NodeConfig) -> Result<Node, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let handshake = Arc::new(
-            HandshakeConfig::new(&config.identity, &config.network_id)
-                .map_err(|e| StartError::Config(e.to_string()))?,
-        );
+        let mut handshake = HandshakeConfig::new(&config.identity, &config.network_id)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        if !config.suites.is_empty() {
+            handshake = handshake
+                .with_suites(&config.suites)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        }
+        let handshake = Arc::new(handshake);
         let book = match &config.address_book {
             Some(path) => Some(AddressBook::open(path)?),
             None => None,

@@ -1,121 +1,255 @@
-//! `glueberry-perf`: throughput and latency of Glueberry against plain TCP, measured side by
-//! side in one run on this machine.
+//! `glueberry-perf`: Glueberry's throughput, latency, handshake rate and connection cost, measured
+//! side by side with the stacks a user would otherwise pick, in one run on one machine.
 //!
 //! ```text
-//! glueberry-perf local [--seconds N] [--json] [--scenario bulk|small|latency|all]
+//! glueberry-perf local   [OPTIONS] [--scenario NAME] [--json]    both ends on loopback, vs plain TCP
+//! glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two machines
+//! glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
+//! glueberry-perf compare [--seconds N] [--out FILE.md] [--save FILE.json]
+//! glueberry-perf regress [--baseline FILE.json] [--seconds N]
+//!
+//! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
+//!          --cipher chacha|aes, --no-batching, --danger-null-cipher
+//! scenarios: bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all
 //! ```
 //!
-//! `local` starts both ends itself on loopback. Each scenario runs Glueberry (two nodes, one
-//! shard each on its own CPU, ChaCha20-Poly1305) and the plain-TCP baseline for the same time,
-//! then prints a table of absolute figures and ratios. With `--json`, one line per second per
-//! measurement and a final line per measurement in the libp2p perf runner's convention
-//! (`{"type":"intermediary"|"final","timeSeconds":…,"uploadBytes":…,"downloadBytes":…}`) plus
-//! the scenario's own figures. The server/client modes for two machines, the other comparison
-//! peers (tokio, rustls, rust-libp2p) and the remaining scenarios are not written yet.
+//! `compare` runs every scenario against every peer — plain TCP (tokio), tokio + rustls with
+//! ChaCha20-Poly1305 and with AES-256-GCM, rust-libp2p (noise + yamux) and iperf3 where
+//! installed — and prints a Markdown table of figures and ratios. The rustls and libp2p peers
+//! need the `compare` feature. `regress` reruns it and flags any ratio more than 10 % below the
+//! stored baseline. With `--json`, one line per second and a final line per measurement in the
+//! libp2p perf runner's convention (`{"type":"intermediary"|"final","timeSeconds":…,
+//! "uploadBytes":…,"downloadBytes":…}`) plus the scenario's own figures.
+//!
+//! `--danger-null-cipher` runs Glueberry's records without encryption, for profiling only: it is
+//! a local setting of both ends, never negotiated on the wire.
 
-mod peers;
+mod compare;
+mod figures;
+mod glueberry_peer;
+#[cfg(feature = "compare")]
+mod libp2p_peer;
+mod remote;
+mod streams;
+#[cfg(feature = "compare")]
+mod tls;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use peers::{Figures, Peer};
+use figures::{Figures, Length};
+use glueberry_peer::Setup;
 
-struct Options {
-    seconds: f64,
-    json: bool,
-    scenarios: Vec<Scenario>,
+/// The record cipher of an encrypted peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cipher {
+    ChaCha,
+    Aes,
+    /// Glueberry only, profiling only: no encryption.
+    DangerNull,
 }
 
+/// What is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scenario {
+pub(crate) enum Scenario {
+    /// Large messages, one stream (or `--streams`, `--peers`).
     Bulk,
-    Small64,
-    Small1K,
+    BulkStreams,
+    BulkPeers,
+    /// Small messages of one size.
+    Small(usize),
     Latency,
     Handshake,
+    Scale,
 }
 
 impl Scenario {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> String {
         match self {
-            Scenario::Bulk => "bulk (64 KiB messages, one stream)",
-            Scenario::Small64 => "small messages (64 B)",
-            Scenario::Small1K => "small messages (1 KiB)",
-            Scenario::Latency => "request/response latency (64 B)",
-            Scenario::Handshake => "connections per second (each a full handshake)",
+            Scenario::Bulk => "bulk (64 KiB messages, one stream)".into(),
+            Scenario::BulkStreams => "bulk, several streams on one connection".into(),
+            Scenario::BulkPeers => "bulk, several peers into one node".into(),
+            Scenario::Small(size) => format!("small messages ({size} B)"),
+            Scenario::Latency => "request/response latency (64 B)".into(),
+            Scenario::Handshake => "connections per second (each a full handshake)".into(),
+            Scenario::Scale => "idle connections (memory each, time to connect all)".into(),
         }
     }
 
-    fn id(self) -> &'static str {
+    pub(crate) fn id(self) -> String {
         match self {
-            Scenario::Bulk => "bulk",
-            Scenario::Small64 => "small-64",
-            Scenario::Small1K => "small-1024",
-            Scenario::Latency => "latency",
-            Scenario::Handshake => "handshake",
+            Scenario::Bulk => "bulk".into(),
+            Scenario::BulkStreams => "bulk-streams".into(),
+            Scenario::BulkPeers => "bulk-peers".into(),
+            Scenario::Small(size) => format!("small-{size}"),
+            Scenario::Latency => "latency".into(),
+            Scenario::Handshake => "handshake".into(),
+            Scenario::Scale => "scale".into(),
         }
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
+enum Command {
+    Local,
+    Server {
+        listen: SocketAddr,
+    },
+    Client {
+        connect: SocketAddr,
+        peer: String,
+    },
+    Compare {
+        out: Option<String>,
+        save: Option<String>,
+    },
+    Regress {
+        baseline: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    command: Command,
+    length: Length,
+    seconds_given: bool,
+    size: Option<usize>,
+    json: bool,
+    scenarios: Vec<Scenario>,
+    setup: Setup,
+    /// Streams or peers for the bulk-streams, bulk-peers and scale scenarios.
+    count: Option<usize>,
+}
+
+const HELP: &str = "\
+glueberry-perf local   [OPTIONS] [--scenario NAME] [--json]    both ends on loopback, vs plain TCP
+glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two machines
+glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
+glueberry-perf compare [--seconds N] [--out FILE.md] [--save FILE.json]
+glueberry-perf regress [--baseline FILE.json] [--seconds N]
+
+OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
+         --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only)
+scenarios: bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all";
+
+const USAGE: &str =
+    "usage: glueberry-perf local|server|client|compare|regress [options] (see --help)";
+
+fn number<T: std::str::FromStr + PartialOrd + Default>(
+    value: Option<&String>,
+    flag: &str,
+) -> Result<T, String> {
+    value
+        .and_then(|s| s.parse().ok())
+        .filter(|n: &T| *n > T::default())
+        .ok_or_else(|| format!("{flag} needs a positive number"))
+}
+
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        seconds: 3.0,
-        json: false,
-        scenarios: vec![
-            Scenario::Bulk,
-            Scenario::Small64,
-            Scenario::Small1K,
-            Scenario::Latency,
-            Scenario::Handshake,
-        ],
-    };
     let mut rest = args.iter();
-    match rest.next().map(String::as_str) {
-        Some("local") => {}
-        Some(other) => {
-            return Err(format!(
-                "unknown command {other:?}: only `local` exists yet"
-            ));
-        }
-        None => {
-            return Err(
-                "usage: glueberry-perf local [--seconds N] [--json] [--scenario NAME]".into(),
-            );
-        }
-    }
+    let command = rest.next().ok_or(USAGE)?.clone();
+    let mut options = Options {
+        command: Command::Local,
+        length: Length::Time(Duration::from_secs(3)),
+        seconds_given: false,
+        size: None,
+        json: false,
+        scenarios: Vec::new(),
+        setup: Setup::default(),
+        count: None,
+    };
+    let (mut listen, mut connect, mut peer, mut out, mut save) = (None, None, None, None, None);
+    let mut baseline = "perf/baseline.json".to_string();
+    let mut scenario = "all".to_string();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--seconds" => {
-                options.seconds = rest
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|s: &f64| *s > 0.0)
-                    .ok_or("--seconds needs a positive number")?;
+                options.length = Length::Time(Duration::from_secs_f64(number(rest.next(), arg)?));
+                options.seconds_given = true;
             }
+            "--bytes" => options.length = Length::Bytes(number(rest.next(), arg)?),
+            "--size" => options.size = Some(number(rest.next(), arg)?),
+            "--peers" => {
+                options.setup.peers = number(rest.next(), arg)?;
+                options.count = Some(options.setup.peers);
+            }
+            "--streams" => {
+                options.setup.streams = number(rest.next(), arg)?;
+                options.count = Some(options.setup.streams);
+            }
+            "--shards" => options.setup.shards = number(rest.next(), arg)?,
+            "--cipher" => {
+                options.setup.cipher = match rest.next().map(String::as_str) {
+                    Some("chacha") => Cipher::ChaCha,
+                    Some("aes") => Cipher::Aes,
+                    _ => return Err("--cipher is chacha or aes".into()),
+                }
+            }
+            "--no-batching" => options.setup.batching = false,
+            "--danger-null-cipher" => options.setup.cipher = Cipher::DangerNull,
             "--json" => options.json = true,
-            "--scenario" => {
-                let name = rest.next().ok_or("--scenario needs a name")?;
-                options.scenarios = match name.as_str() {
-                    "bulk" => vec![Scenario::Bulk],
-                    "small" => vec![Scenario::Small64, Scenario::Small1K],
-                    "latency" => vec![Scenario::Latency],
-                    "handshake" => vec![Scenario::Handshake],
-                    "all" => options.scenarios,
-                    other => {
-                        return Err(format!(
-                            "unknown scenario {other:?} (bulk, small, latency, handshake, all)"
-                        ));
-                    }
-                };
-            }
-            other => return Err(format!("unknown option {other:?}")),
+            "--scenario" => scenario = rest.next().ok_or("--scenario needs a name")?.clone(),
+            "--listen" => listen = Some(rest.next().ok_or("--listen needs an address")?),
+            "--connect" => connect = Some(rest.next().ok_or("--connect needs an address")?),
+            "--peer" => peer = Some(rest.next().ok_or("--peer needs a peer id")?.clone()),
+            "--out" => out = Some(rest.next().ok_or("--out needs a file")?.clone()),
+            "--save" => save = Some(rest.next().ok_or("--save needs a file")?.clone()),
+            "--baseline" => baseline = rest.next().ok_or("--baseline needs a file")?.clone(),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
+    let addr = |a: Option<&String>, flag: &str| -> Result<SocketAddr, String> {
+        a.ok_or(format!("{command} needs {flag} ADDR"))?
+            .parse()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    options.command = match command.as_str() {
+        "local" => Command::Local,
+        "server" => Command::Server {
+            listen: addr(listen, "--listen")?,
+        },
+        "client" => Command::Client {
+            connect: addr(connect, "--connect")?,
+            peer: peer.ok_or("client needs --peer ID (the server prints it)")?,
+        },
+        "compare" => Command::Compare { out, save },
+        "regress" => Command::Regress { baseline },
+        other => return Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    let small = match options.size {
+        Some(size) => vec![Scenario::Small(size)],
+        None => vec![Scenario::Small(64), Scenario::Small(1024)],
+    };
+    options.scenarios = match scenario.as_str() {
+        "bulk" => vec![Scenario::Bulk],
+        "bulk-streams" => vec![Scenario::BulkStreams],
+        "bulk-peers" => vec![Scenario::BulkPeers],
+        "small" => small,
+        "latency" => vec![Scenario::Latency],
+        "handshake" => vec![Scenario::Handshake],
+        "scale" => vec![Scenario::Scale],
+        "all" => {
+            let mut all = vec![Scenario::Bulk, Scenario::BulkStreams, Scenario::BulkPeers];
+            all.extend(small);
+            all.extend([Scenario::Latency, Scenario::Handshake, Scenario::Scale]);
+            all
+        }
+        other => {
+            return Err(format!(
+                "unknown scenario {other:?} (bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all)"
+            ));
+        }
+    };
     Ok(options)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
     let options = match parse(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -123,7 +257,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(&options) {
+    let result = match &options.command {
+        Command::Local => local(&options),
+        Command::Server { listen } => remote::server(
+            &options.setup,
+            *listen,
+            options
+                .seconds_given
+                .then(|| options.length.time().as_secs_f64()),
+            &|addr, id| {
+                println!(
+                    "glueberry-perf server listening on {addr} as {id}\nrun: glueberry-perf client --connect {addr} --peer {id}"
+                )
+            },
+        ),
+        Command::Client { connect, peer } => client(&options, *connect, peer),
+        Command::Compare { out, save } => {
+            compare::compare(options.length.time(), out.as_deref(), save.as_deref()).map(|_| ())
+        }
+        Command::Regress { baseline } => compare::regress(baseline, options.length.time()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("glueberry-perf: {e}");
@@ -132,145 +286,159 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: &Options) -> Result<(), String> {
-    let duration = Duration::from_secs_f64(options.seconds);
+/// Prints a progress line (or a JSON line) each second.
+fn progress<'a>(json: bool, scenario: &'a str, peer: &'a str) -> impl Fn(u64, u64) + 'a {
+    move |second, bytes| {
+        if json {
+            println!(
+                "{{\"type\":\"intermediary\",\"scenario\":\"{scenario}\",\"peer\":\"{peer}\",\"timeSeconds\":{second},\"uploadBytes\":{bytes},\"downloadBytes\":0}}"
+            );
+        } else {
+            eprint!(
+                "\r  {second} s: {:.2} GB/s   ",
+                bytes as f64 / 1e9 / second as f64
+            );
+        }
+    }
+}
+
+/// One Glueberry scenario with `setup`.
+pub(crate) fn run_glueberry(
+    scenario: Scenario,
+    setup: &Setup,
+    length: Length,
+    count: Option<usize>,
+    report: figures::Progress<'_>,
+) -> Result<Figures, String> {
+    let bulk = 64 * 1024;
+    match scenario {
+        Scenario::Bulk => glueberry_peer::throughput(setup, bulk, length, report),
+        Scenario::BulkStreams => {
+            let streams = count.unwrap_or(4).min(remote::MAX_STREAMS);
+            let setup = Setup {
+                streams,
+                ..setup.clone()
+            };
+            glueberry_peer::throughput(&setup, bulk, length, report)
+        }
+        Scenario::BulkPeers => {
+            let setup = Setup {
+                peers: count.unwrap_or(4),
+                ..setup.clone()
+            };
+            glueberry_peer::throughput(&setup, bulk, length, report)
+        }
+        Scenario::Small(size) => glueberry_peer::throughput(setup, size, length, report),
+        Scenario::Latency => glueberry_peer::latency(setup, 64, length.time()),
+        Scenario::Handshake => glueberry_peer::handshakes(setup, length.time()),
+        Scenario::Scale => glueberry_peer::scale(setup, count.unwrap_or(1000)),
+    }
+}
+
+/// One byte-stream peer on a scenario; `None` where the scenario does not apply to it.
+pub(crate) fn run_stream(
+    scenario: Scenario,
+    stack: streams::Stack,
+    length: Length,
+    report: figures::Progress<'_>,
+) -> Option<Result<Figures, String>> {
+    Some(match scenario {
+        Scenario::Bulk => streams::throughput(stack, 64 * 1024, length, report),
+        Scenario::Small(size) => streams::throughput(stack, size, length, report),
+        Scenario::Latency => streams::latency(stack, 64, length.time()),
+        Scenario::Handshake => streams::handshakes(stack, length.time()),
+        Scenario::BulkStreams | Scenario::BulkPeers | Scenario::Scale => return None,
+    })
+}
+
+fn local(options: &Options) -> Result<(), String> {
     let mut rows = Vec::new();
     for &scenario in &options.scenarios {
-        let mut results = Vec::new();
-        for peer in [Peer::PlainTcp, Peer::Glueberry] {
-            if !options.json {
-                eprintln!("{} — {} …", scenario.name(), peer.name());
-            }
-            let report = |second: u64, upload: u64| {
-                if options.json {
-                    println!(
-                        "{{\"type\":\"intermediary\",\"scenario\":\"{}\",\"peer\":\"{}\",\"timeSeconds\":{second},\"uploadBytes\":{upload},\"downloadBytes\":0}}",
-                        scenario.id(),
-                        peer.id()
-                    );
-                } else {
-                    eprint!("\r  {second} s: {:.2} GB/s   ", upload as f64 / 1e9);
-                }
-            };
-            let figures = match scenario {
-                Scenario::Bulk => peers::throughput(peer, 64 * 1024, duration, &report)?,
-                Scenario::Small64 => peers::throughput(peer, 64, duration, &report)?,
-                Scenario::Small1K => peers::throughput(peer, 1024, duration, &report)?,
-                Scenario::Latency => peers::latency(peer, duration)?,
-                Scenario::Handshake => peers::handshakes(peer, duration)?,
-            };
-            if !options.json {
-                eprintln!();
-            }
-            if options.json {
-                println!("{}", figures.final_json(scenario.id(), peer.id()));
-            }
-            results.push(figures);
+        let id = scenario.id();
+        if !options.json {
+            eprintln!("{} …", scenario.name());
         }
-        rows.push((scenario, results));
+        let tcp = {
+            let report = progress(options.json, &id, "tcp");
+            run_stream(scenario, streams::Stack::Tcp, options.length, &report).transpose()?
+        };
+        let gb = {
+            let report = progress(options.json, &id, "glueberry");
+            run_glueberry(
+                scenario,
+                &options.setup,
+                options.length,
+                options.count,
+                &report,
+            )?
+        };
+        if !options.json {
+            eprintln!();
+        } else {
+            if let Some(tcp) = &tcp {
+                println!("{}", tcp.final_json(&id, "tcp"));
+            }
+            println!("{}", gb.final_json(&id, "glueberry"));
+        }
+        rows.push((scenario, tcp, gb));
     }
     if !options.json {
-        print_table(&rows);
+        println!();
+        println!("| scenario | plain TCP (tokio) | glueberry | glueberry ÷ plain TCP |");
+        println!("|---|---|---|---|");
+        for (scenario, tcp, gb) in &rows {
+            let tcp_cell = tcp
+                .as_ref()
+                .map_or("—".into(), |t| compare::cell(*scenario, t));
+            let ratio = tcp
+                .as_ref()
+                .map_or("—".into(), |t| compare::ratio_cell(*scenario, gb, t));
+            println!(
+                "| {} | {tcp_cell} | {} | {ratio} |",
+                scenario.name(),
+                compare::cell(*scenario, gb)
+            );
+        }
     }
     Ok(())
 }
 
-fn print_table(rows: &[(Scenario, Vec<Figures>)]) {
-    println!();
-    println!("| scenario | plain TCP | glueberry | glueberry ÷ plain TCP |");
-    println!("|---|---|---|---|");
-    for (scenario, results) in rows {
-        let [tcp, gb] = [&results[0], &results[1]];
-        match scenario {
-            Scenario::Latency => println!(
-                "| {} | p50 {:.1} µs, p99 {:.1} µs | p50 {:.1} µs, p99 {:.1} µs | p50 ×{:.2} |",
-                scenario.name(),
-                tcp.p50_us,
-                tcp.p99_us,
-                gb.p50_us,
-                gb.p99_us,
-                gb.p50_us / tcp.p50_us.max(f64::MIN_POSITIVE),
-            ),
-            Scenario::Handshake => println!(
-                "| {} | {:.0}/s (TCP connect + one round trip) | {:.0}/s | {:.3} |",
-                scenario.name(),
-                tcp.messages_per_sec,
-                gb.messages_per_sec,
-                gb.messages_per_sec / tcp.messages_per_sec.max(f64::MIN_POSITIVE),
-            ),
-            _ => println!(
-                "| {} | {:.2} GB/s, {:.2} M msg/s | {:.2} GB/s, {:.2} M msg/s | {:.2} |",
-                scenario.name(),
-                tcp.bytes_per_sec / 1e9,
-                tcp.messages_per_sec / 1e6,
-                gb.bytes_per_sec / 1e9,
-                gb.messages_per_sec / 1e6,
-                gb.messages_per_sec / tcp.messages_per_sec.max(f64::MIN_POSITIVE),
-            ),
+fn client(options: &Options, connect: SocketAddr, peer: &str) -> Result<(), String> {
+    let peer: glueberry::crypto::PeerId = peer.parse().map_err(|e| format!("--peer: {e}"))?;
+    for &scenario in &options.scenarios {
+        let id = scenario.id();
+        let report = progress(options.json, &id, "glueberry");
+        let figures = match scenario {
+            Scenario::Bulk => remote::client_throughput(
+                &options.setup,
+                connect,
+                peer,
+                64 * 1024,
+                options.length,
+                &report,
+            )?,
+            Scenario::Small(size) => remote::client_throughput(
+                &options.setup,
+                connect,
+                peer,
+                size,
+                options.length,
+                &report,
+            )?,
+            Scenario::Latency => {
+                remote::client_latency(&options.setup, connect, peer, 64, options.length.time())?
+            }
+            _ => continue,
+        };
+        if options.json {
+            println!("{}", figures.final_json(&id, "glueberry"));
+        } else {
+            eprintln!();
+            println!("{}: {}", scenario.name(), compare::cell(scenario, &figures));
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn options_parse_and_nonsense_is_refused() {
-        let o = parse(&args("local --seconds 0.5 --json --scenario small")).expect("parse");
-        assert_eq!(o.seconds, 0.5);
-        assert!(o.json);
-        assert_eq!(o.scenarios, vec![Scenario::Small64, Scenario::Small1K]);
-        assert!(parse(&args("local --seconds -1")).is_err());
-        assert!(parse(&args("local --scenario nope")).is_err());
-        assert!(parse(&args("server")).is_err());
-        assert!(parse(&[]).is_err());
-    }
-
-    #[test]
-    fn every_scenario_runs_briefly_and_reports_sane_json() {
-        for scenario in [
-            Scenario::Bulk,
-            Scenario::Small64,
-            Scenario::Latency,
-            Scenario::Handshake,
-        ] {
-            for peer in [Peer::PlainTcp, Peer::Glueberry] {
-                let figures = match scenario {
-                    Scenario::Bulk => {
-                        peers::throughput(peer, 64 * 1024, Duration::from_millis(300), &|_, _| {})
-                    }
-                    Scenario::Small64 => {
-                        peers::throughput(peer, 64, Duration::from_millis(300), &|_, _| {})
-                    }
-                    Scenario::Handshake => peers::handshakes(peer, Duration::from_millis(300)),
-                    _ => peers::latency(peer, Duration::from_millis(300)),
-                }
-                .expect("runs");
-                let line = figures.final_json(scenario.id(), peer.id());
-                let json: serde_json::Value = serde_json::from_str(&line).expect("json");
-                assert_eq!(json["type"], "final");
-                if scenario == Scenario::Latency {
-                    assert!(
-                        figures.p50_us > 0.0 && figures.p99_us >= figures.p50_us,
-                        "{line}"
-                    );
-                } else if scenario == Scenario::Handshake {
-                    assert!(
-                        figures.messages > 0 && figures.messages_per_sec > 0.0,
-                        "{line}"
-                    );
-                } else {
-                    assert!(
-                        json["uploadBytes"].as_u64().is_some_and(|b| b > 0),
-                        "{line}"
-                    );
-                }
-            }
-        }
-    }
-}
+mod tests;

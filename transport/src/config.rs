@@ -30,6 +30,11 @@ pub struct ConnectionConfig {
     /// Pack many messages per record (default on). Off: one message or fragment per record,
     /// for measuring what batching buys.
     pub batching: bool,
+    /// **Profiling only**: after an authenticated handshake, exchange records with no
+    /// encryption and no authentication (default off). Never negotiated: both ends must set
+    /// it, and an end that did not fails the first record and closes. It exists so that
+    /// `glueberry-perf` can show what everything but the AEAD costs.
+    pub danger_null_cipher: bool,
     /// Silence after which a ping is sent (default 15 s).
     pub keepalive_interval: Duration,
     /// Silence after which the connection is declared dead (default 45 s).
@@ -46,6 +51,7 @@ impl Default for ConnectionConfig {
             low_watermark: 100,
             max_record_plaintext: MAX_RECORD_PLAINTEXT_LEN,
             batching: true,
+            danger_null_cipher: false,
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
         }

@@ -1,0 +1,376 @@
+//! Glueberry measured: nodes on loopback, one shard each unless told otherwise, the sending and
+//! the receiving node on different CPUs.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glueberry::crypto::{HandshakeConfig, Identity, Suite};
+use glueberry::transport::{ConnState, Connection, ConnectionConfig};
+use glueberry::{Event, Node, NodeConfig, NodeSendError};
+
+use crate::Cipher;
+use crate::figures::{self, Figures, Length, Progress};
+
+/// How the Glueberry nodes are set up.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub cipher: Cipher,
+    pub batching: bool,
+    /// Shards of the receiving node (0: one per CPU).
+    pub shards: usize,
+    /// Streams per connection.
+    pub streams: usize,
+    /// Sending nodes (peers of the receiving node).
+    pub peers: usize,
+    /// The message size, which sets how many messages a stream queues: about 32 MiB worth.
+    pub size: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            cipher: Cipher::ChaCha,
+            batching: true,
+            shards: 1,
+            streams: 1,
+            peers: 1,
+            size: 64 * 1024,
+        }
+    }
+}
+
+impl Setup {
+    fn suites(&self) -> &'static [Suite] {
+        match self.cipher {
+            Cipher::Aes => &[Suite::Aes256Gcm],
+            Cipher::ChaCha | Cipher::DangerNull => &[Suite::ChaCha20Poly1305],
+        }
+    }
+
+    fn connection(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            initial_window: 16 * 1024 * 1024,
+            high_watermark: high_watermark(self.size),
+            low_watermark: high_watermark(self.size) / 2,
+            batching: self.batching,
+            danger_null_cipher: self.cipher == Cipher::DangerNull,
+            ..Default::default()
+        }
+    }
+
+    /// A node configuration for this setup: no connection limits (every client of a local run
+    /// comes from 127.0.0.1), deep queues.
+    pub(crate) fn node_config(
+        &self,
+        identity: Identity,
+        listen: std::net::SocketAddr,
+        shards: usize,
+    ) -> NodeConfig {
+        NodeConfig::new(identity, "glueberry-perf", listen)
+            .shards(shards)
+            .suites(self.suites())
+            .connection(self.connection())
+            .command_queue(65_536)
+            .message_buffer(65_536)
+            .limits(unlimited())
+    }
+
+    fn node(&self, shards: usize, cpu: Option<usize>) -> Result<NodeConfig, String> {
+        let identity = Identity::generate().map_err(|e| e.to_string())?;
+        let listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+        let config = self.node_config(identity, listen, shards);
+        Ok(match cpu {
+            Some(cpu) => config.cpus(vec![cpu]),
+            None => config,
+        })
+    }
+
+    fn stream_names(&self) -> Vec<String> {
+        (0..self.streams.max(1))
+            .map(|i| format!("perf-{i}"))
+            .collect()
+    }
+}
+
+/// Queue about 32 MiB per stream, between 16 and 100,000 messages.
+fn high_watermark(size: usize) -> usize {
+    (32 * 1024 * 1024 / size.max(1)).clamp(16, 100_000)
+}
+
+/// No per-IP or total limits.
+fn unlimited() -> glueberry::ConnectionLimits {
+    glueberry::ConnectionLimits {
+        max_inbound: usize::MAX / 2,
+        max_outbound: usize::MAX / 2,
+        max_total: usize::MAX / 2,
+        max_inbound_per_ip: usize::MAX / 2,
+    }
+}
+
+/// Waits until `node` has `peer` Established, completing the application handshake with
+/// `streams` when it is Connected.
+fn establish(
+    node: &Node,
+    peers: &[glueberry::crypto::PeerId],
+    streams: &[&str],
+) -> Result<(), String> {
+    let events = node.events();
+    let mut left = peers.len();
+    while left > 0 {
+        match events.recv_blocking().map_err(|e| e.to_string())? {
+            Event::State {
+                peer,
+                state: ConnState::Connected,
+                ..
+            } if peers.contains(&peer) => node
+                .complete_handshake(peer, streams)
+                .map_err(|e| e.to_string())?,
+            Event::State {
+                peer,
+                state: ConnState::Established,
+                ..
+            } if peers.contains(&peer) => left -= 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `setup.peers` sending nodes connected to one receiving node, all Established.
+fn nodes(setup: &Setup, handler: Option<glueberry::Handler>) -> Result<(Vec<Node>, Node), String> {
+    let (send_cpu, recv_cpu) = if setup.shards == 1 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let mut receiver = setup.node(setup.shards, recv_cpu)?;
+    if let Some(handler) = handler {
+        receiver = receiver.handler(handler);
+    }
+    let receiver = Node::start(receiver).map_err(|e| e.to_string())?;
+    let mut senders = Vec::new();
+    for _ in 0..setup.peers.max(1) {
+        senders.push(Node::start(setup.node(1, send_cpu)?).map_err(|e| e.to_string())?);
+    }
+    let names = setup.stream_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ids: Vec<_> = senders.iter().map(Node::peer_id).collect();
+    let waiter = {
+        let (receiver, ids, names) = (receiver.clone(), ids.clone(), setup.stream_names());
+        std::thread::spawn(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            establish(&receiver, &ids, &names)
+        })
+    };
+    for sender in &senders {
+        sender
+            .connect(receiver.peer_id(), receiver.listen_addr())
+            .map_err(|e| e.to_string())?;
+        establish(sender, &[receiver.peer_id()], &names)?;
+    }
+    waiter.join().map_err(|_| "establishing panicked")??;
+    // Both sides' OPEN frames have crossed once a round trip passed after Established.
+    std::thread::sleep(Duration::from_millis(50));
+    Ok((senders, receiver))
+}
+
+/// One-way throughput of `size`-byte messages from every sending node, on every stream.
+pub(crate) fn throughput(
+    setup: &Setup,
+    size: usize,
+    length: Length,
+    report: Progress<'_>,
+) -> Result<Figures, String> {
+    let setup = &Setup {
+        size,
+        ..setup.clone()
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let (senders, receiver) = nodes(
+        setup,
+        Some(Arc::new(move |_, _, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })),
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = senders
+        .iter()
+        .map(|node| {
+            let (node, to, stop) = (node.clone(), receiver.peer_id(), stop.clone());
+            let streams: Vec<_> = setup
+                .stream_names()
+                .iter()
+                .map(|s| node.stream(s))
+                .collect();
+            std::thread::spawn(move || {
+                let message = Bytes::from(vec![0x5au8; size]);
+                // `send` parks the thread while the stream is full: no spinning.
+                'run: while !stop.load(Ordering::Relaxed) {
+                    for stream in &streams {
+                        for _ in 0..16 {
+                            match futures::executor::block_on(node.send(
+                                to,
+                                stream,
+                                message.clone(),
+                            )) {
+                                Ok(()) => {}
+                                Err(NodeSendError::Stopped) | Err(_) => break 'run,
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let figures = figures::measure(&received, size, length, report);
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    for node in senders {
+        node.stop();
+    }
+    receiver.stop();
+    Ok(figures)
+}
+
+/// Request/response round trips of `size`-byte messages, one at a time.
+pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<Figures, String> {
+    let one = Setup {
+        peers: 1,
+        streams: 1,
+        size,
+        ..setup.clone()
+    };
+    let (mut senders, b) = nodes(&one, None)?;
+    let a = senders.pop().ok_or("no sending node")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let (b, to, stop) = (b.clone(), a.peer_id(), stop.clone());
+        std::thread::spawn(move || {
+            let messages = b.messages();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(m) = messages.recv_blocking()
+                    && b.try_send(to, &m.stream, m.data).is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let stream = a.stream("perf-0");
+    let messages = a.messages();
+    let request = Bytes::from(vec![0x5au8; size]);
+    let mut samples = Vec::new();
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        let start = Instant::now();
+        a.try_send(b.peer_id(), &stream, request.clone())
+            .map_err(|e| e.to_string())?;
+        messages.recv_blocking().map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    a.stop();
+    b.stop();
+    let _ = echo.join();
+    Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
+}
+
+/// A server node for the handshake and scale scenarios: one shard, no limits, few events.
+fn server(setup: &Setup) -> Result<Node, String> {
+    Node::start(setup.node(1, Some(1))?.event_buffer(1)).map_err(|e| e.to_string())
+}
+
+/// A client speaking the protocol with the transport core over a blocking socket: returns the
+/// socket once the handshake completed (the node then holds an authenticated connection).
+fn handshake_client(
+    server: &Node,
+    handshake: &Arc<HandshakeConfig>,
+    config: &Arc<ConnectionConfig>,
+    buf: &mut [u8],
+) -> Result<TcpStream, String> {
+    let mut conn = Connection::outbound(
+        config.clone(),
+        handshake.clone(),
+        Some(server.peer_id()),
+        Instant::now(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut socket = TcpStream::connect(server.listen_addr()).map_err(|e| e.to_string())?;
+    let _ = socket.set_nodelay(true);
+    // Until the peer is authenticated and HelloFinalize is out.
+    while conn.peer().is_none() || conn.has_pending_output() {
+        let n = conn.poll_transmit(buf);
+        socket.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        if conn.peer().is_some() {
+            continue;
+        }
+        let n = socket.read(buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the node closed during the handshake".into());
+        }
+        conn.handle_input(Instant::now(), &buf[..n]);
+    }
+    Ok(socket)
+}
+
+fn client_config(setup: &Setup) -> Result<Arc<HandshakeConfig>, String> {
+    let identity = Identity::generate().map_err(|e| e.to_string())?;
+    Ok(Arc::new(
+        HandshakeConfig::new(&identity, "glueberry-perf")
+            .and_then(|c| c.with_suites(setup.suites()))
+            .map_err(|e| e.to_string())?,
+    ))
+}
+
+/// Complete handshakes per second against one node, one after another.
+pub(crate) fn handshakes(setup: &Setup, duration: Duration) -> Result<Figures, String> {
+    let server = server(setup)?;
+    let handshake = client_config(setup)?;
+    let config = Arc::new(setup.connection());
+    let mut buf = vec![0u8; 16 * 1024];
+    let (start, mut count) = (Instant::now(), 0);
+    while start.elapsed() < duration {
+        drop(handshake_client(&server, &handshake, &config, &mut buf)?);
+        count += 1;
+    }
+    let figures = figures::rate(count, start);
+    server.stop();
+    Ok(figures)
+}
+
+/// `count` idle authenticated connections to one node: the time to make them all and the
+/// resident memory each adds (both ends are in this process; the client keeps only a socket).
+pub(crate) fn scale(setup: &Setup, count: usize) -> Result<Figures, String> {
+    let server = server(setup)?;
+    let handshake = client_config(setup)?;
+    let config = Arc::new(setup.connection());
+    let mut buf = vec![0u8; 16 * 1024];
+    // Warm up allocator and rings with one connection first.
+    let warm = handshake_client(&server, &handshake, &config, &mut buf)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = figures::resident_bytes();
+    let start = Instant::now();
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        sockets.push(handshake_client(&server, &handshake, &config, &mut buf)?);
+    }
+    // Until the node has taken every connection in.
+    while server.connection_counts().0 < count + 1 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut figures = figures::rate(count as u64, start);
+    std::thread::sleep(Duration::from_millis(100));
+    let after = figures::resident_bytes();
+    figures.bytes_per_connection = after.saturating_sub(before) as f64 / count as f64;
+    drop(sockets);
+    drop(warm);
+    server.stop();
+    Ok(figures)
+}

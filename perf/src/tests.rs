@@ -1,0 +1,156 @@
+use super::*;
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn options_parse_and_nonsense_is_refused() {
+    let o = parse(&args(
+        "local --seconds 0.5 --json --scenario small --cipher aes --no-batching",
+    ))
+    .expect("parse");
+    assert_eq!(o.length, Length::Time(Duration::from_millis(500)));
+    assert!(o.json && !o.setup.batching && o.setup.cipher == Cipher::Aes);
+    assert_eq!(
+        o.scenarios,
+        vec![Scenario::Small(64), Scenario::Small(1024)]
+    );
+    let o = parse(&args("local --scenario small --size 200 --bytes 1000")).expect("parse");
+    assert_eq!(o.scenarios, vec![Scenario::Small(200)]);
+    assert_eq!(o.length, Length::Bytes(1000));
+    let o = parse(&args("client --connect 10.0.0.1:9000 --peer gbp1x")).expect("parse");
+    assert!(matches!(o.command, Command::Client { .. }));
+    assert!(parse(&args("local --seconds -1")).is_err());
+    assert!(parse(&args("local --scenario nope")).is_err());
+    assert!(parse(&args("local --cipher rot13")).is_err());
+    assert!(parse(&args("server")).is_err(), "server needs --listen");
+    assert!(
+        parse(&args("client --connect 1.2.3.4:5")).is_err(),
+        "client needs --peer"
+    );
+    assert!(parse(&[]).is_err());
+}
+
+fn check(scenario: Scenario, figures: &Figures, peer: &str) {
+    let line = figures.final_json(&scenario.id(), peer);
+    let json: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(json["type"], "final");
+    match scenario {
+        Scenario::Latency => assert!(
+            figures.p50_us > 0.0 && figures.p99_us >= figures.p50_us,
+            "{line}"
+        ),
+        Scenario::Handshake => assert!(figures.messages_per_sec > 0.0, "{line}"),
+        Scenario::Scale => assert!(
+            figures.messages > 0 && figures.bytes_per_connection > 0.0,
+            "{line}"
+        ),
+        _ => assert!(
+            json["uploadBytes"].as_u64().is_some_and(|b| b > 0),
+            "{line}"
+        ),
+    }
+}
+
+const SHORT: Length = Length::Time(Duration::from_millis(300));
+
+#[test]
+fn every_glueberry_scenario_runs_briefly_and_reports_sane_json() {
+    for scenario in [
+        Scenario::Bulk,
+        Scenario::BulkStreams,
+        Scenario::BulkPeers,
+        Scenario::Small(64),
+        Scenario::Latency,
+        Scenario::Handshake,
+        Scenario::Scale,
+    ] {
+        let figures =
+            run_glueberry(scenario, &Setup::default(), SHORT, Some(2), &|_, _| {}).expect("runs");
+        check(scenario, &figures, "glueberry");
+    }
+}
+
+#[test]
+fn glueberry_options_run_aes_unbatched_null_and_a_byte_count() {
+    for setup in [
+        Setup {
+            cipher: Cipher::Aes,
+            ..Setup::default()
+        },
+        Setup {
+            batching: false,
+            ..Setup::default()
+        },
+        Setup {
+            cipher: Cipher::DangerNull,
+            ..Setup::default()
+        },
+        Setup {
+            shards: 2,
+            ..Setup::default()
+        },
+    ] {
+        let figures =
+            run_glueberry(Scenario::Small(64), &setup, SHORT, None, &|_, _| {}).expect("runs");
+        check(Scenario::Small(64), &figures, "glueberry");
+    }
+    let figures = run_glueberry(
+        Scenario::Bulk,
+        &Setup::default(),
+        Length::Bytes(50_000_000),
+        None,
+        &|_, _| {},
+    )
+    .expect("runs");
+    assert!(figures.bytes >= 50_000_000, "{figures:?}");
+}
+
+#[test]
+fn every_stream_peer_runs_briefly_and_reports_sane_json() {
+    #[cfg_attr(not(feature = "compare"), allow(unused_mut))]
+    let mut stacks = vec![streams::Stack::Tcp];
+    #[cfg(feature = "compare")]
+    stacks.extend([
+        streams::Stack::Tls(Cipher::ChaCha),
+        streams::Stack::Tls(Cipher::Aes),
+        streams::Stack::Libp2p,
+    ]);
+    for stack in stacks {
+        for scenario in [
+            Scenario::Bulk,
+            Scenario::Small(64),
+            Scenario::Latency,
+            Scenario::Handshake,
+        ] {
+            let figures = run_stream(scenario, stack, SHORT, &|_, _| {})
+                .expect("applies")
+                .unwrap_or_else(|e| panic!("{stack:?} {scenario:?}: {e}"));
+            check(scenario, &figures, "stream");
+        }
+    }
+}
+
+#[test]
+fn server_and_client_talk_across_a_socket() {
+    let setup = Setup::default();
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = {
+        let setup = setup.clone();
+        std::thread::spawn(move || {
+            remote::server(&setup, listen, Some(3.0), &move |addr, id| {
+                let _ = tx.send((addr, id));
+            })
+        })
+    };
+    let (addr, peer) = rx.recv().expect("the server starts");
+    let bulk = remote::client_throughput(&setup, addr, peer, 64 * 1024, SHORT, &|_, _| {})
+        .expect("throughput");
+    check(Scenario::Bulk, &bulk, "glueberry");
+    let latency = remote::client_latency(&setup, addr, peer, 64, Duration::from_millis(300))
+        .expect("latency");
+    check(Scenario::Latency, &latency, "glueberry");
+    server.join().expect("server thread").expect("server");
+}
