@@ -5,61 +5,84 @@ use std::time::Duration;
 
 use crate::figures::{Figures, Length};
 use crate::glueberry_peer::Setup;
-use crate::streams::Stack;
+use crate::streams::{Framing, Stack};
 use crate::{Cipher, Scenario};
 
 /// A measured peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
     Glueberry(Cipher),
-    Stream(Stack),
+    Stream(Stack, Framing),
     /// iperf3 on loopback: the kernel's ceiling for one TCP stream (bulk only).
     Iperf3,
 }
 
 impl Peer {
     fn id(self) -> &'static str {
+        use Framing::{Buffered as B, PerMessage as M};
         match self {
             Peer::Glueberry(Cipher::ChaCha) => "glueberry-chacha",
             Peer::Glueberry(Cipher::Aes) => "glueberry-aes",
             Peer::Glueberry(Cipher::DangerNull) => "glueberry-null",
-            Peer::Stream(Stack::Tcp) => "tcp",
+            Peer::Stream(Stack::Tcp, B) => "tcp",
+            Peer::Stream(Stack::Tcp, M) => "tcp-per-message",
             #[cfg(feature = "compare")]
-            Peer::Stream(Stack::Tls(Cipher::Aes)) => "rustls-aes",
+            Peer::Stream(Stack::Tls(Cipher::Aes), B) => "rustls-aes",
             #[cfg(feature = "compare")]
-            Peer::Stream(Stack::Tls(_)) => "rustls-chacha",
+            Peer::Stream(Stack::Tls(Cipher::Aes), M) => "rustls-aes-per-message",
             #[cfg(feature = "compare")]
-            Peer::Stream(Stack::Libp2p) => "libp2p",
+            Peer::Stream(Stack::Tls(_), B) => "rustls-chacha",
+            #[cfg(feature = "compare")]
+            Peer::Stream(Stack::Tls(_), M) => "rustls-chacha-per-message",
+            #[cfg(feature = "compare")]
+            Peer::Stream(Stack::Libp2p, B) => "libp2p",
+            #[cfg(feature = "compare")]
+            Peer::Stream(Stack::Libp2p, M) => "libp2p-per-message",
             Peer::Iperf3 => "iperf3",
         }
     }
 
-    fn label(self) -> &'static str {
-        match self {
+    fn label(self) -> String {
+        let stack = match self {
             Peer::Glueberry(Cipher::ChaCha) => "glueberry (ChaCha20-Poly1305)",
             Peer::Glueberry(Cipher::Aes) => "glueberry (AES-256-GCM)",
             Peer::Glueberry(Cipher::DangerNull) => "glueberry, null cipher (profiling)",
-            Peer::Stream(Stack::Tcp) => "plain TCP (tokio)",
+            Peer::Stream(Stack::Tcp, _) => "plain TCP (tokio)",
             #[cfg(feature = "compare")]
-            Peer::Stream(Stack::Tls(Cipher::Aes)) => "tokio + rustls (AES-256-GCM)",
+            Peer::Stream(Stack::Tls(Cipher::Aes), _) => "tokio + rustls (AES-256-GCM)",
             #[cfg(feature = "compare")]
-            Peer::Stream(Stack::Tls(_)) => "tokio + rustls (ChaCha20-Poly1305)",
+            Peer::Stream(Stack::Tls(_), _) => "tokio + rustls (ChaCha20-Poly1305)",
             #[cfg(feature = "compare")]
-            Peer::Stream(Stack::Libp2p) => "rust-libp2p (noise + yamux)",
+            Peer::Stream(Stack::Libp2p, _) => "rust-libp2p (noise + yamux)",
             Peer::Iperf3 => "iperf3 (kernel ceiling)",
+        };
+        match self {
+            Peer::Stream(_, Framing::PerMessage) => format!("{stack}, a write per message"),
+            Peer::Stream(_, Framing::Buffered) => format!("{stack}, buffered"),
+            _ => stack.to_string(),
         }
     }
 }
 
 /// Every peer this build and machine can run.
 fn peers() -> Vec<Peer> {
-    let mut peers = vec![Peer::Stream(Stack::Tcp)];
+    #[cfg_attr(not(feature = "compare"), allow(unused_mut, clippy::useless_vec))]
+    let mut stacks = vec![Stack::Tcp];
     #[cfg(feature = "compare")]
-    peers.extend([
-        Peer::Stream(Stack::Tls(Cipher::ChaCha)),
-        Peer::Stream(Stack::Tls(Cipher::Aes)),
-        Peer::Stream(Stack::Libp2p),
+    stacks.extend([
+        Stack::Tls(Cipher::ChaCha),
+        Stack::Tls(Cipher::Aes),
+        Stack::Libp2p,
     ]);
+    let mut peers: Vec<Peer> = stacks
+        .iter()
+        .flat_map(|s| {
+            [
+                Peer::Stream(*s, Framing::Buffered),
+                Peer::Stream(*s, Framing::PerMessage),
+            ]
+        })
+        .collect();
     if iperf3_installed() {
         peers.push(Peer::Iperf3);
     }
@@ -75,11 +98,13 @@ fn peers() -> Vec<Peer> {
 fn pairs() -> Vec<(&'static str, &'static str)> {
     vec![
         ("glueberry-chacha", "tcp"),
+        ("glueberry-chacha", "tcp-per-message"),
         ("glueberry-chacha", "rustls-chacha"),
+        ("glueberry-chacha", "rustls-chacha-per-message"),
         ("glueberry-chacha", "libp2p"),
-        ("glueberry-aes", "tcp"),
+        ("glueberry-chacha", "libp2p-per-message"),
         ("glueberry-aes", "rustls-aes"),
-        ("glueberry-aes", "libp2p"),
+        ("glueberry-aes", "rustls-aes-per-message"),
     ]
 }
 
@@ -191,7 +216,7 @@ fn run(peer: Peer, scenario: Scenario, length: Length) -> Option<Result<Figures,
             };
             Some(crate::run_glueberry(scenario, &setup, length, None, &quiet))
         }
-        Peer::Stream(stack) => crate::run_stream(scenario, stack, length, &quiet),
+        Peer::Stream(stack, framing) => crate::run_stream(scenario, stack, framing, length, &quiet),
         Peer::Iperf3 => (scenario == Scenario::Bulk).then(|| iperf3(length.time())),
     }
 }

@@ -345,21 +345,24 @@ pub(crate) fn handshakes(setup: &Setup, duration: Duration) -> Result<Figures, S
     Ok(figures)
 }
 
-/// `count` idle authenticated connections to one node: the time to make them all and the
-/// resident memory each adds (both ends are in this process; the client keeps only a socket).
+/// `count` idle authenticated connections to one node, each from a peer of its own: the time
+/// to make them all (one after another) and the resident memory each adds (both ends are in
+/// this process; the client side keeps only a socket).
 pub(crate) fn scale(setup: &Setup, count: usize) -> Result<Figures, String> {
     let server = server(setup)?;
-    let handshake = client_config(setup)?;
+    let clients = (0..=count)
+        .map(|_| client_config(setup))
+        .collect::<Result<Vec<_>, _>>()?;
     let config = Arc::new(setup.connection());
     let mut buf = vec![0u8; 16 * 1024];
     // Warm up allocator and rings with one connection first.
-    let warm = handshake_client(&server, &handshake, &config, &mut buf)?;
+    let warm = handshake_client(&server, &clients[count], &config, &mut buf)?;
     std::thread::sleep(Duration::from_millis(100));
     let before = figures::resident_bytes();
     let start = Instant::now();
     let mut sockets = Vec::with_capacity(count);
-    for _ in 0..count {
-        sockets.push(handshake_client(&server, &handshake, &config, &mut buf)?);
+    for client in &clients[..count] {
+        sockets.push(handshake_client(&server, client, &config, &mut buf)?);
     }
     // Until the node has taken every connection in.
     while server.connection_counts().0 < count + 1 && start.elapsed() < Duration::from_secs(30) {

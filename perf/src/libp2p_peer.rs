@@ -95,7 +95,14 @@ impl Endpoint {
     /// A new swarm, connected (TCP, noise, yamux) and with one stream open.
     pub(crate) async fn connect(&self) -> io::Result<Conn> {
         let mut swarm = swarm()?;
-        swarm.add_peer_address(self.peer, self.addr.clone());
+        swarm.dial(self.addr.clone()).map_err(err)?;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => break,
+                SwarmEvent::OutgoingConnectionError { error, .. } => return Err(err(error)),
+                _ => {}
+            }
+        }
         let mut control = swarm.behaviour().new_control();
         let task = drive(swarm);
         let stream = control

@@ -339,12 +339,16 @@ pub(crate) fn run_glueberry(
 pub(crate) fn run_stream(
     scenario: Scenario,
     stack: streams::Stack,
+    framing: streams::Framing,
     length: Length,
     report: figures::Progress<'_>,
 ) -> Option<Result<Figures, String>> {
+    let once = framing == streams::Framing::Buffered;
     Some(match scenario {
-        Scenario::Bulk => streams::throughput(stack, 64 * 1024, length, report),
-        Scenario::Small(size) => streams::throughput(stack, size, length, report),
+        Scenario::Bulk => streams::throughput(stack, framing, 64 * 1024, length, report),
+        Scenario::Small(size) => streams::throughput(stack, framing, size, length, report),
+        // Latency and handshakes are the same whatever the framing: measured once.
+        Scenario::Latency | Scenario::Handshake if !once => return None,
         Scenario::Latency => streams::latency(stack, 64, length.time()),
         Scenario::Handshake => streams::handshakes(stack, length.time()),
         Scenario::BulkStreams | Scenario::BulkPeers | Scenario::Scale => return None,
@@ -360,7 +364,14 @@ fn local(options: &Options) -> Result<(), String> {
         }
         let tcp = {
             let report = progress(options.json, &id, "tcp");
-            run_stream(scenario, streams::Stack::Tcp, options.length, &report).transpose()?
+            run_stream(
+                scenario,
+                streams::Stack::Tcp,
+                streams::Framing::Buffered,
+                options.length,
+                &report,
+            )
+            .transpose()?
         };
         let gb = {
             let report = progress(options.json, &id, "glueberry");

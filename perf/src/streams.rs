@@ -27,6 +27,19 @@ pub(crate) enum Stack {
     Libp2p,
 }
 
+/// How the sending application writes messages into the byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Through a 256 KiB buffer written out only when full: the application batches, and a
+    /// message may wait for the ones after it (fine for a saturating sender, not for a
+    /// messaging layer that must deliver each message promptly).
+    Buffered,
+    /// Each message written and flushed on its own, so that it is delivered at once: what a
+    /// messaging layer over a byte stream does (the Go Glueberry writes each message to its
+    /// libp2p stream).
+    PerMessage,
+}
+
 /// A connected byte stream, and whatever must live as long as it.
 pub(crate) struct Conn {
     pub io: Box<dyn Io>,
@@ -219,6 +232,7 @@ async fn sink(mut io: Box<dyn Io>, received: &AtomicU64) {
 /// One-way throughput of `size`-byte messages from a dialler to a listener.
 pub(crate) fn throughput(
     stack: Stack,
+    framing: Framing,
     size: usize,
     length: Length,
     report: Progress<'_>,
@@ -236,21 +250,28 @@ pub(crate) fn throughput(
         std::thread::spawn(move || -> Result<(), String> {
             let rt = runtime().map_err(|e| e.to_string())?;
             rt.block_on(async move {
-                let conn = endpoint.connect().await.map_err(|e| e.to_string())?;
-                let mut out = BufWriter::with_capacity(256 * 1024, conn.io);
+                let Conn { io, _guard } = endpoint.connect().await.map_err(|e| e.to_string())?;
+                let capacity = match framing {
+                    Framing::Buffered => 256 * 1024,
+                    Framing::PerMessage => size + 4,
+                };
+                let mut out = BufWriter::with_capacity(capacity, io);
                 let message = vec![0x5au8; size];
                 let len = (size as u32).to_be_bytes();
                 while !stop.load(Ordering::Relaxed) {
                     for _ in 0..64 {
                         out.write_all(&len).await.map_err(|e| e.to_string())?;
                         out.write_all(&message).await.map_err(|e| e.to_string())?;
+                        if framing == Framing::PerMessage {
+                            out.flush().await.map_err(|e| e.to_string())?;
+                        }
                     }
                 }
                 let _ = out.flush().await;
                 let _ = out.shutdown().await;
                 // libp2p: keep the swarm alive until the listener read everything.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                drop(conn._guard);
+                drop(_guard);
                 Ok(())
             })
         })
@@ -294,7 +315,10 @@ pub(crate) fn latency(stack: Stack, size: usize, duration: Duration) -> Result<F
         }
         let _ = conn.io.shutdown().await;
         Ok::<_, String>(samples)
-    })?;
+    });
+    // Dropping the runtime drops the connection (and a libp2p swarm), which ends the echo.
+    drop(rt);
+    let samples = samples?;
     let _ = echo.join();
     Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
 }
@@ -333,6 +357,7 @@ pub(crate) fn handshakes(stack: Stack, duration: Duration) -> Result<Figures, St
         }
         Ok::<_, String>(figures::rate(count, start))
     });
+    drop(rt);
     stop.notify_one();
     let _ = acceptor.join();
     result

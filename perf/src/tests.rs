@@ -124,10 +124,14 @@ fn every_stream_peer_runs_briefly_and_reports_sane_json() {
             Scenario::Latency,
             Scenario::Handshake,
         ] {
-            let figures = run_stream(scenario, stack, SHORT, &|_, _| {})
-                .expect("applies")
-                .unwrap_or_else(|e| panic!("{stack:?} {scenario:?}: {e}"));
-            check(scenario, &figures, "stream");
+            for framing in [streams::Framing::Buffered, streams::Framing::PerMessage] {
+                let Some(figures) = run_stream(scenario, stack, framing, SHORT, &|_, _| {}) else {
+                    assert!(framing == streams::Framing::PerMessage);
+                    continue;
+                };
+                let figures = figures.unwrap_or_else(|e| panic!("{stack:?} {scenario:?}: {e}"));
+                check(scenario, &figures, "stream");
+            }
         }
     }
 }
