@@ -139,7 +139,9 @@
 pub mod address_book;
 mod error;
 mod limits;
+pub mod metrics;
 mod node;
+mod observe;
 mod queue;
 mod shard;
 mod sys;

@@ -27,6 +27,11 @@ use crate::sys::{ring::Ring, socket};
 pub struct StreamName(Arc<str>);
 
 impl StreamName {
+    /// The same name: the same interned string, or equal strings.
+    pub(crate) fn same(a: &StreamName, b: &StreamName) -> bool {
+        Arc::ptr_eq(&a.0, &b.0) || a.0 == b.0
+    }
+
     pub(crate) fn new(name: &str) -> Self {
         Self(Arc::from(name))
     }
@@ -228,6 +233,7 @@ pub struct NodeConfig {
     limits: crate::limits::ConnectionLimits,
     pending_handshakes: (usize, std::time::Duration),
     suites: Vec<glueberry_crypto::Suite>,
+    metrics: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -257,7 +263,18 @@ impl NodeConfig {
             limits: crate::limits::ConnectionLimits::default(),
             pending_handshakes: (256, std::time::Duration::from_secs(10)),
             suites: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Serves `/metrics` (Prometheus), `/healthz`, `/readyz` and `/debug/state` over HTTP on
+    /// `addr` (off by default; use a loopback address unless the scraper is elsewhere). The node
+    /// records into a Prometheus recorder of its own, so several nodes in one process each
+    /// export their own figures. Without it, metrics go to the application's global `metrics`
+    /// recorder, if it installed one before starting the node.
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
     }
 
     /// The record cipher suites offered or accepted, most preferred first; the dialler's order
@@ -581,6 +598,8 @@ struct Inner {
     prepared: Mutex<HashMap<PeerId, Vec<String>>>,
     max_message_size: usize,
     stopped: AtomicBool,
+    endpoint: Mutex<Option<crate::observe::Endpoint>>,
+    backpressure_wait: ::metrics::Histogram,
 }
 
 /// A running node. Cheap to clone; all clones drive the same node.
@@ -667,12 +686,14 @@ impl Node {
             states: Mutex::new(HashMap::new()),
             limits: limits.clone(),
             next_subscriber: AtomicU64::new(1),
+            recorder: config.metrics.map(|_| crate::observe::recorder()),
         });
         let connection = Arc::new(config.connection.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(count);
         for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
+            let node_id = handshake.peer_id();
             let ready = ready_tx.clone();
             let mut core_config = CoreConfig::new(connection.clone(), handshake.clone());
             core_config.shard = Shard { index, count };
@@ -699,6 +720,13 @@ impl Node {
                     if pin && let Some(cpu) = cpu {
                         let _ = socket::pin_to_cpu(cpu);
                     }
+                    let span = tracing::info_span!("glueberry_shard", node = %node_id, shard = index);
+                    let _span = span.enter();
+                    // This node's recorder, if it has one, for everything recorded on this thread.
+                    let recorder = shared.recorder.clone();
+                    let _metrics = recorder
+                        .as_deref()
+                        .map(|r| ::metrics::set_default_local_recorder(r));
                     // The ring is made on its own thread: SINGLE_ISSUER ties it to its creator.
                     let ring = match Ring::new(entries) {
                         Ok(ring) => ring,
@@ -754,6 +782,7 @@ impl Node {
                 Err(_) => failure = Some(io::Error::other("a shard thread died at start")),
             }
         }
+        let recorder = shared.recorder.clone();
         let node = Node {
             inner: Arc::new(Inner {
                 peer_id: handshake.peer_id(),
@@ -766,12 +795,46 @@ impl Node {
                 prepared: Mutex::new(HashMap::new()),
                 max_message_size: config.connection.max_message_size,
                 stopped: AtomicBool::new(false),
+                endpoint: Mutex::new(None),
+                backpressure_wait: match &recorder {
+                    Some(r) => ::metrics::with_local_recorder(&**r, || {
+                        ::metrics::describe_histogram!(
+                            crate::metrics::names::BACKPRESSURE_WAIT,
+                            ::metrics::Unit::Seconds,
+                            "How long Node::send waited for room."
+                        );
+                        ::metrics::histogram!(crate::metrics::names::BACKPRESSURE_WAIT)
+                    }),
+                    None => ::metrics::histogram!(crate::metrics::names::BACKPRESSURE_WAIT),
+                },
             }),
         };
         if let Some(e) = failure {
             node.stop();
             return Err(StartError::IoUringUnavailable(e));
         }
+        if let (Some(addr), Some(recorder)) = (config.metrics, recorder) {
+            let source = Box::new(EndpointSource(Arc::downgrade(&node.inner)));
+            match crate::observe::Endpoint::start(addr, recorder, source) {
+                Ok(endpoint) => {
+                    *node
+                        .inner
+                        .endpoint
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(endpoint)
+                }
+                Err(e) => {
+                    node.stop();
+                    return Err(StartError::Io(e));
+                }
+            }
+        }
+        tracing::info!(
+            peer_id = %node.peer_id(),
+            listen_addr = %node.listen_addr(),
+            shards = count,
+            "glueberry node started"
+        );
         // The blacklist first (every shard), then dial every other peer in the book.
         for entry in node.peers() {
             let result = if entry.blacklisted {
@@ -1080,11 +1143,15 @@ impl Node {
             Err(Refused::Closed(_)) => return Err(NodeSendError::Stopped),
             Err(Refused::Full(command)) => {
                 handle.wake();
+                let waited = std::time::Instant::now();
                 handle
                     .commands
                     .push(command)
                     .await
                     .map_err(|_| NodeSendError::Stopped)?;
+                self.inner
+                    .backpressure_wait
+                    .record(waited.elapsed().as_secs_f64());
             }
         }
         handle.wake();
@@ -1309,6 +1376,17 @@ impl Node {
         }
     }
 
+    /// The address of the metrics and health endpoint, when [`NodeConfig::metrics`] turned it on
+    /// (the real port when 0 was asked for).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(crate::observe::Endpoint::addr)
+    }
+
     /// Authenticated connections now: (inbound, outbound).
     pub fn connection_counts(&self) -> (usize, usize) {
         self.inner.shared.limits.counts()
@@ -1324,6 +1402,15 @@ impl Node {
     pub fn stop(&self) {
         if self.inner.stopped.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if let Some(mut endpoint) = self
+            .inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            endpoint.stop();
         }
         self.inner.shared.stop.store(true, Ordering::Release);
         for handle in &self.inner.shared.shards {
@@ -1349,5 +1436,26 @@ impl Node {
         }
         self.inner.events.close();
         self.inner.messages.close();
+    }
+}
+
+/// The HTTP endpoint's view of its node; it does not keep the node alive.
+struct EndpointSource(std::sync::Weak<Inner>);
+
+impl EndpointSource {
+    fn node(&self) -> Option<Node> {
+        let inner = self.0.upgrade()?;
+        (!inner.stopped.load(Ordering::Acquire)).then_some(Node { inner })
+    }
+}
+
+impl crate::observe::Source for EndpointSource {
+    fn health(&self) -> Option<(bool, bool, String)> {
+        let health = self.node()?.health();
+        Some((health.live, health.ready, health.to_json()))
+    }
+
+    fn dump_state(&self) -> Option<String> {
+        Some(futures::executor::block_on(self.node()?.dump_state()))
     }
 }

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use glueberry_crypto::PeerId;
 use glueberry_transport::{
-    Action, CloseCode, ConnId, Connection, NodeCore, NodeEvent, StreamId, shard_of,
+    Action, CloseCode, CloseReason, ConnId, ConnState, Connection, ConnectionError, NodeCore,
+    NodeEvent, StreamId, shard_of,
 };
 
+use crate::metrics::{ShardMetrics, StreamMetrics, count_records};
 use crate::queue::{CommandQueue, Refused};
 use crate::sys::ring::{Completion, Op, Ring, WAKE_TOKEN, received};
 use crate::sys::socket;
@@ -128,6 +130,8 @@ pub(crate) struct Shared {
     /// Operations whose completion never arrived before a shard exited (their buffers are
     /// leaked rather than freed under the kernel). Zero unless something is wrong.
     pub abandoned_operations: AtomicU64,
+    /// This node's own Prometheus recorder, when its metrics endpoint is on.
+    pub recorder: Option<Arc<metrics_exporter_prometheus::PrometheusRecorder>>,
 }
 
 /// A connection's socket and the operations in flight on it.
@@ -194,6 +198,51 @@ pub(crate) struct Shard {
     send_pool: Vec<Vec<u8>>,
     /// Free registered send buffers (indices into the ring's registered set).
     fixed_free: Vec<u16>,
+    registered: usize,
+    metrics: ShardMetrics,
+    /// The stream of the last message sent, with its counters: consecutive sends on one stream
+    /// skip the lookup.
+    last_sent: Option<(StreamName, StreamMetrics)>,
+    /// When each peer's connection attempt began (dial or accept), for the handshake duration.
+    attempt_started: HashMap<PeerId, Instant>,
+    /// Warnings caused by peers, limited so that a hostile peer cannot flood the log.
+    peer_warnings: RateLimit,
+}
+
+/// At most `per_second` log lines a second; the rest are counted and reported with the next.
+pub(crate) struct RateLimit {
+    per_second: u32,
+    window: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            window: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be logged now; with how many were suppressed before it.
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= std::time::Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.per_second {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 impl Shard {
@@ -227,6 +276,11 @@ impl Shard {
             names: HashMap::new(),
             send_pool: Vec::with_capacity(SEND_POOL),
             fixed_free: Vec::new(),
+            registered: 0,
+            metrics: ShardMetrics::new(index),
+            last_sent: None,
+            attempt_started: HashMap::new(),
+            peer_warnings: RateLimit::new(10),
         }
     }
 
@@ -246,6 +300,7 @@ impl Shard {
     pub(crate) fn register_send_buffers(&mut self, count: usize) -> usize {
         let registered = self.ring.register_send_buffers(count, SEND_BUF);
         self.fixed_free = (0..registered as u16).rev().collect();
+        self.registered = registered;
         registered
     }
 
@@ -269,6 +324,7 @@ impl Shard {
                 self.ring.submit_and_wait(timeout)?;
                 self.sleeping.store(false, Ordering::SeqCst);
             }
+            self.metrics.submissions.absolute(self.ring.pushed());
             self.handle_completions(Instant::now())?;
         }
         self.shutdown()
@@ -320,6 +376,7 @@ impl Shard {
                         None => self.send(peer, stream, data).err(),
                     };
                     if let Some((peer, stream, data)) = back {
+                        self.metrics.backpressure_engaged.increment(1);
                         self.overflow
                             .entry(peer)
                             .or_default()
@@ -397,6 +454,7 @@ impl Shard {
         data: Bytes,
     ) -> Result<(), (PeerId, StreamName, Bytes)> {
         let Some(id) = self.core.stream_id(peer, &stream) else {
+            self.metrics.messages_dropped.increment(1);
             self.emit(Event::SendFailed {
                 peer,
                 stream,
@@ -409,9 +467,23 @@ impl Shard {
         if self.core.is_blocked(peer, id) {
             return Err((peer, stream, data));
         }
+        let len = data.len() as u64;
         match self.core.send(peer, id, data) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let counters = match &self.last_sent {
+                    Some((name, counters)) if StreamName::same(name, &stream) => counters,
+                    _ => {
+                        let counters = self.metrics.stream(&stream).clone();
+                        &self.last_sent.insert((stream.clone(), counters)).1
+                    }
+                };
+                counters.messages_sent.increment(1);
+                counters.bytes_sent.increment(len);
+                tracing::trace!(peer = %peer, stream = %stream, size = len, "message sent");
+                Ok(())
+            }
             Err(e) => {
+                self.metrics.messages_dropped.increment(1);
                 self.emit(Event::SendFailed {
                     peer,
                     stream,
@@ -517,6 +589,7 @@ impl Shard {
                     }
                 }
                 Err(Refused::Full(Command::Adopt { fd, conn, ip_slot })) => {
+                    self.metrics.handoff_stalls.increment(1);
                     self.handoffs.push_front((owner, fd, conn, ip_slot));
                     return;
                 }
@@ -543,6 +616,9 @@ impl Shard {
                     self.fixed_free.push(index);
                     continue;
                 }
+                self.metrics
+                    .records_per_batch
+                    .record(count_records(&fixed[..n]) as f64);
                 let op = Op::SendFixed {
                     conn: id,
                     index,
@@ -564,6 +640,12 @@ impl Shard {
                 }
                 continue;
             }
+            if self.registered > 0 {
+                self.metrics.send_buffers_exhausted.increment(1);
+            }
+            self.metrics
+                .records_per_batch
+                .record(count_records(&buf[..n]) as f64);
             let key = self.ring.push(
                 io.fd.as_raw_fd(),
                 Op::Send {
@@ -575,6 +657,9 @@ impl Shard {
             )?;
             io.send = Some(key);
         }
+        self.metrics
+            .send_buffers_in_use
+            .set((self.registered - self.fixed_free.len()) as f64);
         Ok(())
     }
 
@@ -624,6 +709,7 @@ impl Shard {
     fn handle_completions(&mut self, now: Instant) -> io::Result<()> {
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.reap(&mut completions);
+        self.metrics.completions.increment(completions.len() as u64);
         for c in completions.drain(..) {
             self.handle_completion(c, now)?;
         }
@@ -851,6 +937,10 @@ impl Shard {
             match event {
                 NodeEvent::Message { peer, stream, data } => {
                     let name = self.stream_name(peer, stream);
+                    let counters = self.metrics.stream(&name);
+                    counters.messages_received.increment(1);
+                    counters.bytes_received.increment(data.len() as u64);
+                    tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
                     if let Some(handler) = &self.shared.handler {
                         handler(&peer, &name, &data);
                         self.core.release(peer, stream, data.len());
@@ -878,15 +968,22 @@ impl Shard {
                     direction,
                     reason,
                 } => {
-                    {
+                    let previous = {
                         let mut states =
                             self.shared.states.lock().unwrap_or_else(|p| p.into_inner());
                         if state == glueberry_transport::ConnState::Disconnected {
-                            states.remove(&peer);
+                            states.remove(&peer)
                         } else {
-                            states.insert(peer, (state, direction));
+                            states.insert(peer, (state, direction))
                         }
-                    }
+                    };
+                    self.observe_state(
+                        peer,
+                        previous.map(|p| p.0),
+                        state,
+                        direction,
+                        reason.as_ref(),
+                    );
                     if state == glueberry_transport::ConnState::Connected {
                         // Not on the data path: once per connection.
                         let mut guard = self.shared.book.lock().unwrap_or_else(|p| p.into_inner());
@@ -920,13 +1017,100 @@ impl Shard {
                     peer,
                     direction,
                     code,
-                } => self.emit(Event::Refused {
-                    peer: Some(peer),
-                    address: None,
-                    reason: format!("{direction:?} connection refused: close code {}", code.0),
-                }),
+                } => {
+                    self.metrics.refused.increment(1);
+                    self.emit(Event::Refused {
+                        peer: Some(peer),
+                        address: None,
+                        reason: format!("{direction:?} connection refused: close code {}", code.0),
+                    });
+                }
                 NodeEvent::Writable { .. } => {}
             }
+        }
+    }
+
+    /// Metrics and logs of a peer's state change.
+    fn observe_state(
+        &mut self,
+        peer: PeerId,
+        from: Option<ConnState>,
+        to: ConnState,
+        direction: Option<glueberry_transport::Direction>,
+        reason: Option<&CloseReason>,
+    ) {
+        self.metrics.transition(from, to);
+        let now = Instant::now();
+        match to {
+            ConnState::Connecting => {
+                self.attempt_started.insert(peer, now);
+                tracing::debug!(peer = %peer, ?direction, "handshake started");
+            }
+            ConnState::Connected => {
+                self.metrics.connected.increment(1);
+                let started = self.attempt_started.remove(&peer);
+                if let Some(started) = started {
+                    self.metrics
+                        .handshake_duration
+                        .record(now.saturating_duration_since(started).as_secs_f64());
+                }
+                tracing::info!(peer = %peer, ?direction, "connected");
+            }
+            ConnState::Established => {
+                let streams = self
+                    .core
+                    .peer_stats(peer, now)
+                    .map_or(0, |s| s.streams.len());
+                tracing::info!(peer = %peer, streams, "handshake complete");
+            }
+            ConnState::Disconnected | ConnState::Cooldown | ConnState::Reconnecting => {
+                let attempting = matches!(from, Some(ConnState::Connecting) | None);
+                if attempting && self.attempt_started.remove(&peer).is_some() {
+                    self.metrics.failed.increment(1);
+                }
+                let failed = matches!(reason, Some(CloseReason::Error(_)))
+                    || matches!(reason, Some(CloseReason::Local(code)) if *code == CloseCode::HANDSHAKE_TIMEOUT);
+                if let Some(CloseReason::Error(ConnectionError::Record(e))) = reason {
+                    use glueberry_crypto::RecordError as R;
+                    match e {
+                        R::NonceExhausted
+                        | R::PlaintextTooLarge { .. }
+                        | R::BufferTooSmall { .. } => {
+                            self.metrics.encrypt_errors.increment(1);
+                        }
+                        _ => {
+                            self.metrics.decrypt_errors.increment(1);
+                            if self.peer_warnings.allow(now).is_some() {
+                                tracing::error!(peer = %peer, error = %e, "decryption failed");
+                            }
+                        }
+                    }
+                }
+                // Failures are the peer's doing (or the network's): rate-limited.
+                if failed {
+                    if let Some(suppressed) = self.peer_warnings.allow(now) {
+                        let reason = reason.map(|r| sanitize(&format!("{r:?}")));
+                        if from == Some(ConnState::Connecting) || to == ConnState::Cooldown {
+                            tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "handshake failed");
+                        } else {
+                            tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "connection failed");
+                        }
+                    }
+                } else {
+                    tracing::info!(peer = %peer, state = ?to, reason = ?reason, "disconnected");
+                }
+            }
+        }
+        if matches!(to, ConnState::Established | ConnState::Disconnected)
+            || from == Some(ConnState::Established)
+        {
+            let streams: usize = self
+                .core
+                .all_stats(now)
+                .iter()
+                .map(|s| s.streams.len())
+                .sum();
+            self.metrics.streams_active.set(streams as f64);
         }
     }
 
@@ -968,6 +1152,7 @@ impl Shard {
                         Err(_) => {
                             sub.missed += 1;
                             self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.events_dropped.increment(1);
                             continue;
                         }
                     }
@@ -975,11 +1160,13 @@ impl Shard {
                 if sub.tx.try_send(event.clone()).is_err() {
                     sub.missed += 1;
                     self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.events_dropped.increment(1);
                 }
             }
         }
         if self.shared.events.try_send(event).is_err() {
             self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.events_dropped.increment(1);
         }
     }
 
@@ -1026,4 +1213,19 @@ impl Shard {
         self.conns.clear();
         Ok(())
     }
+}
+
+/// Text that came from a peer, made safe for a log line: printable ASCII only, at most 200
+/// characters.
+pub(crate) fn sanitize(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }

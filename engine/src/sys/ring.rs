@@ -84,6 +84,8 @@ pub(crate) struct Ring {
     /// The provided-buffer ring for multishot receives, if enabled. Declared after `ring`, so
     /// the io_uring is closed before this memory is freed.
     provided: Option<BufRing>,
+    /// Submission queue entries pushed since the ring was made.
+    pushed: u64,
 }
 
 impl Ring {
@@ -108,6 +110,7 @@ impl Ring {
             ops: Slab::with_capacity(entries as usize),
             fixed: Vec::new(),
             provided: None,
+            pushed: 0,
         })
     }
 
@@ -194,6 +197,7 @@ impl Ring {
         }
         let entry = self.ops.vacant_entry();
         let key = entry.key();
+        self.pushed += 1;
         let op = entry.insert(op);
         let sqe = match op {
             Op::Accept => opcode::AcceptMulti::new(types::Fd(fd))
@@ -284,6 +288,11 @@ impl Ring {
     }
 
     /// Submits what is queued without waiting.
+    /// Submission queue entries pushed since the ring was made.
+    pub(crate) fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
     pub(crate) fn submit(&mut self) -> io::Result<()> {
         match self.ring.submit() {
             Ok(_) => Ok(()),
