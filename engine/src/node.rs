@@ -922,6 +922,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         if let Some(book) = self.book().as_mut() {
             book.add(peer, addresses.clone(), metadata)?;
+            tracing::info!(peer = %peer, addresses = addresses.len(), "peer added");
             if book.is_blacklisted(&peer) {
                 return Ok(());
             }
@@ -936,6 +937,7 @@ impl Node {
     pub fn remove_peer(&self, peer: PeerId) -> Result<(), NodeError> {
         if let Some(book) = self.book().as_mut() {
             book.remove(&peer)?;
+            tracing::info!(peer = %peer, "peer removed");
         }
         self.disconnect(peer)?;
         Ok(())
@@ -947,6 +949,7 @@ impl Node {
         if let Some(book) = self.book().as_mut() {
             book.set_blacklisted(peer, true)?;
         }
+        tracing::warn!(peer = %peer, reason = "blacklisted by the application", "peer blacklisted");
         self.broadcast_blacklist(peer, true)?;
         Ok(())
     }
@@ -1428,6 +1431,7 @@ impl Node {
         for thread in threads {
             let _ = thread.join();
         }
+        tracing::info!(peer_id = %self.peer_id(), listen_addr = %self.listen_addr(), "glueberry node stopped");
         // Batched last-seen updates are not lost on stop; the book's lock is released.
         if let Some(mut book) = self.book().take()
             && let Err(e) = book.flush()

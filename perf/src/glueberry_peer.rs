@@ -28,6 +28,9 @@ pub(crate) struct Setup {
     pub peers: usize,
     /// The message size, which sets how many messages a stream queues: about 32 MiB worth.
     pub size: usize,
+    /// Each node records metrics into a Prometheus recorder of its own (with its endpoint on
+    /// a loopback port): shows what metrics cost when they are on.
+    pub metrics: bool,
 }
 
 impl Default for Setup {
@@ -39,6 +42,7 @@ impl Default for Setup {
             streams: 1,
             peers: 1,
             size: 64 * 1024,
+            metrics: false,
         }
     }
 }
@@ -70,13 +74,17 @@ impl Setup {
         listen: std::net::SocketAddr,
         shards: usize,
     ) -> NodeConfig {
-        NodeConfig::new(identity, "glueberry-perf", listen)
+        let config = NodeConfig::new(identity, "glueberry-perf", listen)
             .shards(shards)
             .suites(self.suites())
             .connection(self.connection())
             .command_queue(65_536)
             .message_buffer(65_536)
-            .limits(unlimited())
+            .limits(unlimited());
+        match self.metrics {
+            true => config.metrics(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            false => config,
+        }
     }
 
     fn node(&self, shards: usize, cpu: Option<usize>) -> Result<NodeConfig, String> {

@@ -9,7 +9,7 @@
 //! glueberry-perf regress [--baseline FILE.json] [--seconds N]
 //!
 //! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
-//!          --cipher chacha|aes, --no-batching, --danger-null-cipher
+//!          --cipher chacha|aes, --no-batching, --danger-null-cipher, --metrics
 //! scenarios: bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all
 //! ```
 //!
@@ -130,7 +130,8 @@ glueberry-perf compare [--seconds N] [--out FILE.md] [--save FILE.json]
 glueberry-perf regress [--baseline FILE.json] [--seconds N]
 
 OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
-         --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only)
+         --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
+         --metrics (each node records into its own Prometheus recorder)
 scenarios: bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all";
 
 const USAGE: &str =
@@ -187,6 +188,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 }
             }
             "--no-batching" => options.setup.batching = false,
+            "--metrics" => options.setup.metrics = true,
             "--danger-null-cipher" => options.setup.cipher = Cipher::DangerNull,
             "--json" => options.json = true,
             "--scenario" => scenario = rest.next().ok_or("--scenario needs a name")?.clone(),
