@@ -185,16 +185,22 @@ impl AddressBook {
         if text.len() as u64 > MAX_BOOK_FILE_LEN {
             return Err(corrupt(format!("larger than {MAX_BOOK_FILE_LEN} bytes")));
         }
-        let book: BookFile = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+        let entries = Self::decode(&text).map_err(corrupt)?;
+        Ok(entries.into_iter().map(|e| (e.peer_id, e)).collect())
+    }
+
+    /// Entries from the file's bytes, every field checked; what is wrong, if anything.
+    pub fn decode(text: &[u8]) -> Result<Vec<PeerEntry>, String> {
+        let book: BookFile = serde_json::from_slice(text).map_err(|e| e.to_string())?;
         if book.version != FORMAT_VERSION {
-            return Err(corrupt(format!("unknown version {}", book.version)));
+            return Err(format!("unknown version {}", book.version));
         }
         let mut peers = BTreeMap::new();
         for (key, record) in book.peers {
-            let entry = Self::entry_from(&key, record).map_err(corrupt)?;
+            let entry = Self::entry_from(&key, record)?;
             peers.insert(entry.peer_id, entry);
         }
-        Ok(peers)
+        Ok(peers.into_values().collect())
     }
 
     fn entry_from(key: &str, record: PeerRecord) -> Result<PeerEntry, String> {
@@ -327,12 +333,12 @@ impl AddressBook {
         &self.path
     }
 
-    fn save(&mut self) -> Result<(), BookError> {
+    /// The file's bytes for `entries` (Glueberry's JSON layout).
+    pub fn encode<'a>(entries: impl IntoIterator<Item = &'a PeerEntry>) -> Vec<u8> {
         let file = BookFile {
             version: FORMAT_VERSION,
-            peers: self
-                .peers
-                .values()
+            peers: entries
+                .into_iter()
                 .map(|e| {
                     let id = e.peer_id.to_string();
                     let record = PeerRecord {
@@ -349,11 +355,12 @@ impl AddressBook {
                 })
                 .collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| BookError::Io {
-            op: "encode",
-            path: self.path.clone(),
-            source: io::Error::other(e),
-        })?;
+        // Strings, numbers and maps with string keys: serialisation cannot fail.
+        serde_json::to_vec_pretty(&file).unwrap_or_default()
+    }
+
+    fn save(&mut self) -> Result<(), BookError> {
+        let bytes = Self::encode(self.peers.values());
         glueberry_crypto::file::write_atomically(&self.path, &bytes, 0o600).map_err(|e| {
             BookError::Io {
                 op: e.op,

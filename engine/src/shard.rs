@@ -203,6 +203,8 @@ pub(crate) struct Shard {
     /// The stream of the last message sent, with its counters: consecutive sends on one stream
     /// skip the lookup.
     last_sent: Option<(StreamName, StreamMetrics)>,
+    /// The same for the last message received.
+    last_received: Option<(StreamName, StreamMetrics)>,
     /// When each peer's connection attempt began (dial or accept), for the handshake duration.
     attempt_started: HashMap<PeerId, Instant>,
     /// Warnings caused by peers, limited so that a hostile peer cannot flood the log.
@@ -279,6 +281,7 @@ impl Shard {
             registered: 0,
             metrics: ShardMetrics::new(index),
             last_sent: None,
+            last_received: None,
             attempt_started: HashMap::new(),
             peer_warnings: RateLimit::new(10),
         }
@@ -616,9 +619,7 @@ impl Shard {
                     self.fixed_free.push(index);
                     continue;
                 }
-                self.metrics
-                    .records_per_batch
-                    .record(count_records(&fixed[..n]) as f64);
+                record_batch(&self.metrics, &fixed[..n]);
                 let op = Op::SendFixed {
                     conn: id,
                     index,
@@ -643,9 +644,7 @@ impl Shard {
             if self.registered > 0 {
                 self.metrics.send_buffers_exhausted.increment(1);
             }
-            self.metrics
-                .records_per_batch
-                .record(count_records(&buf[..n]) as f64);
+            record_batch(&self.metrics, &buf[..n]);
             let key = self.ring.push(
                 io.fd.as_raw_fd(),
                 Op::Send {
@@ -937,7 +936,13 @@ impl Shard {
             match event {
                 NodeEvent::Message { peer, stream, data } => {
                     let name = self.stream_name(peer, stream);
-                    let counters = self.metrics.stream(&name);
+                    let counters = match &self.last_received {
+                        Some((last, counters)) if StreamName::same(last, &name) => counters,
+                        _ => {
+                            let counters = self.metrics.stream(&name).clone();
+                            &self.last_received.insert((name.clone(), counters)).1
+                        }
+                    };
                     counters.messages_received.increment(1);
                     counters.bytes_received.increment(data.len() as u64);
                     tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
@@ -1212,6 +1217,14 @@ impl Shard {
             .fetch_add(self.ring.in_flight() as u64, Ordering::Relaxed);
         self.conns.clear();
         Ok(())
+    }
+}
+
+/// Records how many records went out in one send (handshake messages are not records).
+fn record_batch(metrics: &ShardMetrics, sent: &[u8]) {
+    let records = count_records(sent);
+    if records > 0 {
+        metrics.records_per_batch.record(records as f64);
     }
 }
 
