@@ -145,6 +145,7 @@ mod observe;
 mod queue;
 mod shard;
 mod sys;
+pub mod testing;
 
 pub use error::{Error, ErrorKind};
 pub use glueberry_crypto as crypto;

@@ -234,6 +234,7 @@ pub struct NodeConfig {
     pending_handshakes: (usize, std::time::Duration),
     suites: Vec<glueberry_crypto::Suite>,
     metrics: Option<SocketAddr>,
+    pub(crate) dialer: Option<Arc<dyn crate::testing::Dialer>>,
 }
 
 impl NodeConfig {
@@ -264,6 +265,7 @@ impl NodeConfig {
             pending_handshakes: (256, std::time::Duration::from_secs(10)),
             suites: Vec::new(),
             metrics: None,
+            dialer: None,
         }
     }
 
@@ -600,6 +602,7 @@ struct Inner {
     stopped: AtomicBool,
     endpoint: Mutex<Option<crate::observe::Endpoint>>,
     backpressure_wait: ::metrics::Histogram,
+    next_injected: std::sync::atomic::AtomicUsize,
 }
 
 /// A running node. Cheap to clone; all clones drive the same node.
@@ -687,6 +690,7 @@ impl Node {
             limits: limits.clone(),
             next_subscriber: AtomicU64::new(1),
             recorder: config.metrics.map(|_| crate::observe::recorder()),
+            dialer: config.dialer.clone(),
         });
         let connection = Arc::new(config.connection.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -796,6 +800,7 @@ impl Node {
                 max_message_size: config.connection.max_message_size,
                 stopped: AtomicBool::new(false),
                 endpoint: Mutex::new(None),
+                next_injected: std::sync::atomic::AtomicUsize::new(0),
                 backpressure_wait: match &recorder {
                     Some(r) => ::metrics::with_local_recorder(&**r, || {
                         ::metrics::describe_histogram!(
@@ -1388,6 +1393,13 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(crate::observe::Endpoint::addr)
+    }
+
+    /// Hands a connected socket to a shard as if it had been accepted (test networks).
+    pub(crate) fn inject_accepted(&self, fd: std::os::fd::OwnedFd) -> Result<(), NodeSendError> {
+        let shards = &self.inner.shared.shards;
+        let index = self.inner.next_injected.fetch_add(1, Ordering::Relaxed) % shards.len();
+        push_command(&shards[index], Command::Accepted { fd })
     }
 
     /// Authenticated connections now: (inbound, outbound).

@@ -67,6 +67,10 @@ pub(crate) enum Command {
         peer: PeerId,
         blacklisted: bool,
     },
+    /// A connected socket handed in by a [`crate::testing::TestNetwork`]: treated as accepted.
+    Accepted {
+        fd: OwnedFd,
+    },
     /// A connection another shard authenticated for a peer this shard owns.
     Adopt {
         fd: OwnedFd,
@@ -130,6 +134,8 @@ pub(crate) struct Shared {
     /// Operations whose completion never arrived before a shard exited (their buffers are
     /// leaked rather than freed under the kernel). Zero unless something is wrong.
     pub abandoned_operations: AtomicU64,
+    /// Makes outbound connections instead of TCP, for a [`crate::testing::TestNetwork`].
+    pub dialer: Option<Arc<dyn crate::testing::Dialer>>,
     /// This node's own Prometheus recorder, when its metrics endpoint is on.
     pub recorder: Option<Arc<metrics_exporter_prometheus::PrometheusRecorder>>,
 }
@@ -419,6 +425,16 @@ impl Shard {
                 Command::Blacklist { peer, blacklisted } => {
                     self.core.set_blacklisted(peer, blacklisted, now);
                 }
+                Command::Accepted { fd } => match self.core.handle_accepted(now) {
+                    Some(id) => {
+                        self.conns.insert(id, ConnIo::new(fd, true));
+                    }
+                    None => self.emit(Event::Refused {
+                        peer: None,
+                        address: None,
+                        reason: "too many pending handshakes".into(),
+                    }),
+                },
                 Command::Adopt { fd, conn, ip_slot } => {
                     if let Some(id) = self.core.adopt(*conn, now) {
                         let mut io = ConnIo::new(fd, true);
@@ -500,6 +516,17 @@ impl Shard {
     fn perform_actions(&mut self, now: Instant) -> io::Result<()> {
         while let Some(action) = self.core.poll_action() {
             match action {
+                Action::Dial { conn, addr } if self.shared.dialer.is_some() => {
+                    let dialer = self.shared.dialer.as_ref().map(|d| d.dial(addr));
+                    match dialer {
+                        Some(Ok(fd)) => {
+                            self.conns.insert(conn, ConnIo::new(fd, true));
+                            self.core.handle_dial_result(conn, Ok(()), now);
+                        }
+                        Some(Err(e)) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
+                        None => {}
+                    }
+                }
                 Action::Dial { conn, addr } => match socket::connecting(addr) {
                     Ok(fd) => {
                         let raw = fd.as_raw_fd();

@@ -1,0 +1,48 @@
+//! A connected connection (fuzz-only null cipher, so records need no valid tag) fed arbitrary
+//! bytes in arbitrary pieces: frames, stream opens and rejects, credits, settings, pings, close
+//! frames. Never panics; what it sends back and the events it reports stay bounded.
+#![no_main]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glueberry_crypto::Identity;
+use glueberry_crypto::record::danger_null_channel;
+use glueberry_transport::{Connection, ConnectionConfig, Direction};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&control, input)) = data.split_first() else {
+        return;
+    };
+    let config = Arc::new(ConnectionConfig {
+        max_message_size: 64 * 1024,
+        max_streams: 8,
+        ..ConnectionConfig::default()
+    });
+    let now = Instant::now();
+    let peer = Identity::from_seed(&[3; 32]).peer_id();
+    let mut conn = Connection::from_channel(config, peer, danger_null_channel(), Direction::Inbound, now);
+    if control & 1 == 1 {
+        let _ = conn.complete_handshake(&["consensus", "mempool"]);
+    }
+    let chunk = usize::from(control >> 1).max(1);
+    let mut out = vec![0u8; 128 * 1024];
+    let mut events = 0usize;
+    for (i, piece) in input.chunks(chunk).enumerate() {
+        conn.handle_input(now + Duration::from_millis(i as u64), piece);
+        while conn.poll_event().is_some() {
+            events += 1;
+        }
+        while conn.poll_transmit(&mut out) > 0 {}
+        if conn.is_closed() {
+            break;
+        }
+    }
+    conn.handle_timeout(now + Duration::from_secs(60));
+    while conn.poll_event().is_some() {
+        events += 1;
+    }
+    // Events are bounded by what came in: at most one per input byte, plus a few.
+    assert!(events <= input.len() + 8, "{events} events from {} bytes", input.len());
+});
