@@ -124,6 +124,21 @@
 //! # }
 //! ```
 //!
+//! **Logs and metrics** — `tracing` events (install any subscriber), `metrics` counters, and an
+//! optional HTTP endpoint with `/metrics`, `/healthz`, `/readyz` and `/debug/state`:
+//! ```no_run
+//! # use glueberry::{Node, NodeConfig, crypto::Identity};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = NodeConfig::new(Identity::generate()?, "my-chain", "0.0.0.0:26656".parse()?)
+//!     .metrics("127.0.0.1:9100".parse()?);
+//! let node = Node::start(config)?;
+//! println!("scrape http://{}/metrics", node.metrics_addr().ok_or("no endpoint")?);
+//! # Ok(()) }
+//! ```
+//!
+//! **Testing applications** — [`testing::TestNetwork`]: real nodes over in-memory pipes, with
+//! partitions and assertion helpers (example in the module).
+//!
 //! **Errors** — one type, with Glueberry's kinds:
 //! ```no_run
 //! # use bytes::Bytes; use glueberry::{ErrorKind, Node}; use glueberry::crypto::PeerId;

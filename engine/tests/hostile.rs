@@ -1,0 +1,336 @@
+//! Hostile peers against a real node over loopback: each client misbehaves on purpose. For each,
+//! the node stays up and keeps serving an honest peer, cuts the offender off, reports it, and its
+//! memory stays bounded (printed).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glueberry::crypto::{HandshakeConfig, Identity, PeerId};
+use glueberry::testing::{establish, expect_message};
+use glueberry::transport::{ConnState, Connection, ConnectionConfig};
+use glueberry::{Event, Node, NodeConfig};
+
+const NET: &str = "hostile-test";
+const T: Duration = Duration::from_secs(10);
+
+fn node() -> Node {
+    Node::start(
+        NodeConfig::new(
+            Identity::generate().unwrap(),
+            NET,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .shards(1)
+        .event_buffer(10_000)
+        .pending_handshakes(64, Duration::from_secs(2)),
+    )
+    .expect("start")
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The node still does its job: an honest peer connects and exchanges a message.
+fn still_serves(node: &Node) {
+    let honest = Node::start(
+        NodeConfig::new(
+            Identity::generate().unwrap(),
+            NET,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .shards(1),
+    )
+    .unwrap();
+    establish(&honest, node, &["consensus"], T).expect("an honest peer still connects");
+    honest
+        .try_send(
+            node.peer_id(),
+            &honest.stream("consensus"),
+            Bytes::from_static(b"ok"),
+        )
+        .unwrap();
+    assert_eq!(&expect_message(node, T).unwrap().data[..], b"ok");
+    honest.stop();
+}
+
+/// The node closes `socket` (EOF or reset) within the timeout.
+fn closed_by_node(socket: &mut TcpStream) -> bool {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Runs `attack` and reports the node's memory before and after.
+fn measured(name: &str, node: &Node, attack: impl FnOnce()) {
+    let before = rss_kib();
+    attack();
+    let after = rss_kib();
+    println!(
+        "{name}: process RSS {before} KiB -> {after} KiB ({:+} KiB); open fds {}",
+        after as i64 - before as i64,
+        glueberry::open_fd_count()
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "{name}: memory grew by {} KiB",
+        after - before
+    );
+    still_serves(node);
+}
+
+/// A client that completes the secure handshake with the transport core over a blocking socket.
+fn authenticated(node: &Node, identity: &Identity) -> (TcpStream, Connection) {
+    let handshake = Arc::new(HandshakeConfig::new(identity, NET).unwrap());
+    let mut conn = Connection::outbound(
+        Arc::new(ConnectionConfig::default()),
+        handshake,
+        Some(node.peer_id()),
+        Instant::now(),
+    )
+    .unwrap();
+    let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while conn.peer().is_none() || conn.has_pending_output() {
+        let n = conn.poll_transmit(&mut buf);
+        socket.write_all(&buf[..n]).unwrap();
+        if conn.peer().is_some() {
+            continue;
+        }
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "the node closed during an honest handshake");
+        conn.handle_input(Instant::now(), &buf[..n]);
+    }
+    (socket, conn)
+}
+
+/// Waits until `node` reports `peer` disconnected (or never connected again), with a reason.
+fn cut_off(node: &Node, peer: PeerId) {
+    let deadline = Instant::now() + T;
+    while node.state(peer) != ConnState::Disconnected {
+        assert!(
+            Instant::now() < deadline,
+            "{peer} still {:?}",
+            node.state(peer)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn garbage_instead_of_a_handshake_is_cut_off() {
+    let node = node();
+    measured("random bytes instead of a handshake", &node, || {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..50 {
+            let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
+            let junk: Vec<u8> = (0..512)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let _ = socket.write_all(&junk);
+            assert!(closed_by_node(&mut socket), "junk not refused");
+        }
+    });
+    node.stop();
+}
+
+#[test]
+fn truncated_and_oversized_handshake_messages_are_cut_off_before_allocation() {
+    let node = node();
+    measured("truncated handshake", &node, || {
+        let identity = Identity::generate().unwrap();
+        let handshake = Arc::new(HandshakeConfig::new(&identity, NET).unwrap());
+        let mut hs = glueberry::crypto::Handshake::initiator(handshake, None).unwrap();
+        let mut first = Vec::new();
+        hs.poll_transmit(&mut first);
+        for cut in [1, 3, first.len() / 2, first.len() - 1] {
+            let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
+            socket.write_all(&first[..cut]).unwrap();
+            socket.shutdown(std::net::Shutdown::Write).unwrap();
+            assert!(
+                closed_by_node(&mut socket),
+                "a handshake cut at {cut} was not dropped"
+            );
+        }
+    });
+    measured("handshake length prefixes 0xFFFF and max+1", &node, || {
+        for len in [0xFFFFu16, 8193] {
+            let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
+            let [hi, lo] = len.to_be_bytes();
+            socket.write_all(&[0x01, hi, lo]).unwrap();
+            assert!(
+                closed_by_node(&mut socket),
+                "length {len:#x} not refused at the header"
+            );
+        }
+    });
+    node.stop();
+}
+
+#[test]
+fn garbage_replayed_and_oversized_records_after_a_valid_handshake_are_cut_off() {
+    let node = node();
+    let events = node.events();
+    measured("garbage record after a valid handshake", &node, || {
+        let identity = Identity::generate().unwrap();
+        let (mut socket, _) = authenticated(&node, &identity);
+        socket.write_all(&[0x10, 0, 0, 40]).unwrap();
+        socket.write_all(&[0xAB; 40]).unwrap();
+        assert!(closed_by_node(&mut socket));
+        cut_off(&node, identity.peer_id());
+    });
+    measured("record length 0xFFFFFF", &node, || {
+        let identity = Identity::generate().unwrap();
+        let (mut socket, _) = authenticated(&node, &identity);
+        socket.write_all(&[0x10, 0xFF, 0xFF, 0xFF]).unwrap();
+        assert!(closed_by_node(&mut socket), "not refused at the header");
+        cut_off(&node, identity.peer_id());
+    });
+    measured("replayed record", &node, || {
+        let identity = Identity::generate().unwrap();
+        let (mut socket, mut conn) = authenticated(&node, &identity);
+        // A record (the client opening its streams, once the node's SETTINGS are in) is sent
+        // twice.
+        let mut buf = vec![0u8; 64 * 1024];
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let n = socket.read(&mut buf).unwrap();
+        conn.handle_input(Instant::now(), &buf[..n]);
+        conn.complete_handshake(&["consensus"]).unwrap();
+        let n = conn.poll_transmit(&mut buf);
+        assert!(n > 0);
+        socket.write_all(&buf[..n]).unwrap();
+        socket.write_all(&buf[..n]).unwrap();
+        assert!(
+            closed_by_node(&mut socket),
+            "a replayed record was accepted"
+        );
+        cut_off(&node, identity.peer_id());
+    });
+    // Each offender was reported with a reason.
+    let mut reasons = 0;
+    while let Ok(event) = events.try_recv() {
+        if let Event::State {
+            state: ConnState::Disconnected,
+            reason: Some(_),
+            ..
+        } = event
+        {
+            reasons += 1;
+        }
+    }
+    assert!(
+        reasons >= 3,
+        "only {reasons} disconnections reported with a reason"
+    );
+    node.stop();
+}
+
+#[test]
+fn a_flood_of_connections_from_one_ip_is_capped_and_refused() {
+    let node = Node::start(
+        NodeConfig::new(
+            Identity::generate().unwrap(),
+            NET,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .shards(1)
+        .event_buffer(10_000)
+        .pending_handshakes(32, Duration::from_secs(1))
+        .limits(glueberry::ConnectionLimits {
+            max_inbound_per_ip: 50,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let events = node.events();
+    let addr: SocketAddr = node.listen_addr();
+    measured(
+        "500 half-open connections from one IP (slowloris)",
+        &node,
+        || {
+            let mut sockets = Vec::new();
+            for _ in 0..500 {
+                if let Ok(mut s) = TcpStream::connect(addr) {
+                    let _ = s.write_all(&[0x01]);
+                    sockets.push(s);
+                }
+            }
+            // The pending-handshake timeout cuts every one of them off.
+            for s in &mut sockets {
+                assert!(closed_by_node(s), "a half-open connection was kept");
+            }
+        },
+    );
+    let refused = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| matches!(e, Event::Refused { .. }))
+        .count();
+    println!("refusals reported: {refused}");
+    assert!(refused > 0, "the flood was not reported");
+    node.stop();
+}
+
+#[test]
+fn simultaneous_dials_repeated_leave_exactly_one_connection_each_time() {
+    let (a, b) = (node(), node());
+    for round in 0..20 {
+        a.connect(b.peer_id(), b.listen_addr()).unwrap();
+        b.connect(a.peer_id(), a.listen_addr()).unwrap();
+        let deadline = Instant::now() + T;
+        while !(a.state(b.peer_id()) == ConnState::Connected
+            && b.state(a.peer_id()) == ConnState::Connected)
+        {
+            assert!(Instant::now() < deadline, "round {round}: no connection");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            a.connection_counts().0 + a.connection_counts().1,
+            1,
+            "round {round}"
+        );
+        assert_eq!(
+            b.connection_counts().0 + b.connection_counts().1,
+            1,
+            "round {round}"
+        );
+        a.disconnect(b.peer_id()).unwrap();
+        let deadline = Instant::now() + T;
+        while a.connection_counts() != (0, 0) || b.connection_counts() != (0, 0) {
+            assert!(Instant::now() < deadline, "round {round}: not closed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // b may still redial a (it dialled too): cancel, then start the next round clean.
+        let _ = b.cancel_reconnect(a.peer_id());
+        let _ = a.cancel_reconnect(b.peer_id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.stop();
+    b.stop();
+}
