@@ -1,7 +1,9 @@
 //! Glueberry's test and benchmark harness.
 //!
-//! Today: [`sim`], the deterministic in-memory network the transport core's scenario tests run
-//! on. Later: the fault-injecting TCP proxy and the comparison peers (plain TCP, rustls,
-//! rust-libp2p) that `glueberry-perf compare` measures side by side.
+//! [`sim`], the deterministic in-memory network the transport core's scenario tests run on, and
+//! [`proxy`], the fault-injecting TCP proxy the engine's chaos tests put between real nodes (also
+//! a command: `cargo run -p glueberry-bench-harness --bin fault-proxy -- --help`). The
+//! comparison peers live in `perf/`.
 
+pub mod proxy;
 pub mod sim;

@@ -460,14 +460,16 @@ impl SimNetwork {
                             }
                         }
                     }
-                    NodeEvent::Message { peer, stream, data } => {
-                        let name = node
-                            .core
-                            .stream_name(peer, stream)
-                            .unwrap_or("?")
-                            .to_string();
+                    NodeEvent::Message {
+                        peer,
+                        conn,
+                        stream,
+                        name,
+                        data,
+                    } => {
+                        let name = name.to_string();
                         if !node.app.hold.contains(&name) {
-                            node.core.release(peer, stream, data.len());
+                            node.core.release(conn, stream, data.len());
                         }
                         node.received.push(Received {
                             from: peer,

@@ -32,6 +32,11 @@ impl StreamName {
         Arc::ptr_eq(&a.0, &b.0) || a.0 == b.0
     }
 
+    /// A name already shared (a connection's stream name): no copy.
+    pub(crate) fn from_shared(name: Arc<str>) -> Self {
+        Self(name)
+    }
+
     pub(crate) fn new(name: &str) -> Self {
         Self(Arc::from(name))
     }

@@ -191,7 +191,7 @@ pub(crate) struct Shard {
     /// Messages in `overflow`; at `Shared::overflow_limit` the shard stops taking commands.
     overflowed: usize,
     /// Messages the application channel had no room for; receiving pauses until they fit.
-    undelivered: VecDeque<(Message, StreamId)>,
+    undelivered: VecDeque<(Message, ConnId, StreamId)>,
     /// Connections to hand off whose adoption the owner's queue had no room for yet.
     handoffs: VecDeque<(
         usize,
@@ -961,8 +961,14 @@ impl Shard {
     fn deliver_events(&mut self) {
         while let Some(event) = self.core.poll_event() {
             match event {
-                NodeEvent::Message { peer, stream, data } => {
-                    let name = self.stream_name(peer, stream);
+                NodeEvent::Message {
+                    peer,
+                    conn,
+                    stream,
+                    name,
+                    data,
+                } => {
+                    let name = StreamName::from_shared(name);
                     let counters = match &self.last_received {
                         Some((last, counters)) if StreamName::same(last, &name) => counters,
                         _ => {
@@ -975,7 +981,7 @@ impl Shard {
                     tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
                     if let Some(handler) = &self.shared.handler {
                         handler(&peer, &name, &data);
-                        self.core.release(peer, stream, data.len());
+                        self.core.release(conn, stream, data.len());
                         continue;
                     }
                     let len = data.len();
@@ -985,12 +991,12 @@ impl Shard {
                         data,
                     };
                     match self.shared.messages.try_send(message) {
-                        Ok(()) => self.core.release(peer, stream, len),
+                        Ok(()) => self.core.release(conn, stream, len),
                         Err(async_channel::TrySendError::Full(message)) => {
-                            self.undelivered.push_back((message, stream));
+                            self.undelivered.push_back((message, conn, stream));
                         }
                         Err(async_channel::TrySendError::Closed(_)) => {
-                            self.core.release(peer, stream, len);
+                            self.core.release(conn, stream, len);
                         }
                     }
                 }
@@ -1147,12 +1153,12 @@ impl Shard {
     }
 
     fn retry_undelivered(&mut self) {
-        while let Some((message, stream)) = self.undelivered.pop_front() {
-            let (peer, len) = (message.peer, message.data.len());
+        while let Some((message, conn, stream)) = self.undelivered.pop_front() {
+            let len = message.data.len();
             match self.shared.messages.try_send(message) {
-                Ok(()) => self.core.release(peer, stream, len),
+                Ok(()) => self.core.release(conn, stream, len),
                 Err(async_channel::TrySendError::Full(message)) => {
-                    self.undelivered.push_front((message, stream));
+                    self.undelivered.push_front((message, conn, stream));
                     return;
                 }
                 Err(async_channel::TrySendError::Closed(_)) => {}

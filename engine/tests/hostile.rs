@@ -219,7 +219,9 @@ fn garbage_replayed_and_oversized_records_after_a_valid_handshake_are_cut_off() 
         // A record (the client opening its streams, once the node's SETTINGS are in) is sent
         // twice.
         let mut buf = vec![0u8; 64 * 1024];
-        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let n = socket.read(&mut buf).unwrap();
         conn.handle_input(Instant::now(), &buf[..n]);
         conn.complete_handshake(&["consensus"]).unwrap();

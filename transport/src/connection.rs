@@ -1011,6 +1011,14 @@ impl Connection {
     }
 
     /// The name of one of our streams.
+    /// The name of one of our streams, shared (a reference count, no copy).
+    pub fn stream_name_shared(&self, stream: StreamId) -> Option<std::sync::Arc<str>> {
+        self.streams
+            .get(usize::from(stream.0))
+            .map(|s| s.name.clone())
+    }
+
+    /// The name of one of our streams.
     pub fn stream_name(&self, stream: StreamId) -> Option<&str> {
         self.streams.get(usize::from(stream.0)).map(|s| &*s.name)
     }

@@ -155,9 +155,14 @@ pub enum NodeEvent {
     Message {
         /// From whom.
         peer: PeerId,
-        /// On which of our streams of that peer's connection.
+        /// The connection it came on (which may be closed, or replaced, by the time the
+        /// event is taken).
+        conn: ConnId,
+        /// On which of our streams of that connection.
         stream: StreamId,
-        /// Its bytes. Call [`NodeCore::release`] once consumed.
+        /// That stream's name, resolved when the message arrived.
+        name: std::sync::Arc<str>,
+        /// Its bytes. Call [`NodeCore::release`] with `conn` once consumed.
         data: Bytes,
     },
     /// The peer did not open one of our streams; `unsent` queued messages were not delivered.
@@ -487,12 +492,11 @@ impl NodeCore {
         self.conns.get(&id)?.conn.stream_name(stream)
     }
 
-    /// Returns a consumed message's credit to the peer.
-    pub fn release(&mut self, peer: PeerId, stream: StreamId, len: usize) {
-        if let Some(id) = self.peers.get(&peer).and_then(|p| p.conn)
-            && let Some(conn) = self.conns.get_mut(&id)
-        {
-            conn.conn.release(stream, len);
+    /// Returns a consumed message's credit to the connection it came on (nothing, if that
+    /// connection is gone: its credit went with it).
+    pub fn release(&mut self, conn: ConnId, stream: StreamId, len: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.release(stream, len);
         }
     }
 
@@ -825,10 +829,16 @@ impl NodeCore {
             if let Some(peer) = c.peer
                 && let Some(p) = self.peers.get_mut(&peer)
                 && p.conn == Some(id)
+                && let Some(name) = c.conn.stream_name_shared(stream)
             {
                 p.last_message_at = Some(now);
-                self.events
-                    .push_back(NodeEvent::Message { peer, stream, data });
+                self.events.push_back(NodeEvent::Message {
+                    peer,
+                    conn: id,
+                    stream,
+                    name,
+                    data,
+                });
             }
             return;
         }
@@ -847,9 +857,16 @@ impl NodeCore {
                 }
             }
             Event::Message { stream, data } => {
-                if let Some(peer) = attached_peer {
-                    self.events
-                        .push_back(NodeEvent::Message { peer, stream, data });
+                if let Some(peer) = attached_peer
+                    && let Some(name) = c.conn.stream_name_shared(stream)
+                {
+                    self.events.push_back(NodeEvent::Message {
+                        peer,
+                        conn: id,
+                        stream,
+                        name,
+                        data,
+                    });
                 }
             }
             Event::StreamRejected { stream, unsent } => {

@@ -35,7 +35,9 @@ pub(crate) enum SendState {
 /// One of our streams: what we send on it, and the peer stream we receive it from.
 #[derive(Debug)]
 pub(crate) struct LocalStream {
-    pub name: Box<str>,
+    /// Shared, so that each received message can carry its stream's name at no more cost than
+    /// a reference count.
+    pub name: std::sync::Arc<str>,
     pub state: SendState,
     /// Bytes we may still send.
     pub credit: u64,
