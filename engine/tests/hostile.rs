@@ -112,17 +112,8 @@ fn authenticated(node: &Node, identity: &Identity) -> (TcpStream, Connection) {
     )
     .unwrap();
     let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    while conn.peer().is_none() || conn.has_pending_output() {
-        let n = conn.poll_transmit(&mut buf);
-        socket.write_all(&buf[..n]).unwrap();
-        if conn.peer().is_some() {
-            continue;
-        }
-        let n = socket.read(&mut buf).unwrap();
-        assert!(n > 0, "the node closed during an honest handshake");
-        conn.handle_input(Instant::now(), &buf[..n]);
-    }
+    glueberry::transport::testing::handshake_blocking(&mut conn, &mut socket)
+        .expect("an honest handshake");
     (socket, conn)
 }
 

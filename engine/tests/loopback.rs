@@ -451,14 +451,12 @@ fn many_idle_peers_on_one_node() {
 
 fn idle_peers(peers: usize, role: &str, mode: &str) {
     use glueberry::transport::Connection;
-    use std::io::{Read, Write};
     let (mut child, mut lines) = spawn_child("many_idle_peers_on_one_node", role);
     let (server_id, server_addr) = read_peer(&mut lines);
     std::thread::sleep(Duration::from_millis(200));
     let before = rss_kib_of(child.id());
     let config = Arc::new(ConnectionConfig::default());
     let mut clients = Vec::with_capacity(peers);
-    let mut buf = vec![0u8; 16 * 1024];
     let started = Instant::now();
     for _ in 0..peers {
         let identity = Identity::generate().unwrap();
@@ -470,17 +468,8 @@ fn idle_peers(peers: usize, role: &str, mode: &str) {
         socket
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        // Handshake, then read the server's SETTINGS: the connection is live on both ends.
-        while conn.peer().is_none() || conn.has_pending_output() {
-            let n = conn.poll_transmit(&mut buf);
-            socket.write_all(&buf[..n]).unwrap();
-            if conn.peer().is_some() {
-                continue;
-            }
-            let n = socket.read(&mut buf).unwrap();
-            assert!(n > 0, "server closed during the handshake");
-            conn.handle_input(Instant::now(), &buf[..n]);
-        }
+        glueberry::transport::testing::handshake_blocking(&mut conn, &mut socket)
+            .expect("handshake");
         clients.push((conn, socket));
     }
     let connect_time = started.elapsed();

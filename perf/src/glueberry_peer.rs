@@ -1,7 +1,6 @@
 //! Glueberry measured: nodes on loopback, one shard each unless told otherwise, the sending and
 //! the receiving node on different CPUs.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -301,7 +300,6 @@ fn handshake_client(
     server: &Node,
     handshake: &Arc<HandshakeConfig>,
     config: &Arc<ConnectionConfig>,
-    buf: &mut [u8],
 ) -> Result<TcpStream, String> {
     let mut conn = Connection::outbound(
         config.clone(),
@@ -312,19 +310,8 @@ fn handshake_client(
     .map_err(|e| e.to_string())?;
     let mut socket = TcpStream::connect(server.listen_addr()).map_err(|e| e.to_string())?;
     let _ = socket.set_nodelay(true);
-    // Until the peer is authenticated and HelloFinalize is out.
-    while conn.peer().is_none() || conn.has_pending_output() {
-        let n = conn.poll_transmit(buf);
-        socket.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-        if conn.peer().is_some() {
-            continue;
-        }
-        let n = socket.read(buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the node closed during the handshake".into());
-        }
-        conn.handle_input(Instant::now(), &buf[..n]);
-    }
+    glueberry::transport::testing::handshake_blocking(&mut conn, &mut socket)
+        .map_err(|e| e.to_string())?;
     Ok(socket)
 }
 
@@ -342,10 +329,9 @@ pub(crate) fn handshakes(setup: &Setup, duration: Duration) -> Result<Figures, S
     let server = server(setup)?;
     let handshake = client_config(setup)?;
     let config = Arc::new(setup.connection());
-    let mut buf = vec![0u8; 16 * 1024];
     let (start, mut count) = (Instant::now(), 0);
     while start.elapsed() < duration {
-        drop(handshake_client(&server, &handshake, &config, &mut buf)?);
+        drop(handshake_client(&server, &handshake, &config)?);
         count += 1;
     }
     let figures = figures::rate(count, start);
@@ -362,15 +348,14 @@ pub(crate) fn scale(setup: &Setup, count: usize) -> Result<Figures, String> {
         .map(|_| client_config(setup))
         .collect::<Result<Vec<_>, _>>()?;
     let config = Arc::new(setup.connection());
-    let mut buf = vec![0u8; 16 * 1024];
     // Warm up allocator and rings with one connection first.
-    let warm = handshake_client(&server, &clients[count], &config, &mut buf)?;
+    let warm = handshake_client(&server, &clients[count], &config)?;
     std::thread::sleep(Duration::from_millis(100));
     let before = figures::resident_bytes();
     let start = Instant::now();
     let mut sockets = Vec::with_capacity(count);
     for client in &clients[..count] {
-        sockets.push(handshake_client(&server, client, &config, &mut buf)?);
+        sockets.push(handshake_client(&server, client, &config)?);
     }
     // Until the node has taken every connection in.
     while server.connection_counts().0 < count + 1 && start.elapsed() < Duration::from_secs(30) {

@@ -64,3 +64,35 @@ pub fn connected_pair(
         }
     }
 }
+
+/// Runs `conn`'s secure handshake over a blocking byte stream (a `TcpStream`, say) until the
+/// peer is authenticated and our last handshake message is written: for clients in tests and
+/// benchmarks that speak the protocol without an engine.
+pub fn handshake_blocking(
+    conn: &mut Connection,
+    socket: &mut (impl std::io::Read + std::io::Write),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    while conn.peer().is_none() || conn.has_pending_output() {
+        let n = conn.poll_transmit(&mut buf);
+        socket.write_all(&buf[..n])?;
+        if conn.peer().is_some() {
+            continue;
+        }
+        let n = socket.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the peer closed during the handshake",
+            ));
+        }
+        conn.handle_input(Instant::now(), &buf[..n]);
+        if conn.is_closed() {
+            return Err(std::io::Error::other(format!(
+                "handshake failed: {:?}",
+                conn.close_reason()
+            )));
+        }
+    }
+    Ok(())
+}
