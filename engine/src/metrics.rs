@@ -161,16 +161,6 @@ fn describe() {
     );
 }
 
-/// The connection states, in the order of [`ShardMetrics::connections`].
-const STATES: [ConnState; 6] = [
-    ConnState::Disconnected,
-    ConnState::Connecting,
-    ConnState::Connected,
-    ConnState::Established,
-    ConnState::Reconnecting,
-    ConnState::Cooldown,
-];
-
 fn state_label(state: ConnState) -> &'static str {
     match state {
         ConnState::Disconnected => "disconnected",
@@ -194,6 +184,7 @@ pub(crate) struct StreamMetrics {
 /// One shard's handles.
 pub(crate) struct ShardMetrics {
     shard: String,
+    /// One gauge per state, in the order of `ConnState::ALL`.
     connections: Vec<Gauge>,
     pub connected: Counter,
     pub failed: Counter,
@@ -221,7 +212,7 @@ impl ShardMetrics {
         let s = shard.to_string();
         let attempts = |result: &'static str| counter!(names::CONNECTION_ATTEMPTS, "result" => result, "shard" => s.clone());
         Self {
-            connections: STATES
+            connections: ConnState::ALL
                 .iter()
                 .map(|st| gauge!(names::CONNECTIONS, "state" => state_label(*st), "shard" => s.clone()))
                 .collect(),
@@ -248,7 +239,7 @@ impl ShardMetrics {
 
     /// A peer moved from `from` (if it had a state) to `to`.
     pub(crate) fn transition(&self, from: Option<ConnState>, to: ConnState) {
-        let index = |st: ConnState| STATES.iter().position(|s| *s == st);
+        let index = |st: ConnState| ConnState::ALL.iter().position(|s| *s == st);
         if let Some(i) = from.and_then(index) {
             self.connections[i].decrement(1.0);
         }

@@ -856,19 +856,8 @@ impl NodeCore {
                     self.set_state(peer, ConnState::Established, None);
                 }
             }
-            Event::Message { stream, data } => {
-                if let Some(peer) = attached_peer
-                    && let Some(name) = c.conn.stream_name_shared(stream)
-                {
-                    self.events.push_back(NodeEvent::Message {
-                        peer,
-                        conn: id,
-                        stream,
-                        name,
-                        data,
-                    });
-                }
-            }
+            // Handled (and returned from) above.
+            Event::Message { .. } => {}
             Event::StreamRejected { stream, unsent } => {
                 if let Some(peer) = attached_peer {
                     self.events.push_back(NodeEvent::StreamRejected {
