@@ -27,13 +27,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), File
         let path = p.to_path_buf();
         move |source| FileError { op, path, source }
     };
-    let result = (|| {
-        let mut file = OpenOptions::new()
+    // `create_new` (O_CREAT | O_EXCL) never follows a symlink planted at the temporary name.
+    let create = || {
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&tmp)
-            .map_err(step("create", &tmp))?;
+    };
+    let result = (|| {
+        let mut file = match create() {
+            // Left by a process of the same id that crashed mid-write (in a container the node
+            // is often pid 1 every time): remove it (a link itself, never its target) and retry.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp).map_err(step("remove stale", &tmp))?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(step("create", &tmp))?;
         file.write_all(bytes).map_err(step("write", &tmp))?;
         file.sync_all().map_err(step("fsync", &tmp))?;
         fs::rename(&tmp, path).map_err(step("rename", path))?;
@@ -57,4 +69,30 @@ pub struct FileError {
     pub path: PathBuf,
     /// The OS error.
     pub source: io::Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_temporary_file_or_planted_symlink_does_not_block_or_redirect_the_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("book.json");
+        let tmp = dir
+            .path()
+            .join(format!("book.json.tmp{}", std::process::id()));
+        // A crash of a process with our pid left its temporary file.
+        fs::write(&tmp, b"half a book").expect("stale");
+        write_atomically(&path, b"new", 0o600).expect("write over a stale temporary file");
+        assert_eq!(fs::read(&path).expect("read"), b"new");
+        assert!(!tmp.exists());
+        // Someone planted a symlink at the temporary name: the target is not written.
+        let target = dir.path().join("victim");
+        fs::write(&target, b"untouched").expect("victim");
+        std::os::unix::fs::symlink(&target, &tmp).expect("symlink");
+        write_atomically(&path, b"newer", 0o600).expect("write past a planted symlink");
+        assert_eq!(fs::read(&path).expect("read"), b"newer");
+        assert_eq!(fs::read(&target).expect("read"), b"untouched");
+    }
 }
