@@ -17,16 +17,21 @@ use glueberry::{Event, Node, NodeConfig};
 const NET: &str = "hostile-test";
 const T: Duration = Duration::from_secs(10);
 
+/// A one-shard node on loopback with a fresh identity.
+fn config() -> NodeConfig {
+    NodeConfig::new(
+        Identity::generate().unwrap(),
+        NET,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .shards(1)
+}
+
 fn node() -> Node {
     Node::start(
-        NodeConfig::new(
-            Identity::generate().unwrap(),
-            NET,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .shards(1)
-        .event_buffer(10_000)
-        .pending_handshakes(64, Duration::from_secs(2)),
+        config()
+            .event_buffer(10_000)
+            .pending_handshakes(64, Duration::from_secs(2)),
     )
     .expect("start")
 }
@@ -42,15 +47,7 @@ fn rss_kib() -> u64 {
 
 /// The node still does its job: an honest peer connects and exchanges a message.
 fn still_serves(node: &Node) {
-    let honest = Node::start(
-        NodeConfig::new(
-            Identity::generate().unwrap(),
-            NET,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .shards(1),
-    )
-    .unwrap();
+    let honest = Node::start(config()).unwrap();
     establish(&honest, node, &["consensus"], T).expect("an honest peer still connects");
     honest
         .try_send(
@@ -248,18 +245,13 @@ fn garbage_replayed_and_oversized_records_after_a_valid_handshake_are_cut_off() 
 #[test]
 fn a_flood_of_connections_from_one_ip_is_capped_and_refused() {
     let node = Node::start(
-        NodeConfig::new(
-            Identity::generate().unwrap(),
-            NET,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .shards(1)
-        .event_buffer(10_000)
-        .pending_handshakes(32, Duration::from_secs(1))
-        .limits(glueberry::ConnectionLimits {
-            max_inbound_per_ip: 50,
-            ..Default::default()
-        }),
+        config()
+            .event_buffer(10_000)
+            .pending_handshakes(32, Duration::from_secs(1))
+            .limits(glueberry::ConnectionLimits {
+                max_inbound_per_ip: 50,
+                ..Default::default()
+            }),
     )
     .unwrap();
     let events = node.events();

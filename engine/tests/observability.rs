@@ -12,6 +12,16 @@ use glueberry::{Event, Node, NodeConfig};
 
 const NET: &str = "observability-test";
 
+/// A one-shard node on loopback with a fresh identity.
+fn config() -> NodeConfig {
+    NodeConfig::new(
+        Identity::generate().unwrap(),
+        NET,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .shards(1)
+}
+
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut socket = TcpStream::connect(addr).expect("connect to the endpoint");
     socket
@@ -73,25 +83,8 @@ fn establish(a: &Node, b: &Node, streams: &[&str]) {
 
 #[test]
 fn metrics_are_scraped_over_http_and_move_with_traffic() {
-    let a = Node::start(
-        NodeConfig::new(
-            Identity::generate().unwrap(),
-            NET,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .shards(1)
-        .metrics("127.0.0.1:0".parse().unwrap()),
-    )
-    .expect("start");
-    let b = Node::start(
-        NodeConfig::new(
-            Identity::generate().unwrap(),
-            NET,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .shards(1),
-    )
-    .expect("start");
+    let a = Node::start(config().metrics("127.0.0.1:0".parse().unwrap())).expect("start");
+    let b = Node::start(config()).expect("start");
     let addr = a.metrics_addr().expect("the endpoint is on");
     assert!(addr.ip().is_loopback());
 
@@ -276,27 +269,11 @@ fn promtool_check(metrics: &str) {
 
 #[test]
 fn the_endpoint_is_off_by_default_and_a_taken_port_fails_start() {
-    let a = Node::start(
-        NodeConfig::new(
-            Identity::generate().unwrap(),
-            NET,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .shards(1),
-    )
-    .expect("start");
+    let a = Node::start(config()).expect("start");
     assert_eq!(a.metrics_addr(), None);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let err = Node::start(
-        NodeConfig::new(
-            Identity::generate().unwrap(),
-            NET,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .shards(1)
-        .metrics(taken.local_addr().unwrap()),
-    )
-    .expect_err("the port is taken");
+    let err =
+        Node::start(config().metrics(taken.local_addr().unwrap())).expect_err("the port is taken");
     assert!(err.to_string().contains("metrics endpoint"), "{err}");
     a.stop();
 }
