@@ -76,6 +76,21 @@ pub struct SimNode {
     pub states: Vec<(Duration, PeerId, ConnState)>,
     /// Messages reported undeliverable because the peer did not open the stream.
     pub rejected: u64,
+    /// Messages handed back when a connection closed, in report order.
+    pub undelivered: Vec<Undelivered>,
+}
+
+/// Messages a node got back from a closed connection ([`NodeEvent::Undelivered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    /// The peer they were for.
+    pub to: PeerId,
+    /// The stream name.
+    pub stream: String,
+    /// Never written.
+    pub unsent: Vec<Bytes>,
+    /// Written, not confirmed.
+    pub unconfirmed: Vec<Bytes>,
 }
 
 /// One direction of a simulated TCP connection.
@@ -158,6 +173,7 @@ impl SimNetwork {
             received: Vec::new(),
             states: Vec::new(),
             rejected: 0,
+            undelivered: Vec::new(),
         });
         index
     }
@@ -479,6 +495,18 @@ impl SimNetwork {
                         });
                     }
                     NodeEvent::StreamRejected { unsent, .. } => node.rejected += unsent,
+                    NodeEvent::Undelivered {
+                        peer,
+                        name,
+                        unsent,
+                        unconfirmed,
+                        ..
+                    } => node.undelivered.push(Undelivered {
+                        to: peer,
+                        stream: name.to_string(),
+                        unsent,
+                        unconfirmed,
+                    }),
                     // Simulated nodes have no connection limits.
                     NodeEvent::Refused { .. } => {}
                     NodeEvent::Writable { .. } => {}
@@ -497,6 +525,20 @@ impl SimNetwork {
             .filter(|r| r.from == sender && r.stream == stream)
             .map(|r| r.data.clone())
             .collect()
+    }
+
+    /// Messages node `from` got back for node `to` on `stream`: (never sent, unconfirmed).
+    pub fn undelivered(&self, from: usize, to: usize, stream: &str) -> (Vec<Bytes>, Vec<Bytes>) {
+        let receiver = self.nodes[to].peer_id;
+        let mut unsent = Vec::new();
+        let mut unconfirmed = Vec::new();
+        for u in &self.nodes[from].undelivered {
+            if u.to == receiver && u.stream == stream {
+                unsent.extend(u.unsent.iter().cloned());
+                unconfirmed.extend(u.unconfirmed.iter().cloned());
+            }
+        }
+        (unsent, unconfirmed)
     }
 
     /// The stream id node `a` uses towards `b` for `name`.

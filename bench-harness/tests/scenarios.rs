@@ -445,3 +445,127 @@ fn ten_thousand_seeds_of_mixed_workload_lose_duplicate_and_reorder_nothing() {
         }
     }
 }
+
+/// One seed of the delivery guarantee: traffic both ways on three streams while connections
+/// are dropped, partitioned and stalled at random. Every message `send` accepted is received
+/// (in order, once) or handed back; one handed back as never sent was not received.
+fn delivery_under_drops(seed: u64) -> Result<[usize; 4], String> {
+    let mut net = SimNetwork::new(seed, LinkConfig::default());
+    let r = net.random();
+    let link = LinkConfig {
+        latency: Duration::from_micros(100 + r % 3000),
+        max_chunk: 1 + ((r >> 40) % 20_000) as usize,
+        ..LinkConfig::default()
+    };
+    net = SimNetwork::new(seed, link);
+    let streams = ["a", "b", "c"];
+    let connection = ConnectionConfig {
+        initial_window: [4096u32, 65_536][(r >> 8) as usize % 2],
+        ..fast_connection()
+    };
+    let x = net.add_node_with(connection.clone(), app(&streams), fast_timers);
+    let y = net.add_node_with(connection, app(&streams), fast_timers);
+    net.connect(x, y);
+    net.know(y, x);
+    let mut sent: Vec<Vec<Bytes>> = vec![Vec::new(); 6];
+    let mut next = 0u32;
+    for _ in 0..30 {
+        if !net.run_until(Duration::from_secs(10), MS, |n| all_established(n, &[x, y])) {
+            return Err(format!("seed {seed}: not established again"));
+        }
+        for _ in 0..(net.random() % 60) {
+            let r = net.random();
+            let (from, to) = if r & 1 == 0 { (x, y) } else { (y, x) };
+            let s = (r >> 1) as usize % 3;
+            let len = if (r >> 8).is_multiple_of(8) {
+                20_000
+            } else {
+                4 + (r >> 16) as usize % 300
+            };
+            let data = numbered(next, len);
+            next += 1;
+            if net.send(from, to, streams[s], data.clone()) {
+                sent[from * 3 + s].push(data);
+            }
+            if (r >> 32).is_multiple_of(4) {
+                net.step(MS);
+            }
+        }
+        let r = net.random();
+        net.run_for(Duration::from_micros(r % 5000), MS);
+        match (r >> 16) % 3 {
+            0 => net.drop_connections(x, y),
+            1 => {
+                net.partition(&[x], &[y]);
+                net.run_for(Duration::from_secs(4), 10 * MS);
+                net.heal();
+            }
+            _ => net.run_for(Duration::from_millis(50), MS),
+        }
+    }
+    net.run_for(Duration::from_secs(3), MS);
+    // Accepted, received, handed back unsent, handed back unconfirmed.
+    let mut tally = [0usize; 4];
+    for (from, to) in [(x, y), (y, x)] {
+        for (s, stream) in streams.iter().enumerate() {
+            let got: Vec<u32> = net.received(from, to, stream).iter().map(number).collect();
+            let (unsent, unconfirmed) = net.undelivered(from, to, stream);
+            let unsent: Vec<u32> = unsent.iter().map(number).collect();
+            let unconfirmed: Vec<u32> = unconfirmed.iter().map(number).collect();
+            tally[0] += sent[from * 3 + s].len();
+            tally[1] += got.len();
+            tally[2] += unsent.len();
+            tally[3] += unconfirmed.len();
+            if !got.windows(2).all(|w| w[0] < w[1]) {
+                return Err(format!(
+                    "seed {seed}: {from}->{to} {stream}: out of order or duplicated: {got:?}"
+                ));
+            }
+            if let Some(n) = unsent.iter().find(|n| got.binary_search(n).is_ok()) {
+                return Err(format!(
+                    "seed {seed}: {from}->{to} {stream}: {n} handed back as unsent but received"
+                ));
+            }
+            for n in sent[from * 3 + s].iter().map(number) {
+                if got.binary_search(&n).is_err()
+                    && !unsent.contains(&n)
+                    && !unconfirmed.contains(&n)
+                {
+                    return Err(format!(
+                        "seed {seed}: {from}->{to} {stream}: {n} neither received nor handed back \
+                         (received {got:?}, unsent {unsent:?}, unconfirmed {unconfirmed:?}, states {:?})",
+                        net.nodes[from].states
+                    ));
+                }
+            }
+        }
+    }
+    Ok(tally)
+}
+
+#[test]
+fn every_accepted_message_is_received_or_handed_back_under_drops() {
+    if let Ok(seed) = std::env::var("GLUEBERRY_SIM_SEED") {
+        delivery_under_drops(seed.parse().expect("seed")).unwrap();
+        return;
+    }
+    let seeds: u64 = std::env::var("GLUEBERRY_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let mut total = [0usize; 4];
+    for seed in 1..=seeds {
+        match delivery_under_drops(seed) {
+            Ok(tally) => total.iter_mut().zip(tally).for_each(|(t, n)| *t += n),
+            Err(e) => panic!("{e} (replay: GLUEBERRY_SIM_SEED={seed})"),
+        }
+    }
+    println!(
+        "{seeds} seeds: {} accepted, {} received, {} handed back unsent, {} unconfirmed",
+        total[0], total[1], total[2], total[3]
+    );
+    assert!(
+        total[2] + total[3] > 0,
+        "the drops never caught a message in flight"
+    );
+}

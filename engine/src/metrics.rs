@@ -41,6 +41,8 @@ pub mod names {
     pub const EVENTS_DROPPED: &str = "glueberry_events_dropped_total";
     /// Counter: messages not sent (no such stream, refused) or not delivered (channel closed).
     pub const MESSAGES_DROPPED: &str = "glueberry_messages_dropped_total";
+    /// Counter: messages handed back in `Event::Undelivered` (a connection closed first).
+    pub const MESSAGES_UNDELIVERED: &str = "glueberry_messages_undelivered_total";
     /// Counter: sends that found their stream full and waited in the shard's overflow.
     pub const BACKPRESSURE_ENGAGED: &str = "glueberry_backpressure_engaged_total";
     /// Histogram: how long `Node::send` waited for room, in seconds.
@@ -120,6 +122,11 @@ fn describe() {
         "Messages not sent (no such stream, refused)."
     );
     describe_counter!(
+        MESSAGES_UNDELIVERED,
+        Unit::Count,
+        "Messages handed back unsent or unconfirmed when their connection closed."
+    );
+    describe_counter!(
         BACKPRESSURE_ENGAGED,
         Unit::Count,
         "Sends that found their stream full and waited."
@@ -194,6 +201,7 @@ pub(crate) struct ShardMetrics {
     pub decrypt_errors: Counter,
     pub encrypt_errors: Counter,
     pub messages_dropped: Counter,
+    pub messages_undelivered: Counter,
     pub events_dropped: Counter,
     pub backpressure_engaged: Counter,
     pub submissions: Counter,
@@ -224,6 +232,7 @@ impl ShardMetrics {
             decrypt_errors: counter!(names::DECRYPT_ERRORS, "shard" => s.clone()),
             encrypt_errors: counter!(names::ENCRYPT_ERRORS, "shard" => s.clone()),
             messages_dropped: counter!(names::MESSAGES_DROPPED, "shard" => s.clone()),
+            messages_undelivered: counter!(names::MESSAGES_UNDELIVERED, "shard" => s.clone()),
             events_dropped: counter!(names::EVENTS_DROPPED, "shard" => s.clone()),
             backpressure_engaged: counter!(names::BACKPRESSURE_ENGAGED, "shard" => s.clone()),
             submissions: counter!(names::RING_SUBMISSIONS, "shard" => s.clone()),

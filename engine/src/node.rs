@@ -87,7 +87,7 @@ pub enum Event {
         /// Why a connection ended, when one did.
         reason: Option<CloseReason>,
     },
-    /// A message accepted by `send` could not be queued on the connection.
+    /// A message accepted by `send` could not be queued on the connection; it comes back.
     SendFailed {
         /// The peer.
         peer: PeerId,
@@ -95,6 +95,24 @@ pub enum Event {
         stream: StreamName,
         /// Why.
         error: String,
+        /// The message.
+        data: Bytes,
+    },
+    /// Messages accepted by `send` on one stream that the peer did not confirm: the connection
+    /// closed (or the node stopped) first. With [`Event::SendFailed`] this is the delivery
+    /// guarantee: every message `send` accepted is delivered to the peer's node or comes back
+    /// in one of the two (see `ARCHITECTURE.md`, "Delivery").
+    Undelivered {
+        /// The peer.
+        peer: PeerId,
+        /// The stream.
+        stream: StreamName,
+        /// Never written to the connection: the peer did not get them. In `send` order.
+        unsent: Vec<Bytes>,
+        /// Written, but not confirmed by the peer (by returning their credit) before the
+        /// connection closed: the peer may or may not have them. In `send` order, all before
+        /// `unsent`.
+        unconfirmed: Vec<Bytes>,
     },
     /// The peer did not open a stream we opened; `unsent` queued messages were not delivered.
     StreamRejected {
@@ -135,6 +153,7 @@ impl Event {
         match self {
             Event::State { peer, .. }
             | Event::SendFailed { peer, .. }
+            | Event::Undelivered { peer, .. }
             | Event::StreamRejected { peer, .. }
             | Event::CommandFailed { peer, .. } => Some(*peer),
             Event::Refused { peer, .. } => *peer,
@@ -1020,6 +1039,43 @@ impl Node {
             }
         }
         all
+    }
+
+    /// Messages accepted by `send` that the peers have not yet confirmed (waiting, queued, or
+    /// written and unacknowledged), over all shards.
+    pub async fn outstanding(&self) -> usize {
+        let mut total = 0;
+        for handle in &self.inner.shared.shards {
+            let (reply, answer) = async_channel::bounded(1);
+            if handle
+                .commands
+                .push(Command::Outstanding { reply })
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            handle.wake();
+            total += answer.recv().await.unwrap_or(0);
+        }
+        total
+    }
+
+    /// Waits until every message accepted by `send` so far is confirmed by its peer, or
+    /// `timeout` passes; returns whether everything was confirmed. For a graceful stop: call
+    /// it (with no more sends), then [`Node::stop`], which hands back whatever is left in
+    /// [`Event::Undelivered`](crate::Event::Undelivered).
+    pub fn drain(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if futures::executor::block_on(self.outstanding()) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// The node's state as JSON: identity, shards, counters, and every peer's statistics.

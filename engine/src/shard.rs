@@ -62,6 +62,12 @@ pub(crate) enum Command {
         peer: Option<PeerId>,
         reply: async_channel::Sender<Vec<glueberry_transport::PeerStats>>,
     },
+    /// How many messages this shard holds that the peers have not confirmed: waiting for
+    /// room, queued on a connection, or written and unconfirmed. Answered on `reply` after every
+    /// command before it.
+    Outstanding {
+        reply: async_channel::Sender<usize>,
+    },
     /// Sent to every shard: inbound connections may land on any of them.
     Blacklist {
         peer: PeerId,
@@ -419,6 +425,9 @@ impl Shard {
                     };
                     let _ = reply.try_send(stats);
                 }
+                Command::Outstanding { reply } => {
+                    let _ = reply.try_send(self.overflowed + self.core.outstanding_messages());
+                }
                 Command::CancelReconnect { peer } => {
                     let _ = self.core.cancel_reconnect(peer);
                 }
@@ -479,6 +488,7 @@ impl Shard {
                 stream,
                 error: "no such stream on this peer's connection (not connected, or not opened)"
                     .into(),
+                data,
             });
             return Ok(());
         };
@@ -487,7 +497,7 @@ impl Shard {
             return Err((peer, stream, data));
         }
         let len = data.len() as u64;
-        match self.core.send(peer, id, data) {
+        match self.core.send_or_return(peer, id, data) {
             Ok(()) => {
                 let counters = match &self.last_sent {
                     Some((name, counters)) if StreamName::same(name, &stream) => counters,
@@ -501,12 +511,13 @@ impl Shard {
                 tracing::trace!(peer = %peer, stream = %stream, size = len, "message sent");
                 Ok(())
             }
-            Err(e) => {
+            Err((e, data)) => {
                 self.metrics.messages_dropped.increment(1);
                 self.emit(Event::SendFailed {
                     peer,
                     stream,
                     error: e.to_string(),
+                    data,
                 });
                 Ok(())
             }
@@ -1051,6 +1062,23 @@ impl Shard {
                         unsent,
                     });
                 }
+                NodeEvent::Undelivered {
+                    peer,
+                    name,
+                    unsent,
+                    unconfirmed,
+                    ..
+                } => {
+                    self.metrics
+                        .messages_undelivered
+                        .increment((unsent.len() + unconfirmed.len()) as u64);
+                    self.emit(Event::Undelivered {
+                        peer,
+                        stream: StreamName::from_shared(name),
+                        unsent,
+                        unconfirmed,
+                    });
+                }
                 NodeEvent::Refused {
                     peer,
                     direction,
@@ -1211,6 +1239,50 @@ impl Shard {
     /// Closes every connection (CLOSE frames are sent), cancels what is in flight, and waits
     /// until every operation's completion has arrived, so that no buffer is freed under the
     /// kernel.
+    /// Messages that never reached a connection (waiting for room, or still in the command
+    /// queue) go back to the application as unsent when the node stops, grouped by peer and
+    /// stream in `send` order.
+    fn hand_back_waiting(&mut self) {
+        let mut waiting: Vec<(PeerId, StreamName, Bytes)> = Vec::new();
+        for (peer, queue) in std::mem::take(&mut self.overflow) {
+            waiting.extend(queue.into_iter().map(|(stream, data)| (peer, stream, data)));
+        }
+        self.overflowed = 0;
+        while let Some(command) = self.commands.pop() {
+            if let Command::Send { peer, stream, data } = command {
+                waiting.push((peer, stream, data));
+            }
+        }
+        let mut group: Option<(PeerId, StreamName, Vec<Bytes>)> = None;
+        for (peer, stream, data) in waiting {
+            match &mut group {
+                Some((p, s, unsent)) if *p == peer && StreamName::same(s, &stream) => {
+                    unsent.push(data);
+                }
+                _ => {
+                    if let Some(done) = group.replace((peer, stream, vec![data])) {
+                        self.emit_unsent(done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = group {
+            self.emit_unsent(done);
+        }
+    }
+
+    fn emit_unsent(&self, (peer, stream, unsent): (PeerId, StreamName, Vec<Bytes>)) {
+        self.metrics
+            .messages_undelivered
+            .increment(unsent.len() as u64);
+        self.emit(Event::Undelivered {
+            peer,
+            stream,
+            unsent,
+            unconfirmed: Vec::new(),
+        });
+    }
+
     fn shutdown(mut self) -> io::Result<()> {
         // No more MSG_RING wake-ups to this ring: its descriptor closes when the shard ends.
         self.shared.ring_fds[self.index].store(-1, Ordering::Release);
@@ -1218,6 +1290,7 @@ impl Shard {
         self.core.close_all(CloseCode::SHUTDOWN, now);
         self.perform_actions(now)?;
         self.deliver_events();
+        self.hand_back_waiting();
         if let Some(key) = self.accept {
             self.ring.cancel(key)?;
         }

@@ -36,10 +36,15 @@ pub struct StreamStats {
     pub received_bytes: u64,
     /// Messages accepted by `send` and not yet written.
     pub queued_messages: u64,
+    /// Messages written whose receipt the peer has not yet confirmed.
+    pub unconfirmed_messages: u64,
 }
 
 /// The name of the reserved stream open from Connected on.
 pub const HANDSHAKE_STREAM: &str = "handshake";
+
+/// How long after the last input credit below the batch size waits before it is sent anyway.
+const CREDIT_DELAY: Duration = Duration::from_millis(10);
 
 /// Receive buffer growth step: one allocation per this many bytes received, not per message.
 const RX_CHUNK: usize = 64 * 1024;
@@ -87,6 +92,9 @@ pub struct Connection {
     rx: BytesMut,
     round_robin: usize,
     last_recv: Instant,
+    /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after the
+    /// last input at the latest, so that a quiet sender learns its messages arrived.
+    credit_owed: bool,
     ping: Option<(u64, Instant)>,
     ping_seq: u64,
     close_frame: Option<CloseCode>,
@@ -181,6 +189,7 @@ impl Connection {
             rx: BytesMut::new(),
             round_robin: 0,
             last_recv: now,
+            credit_owed: false,
             ping: None,
             ping_seq: 0,
             close_frame: None,
@@ -282,10 +291,20 @@ impl Connection {
         }
     }
 
-    /// Time passed: sends keepalive pings and declares a silent peer dead.
+    /// Time passed: sends credit owed, keepalive pings, and declares a silent peer dead.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.phase == Phase::Closed {
             return;
+        }
+        if self.credit_owed && now >= self.last_recv + CREDIT_DELAY {
+            self.credit_owed = false;
+            for (id, peer_stream) in self.peer_streams.iter_mut().enumerate() {
+                if let Some(peer_stream) = peer_stream
+                    && peer_stream.released > 0
+                {
+                    Self::credit_back(id as u16, peer_stream, 0, 0, &mut self.control);
+                }
+            }
         }
         let silent = now.saturating_duration_since(self.last_recv);
         if silent >= self.config.idle_timeout {
@@ -451,6 +470,7 @@ impl Connection {
                 peer_stream.prereleased += cost;
                 let batch = u64::from(self.config.initial_window / 4);
                 Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
+                self.credit_owed |= peer_stream.released > 0;
             }
             _ => {
                 let Some((buf, total)) = peer_stream.partial.as_mut() else {
@@ -485,6 +505,8 @@ impl Connection {
                     peer_stream.prereleased += cost;
                     let batch = u64::from(self.config.initial_window / 4);
                     Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
+                    self.credit_owed |= peer_stream.released > 0;
+                    self.credit_owed |= peer_stream.released > 0;
                 }
             }
         }
@@ -504,13 +526,15 @@ impl Connection {
                 return Err(ConnectionError::Protocol("CREDIT for a rejected stream"));
             }
             SendState::AwaitingPeer => {
+                // The initial window: the peer accepted the stream.
                 local.state = SendState::Open;
                 if stream != 0 {
                     self.events
                         .push_back(Event::StreamAccepted(StreamId(stream)));
                 }
             }
-            SendState::Open => {}
+            // Credit given back: the peer took what it covers (§5.4).
+            SendState::Open => local.confirm(u64::from(increment)),
         }
         local.credit = local
             .credit
@@ -673,6 +697,28 @@ impl Connection {
     /// Queues a message on a stream. Never blocks: at the stream's high watermark it returns
     /// [`SendError::Full`] until [`Event::Writable`].
     pub fn send(&mut self, stream: StreamId, data: Bytes) -> Result<(), SendError> {
+        self.send_or_return(stream, data).map_err(|(e, _)| e)
+    }
+
+    /// [`Connection::send`] that gives the message back when it refuses it.
+    pub fn send_or_return(
+        &mut self,
+        stream: StreamId,
+        data: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        if let Err(e) = self.check_send(stream, data.len()) {
+            return Err((e, data));
+        }
+        let local = &mut self.streams[usize::from(stream.0)];
+        local.queue.push_back(data);
+        if local.queue.len() >= self.config.high_watermark {
+            local.blocked = true;
+        }
+        Ok(())
+    }
+
+    /// Why a message of `len` bytes on `stream` would be refused, if it would.
+    fn check_send(&self, stream: StreamId, len: usize) -> Result<(), SendError> {
         match self.phase {
             Phase::Handshaking => return Err(SendError::NotEstablished),
             Phase::Closed => return Err(SendError::Closed),
@@ -685,23 +731,16 @@ impl Connection {
             });
         let local = self
             .streams
-            .get_mut(usize::from(stream.0))
+            .get(usize::from(stream.0))
             .ok_or(SendError::UnknownStream)?;
         if local.state == SendState::Rejected {
             return Err(SendError::StreamRejected);
         }
-        if data.len() > max {
-            return Err(SendError::MessageTooLarge {
-                len: data.len(),
-                max,
-            });
+        if len > max {
+            return Err(SendError::MessageTooLarge { len, max });
         }
         if local.blocked {
             return Err(SendError::Full);
-        }
-        local.queue.push_back(data);
-        if local.queue.len() >= self.config.high_watermark {
-            local.blocked = true;
         }
         Ok(())
     }
@@ -730,8 +769,11 @@ impl Connection {
             batch,
             &mut self.control,
         );
+        self.credit_owed |= peer_stream.released > 0;
     }
 
+    /// Adds `amount` to the credit owed on a peer stream and sends it once it reaches `batch`
+    /// (the caller notes a remainder in `credit_owed`).
     fn credit_back(
         peer_id: u16,
         peer_stream: &mut PeerStream,
@@ -740,7 +782,7 @@ impl Connection {
         control: &mut VecDeque<Control>,
     ) {
         peer_stream.released += amount;
-        if peer_stream.released >= batch {
+        if peer_stream.released > 0 && peer_stream.released >= batch {
             let increment = peer_stream.released.min(u64::from(u32::MAX)) as u32;
             peer_stream.released -= u64::from(increment);
             peer_stream.window += u64::from(increment);
@@ -782,8 +824,17 @@ impl Connection {
         self.handshake = None;
         self.control.clear();
         let unsent = self.queued_messages() as u64;
-        for stream in &mut self.streams {
-            stream.queue.clear();
+        for (index, stream) in self.streams.iter_mut().enumerate() {
+            if stream.queue.is_empty() && stream.in_flight.is_empty() {
+                continue;
+            }
+            stream.front_offset = 0;
+            stream.confirmed = 0;
+            self.events.push_back(Event::Undelivered {
+                stream: StreamId(index as u16),
+                unsent: stream.queue.drain(..).collect(),
+                unconfirmed: stream.in_flight.drain(..).collect(),
+            });
         }
         self.close_reason = Some(reason.clone());
         self.events.push_back(Event::Closed { reason, unsent });
@@ -949,12 +1000,14 @@ impl Connection {
         if self.phase == Phase::Closed {
             return None;
         }
-        let idle = self.last_recv + self.config.idle_timeout;
+        let mut at = self.last_recv + self.config.idle_timeout;
         if self.ping.is_none() && self.channel.is_some() {
-            Some(idle.min(self.last_recv + self.config.keepalive_interval))
-        } else {
-            Some(idle)
+            at = at.min(self.last_recv + self.config.keepalive_interval);
         }
+        if self.credit_owed {
+            at = at.min(self.last_recv + CREDIT_DELAY);
+        }
+        Some(at)
     }
 
     // ---- state ----
@@ -1034,6 +1087,7 @@ impl Connection {
                 received_messages: s.received_messages,
                 received_bytes: s.received_bytes,
                 queued_messages: s.queue.len() as u64,
+                unconfirmed_messages: s.in_flight.len() as u64,
             })
             .collect()
     }
@@ -1041,6 +1095,11 @@ impl Connection {
     /// Messages accepted by `send` and not yet fully transmitted, over all streams.
     pub fn queued_messages(&self) -> usize {
         self.streams.iter().map(|s| s.queue.len()).sum()
+    }
+
+    /// Messages written on all streams whose receipt the peer has not yet confirmed.
+    pub fn unconfirmed_messages(&self) -> usize {
+        self.streams.iter().map(|s| s.in_flight.len()).sum()
     }
 
     /// Whether `send` on `stream` would be refused with [`SendError::Full`].

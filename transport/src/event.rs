@@ -65,6 +65,16 @@ pub enum Event {
         /// Its bytes.
         data: Bytes,
     },
+    /// The connection closed with messages accepted by `send` that the peer did not confirm
+    /// (one event per stream that has any, just before [`Event::Closed`]).
+    Undelivered {
+        /// Our stream.
+        stream: StreamId,
+        /// Never written, in whole or at all: the peer did not get them.
+        unsent: Vec<Bytes>,
+        /// Written, but the peer had not returned their credit: it may or may not have them.
+        unconfirmed: Vec<Bytes>,
+    },
     /// A keepalive round trip completed.
     Rtt(Duration),
     /// The connection is over; nothing more will happen on it.

@@ -174,6 +174,20 @@ pub enum NodeEvent {
         /// Messages not delivered.
         unsent: u64,
     },
+    /// A connection of the peer closed with messages it had not confirmed on one of our streams
+    /// (see [`crate::Event::Undelivered`]). Comes before the peer's state change.
+    Undelivered {
+        /// The peer.
+        peer: PeerId,
+        /// Our stream, and its name.
+        stream: StreamId,
+        /// The stream's name.
+        name: std::sync::Arc<str>,
+        /// Never written: the peer did not get them.
+        unsent: Vec<Bytes>,
+        /// Written, not confirmed: the peer may or may not have them.
+        unconfirmed: Vec<Bytes>,
+    },
     /// An authenticated connection was refused by the connection limits (or the cooldown).
     Refused {
         /// The peer.
@@ -466,9 +480,26 @@ impl NodeCore {
 
     /// Queues a message for a peer (see [`Connection::send`]).
     pub fn send(&mut self, peer: PeerId, stream: StreamId, data: Bytes) -> Result<(), NodeError> {
-        let id = self.conn_of(peer)?;
-        let conn = self.conns.get_mut(&id).ok_or(NodeError::NotConnected)?;
-        Ok(conn.conn.send(stream, data)?)
+        self.send_or_return(peer, stream, data).map_err(|(e, _)| e)
+    }
+
+    /// [`NodeCore::send`] that gives the message back when it refuses it.
+    pub fn send_or_return(
+        &mut self,
+        peer: PeerId,
+        stream: StreamId,
+        data: Bytes,
+    ) -> Result<(), (NodeError, Bytes)> {
+        let conn = match self.conn_of(peer) {
+            Ok(id) => self.conns.get_mut(&id),
+            Err(e) => return Err((e, data)),
+        };
+        let Some(conn) = conn else {
+            return Err((NodeError::NotConnected, data));
+        };
+        conn.conn
+            .send_or_return(stream, data)
+            .map_err(|(e, data)| (e.into(), data))
     }
 
     /// Whether `send` to this peer's stream would be refused as full (high watermark).
@@ -490,6 +521,15 @@ impl NodeCore {
     pub fn stream_name(&self, peer: PeerId, stream: StreamId) -> Option<&str> {
         let id = self.peers.get(&peer)?.conn?;
         self.conns.get(&id)?.conn.stream_name(stream)
+    }
+
+    /// Messages on all connections that the peers have not confirmed: queued, or written and
+    /// not yet acknowledged by returned credit.
+    pub fn outstanding_messages(&self) -> usize {
+        self.conns
+            .values()
+            .map(|c| c.conn.queued_messages() + c.conn.unconfirmed_messages())
+            .sum()
     }
 
     /// Returns a consumed message's credit to the connection it came on (nothing, if that
@@ -870,6 +910,23 @@ impl NodeCore {
             Event::Writable(stream) => {
                 if let Some(peer) = attached_peer {
                     self.events.push_back(NodeEvent::Writable { peer, stream });
+                }
+            }
+            Event::Undelivered {
+                stream,
+                unsent,
+                unconfirmed,
+            } => {
+                // Reported even for a replaced connection: these were accepted on it.
+                if let (Some(peer), Some(name)) = (c.conn.peer(), c.conn.stream_name_shared(stream))
+                {
+                    self.events.push_back(NodeEvent::Undelivered {
+                        peer,
+                        stream,
+                        name,
+                        unsent,
+                        unconfirmed,
+                    });
                 }
             }
             Event::StreamAccepted(_) | Event::Rtt(_) => {}

@@ -42,6 +42,12 @@ pub(crate) struct LocalStream {
     /// Bytes we may still send.
     pub credit: u64,
     pub queue: VecDeque<Bytes>,
+    /// Messages written whose receipt the peer has not yet confirmed by returning their credit,
+    /// oldest first. Bounded by the window: each costs at least `MESSAGE_CREDIT_OVERHEAD`.
+    pub in_flight: VecDeque<Bytes>,
+    /// Confirmed credit not yet matched to a whole message of `in_flight` (the peer returns
+    /// credit for fragments of a message it is still reassembling).
+    pub confirmed: u64,
     /// Bytes of `queue.front()` already sent as fragments.
     pub front_offset: usize,
     /// At the high watermark; cleared at the low one.
@@ -65,6 +71,8 @@ impl LocalStream {
             state,
             credit: 0,
             queue: VecDeque::with_capacity(queue_capacity),
+            in_flight: VecDeque::new(),
+            confirmed: 0,
             front_offset: 0,
             blocked: false,
             open_pending: false,
@@ -73,6 +81,20 @@ impl LocalStream {
             sent_bytes: 0,
             received_messages: 0,
             received_bytes: 0,
+        }
+    }
+
+    /// The peer returned `increment` bytes of credit for what it received: the messages it
+    /// covers whole are confirmed and let go.
+    pub(crate) fn confirm(&mut self, increment: u64) {
+        self.confirmed += increment;
+        while let Some(message) = self.in_flight.front() {
+            let cost = message.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
+            if cost > self.confirmed {
+                break;
+            }
+            self.confirmed -= cost;
+            self.in_flight.pop_front();
         }
     }
 
@@ -119,7 +141,10 @@ impl LocalStream {
                 self.credit -= overhead + remaining as u64;
                 self.sent_messages += 1;
                 self.sent_bytes += message.len() as u64;
-                self.queue.pop_front();
+                if let Some(message) = self.queue.pop_front() {
+                    // Kept (moved, not copied) until the peer confirms it.
+                    self.in_flight.push_back(message);
+                }
                 self.front_offset = 0;
                 completed += 1;
                 if one_only || written >= quantum {

@@ -659,3 +659,82 @@ fn owned_input_with_pending_bytes_moved_forward_delivers_everything() {
         vec![("s".into(), Bytes::from_static(b"tail"))]
     );
 }
+
+#[test]
+fn close_hands_back_unsent_and_unconfirmed_messages_and_forgets_confirmed_ones() {
+    let config = Arc::new(ConnectionConfig {
+        initial_window: 4096,
+        ..ConnectionConfig::default()
+    });
+    let mut p = Pair::connected_with(config.clone(), config);
+    p.a.complete_handshake(&["s"]).expect("a");
+    p.b.complete_handshake(&["s"]).expect("b");
+    p.pump();
+    events(&mut p.a);
+    let s = p.a.stream_id("s").expect("s");
+    // 10 messages of 1000 bytes: the 4096-byte window lets 4 through (1006 each), then stalls.
+    let message = |i: u8| Bytes::from(vec![i; 1000]);
+    for i in 0..10 {
+        p.a.send(s, message(i)).expect("queued");
+    }
+    p.pump();
+    // b takes them but its application has not consumed them: no credit back yet.
+    let got: Vec<(StreamId, usize)> = events(&mut p.b)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { stream, data } => Some((stream, data.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 4);
+    assert_eq!(p.a.unconfirmed_messages(), 4);
+    assert_eq!(p.a.queued_messages(), 6);
+    // Consuming two returns their 2 × 1006 bytes (over a quarter window): both confirmed.
+    for &(stream, len) in &got[..2] {
+        p.b.release(stream, len);
+    }
+    p.pump();
+    // The credit let the fifth out whole and part of the sixth.
+    assert_eq!(p.a.unconfirmed_messages(), 4);
+    p.a.handle_eof();
+    // What comes back, by each message's first byte.
+    let firsts = |v: &[Bytes]| v.iter().map(|m| m[0]).collect::<Vec<u8>>();
+    let undelivered: Vec<(StreamId, Vec<u8>, Vec<u8>)> = events(&mut p.a)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Undelivered {
+                stream,
+                unsent,
+                unconfirmed,
+            } => Some((stream, firsts(&unsent), firsts(&unconfirmed))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        undelivered,
+        vec![(s, (6..10).collect(), (2..6).collect())],
+        "(stream, unsent, unconfirmed)"
+    );
+}
+
+#[test]
+fn credit_below_the_batch_is_sent_after_the_delay_so_a_quiet_sender_learns_of_receipt() {
+    let mut p = Pair::established(&["s"]);
+    let s = p.a.stream_id("s").expect("s");
+    for _ in 0..3 {
+        p.a.send(s, Bytes::from_static(b"vote")).expect("queued");
+    }
+    p.pump();
+    assert_eq!(drain_messages(&mut p.b).len(), 3);
+    p.pump();
+    assert_eq!(
+        p.a.unconfirmed_messages(),
+        3,
+        "30 bytes are far below a batch"
+    );
+    let due = p.b.poll_timeout().expect("a timer");
+    assert!(due <= p.now + Duration::from_millis(10), "{due:?}");
+    p.b.handle_timeout(due);
+    p.pump();
+    assert_eq!(p.a.unconfirmed_messages(), 0);
+}
