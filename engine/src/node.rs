@@ -1513,6 +1513,13 @@ impl Node {
         }
         self.inner.events.close();
         self.inner.messages.close();
+        // Subscriptions end too, once their last events are taken.
+        self.inner
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 

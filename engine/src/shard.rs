@@ -33,6 +33,9 @@ const SEND_BUF: usize = 512 * 1024;
 const SEND_POOL: usize = 64;
 /// Commands taken from the queue per loop turn, so that I/O keeps being served.
 const COMMANDS_PER_TURN: usize = 8192;
+/// How soon a shard holding messages the application's full channel refused tries again.
+const UNDELIVERED_RETRY: Duration = Duration::from_millis(1);
+
 /// How long a stopping shard waits for CLOSE frames and cancellations to complete.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -326,10 +329,14 @@ impl Shard {
         while !self.shared.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             self.turn(now)?;
-            let timeout = self
+            let mut timeout = self
                 .core
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(Instant::now()));
+            if !self.undelivered.is_empty() {
+                // The application reading its channel does not wake us: look again soon.
+                timeout = Some(timeout.map_or(UNDELIVERED_RETRY, |t| t.min(UNDELIVERED_RETRY)));
+            }
             self.sleeping.store(true, Ordering::SeqCst);
             let busy = !self.commands.is_empty() && self.overflowed < self.shared.overflow_limit;
             if busy || self.shared.stop.load(Ordering::Acquire) {

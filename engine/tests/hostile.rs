@@ -3,6 +3,9 @@
 //! memory stays bounded (printed).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
 
+mod common;
+use common::rss_kib;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -34,15 +37,6 @@ fn node() -> Node {
             .pending_handshakes(64, Duration::from_secs(2)),
     )
     .expect("start")
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// The node still does its job: an honest peer connects and exchanges a message.

@@ -1,0 +1,21 @@
+//! What the integration tests measure of their own process.
+#![allow(dead_code, clippy::unwrap_used)] // each test binary uses a part
+
+/// Resident memory of this process, in KiB.
+pub(crate) fn rss_kib() -> u64 {
+    status_field("VmRSS:")
+}
+
+/// Threads of this process.
+pub(crate) fn thread_count() -> u64 {
+    status_field("Threads:")
+}
+
+fn status_field(name: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
