@@ -7,6 +7,7 @@
 //! glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
 //! glueberry-perf compare [--seconds N] [--out FILE.md] [--save FILE.json]
 //! glueberry-perf regress [--baseline FILE.json] [--seconds N]
+//! glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 //!
 //! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
 //!          --cipher chacha|aes, --no-batching, --danger-null-cipher, --metrics
@@ -30,6 +31,7 @@ mod glueberry_peer;
 #[cfg(feature = "compare")]
 mod libp2p_peer;
 mod remote;
+mod soak;
 mod streams;
 #[cfg(feature = "compare")]
 mod tls;
@@ -107,6 +109,9 @@ enum Command {
     Regress {
         baseline: String,
     },
+    Soak {
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +133,7 @@ glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two 
 glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
 glueberry-perf compare [--seconds N] [--out FILE.md] [--save FILE.json]
 glueberry-perf regress [--baseline FILE.json] [--seconds N]
+glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 
 OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
          --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
@@ -135,7 +141,7 @@ OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
 scenarios: bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all";
 
 const USAGE: &str =
-    "usage: glueberry-perf local|server|client|compare|regress [options] (see --help)";
+    "usage: glueberry-perf local|server|client|compare|regress|soak [options] (see --help)";
 
 fn number<T: std::str::FromStr + PartialOrd + Default>(
     value: Option<&String>,
@@ -162,6 +168,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     };
     let (mut listen, mut connect, mut peer, mut out, mut save) = (None, None, None, None, None);
     let mut baseline = "perf/baseline.json".to_string();
+    let mut seed = 1u64;
     let mut scenario = "all".to_string();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -197,6 +204,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--peer" => peer = Some(rest.next().ok_or("--peer needs a peer id")?.clone()),
             "--out" => out = Some(rest.next().ok_or("--out needs a file")?.clone()),
             "--save" => save = Some(rest.next().ok_or("--save needs a file")?.clone()),
+            "--seed" => seed = number(rest.next(), arg)?,
             "--baseline" => baseline = rest.next().ok_or("--baseline needs a file")?.clone(),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
@@ -217,6 +225,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         },
         "compare" => Command::Compare { out, save },
         "regress" => Command::Regress { baseline },
+        "soak" => Command::Soak { seed },
         other => return Err(format!("unknown command {other:?}\n{USAGE}")),
     };
     let small = match options.size {
@@ -278,6 +287,15 @@ fn main() -> ExitCode {
             compare::compare(options.length.time(), out.as_deref(), save.as_deref()).map(|_| ())
         }
         Command::Regress { baseline } => compare::regress(baseline, options.length.time()),
+        Command::Soak { seed } => {
+            // The default length of the other commands is for one measurement: a soak is longer.
+            let length = if options.seconds_given {
+                options.length.time()
+            } else {
+                Duration::from_secs(60)
+            };
+            soak::soak(length, *seed)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
