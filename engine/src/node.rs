@@ -243,6 +243,7 @@ pub struct NodeConfig {
     message_buffer: usize,
     event_buffer: usize,
     command_queue: usize,
+    max_waiting_per_peer: (usize, usize),
     pin_threads: bool,
     cpus: Option<Vec<usize>>,
     ring_entries: u32,
@@ -274,6 +275,7 @@ impl NodeConfig {
             message_buffer: 1000,
             event_buffer: 100,
             command_queue: 4096,
+            max_waiting_per_peer: (1024, 16 * 1024 * 1024),
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
@@ -417,6 +419,15 @@ impl NodeConfig {
         self
     }
 
+    /// How many messages, and bytes, may wait in a shard for one peer whose connection is full
+    /// (default 1024 and 16 MiB); more come back at once in `Event::SendFailed`. It keeps one
+    /// slow peer from filling the shard's overflow (`command_queue` messages), which would stop
+    /// the shard taking commands for every peer.
+    pub fn max_waiting_per_peer(mut self, messages: usize, bytes: usize) -> Self {
+        self.max_waiting_per_peer = (messages.max(1), bytes.max(1));
+        self
+    }
+
     /// Pin each shard thread to its CPU (default on).
     pub fn pin_threads(mut self, pin: bool) -> Self {
         self.pin_threads = pin;
@@ -502,10 +513,13 @@ pub enum StartError {
 
 /// Queues a command for a shard without waiting, and wakes the shard if it sleeps.
 fn push_command(handle: &ShardHandle, command: Command) -> Result<(), NodeSendError> {
-    handle.commands.try_push(command).map_err(|e| match e {
-        Refused::Full(_) => NodeSendError::BufferFull,
-        Refused::Closed(_) => NodeSendError::Stopped,
-    })?;
+    handle
+        .commands
+        .try_push_control(command)
+        .map_err(|e| match e {
+            Refused::Full(_) => NodeSendError::BufferFull,
+            Refused::Closed(_) => NodeSendError::Stopped,
+        })?;
     handle.wake();
     Ok(())
 }
@@ -686,11 +700,7 @@ impl Node {
         for _ in 0..count {
             let queue = Arc::new(CommandQueue::new(config.command_queue));
             let rx = queue.clone();
-            handles.push(ShardHandle {
-                commands: queue,
-                wake_fd: Arc::new(socket::eventfd()?),
-                sleeping: Arc::new(AtomicBool::new(false)),
-            });
+            handles.push(ShardHandle::new(queue, socket::eventfd()?));
             receivers.push(rx);
         }
         let shared = Arc::new(Shared {
@@ -700,7 +710,9 @@ impl Node {
             stop: AtomicBool::new(false),
             handler: config.handler.clone(),
             events_dropped: AtomicU64::new(0),
-            overflow_limit: config.command_queue,
+            // One congested peer can never fill it (see `max_waiting_per_peer`).
+            overflow_limit: 4 * config.command_queue.max(config.max_waiting_per_peer.0),
+            peer_waiting: config.max_waiting_per_peer,
             registered_send_buffers: AtomicU64::new(0),
             memlock_warned: AtomicBool::new(false),
             abandoned_operations: AtomicU64::new(0),
@@ -1202,6 +1214,17 @@ impl Node {
     ) -> Result<(), NodeSendError> {
         self.check_size(&data)?;
         let handle = self.handle(peer)?;
+        // The peer is congested: wait until its shard has caught up with it.
+        while handle.is_congested(&peer) {
+            let relief = handle.relief.listen();
+            if !handle.is_congested(&peer) {
+                break;
+            }
+            if self.inner.stopped.load(Ordering::Acquire) {
+                return Err(NodeSendError::Stopped);
+            }
+            relief.await;
+        }
         let command = Command::Send {
             peer,
             stream: stream.clone(),
@@ -1235,14 +1258,23 @@ impl Node {
         data: Bytes,
     ) -> Result<(), NodeSendError> {
         self.check_size(&data)?;
-        self.command(
-            peer,
-            Command::Send {
+        let handle = self.handle(peer)?;
+        if handle.is_congested(&peer) {
+            return Err(NodeSendError::BufferFull);
+        }
+        handle
+            .commands
+            .try_push(Command::Send {
                 peer,
                 stream: stream.clone(),
                 data,
-            },
-        )
+            })
+            .map_err(|e| match e {
+                Refused::Full(_) => NodeSendError::BufferFull,
+                Refused::Closed(_) => NodeSendError::Stopped,
+            })?;
+        handle.wake();
+        Ok(())
     }
 
     /// Queues one message for many peers without copying it: every peer's command holds the

@@ -4,15 +4,24 @@
 //! once it has drained the queue to half its capacity, not after every message it takes (which
 //! is what a general-purpose channel does, and costs a cross-core wake-up per message). The
 //! capacity is the senders' credit; the shard returns half of it at a time.
+//!
+//! Messages and control commands (connect, disconnect, complete the handshake, ...) share the
+//! queue, so that their order is kept; control has `CONTROL_HEADROOM` places of its own above
+//! the messages' capacity, so a queue full of messages never refuses a connect.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use concurrent_queue::{ConcurrentQueue, PushError};
 use event_listener::Event;
 
+/// Places beyond the messages' capacity that only control commands may take.
+const CONTROL_HEADROOM: usize = 256;
+
 /// A bounded multi-producer queue with one consumer (the shard).
 pub(crate) struct CommandQueue<T> {
     queue: ConcurrentQueue<T>,
+    /// How many items `try_push` (messages) may fill; control may go `CONTROL_HEADROOM` beyond.
+    capacity: usize,
     space: Event,
     waiting: AtomicBool,
 }
@@ -25,15 +34,31 @@ pub(crate) enum Refused<T> {
 
 impl<T> CommandQueue<T> {
     pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(2);
         Self {
-            queue: ConcurrentQueue::bounded(capacity.max(2)),
+            queue: ConcurrentQueue::bounded(capacity + CONTROL_HEADROOM),
+            capacity,
             space: Event::new(),
             waiting: AtomicBool::new(false),
         }
     }
 
-    /// Pushes without waiting.
+    /// Pushes a message without waiting: refused at the messages' capacity.
     pub(crate) fn try_push(&self, item: T) -> Result<(), Refused<T>> {
+        // Concurrent pushers may pass the check together and go a little over: the headroom
+        // takes it.
+        if self.queue.len() >= self.capacity {
+            return if self.queue.is_closed() {
+                Err(Refused::Closed(item))
+            } else {
+                Err(Refused::Full(item))
+            };
+        }
+        self.try_push_control(item)
+    }
+
+    /// Pushes a control command without waiting: refused only when the headroom is full too.
+    pub(crate) fn try_push_control(&self, item: T) -> Result<(), Refused<T>> {
         self.queue.push(item).map_err(|e| match e {
             PushError::Full(item) => Refused::Full(item),
             PushError::Closed(item) => Refused::Closed(item),
@@ -68,12 +93,15 @@ impl<T> CommandQueue<T> {
     /// Called by the shard after it took a batch: wakes waiting senders once the queue is at
     /// most half full.
     pub(crate) fn release_space(&self) {
-        if self.waiting.load(Ordering::SeqCst)
-            && self.queue.len() <= self.queue.capacity().unwrap_or(0) / 2
-        {
+        if self.waiting.load(Ordering::SeqCst) && self.queue.len() <= self.capacity / 2 {
             self.waiting.store(false, Ordering::SeqCst);
             self.space.notify(usize::MAX);
         }
+    }
+
+    /// How many messages it holds when full (control commands have room beyond).
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -118,5 +146,24 @@ mod tests {
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some(2), Some(3), Some(5)));
         q.close();
         assert!(matches!(q.try_push(1), Err(Refused::Closed(1))));
+    }
+
+    #[test]
+    fn a_queue_full_of_messages_still_takes_control_commands_in_order() {
+        let q = CommandQueue::new(4);
+        for i in 0..4 {
+            assert!(q.try_push(i).is_ok());
+        }
+        assert!(matches!(q.try_push(4), Err(Refused::Full(4))));
+        assert!(
+            q.try_push_control(100).is_ok(),
+            "control refused by messages"
+        );
+        let order: Vec<i32> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, vec![0, 1, 2, 3, 100]);
+        for i in 0..(4 + CONTROL_HEADROOM as i32) {
+            assert!(q.try_push_control(i).is_ok());
+        }
+        assert!(matches!(q.try_push_control(-1), Err(Refused::Full(-1))));
     }
 }

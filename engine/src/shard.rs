@@ -6,14 +6,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use glueberry_crypto::PeerId;
 use glueberry_transport::{
     Action, CloseCode, CloseReason, ConnId, ConnState, Connection, ConnectionError, NodeCore,
-    NodeEvent, StreamId, shard_of,
+    NodeError, NodeEvent, SendError, StreamId, shard_of,
 };
 
 use crate::metrics::{ShardMetrics, StreamMetrics, count_records};
@@ -93,9 +93,38 @@ pub(crate) struct ShardHandle {
     pub commands: Arc<CommandQueue<Command>>,
     pub wake_fd: Arc<OwnedFd>,
     pub sleeping: Arc<AtomicBool>,
+    /// Per-peer backpressure visible to senders: how many congested peers (messages waiting
+    /// at the per-peer mark) hash to each slot. Senders to a peer whose slot is non-zero wait
+    /// (`send`) or are refused (`try_send`); a peer sharing the slot waits too, until it clears.
+    pub congested: Arc<[AtomicU32; CONGESTION_SLOTS]>,
+    /// Notified when a slot goes back to zero.
+    pub relief: Arc<event_listener::Event>,
+}
+
+/// Slots of the per-shard congestion map.
+pub(crate) const CONGESTION_SLOTS: usize = 64;
+
+/// The congestion slot of a peer.
+pub(crate) fn congestion_slot(peer: &PeerId) -> usize {
+    usize::from(peer.public_key()[31]) % CONGESTION_SLOTS
 }
 
 impl ShardHandle {
+    pub(crate) fn new(commands: Arc<CommandQueue<Command>>, wake_fd: OwnedFd) -> Self {
+        Self {
+            commands,
+            wake_fd: Arc::new(wake_fd),
+            sleeping: Arc::new(AtomicBool::new(false)),
+            congested: Arc::new(std::array::from_fn(|_| AtomicU32::new(0))),
+            relief: Arc::new(event_listener::Event::new()),
+        }
+    }
+
+    /// Whether messages for `peer` should wait: it (or a peer sharing its slot) is congested.
+    pub(crate) fn is_congested(&self, peer: &PeerId) -> bool {
+        self.congested[congestion_slot(peer)].load(Ordering::Acquire) > 0
+    }
+
     /// Wakes the shard if it is (about to be) blocked in the kernel: one write per sleep, not
     /// one per command.
     pub(crate) fn wake(&self) {
@@ -115,6 +144,9 @@ pub(crate) struct Shared {
     pub events_dropped: AtomicU64,
     /// Messages a shard holds for peers whose streams are full before it stops taking commands.
     pub overflow_limit: usize,
+    /// Messages and bytes that may wait for one peer in its shard's overflow; more are handed
+    /// back (`NodeConfig::max_waiting_per_peer`).
+    pub peer_waiting: (usize, usize),
     /// Registered send buffers over all shards.
     pub registered_send_buffers: AtomicU64,
     /// Whether the short-memlock warning was given (once per node).
@@ -196,7 +228,7 @@ pub(crate) struct Shard {
     conns: HashMap<ConnId, ConnIo>,
     completions: Vec<Completion>,
     /// Sends refused by a full stream, per peer, retried in order; other peers' sends go on.
-    overflow: BTreeMap<PeerId, VecDeque<(StreamName, Bytes)>>,
+    overflow: BTreeMap<PeerId, Waiting>,
     /// Messages in `overflow`; at `Shared::overflow_limit` the shard stops taking commands.
     overflowed: usize,
     /// Messages the application channel had no room for; receiving pauses until they fit.
@@ -387,23 +419,14 @@ impl Shard {
             };
             match command {
                 Command::Send { peer, stream, data } => {
-                    let waiting = self.overflow.get_mut(&peer).filter(|q| !q.is_empty());
+                    let waiting = self.overflow.get(&peer).filter(|w| !w.queue.is_empty());
                     let back = match waiting {
-                        // Behind this peer's waiting messages: keep the order.
-                        Some(queue) => {
-                            queue.push_back((stream, data));
-                            self.overflowed += 1;
-                            None
-                        }
+                        // Behind this peer's waiting messages, to keep the order.
+                        Some(_) => Some((peer, stream, data)),
                         None => self.send(peer, stream, data).err(),
                     };
                     if let Some((peer, stream, data)) = back {
-                        self.metrics.backpressure_engaged.increment(1);
-                        self.overflow
-                            .entry(peer)
-                            .or_default()
-                            .push_back((stream, data));
-                        self.overflowed += 1;
+                        self.wait_or_hand_back(peer, stream, data);
                     }
                     if self.overflowed >= self.shared.overflow_limit {
                         return;
@@ -462,22 +485,78 @@ impl Shard {
         }
     }
 
+    /// A message its peer has no room for waits in the peer's overflow — unless the peer
+    /// already has `Shared::peer_waiting` messages or bytes waiting: then it comes back to the
+    /// application at once (`SendFailed`), so that one slow peer cannot fill the shard's
+    /// overflow and stop its traffic to every other peer.
+    fn wait_or_hand_back(&mut self, peer: PeerId, stream: StreamName, data: Bytes) {
+        let (mark_messages, mark_bytes) = self.shared.peer_waiting;
+        // Past the mark senders are held back; what they had already queued may still come:
+        // a command queue's worth, and what racing senders pushed as the mark was reached.
+        let (max_messages, max_bytes) =
+            (mark_messages + 2 * self.commands.capacity(), 2 * mark_bytes);
+        let handle = &self.shared.shards[self.index];
+        let waiting = self.overflow.entry(peer).or_default();
+        if !waiting.flagged && (waiting.queue.len() >= mark_messages || waiting.bytes >= mark_bytes)
+        {
+            waiting.flagged = true;
+            handle.congested[congestion_slot(&peer)].fetch_add(1, Ordering::AcqRel);
+        }
+        if !waiting.queue.is_empty()
+            && (waiting.queue.len() >= max_messages || waiting.bytes + data.len() > max_bytes)
+        {
+            self.metrics.messages_dropped.increment(1);
+            self.emit(Event::SendFailed {
+                peer,
+                stream,
+                error: "the peer's queue is full (it is not keeping up); send again later".into(),
+                data,
+            });
+            return;
+        }
+        if waiting.queue.is_empty() {
+            self.metrics.backpressure_engaged.increment(1);
+        }
+        waiting.bytes += data.len();
+        waiting.queue.push_back((stream, data));
+        self.overflowed += 1;
+    }
+
     fn retry_overflow(&mut self) {
         let peers: Vec<PeerId> = self.overflow.keys().copied().collect();
         for peer in peers {
-            let Some(mut queue) = self.overflow.remove(&peer) else {
+            let Some(mut waiting) = self.overflow.remove(&peer) else {
                 continue;
             };
-            while let Some((stream, data)) = queue.pop_front() {
+            while let Some((stream, data)) = waiting.queue.pop_front() {
+                let len = data.len();
                 if let Err((_, stream, data)) = self.send(peer, stream, data) {
-                    queue.push_front((stream, data));
+                    waiting.queue.push_front((stream, data));
                     break;
                 }
+                waiting.bytes -= len;
                 self.overflowed -= 1;
             }
-            if !queue.is_empty() {
-                self.overflow.insert(peer, queue);
+            let (mark_messages, mark_bytes) = self.shared.peer_waiting;
+            if waiting.flagged
+                && waiting.queue.len() <= mark_messages / 2
+                && waiting.bytes <= mark_bytes / 2
+            {
+                waiting.flagged = false;
+                self.relieve(&peer);
             }
+            if !waiting.queue.is_empty() || waiting.flagged {
+                self.overflow.insert(peer, waiting);
+            }
+        }
+    }
+
+    /// A peer is no longer congested: its senders may go on.
+    fn relieve(&self, peer: &PeerId) {
+        let handle = &self.shared.shards[self.index];
+        let slot = &handle.congested[congestion_slot(peer)];
+        if slot.fetch_sub(1, Ordering::AcqRel) == 1 {
+            handle.relief.notify(usize::MAX);
         }
     }
 
@@ -518,6 +597,8 @@ impl Shard {
                 tracing::trace!(peer = %peer, stream = %stream, size = len, "message sent");
                 Ok(())
             }
+            // Over the connection's queued bytes: waits like a full stream.
+            Err((NodeError::Send(SendError::Full), data)) => Err((peer, stream, data)),
             Err((e, data)) => {
                 self.metrics.messages_dropped.increment(1);
                 self.emit(Event::SendFailed {
@@ -625,7 +706,7 @@ impl Shard {
             let handle = &self.shared.shards[owner];
             match handle
                 .commands
-                .try_push(Command::Adopt { fd, conn, ip_slot })
+                .try_push_control(Command::Adopt { fd, conn, ip_slot })
             {
                 Ok(()) => {
                     self.shared.handoffs.fetch_add(1, Ordering::Relaxed);
@@ -1008,6 +1089,12 @@ impl Shard {
                         stream: name,
                         data,
                     };
+                    if !self.undelivered.is_empty() {
+                        // Behind the messages still waiting for room: the order is kept even
+                        // when the application made room since they were last tried.
+                        self.undelivered.push_back((message, conn, stream));
+                        continue;
+                    }
                     match self.shared.messages.try_send(message) {
                         Ok(()) => self.core.release(conn, stream, len),
                         Err(async_channel::TrySendError::Full(message)) => {
@@ -1251,8 +1338,16 @@ impl Shard {
     /// stream in `send` order.
     fn hand_back_waiting(&mut self) {
         let mut waiting: Vec<(PeerId, StreamName, Bytes)> = Vec::new();
-        for (peer, queue) in std::mem::take(&mut self.overflow) {
-            waiting.extend(queue.into_iter().map(|(stream, data)| (peer, stream, data)));
+        for (peer, peer_waiting) in std::mem::take(&mut self.overflow) {
+            if peer_waiting.flagged {
+                self.relieve(&peer);
+            }
+            waiting.extend(
+                peer_waiting
+                    .queue
+                    .into_iter()
+                    .map(|(stream, data)| (peer, stream, data)),
+            );
         }
         self.overflowed = 0;
         while let Some(command) = self.commands.pop() {
@@ -1331,6 +1426,15 @@ impl Shard {
         self.conns.clear();
         Ok(())
     }
+}
+
+/// Messages waiting for room in one peer's connection, in order.
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<(StreamName, Bytes)>,
+    bytes: usize,
+    /// Counted in the shard's congestion map.
+    flagged: bool,
 }
 
 /// Records how many records went out in one send (handshake messages are not records).

@@ -98,6 +98,12 @@ fn drain_then_stop_delivers_every_message() {
     });
     b.stop();
     let got = reader.join().unwrap();
+    assert_eq!(
+        got.len(),
+        20_000,
+        "first missing: {:?}",
+        (1..=20_000u64).find(|n| got.binary_search(n).is_err())
+    );
     assert_eq!(got, (1..=20_000).collect::<Vec<u64>>());
 }
 
@@ -109,8 +115,21 @@ fn stop_with_messages_in_flight_hands_back_every_one_not_delivered() {
     let b = Node::start(config(Identity::generate().unwrap()).message_buffer(64)).unwrap();
     connect(&a, &b);
     let returns = a.subscribe(EventFilter::default(), 100_000);
-    let sent = 3_000u64;
-    send_all(&a, b.peer_id(), sent, 4096);
+    // As many as a takes before pushing back for 200 ms: its queues for b are full.
+    let stream = a.stream("s");
+    let mut sent = 0u64;
+    let mut refused_since = None;
+    while refused_since.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(200)) {
+        if a.try_send(b.peer_id(), &stream, numbered(sent + 1, 4096))
+            .is_ok()
+        {
+            sent += 1;
+            refused_since = None;
+        } else {
+            refused_since.get_or_insert_with(Instant::now);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
     assert!(futures::executor::block_on(a.outstanding()) > 0);
     a.stop();
     let mut never = HashSet::new();

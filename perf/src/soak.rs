@@ -199,6 +199,17 @@ impl Soak {
         })
     }
 
+    /// Every node's view of every other: (node, peer, state).
+    fn states(&self) -> Vec<(usize, usize, ConnState)> {
+        let mut all = Vec::new();
+        for i in 0..NODES {
+            for j in (0..NODES).filter(|&j| j != i) {
+                all.push((i, j, self.nodes[i].state(self.ids[j])));
+            }
+        }
+        all
+    }
+
     fn wait_established(&self, within: Duration) -> Option<Duration> {
         let start = Instant::now();
         while !self.all_established() {
@@ -216,11 +227,20 @@ impl Soak {
 fn handshakes(node: Node, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let events = node.events();
+        // Once per connection, as an application does (again only if it is still Connected
+        // half a second later).
+        let mut asked: HashMap<PeerId, Instant> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
             while events.try_recv().is_ok() {}
             for (peer, state) in node.connected_peers() {
-                if state == ConnState::Connected {
+                if state != ConnState::Connected {
+                    asked.remove(&peer);
+                } else if asked
+                    .get(&peer)
+                    .is_none_or(|at| at.elapsed() > Duration::from_millis(500))
+                {
                     let _ = node.complete_handshake(peer, &STREAMS);
+                    asked.insert(peer, Instant::now());
                 }
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -363,9 +383,16 @@ fn inject(soak: &Soak, rng: &mut Rng, hold: Duration) -> &'static str {
         _ => {
             // Churn: the dialler hangs up on purpose, then dials again.
             let (i, j) = pair;
-            let _ = soak.nodes[i].disconnect(soak.ids[j]);
+            let hung_up = soak.nodes[i].disconnect(soak.ids[j]);
             std::thread::sleep(Duration::from_millis(200));
-            let _ = soak.nodes[i].connect(soak.ids[j], proxy.addr());
+            let dialled = soak.nodes[i].connect(soak.ids[j], proxy.addr());
+            if let Err(e) = hung_up.and(dialled) {
+                soak.ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .violations
+                    .push(format!("churn: a command was refused: {e}"));
+            }
             "churn"
         }
     };
@@ -427,7 +454,10 @@ pub(crate) fn soak(duration: Duration, seed: u64) -> Result<(), String> {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .violations
-                    .push(format!("not Established within 20 s after {what}")),
+                    .push(format!(
+                        "not Established within 20 s after {what}: {:?}",
+                        soak.states()
+                    )),
             }
             next_fault = Instant::now() + FAULT_EVERY;
         }

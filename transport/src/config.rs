@@ -25,6 +25,10 @@ pub struct ConnectionConfig {
     pub high_watermark: usize,
     /// Queued messages per stream at which a blocked stream accepts again (default 100).
     pub low_watermark: usize,
+    /// Bytes queued on all streams of the connection, not yet written, at which `send` refuses
+    /// with `Full` (default 16 MiB; a message alone on an empty connection is always taken).
+    /// With the message watermarks it bounds what one slow peer holds.
+    pub max_queued_bytes: usize,
     /// The largest record plaintext to produce (default and maximum 64 KiB).
     pub max_record_plaintext: usize,
     /// Pack many messages per record (default on). Off: one message or fragment per record,
@@ -49,6 +53,7 @@ impl Default for ConnectionConfig {
             initial_window: 1024 * 1024,
             high_watermark: 1000,
             low_watermark: 100,
+            max_queued_bytes: 16 * 1024 * 1024,
             max_record_plaintext: MAX_RECORD_PLAINTEXT_LEN,
             batching: true,
             danger_null_cipher: false,
@@ -76,6 +81,9 @@ impl ConnectionConfig {
         }
         if self.low_watermark >= self.high_watermark {
             return fail("low_watermark must be below high_watermark");
+        }
+        if self.max_queued_bytes < 64 * 1024 {
+            return fail("max_queued_bytes must be at least 64 KiB");
         }
         if !(256..=MAX_RECORD_PLAINTEXT_LEN).contains(&self.max_record_plaintext) {
             return fail("max_record_plaintext must be between 256 and 65536");
@@ -122,6 +130,10 @@ mod tests {
             },
             ConnectionConfig {
                 max_record_plaintext: 100_000,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                max_queued_bytes: 1000,
                 ..Default::default()
             },
         ];

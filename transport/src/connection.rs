@@ -615,6 +615,7 @@ impl Connection {
         stream.state = SendState::Rejected;
         let unsent = stream.queue.len() as u64;
         stream.queue.clear();
+        stream.queued_bytes = 0;
         stream.front_offset = 0;
         stream.blocked = false;
         events.push_back(Event::StreamRejected { stream: id, unsent });
@@ -710,6 +711,7 @@ impl Connection {
             return Err((e, data));
         }
         let local = &mut self.streams[usize::from(stream.0)];
+        local.queued_bytes += data.len() as u64;
         local.queue.push_back(data);
         if local.queue.len() >= self.config.high_watermark {
             local.blocked = true;
@@ -739,10 +741,17 @@ impl Connection {
         if len > max {
             return Err(SendError::MessageTooLarge { len, max });
         }
-        if local.blocked {
+        if local.blocked || self.over_queued_bytes(len) {
             return Err(SendError::Full);
         }
         Ok(())
+    }
+
+    /// Whether `len` more bytes would take the connection's queues past `max_queued_bytes` (a
+    /// message alone in an empty connection always fits).
+    fn over_queued_bytes(&self, len: usize) -> bool {
+        let queued: u64 = self.streams.iter().map(|s| s.queued_bytes).sum();
+        queued > 0 && queued + len as u64 > self.config.max_queued_bytes as u64
     }
 
     /// The application consumed a message of `len` bytes from `stream`: its credit goes back to
@@ -830,6 +839,7 @@ impl Connection {
             }
             stream.front_offset = 0;
             stream.confirmed = 0;
+            stream.queued_bytes = 0;
             self.events.push_back(Event::Undelivered {
                 stream: StreamId(index as u16),
                 unsent: stream.queue.drain(..).collect(),
@@ -1107,6 +1117,7 @@ impl Connection {
         self.streams
             .get(usize::from(stream.0))
             .is_some_and(|s| s.blocked)
+            || self.over_queued_bytes(0)
     }
 
     /// Bytes we may still send on `stream` before the peer grants more.

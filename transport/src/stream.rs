@@ -42,6 +42,8 @@ pub(crate) struct LocalStream {
     /// Bytes we may still send.
     pub credit: u64,
     pub queue: VecDeque<Bytes>,
+    /// Payload bytes of the messages in `queue`.
+    pub queued_bytes: u64,
     /// Messages written whose receipt the peer has not yet confirmed by returning their credit,
     /// oldest first. Bounded by the window: each costs at least `MESSAGE_CREDIT_OVERHEAD`.
     pub in_flight: VecDeque<Bytes>,
@@ -71,6 +73,7 @@ impl LocalStream {
             state,
             credit: 0,
             queue: VecDeque::with_capacity(queue_capacity),
+            queued_bytes: 0,
             in_flight: VecDeque::new(),
             confirmed: 0,
             front_offset: 0,
@@ -141,6 +144,7 @@ impl LocalStream {
                 self.credit -= overhead + remaining as u64;
                 self.sent_messages += 1;
                 self.sent_bytes += message.len() as u64;
+                self.queued_bytes -= message.len() as u64;
                 if let Some(message) = self.queue.pop_front() {
                     // Kept (moved, not copied) until the peer confirms it.
                     self.in_flight.push_back(message);

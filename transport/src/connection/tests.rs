@@ -738,3 +738,38 @@ fn credit_below_the_batch_is_sent_after_the_delay_so_a_quiet_sender_learns_of_re
     p.pump();
     assert_eq!(p.a.unconfirmed_messages(), 0);
 }
+
+#[test]
+fn queued_bytes_over_all_streams_are_bounded() {
+    let config = Arc::new(ConnectionConfig {
+        max_queued_bytes: 64 * 1024,
+        ..ConnectionConfig::default()
+    });
+    let mut p = Pair::connected_with(config.clone(), config);
+    p.a.complete_handshake(&["x", "y"]).expect("a");
+    p.b.complete_handshake(&["x", "y"]).expect("b");
+    let (x, y) = (
+        p.a.stream_id("x").expect("x"),
+        p.a.stream_id("y").expect("y"),
+    );
+    let big = Bytes::from(vec![1u8; 30_000]);
+    p.a.send(x, big.clone()).expect("first");
+    p.a.send(y, big.clone()).expect("second, other stream");
+    assert_eq!(p.a.send(x, big.clone()), Err(SendError::Full));
+    assert_eq!(
+        p.a.send(y, big.clone()),
+        Err(SendError::Full),
+        "the bound is the connection's, not a stream's"
+    );
+    p.pump();
+    drain_messages(&mut p.b);
+    p.pump();
+    assert!(!p.a.is_blocked(x));
+    p.a.send(x, big).expect("room again once written");
+    // A message larger than the bound still goes when it is alone.
+    p.pump();
+    drain_messages(&mut p.b);
+    p.pump();
+    p.a.send(y, Bytes::from(vec![2u8; 100_000]))
+        .expect("alone on an empty connection");
+}
