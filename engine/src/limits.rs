@@ -1,10 +1,12 @@
 //! The connection manager's limits, shared by all shards of a node: how many authenticated
-//! connections in each direction and in total, and how many inbound sockets per source IP.
+//! connections in each direction and in total, how many inbound sockets per source IP, and how
+//! fast one source IP may open them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use glueberry_crypto::PeerId;
 use glueberry_transport::{Admission, CloseCode, Direction};
@@ -21,6 +23,13 @@ pub struct ConnectionLimits {
     /// Inbound sockets per source IP address, authenticated or not (default 16), refused at
     /// accept before any handshake work.
     pub max_inbound_per_ip: usize,
+    /// Inbound sockets per source IP still in their secure handshake, per shard (default 4);
+    /// more are refused at accept.
+    pub max_pending_per_ip: usize,
+    /// Inbound connection attempts a source IP may make per second (default 10, with bursts
+    /// of twice that); faster ones are refused at accept. Bounds a peer that reconnects in a
+    /// loop and a handshake flood.
+    pub inbound_attempts_per_ip_per_sec: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -30,6 +39,8 @@ impl Default for ConnectionLimits {
             max_outbound: 400,
             max_total: 400,
             max_inbound_per_ip: 16,
+            max_pending_per_ip: 4,
+            inbound_attempts_per_ip_per_sec: 10,
         }
     }
 }
@@ -41,6 +52,18 @@ pub(crate) struct Limits {
     inbound: AtomicUsize,
     outbound: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Per source IP: attempt tokens left and when they were last refilled.
+    rates: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Source IPs whose attempt buckets are kept before full (idle) ones are forgotten.
+const RATE_ENTRIES: usize = 4096;
+
+/// Why an inbound socket was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptRefusal {
+    TooMany,
+    TooFast,
 }
 
 impl Limits {
@@ -50,19 +73,53 @@ impl Limits {
             inbound: AtomicUsize::new(0),
             outbound: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes a slot for an inbound socket from `ip`; `None` if the IP is at its limit. The slot
-    /// is given back when the returned guard drops (with the socket).
-    pub(crate) fn accept_from(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+    pub(crate) fn max_pending_per_ip(&self) -> usize {
+        self.limits.max_pending_per_ip
+    }
+
+    /// Takes one attempt token of `ip` (a bucket of twice the rate, refilled continuously).
+    fn attempt(&self, ip: IpAddr, now: Instant) -> bool {
+        let rate = f64::from(self.limits.inbound_attempts_per_ip_per_sec);
+        let burst = 2.0 * rate;
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        if rates.len() >= RATE_ENTRIES && !rates.contains_key(&ip) {
+            // Forget the sources whose bucket has refilled: they are as good as new.
+            rates.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = rates.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
+    /// Takes a slot for an inbound socket from `ip`, refused if the IP is at its limit or
+    /// attempting too fast. The slot is given back when the returned guard drops (with the
+    /// socket).
+    pub(crate) fn accept_from(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<IpSlot, AcceptRefusal> {
+        if !self.attempt(ip, now) {
+            return Err(AcceptRefusal::TooFast);
+        }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let count = per_ip.entry(ip).or_insert(0);
         if *count >= self.limits.max_inbound_per_ip {
-            return None;
+            return Err(AcceptRefusal::TooMany);
         }
         *count += 1;
-        Some(IpSlot {
+        Ok(IpSlot {
             ip,
             limits: self.clone(),
         })
@@ -107,6 +164,12 @@ impl Admission for Limits {
 pub(crate) struct IpSlot {
     ip: IpAddr,
     limits: Arc<Limits>,
+}
+
+impl IpSlot {
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
 }
 
 impl Drop for IpSlot {

@@ -16,6 +16,7 @@ use glueberry_transport::{
     NodeError, NodeEvent, SendError, StreamId, shard_of,
 };
 
+use crate::limits::AcceptRefusal;
 use crate::metrics::{ShardMetrics, StreamMetrics, count_records};
 use crate::queue::{CommandQueue, Refused};
 use crate::sys::ring::{Completion, Op, Ring, WAKE_TOKEN, received};
@@ -855,20 +856,47 @@ impl Shard {
                     .ok()
                     .and_then(|a| a.as_socket());
                 let slot = match peer_addr {
-                    Some(addr) => match self.shared.limits.accept_from(addr.ip()) {
-                        Some(slot) => Some(slot),
-                        None => {
-                            // Over the per-IP limit: closed (by dropping it) before any work.
+                    Some(addr) => match self.shared.limits.accept_from(addr.ip(), now) {
+                        Ok(slot) => Some(slot),
+                        Err(refusal) => {
+                            // Over a per-IP limit: closed (by dropping it) before any work.
+                            let reason = match refusal {
+                                AcceptRefusal::TooMany => {
+                                    "too many inbound connections from this IP"
+                                }
+                                AcceptRefusal::TooFast => {
+                                    "too many connection attempts per second from this IP"
+                                }
+                            };
                             self.emit(Event::Refused {
                                 peer: None,
                                 address: Some(addr),
-                                reason: "too many inbound connections from this IP".into(),
+                                reason: reason.into(),
                             });
                             return Ok(());
                         }
                     },
                     None => None,
                 };
+                if let Some(addr) = peer_addr {
+                    let ip = addr.ip();
+                    let pending = self
+                        .conns
+                        .iter()
+                        .filter(|(id, io)| {
+                            io.ip_slot.as_ref().is_some_and(|s| s.ip() == ip)
+                                && self.core.is_pending(**id)
+                        })
+                        .count();
+                    if pending >= self.shared.limits.max_pending_per_ip() {
+                        self.emit(Event::Refused {
+                            peer: None,
+                            address: Some(addr),
+                            reason: "too many pending handshakes from this IP".into(),
+                        });
+                        return Ok(());
+                    }
+                }
                 socket::tune(&fd);
                 let Some(id) = self.core.handle_accepted(now) else {
                     // Too many handshakes pending on this shard: closed before any work.

@@ -320,3 +320,83 @@ fn simultaneous_dials_repeated_leave_exactly_one_connection_each_time() {
     a.stop();
     b.stop();
 }
+
+/// Refusals reported so far whose reason contains `what`.
+fn refusals(events: &async_channel::Receiver<Event>, what: &str) -> usize {
+    std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| matches!(e, Event::Refused { reason, .. } if reason.contains(what)))
+        .count()
+}
+
+#[test]
+fn pending_handshakes_per_ip_are_capped_at_accept() {
+    let node = Node::start(
+        config()
+            .event_buffer(10_000)
+            .limits(glueberry::ConnectionLimits {
+                max_pending_per_ip: 3,
+                inbound_attempts_per_ip_per_sec: 1000,
+                ..Default::default()
+            }),
+    )
+    .unwrap();
+    let events = node.events();
+    measured(
+        "8 unfinished handshakes from one IP, 3 allowed",
+        &node,
+        || {
+            let mut sockets: Vec<TcpStream> = (0..8)
+                .map(|_| {
+                    let mut s = TcpStream::connect(node.listen_addr()).unwrap();
+                    s.write_all(&[0x01]).unwrap();
+                    // Accepted one at a time, so that each finds the ones before it pending.
+                    std::thread::sleep(Duration::from_millis(30));
+                    s
+                })
+                .collect();
+            let refused = refusals(&events, "pending handshakes from this IP");
+            println!("refused as pending from the same IP: {refused}");
+            assert_eq!(refused, 5);
+            let closed = sockets
+                .iter_mut()
+                .map(closed_by_node)
+                .filter(|c| *c)
+                .count();
+            assert_eq!(
+                closed, 8,
+                "the pending ones are cut off at the handshake timeout too"
+            );
+        },
+    );
+    node.stop();
+}
+
+#[test]
+fn connection_attempts_per_second_from_one_ip_are_limited() {
+    let node = Node::start(
+        config()
+            .event_buffer(10_000)
+            .limits(glueberry::ConnectionLimits {
+                inbound_attempts_per_ip_per_sec: 5,
+                ..Default::default()
+            }),
+    )
+    .unwrap();
+    let events = node.events();
+    measured(
+        "40 connections opened and dropped at once, 5/s allowed",
+        &node,
+        || {
+            for _ in 0..40 {
+                drop(TcpStream::connect(node.listen_addr()).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let refused = refusals(&events, "attempts per second");
+            println!("refused as too fast: {refused} of 40 (burst 10)");
+            assert!((15..=30).contains(&refused), "{refused} refused");
+            // The bucket refills: an honest peer from the same IP gets in a second later.
+            std::thread::sleep(Duration::from_secs(1));
+        },
+    );
+    node.stop();
+}

@@ -421,6 +421,8 @@ fn many_idle_peers_on_one_node() {
             max_outbound: 100_000,
             max_total: 100_000,
             max_inbound_per_ip: 100_000,
+            max_pending_per_ip: 100_000,
+            inbound_attempts_per_ip_per_sec: 1_000_000,
         };
         let mut config = NodeConfig::new(Identity::generate().unwrap(), NET, listen())
             .shards(2)

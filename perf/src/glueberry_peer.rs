@@ -115,6 +115,8 @@ fn unlimited() -> glueberry::ConnectionLimits {
         max_outbound: usize::MAX / 2,
         max_total: usize::MAX / 2,
         max_inbound_per_ip: usize::MAX / 2,
+        max_pending_per_ip: usize::MAX / 2,
+        inbound_attempts_per_ip_per_sec: u32::MAX / 4,
     }
 }
 

@@ -584,6 +584,13 @@ impl NodeCore {
         Some(id)
     }
 
+    /// Whether an inbound connection is still in its secure handshake.
+    pub fn is_pending(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.pending_since().is_some())
+    }
+
     /// Inbound connections still in their secure handshake.
     pub fn pending_handshakes(&self) -> usize {
         self.conns
