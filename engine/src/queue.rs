@@ -5,22 +5,25 @@
 //! is what a general-purpose channel does, and costs a cross-core wake-up per message). The
 //! capacity is the senders' credit; the shard returns half of it at a time.
 //!
-//! Messages and control commands (connect, disconnect, complete the handshake, ...) share the
-//! queue, so that their order is kept; control has `CONTROL_HEADROOM` places of its own above
-//! the messages' capacity, so a queue full of messages never refuses a connect.
+//! Control commands (connect, disconnect, complete the handshake, ...) go in the same queue as
+//! messages, so that a thread's order is kept — except when it is full: then they wait in a
+//! small queue of their own (`CONTROL_BACKLOG`), taken once the messages before them are, and
+//! messages are refused until it is empty. A queue full of messages never refuses a connect,
+//! and a message push costs no more than before (no length check on the shared queue).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use concurrent_queue::{ConcurrentQueue, PushError};
 use event_listener::Event;
 
-/// Places beyond the messages' capacity that only control commands may take.
-const CONTROL_HEADROOM: usize = 256;
+/// Control commands that may wait behind a full queue.
+const CONTROL_BACKLOG: usize = 256;
 
 /// A bounded multi-producer queue with one consumer (the shard).
 pub(crate) struct CommandQueue<T> {
     queue: ConcurrentQueue<T>,
-    /// How many items `try_push` (messages) may fill; control may go `CONTROL_HEADROOM` beyond.
+    /// Control commands that found `queue` full, in order; taken after everything in `queue`.
+    backlog: ConcurrentQueue<T>,
     capacity: usize,
     space: Event,
     waiting: AtomicBool,
@@ -36,30 +39,38 @@ impl<T> CommandQueue<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2);
         Self {
-            queue: ConcurrentQueue::bounded(capacity + CONTROL_HEADROOM),
+            queue: ConcurrentQueue::bounded(capacity),
+            backlog: ConcurrentQueue::bounded(CONTROL_BACKLOG),
             capacity,
             space: Event::new(),
             waiting: AtomicBool::new(false),
         }
     }
 
-    /// Pushes a message without waiting: refused at the messages' capacity.
+    /// Pushes a message without waiting.
     pub(crate) fn try_push(&self, item: T) -> Result<(), Refused<T>> {
-        // Concurrent pushers may pass the check together and go a little over: the headroom
-        // takes it.
-        if self.queue.len() >= self.capacity {
-            return if self.queue.is_closed() {
-                Err(Refused::Closed(item))
-            } else {
-                Err(Refused::Full(item))
-            };
+        // Control commands are waiting behind a full queue: messages go after them.
+        if !self.backlog.is_empty() {
+            return Err(Refused::Full(item));
         }
-        self.try_push_control(item)
+        self.queue.push(item).map_err(|e| match e {
+            PushError::Full(item) => Refused::Full(item),
+            PushError::Closed(item) => Refused::Closed(item),
+        })
     }
 
-    /// Pushes a control command without waiting: refused only when the headroom is full too.
+    /// Pushes a control command without waiting: refused only when the backlog is full too.
     pub(crate) fn try_push_control(&self, item: T) -> Result<(), Refused<T>> {
-        self.queue.push(item).map_err(|e| match e {
+        let item = if self.backlog.is_empty() {
+            match self.queue.push(item) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Closed(item)) => return Err(Refused::Closed(item)),
+                Err(PushError::Full(item)) => item,
+            }
+        } else {
+            item
+        };
+        self.backlog.push(item).map_err(|e| match e {
             PushError::Full(item) => Refused::Full(item),
             PushError::Closed(item) => Refused::Closed(item),
         })
@@ -87,7 +98,7 @@ impl<T> CommandQueue<T> {
 
     /// Takes the next item (the shard).
     pub(crate) fn pop(&self) -> Option<T> {
-        self.queue.pop().ok()
+        self.queue.pop().or_else(|_| self.backlog.pop()).ok()
     }
 
     /// Called by the shard after it took a batch: wakes waiting senders once the queue is at
@@ -105,12 +116,13 @@ impl<T> CommandQueue<T> {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.backlog.is_empty()
     }
 
     /// Refuses further pushes and wakes every waiting sender (the node is stopping).
     pub(crate) fn close(&self) {
         self.queue.close();
+        self.backlog.close();
         self.space.notify(usize::MAX);
     }
 }
@@ -161,7 +173,24 @@ mod tests {
         );
         let order: Vec<i32> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(order, vec![0, 1, 2, 3, 100]);
-        for i in 0..(4 + CONTROL_HEADROOM as i32) {
+        // Full of messages: control waits in the backlog, messages wait for it.
+        for i in 0..4 {
+            assert!(q.try_push(i).is_ok());
+        }
+        assert!(q.try_push_control(100).is_ok());
+        assert_eq!(q.pop(), Some(0));
+        assert!(
+            matches!(q.try_push(5), Err(Refused::Full(5))),
+            "a message overtook control"
+        );
+        let order: Vec<i32> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, vec![1, 2, 3, 100]);
+        assert!(q.try_push(5).is_ok());
+        assert_eq!(q.pop(), Some(5));
+        for i in 0..4 {
+            assert!(q.try_push(i).is_ok());
+        }
+        for i in 0..CONTROL_BACKLOG as i32 {
             assert!(q.try_push_control(i).is_ok());
         }
         assert!(matches!(q.try_push_control(-1), Err(Refused::Full(-1))));

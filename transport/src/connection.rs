@@ -95,6 +95,8 @@ pub struct Connection {
     /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after the
     /// last input at the latest, so that a quiet sender learns its messages arrived.
     credit_owed: bool,
+    /// Payload bytes queued on all streams (the sum of their `queued_bytes`).
+    queued_bytes: u64,
     ping: Option<(u64, Instant)>,
     ping_seq: u64,
     close_frame: Option<CloseCode>,
@@ -190,6 +192,7 @@ impl Connection {
             round_robin: 0,
             last_recv: now,
             credit_owed: false,
+            queued_bytes: 0,
             ping: None,
             ping_seq: 0,
             close_frame: None,
@@ -562,7 +565,12 @@ impl Connection {
         // Streams opened before we knew the peer's limit and above it can never be accepted.
         for (index, stream) in self.streams.iter_mut().enumerate().skip(1) {
             if index >= usize::from(settings.max_streams) {
-                Self::reject_local(stream, StreamId(index as u16), &mut self.events);
+                Self::reject_local(
+                    stream,
+                    StreamId(index as u16),
+                    &mut self.events,
+                    &mut self.queued_bytes,
+                );
             }
         }
         Ok(())
@@ -607,14 +615,25 @@ impl Connection {
             .ok_or(ConnectionError::Protocol(
                 "REJECT of a stream not awaiting an answer",
             ))?;
-        Self::reject_local(local, StreamId(stream), &mut self.events);
+        Self::reject_local(
+            local,
+            StreamId(stream),
+            &mut self.events,
+            &mut self.queued_bytes,
+        );
         Ok(())
     }
 
-    fn reject_local(stream: &mut LocalStream, id: StreamId, events: &mut VecDeque<Event>) {
+    fn reject_local(
+        stream: &mut LocalStream,
+        id: StreamId,
+        events: &mut VecDeque<Event>,
+        queued_bytes: &mut u64,
+    ) {
         stream.state = SendState::Rejected;
         let unsent = stream.queue.len() as u64;
         stream.queue.clear();
+        *queued_bytes -= stream.queued_bytes;
         stream.queued_bytes = 0;
         stream.front_offset = 0;
         stream.blocked = false;
@@ -712,6 +731,7 @@ impl Connection {
         }
         let local = &mut self.streams[usize::from(stream.0)];
         local.queued_bytes += data.len() as u64;
+        self.queued_bytes += data.len() as u64;
         local.queue.push_back(data);
         if local.queue.len() >= self.config.high_watermark {
             local.blocked = true;
@@ -750,8 +770,8 @@ impl Connection {
     /// Whether `len` more bytes would take the connection's queues past `max_queued_bytes` (a
     /// message alone in an empty connection always fits).
     fn over_queued_bytes(&self, len: usize) -> bool {
-        let queued: u64 = self.streams.iter().map(|s| s.queued_bytes).sum();
-        queued > 0 && queued + len as u64 > self.config.max_queued_bytes as u64
+        self.queued_bytes > 0
+            && self.queued_bytes + len as u64 > self.config.max_queued_bytes as u64
     }
 
     /// The application consumed a message of `len` bytes from `stream`: its credit goes back to
@@ -833,6 +853,7 @@ impl Connection {
         self.handshake = None;
         self.control.clear();
         let unsent = self.queued_messages() as u64;
+        self.queued_bytes = 0;
         for (index, stream) in self.streams.iter_mut().enumerate() {
             if stream.queue.is_empty() && stream.in_flight.is_empty() {
                 continue;
@@ -959,6 +980,7 @@ impl Connection {
             let stream = &mut self.streams[index];
             let mut progressed = false;
             if stream.sendable() {
+                let queued = stream.queued_bytes;
                 let (n, completed) = stream.write_data(
                     index as u16,
                     &mut out[written..],
@@ -968,6 +990,7 @@ impl Connection {
                 );
                 written += n;
                 progressed = n > 0;
+                self.queued_bytes -= queued - stream.queued_bytes;
                 if completed > 0
                     && stream.blocked
                     && stream.queue.len() <= self.config.low_watermark
