@@ -101,6 +101,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Delivery** — every message `send` accepted reaches the peer's node or comes back
+//! (ARCHITECTURE.md, "Delivery"):
+//! ```no_run
+//! # use glueberry::{Event, Node};
+//! # fn f(node: &Node) {
+//! while let Ok(event) = node.events().recv_blocking() {
+//!     match event {
+//!         // The connection closed first: `unsent` never left, `unconfirmed` may have arrived.
+//!         Event::Undelivered { peer, stream, unsent, unconfirmed } => {
+//!             println!("{peer} {stream}: {} unsent, {} unconfirmed", unsent.len(), unconfirmed.len());
+//!         }
+//!         // Refused at the shard (not connected, stream not open, too large).
+//!         Event::SendFailed { peer, error, data, .. } => println!("{peer}: {error} ({} B)", data.len()),
+//!         _ => {}
+//!     }
+//! }
+//! node.drain(std::time::Duration::from_secs(5)); // wait until the peers confirmed everything
+//! node.stop(); // hands back whatever is left
+//! # }
+//! ```
+//!
 //! **Events** — filtered subscriptions that never slow the node:
 //! ```no_run
 //! # use glueberry::{Event, EventFilter, Node}; use glueberry::transport::ConnState;
