@@ -512,14 +512,17 @@ pub enum StartError {
 }
 
 /// Queues a command for a shard without waiting, and wakes the shard if it sleeps.
-fn push_command(handle: &ShardHandle, command: Command) -> Result<(), NodeSendError> {
-    handle
-        .commands
-        .try_push_control(command)
-        .map_err(|e| match e {
+impl<T> From<Refused<T>> for NodeSendError {
+    fn from(refused: Refused<T>) -> Self {
+        match refused {
             Refused::Full(_) => NodeSendError::BufferFull,
             Refused::Closed(_) => NodeSendError::Stopped,
-        })?;
+        }
+    }
+}
+
+fn push_command(handle: &ShardHandle, command: Command) -> Result<(), NodeSendError> {
+    handle.commands.try_push_control(command)?;
     handle.wake();
     Ok(())
 }
@@ -1262,17 +1265,11 @@ impl Node {
         if handle.is_congested(&peer) {
             return Err(NodeSendError::BufferFull);
         }
-        handle
-            .commands
-            .try_push(Command::Send {
-                peer,
-                stream: stream.clone(),
-                data,
-            })
-            .map_err(|e| match e {
-                Refused::Full(_) => NodeSendError::BufferFull,
-                Refused::Closed(_) => NodeSendError::Stopped,
-            })?;
+        handle.commands.try_push(Command::Send {
+            peer,
+            stream: stream.clone(),
+            data,
+        })?;
         handle.wake();
         Ok(())
     }
