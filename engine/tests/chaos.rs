@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glueberry::crypto::Identity;
 use glueberry::crypto::PeerId;
 use glueberry::transport::{ConnState, ConnectionConfig};
 use glueberry::{Event, EventFilter, Node, NodeConfig};
@@ -24,21 +23,16 @@ const NET: &str = "chaos-test";
 const STREAMS: [&str; 2] = ["consensus", "mempool"];
 
 fn config() -> NodeConfig {
-    NodeConfig::new(
-        Identity::generate().unwrap(),
-        NET,
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .shards(1)
-    .event_buffer(100_000)
-    .message_buffer(100_000)
-    .reconnect(Duration::from_millis(50), Duration::from_millis(400), 0)
-    .dial_timeout(Duration::from_secs(3))
-    .connection(ConnectionConfig {
-        keepalive_interval: Duration::from_millis(150),
-        idle_timeout: Duration::from_millis(800),
-        ..ConnectionConfig::default()
-    })
+    common::loopback_config(NET)
+        .event_buffer(100_000)
+        .message_buffer(100_000)
+        .reconnect(Duration::from_millis(50), Duration::from_millis(400), 0)
+        .dial_timeout(Duration::from_secs(3))
+        .connection(ConnectionConfig {
+            keepalive_interval: Duration::from_millis(150),
+            idle_timeout: Duration::from_millis(800),
+            ..ConnectionConfig::default()
+        })
 }
 
 /// Completes the application handshake whenever `node` has `peer` Connected, until `stop`.

@@ -22,12 +22,7 @@ const T: Duration = Duration::from_secs(10);
 
 /// A one-shard node on loopback with a fresh identity.
 fn config() -> NodeConfig {
-    NodeConfig::new(
-        Identity::generate().unwrap(),
-        NET,
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .shards(1)
+    common::loopback_config(NET)
 }
 
 fn node() -> Node {

@@ -1,12 +1,13 @@
 //! The metrics and health endpoint over real HTTP, and the exposition checked by promtool.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glueberry::crypto::Identity;
 use glueberry::transport::ConnState;
 use glueberry::{Event, Node, NodeConfig};
 
@@ -14,12 +15,7 @@ const NET: &str = "observability-test";
 
 /// A one-shard node on loopback with a fresh identity.
 fn config() -> NodeConfig {
-    NodeConfig::new(
-        Identity::generate().unwrap(),
-        NET,
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .shards(1)
+    common::loopback_config(NET)
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {

@@ -19,3 +19,13 @@ fn status_field(name: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// A one-shard node's config on loopback (any free port) with a fresh identity.
+pub(crate) fn loopback_config(network: &str) -> glueberry::NodeConfig {
+    glueberry::NodeConfig::new(
+        glueberry::crypto::Identity::generate().unwrap(),
+        network,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .shards(1)
+}
