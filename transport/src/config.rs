@@ -43,7 +43,17 @@ pub struct ConnectionConfig {
     pub keepalive_interval: Duration,
     /// Silence after which the connection is declared dead (default 45 s).
     pub idle_timeout: Duration,
+    /// Send priority per stream name, 0 (lowest) to [`MAX_PRIORITY`]; streams not listed get
+    /// [`DEFAULT_PRIORITY`], the `handshake` stream [`MAX_PRIORITY`]. Records are filled by a
+    /// weighted deficit round robin: each round a stream may write `16 KiB << priority` bytes,
+    /// streams taken in priority order (see PROTOCOL.md §5.5; local only, never sent).
+    pub priorities: Vec<(String, u8)>,
 }
+
+/// The highest stream priority.
+pub const MAX_PRIORITY: u8 = 7;
+/// The priority of a stream the configuration does not name.
+pub const DEFAULT_PRIORITY: u8 = 3;
 
 impl Default for ConnectionConfig {
     fn default() -> Self {
@@ -59,11 +69,23 @@ impl Default for ConnectionConfig {
             danger_null_cipher: false,
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            priorities: Vec::new(),
         }
     }
 }
 
 impl ConnectionConfig {
+    /// The send priority of the stream called `name`.
+    pub fn priority_of(&self, name: &str) -> u8 {
+        if name == crate::connection::HANDSHAKE_STREAM {
+            return MAX_PRIORITY;
+        }
+        self.priorities
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(DEFAULT_PRIORITY, |&(_, p)| p.min(MAX_PRIORITY))
+    }
+
     /// Checks the settings make sense together; says which one does not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |what: &'static str| Err(ConfigError(what));
@@ -87,6 +109,9 @@ impl ConnectionConfig {
         }
         if !(256..=MAX_RECORD_PLAINTEXT_LEN).contains(&self.max_record_plaintext) {
             return fail("max_record_plaintext must be between 256 and 65536");
+        }
+        if self.priorities.iter().any(|&(_, p)| p > MAX_PRIORITY) {
+            return fail("stream priorities must be between 0 and 7");
         }
         if self.keepalive_interval.is_zero() || self.idle_timeout <= self.keepalive_interval {
             return fail("idle_timeout must be longer than a non-zero keepalive_interval");

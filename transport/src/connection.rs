@@ -50,8 +50,6 @@ const CREDIT_DELAY: Duration = Duration::from_millis(10);
 const RX_CHUNK: usize = 64 * 1024;
 /// Initial capacity of a connection's event queue and of each stream's send queue.
 const INITIAL_QUEUE: usize = 16;
-/// Bytes one stream may write into a record before the next stream's turn.
-const STREAM_QUANTUM: usize = 16 * 1024;
 
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +88,10 @@ pub struct Connection {
     control: VecDeque<Control>,
     events: VecDeque<Event>,
     rx: BytesMut,
-    round_robin: usize,
+    /// Stream indices, highest priority first: the order the record scheduler visits them.
+    order: Vec<u16>,
+    /// Some stream wrote messages the driver has not yet collected with `take_written`.
+    written: bool,
     last_recv: Instant,
     /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after the
     /// last input at the latest, so that a quiet sender learns its messages arrived.
@@ -168,6 +169,7 @@ impl Connection {
             HANDSHAKE_STREAM,
             SendState::AwaitingPeer,
             queue,
+            crate::config::MAX_PRIORITY,
         ));
         let mut peer_streams = Vec::with_capacity(usize::from(config.max_streams));
         peer_streams.push(Some(PeerStream::new(
@@ -189,7 +191,8 @@ impl Connection {
             control: VecDeque::with_capacity(8),
             events: VecDeque::with_capacity(INITIAL_QUEUE),
             rx: BytesMut::new(),
-            round_robin: 0,
+            order: vec![0],
+            written: false,
             last_recv: now,
             credit_owed: false,
             queued_bytes: 0,
@@ -702,10 +705,16 @@ impl Connection {
                 name,
                 SendState::AwaitingPeer,
                 INITIAL_QUEUE.min(self.config.high_watermark),
+                self.config.priority_of(name),
             );
             stream.open_pending = true;
             self.streams.push(stream);
         }
+        // Highest priority first; equal priorities in the order the application named them.
+        self.order = (0..self.streams.len() as u16).collect();
+        let streams = &self.streams;
+        self.order
+            .sort_by_key(|&i| std::cmp::Reverse(streams[usize::from(i)].priority));
         self.phase = Phase::Established;
         self.events.push_back(Event::Established);
         for peer_id in 1..self.peer_streams.len() {
@@ -969,50 +978,106 @@ impl Connection {
         written
     }
 
+    /// Fills `out` with DATA frames: a deficit round robin over the streams that have messages
+    /// and credit, visited highest priority first. Each round gives every busy stream its
+    /// quantum (16 KiB × (priority + 1)); a stream that goes idle starts its next busy period
+    /// with a full quantum, so a message on a quiet high-priority stream is written before the
+    /// next fragment of a bulk transfer on a lower one.
     fn write_data(&mut self, out: &mut [u8]) -> usize {
-        let count = self.streams.len();
         let one_only = !self.config.batching;
         let min_fragment = crate::stream::min_fragment(self.config.max_record_plaintext);
         let mut written = 0;
-        let mut idle = 0;
-        let mut index = self.round_robin % count;
-        while idle < count && written < out.len() {
-            let stream = &mut self.streams[index];
+        let mut new_round = false;
+        loop {
+            let mut busy = false;
             let mut progressed = false;
-            if stream.sendable() {
+            for &index in &self.order {
+                let stream = &mut self.streams[usize::from(index)];
+                if !stream.sendable() {
+                    if stream.queue.is_empty() {
+                        stream.deficit = crate::stream::quantum(stream.priority);
+                    }
+                    continue;
+                }
+                busy = true;
+                if stream.deficit == 0 {
+                    continue;
+                }
+                if written >= out.len() {
+                    return written;
+                }
                 let queued = stream.queued_bytes;
                 let (n, completed) = stream.write_data(
-                    index as u16,
+                    index,
                     &mut out[written..],
-                    STREAM_QUANTUM,
+                    stream.deficit,
                     one_only,
                     min_fragment,
                 );
+                stream.deficit = stream.deficit.saturating_sub(n);
                 written += n;
-                progressed = n > 0;
                 self.queued_bytes -= queued - stream.queued_bytes;
-                if completed > 0
-                    && stream.blocked
-                    && stream.queue.len() <= self.config.low_watermark
-                {
-                    stream.blocked = false;
-                    self.events
-                        .push_back(Event::Writable(StreamId(index as u16)));
+                if completed > 0 {
+                    self.written = true;
+                    if stream.blocked && stream.queue.len() <= self.config.low_watermark {
+                        stream.blocked = false;
+                        self.events.push_back(Event::Writable(StreamId(index)));
+                    }
                 }
-                if one_only && progressed {
-                    self.round_robin = index + 1;
+                if n == 0 {
+                    // Data and credit but no progress (the record is out of room for it, or
+                    // its credit is below a frame): its turn ends with this round.
+                    stream.deficit = 0;
+                    continue;
+                }
+                progressed = true;
+                if one_only {
                     return written;
                 }
             }
-            idle = if progressed { 0 } else { idle + 1 };
-            // A stream that still has data and credit but made no progress is out of room.
-            if !progressed && self.streams[index].sendable() && written > 0 {
-                break;
+            if !busy {
+                return written;
             }
-            index = (index + 1) % count;
+            if !progressed {
+                if new_round {
+                    return written;
+                }
+                // Every busy stream spent its quantum: the next round.
+                new_round = true;
+                for stream in &mut self.streams {
+                    if stream.sendable() {
+                        stream.deficit += crate::stream::quantum(stream.priority);
+                    }
+                }
+            } else {
+                new_round = false;
+            }
         }
-        self.round_robin = index;
-        written
+    }
+
+    /// Reports, per stream, the messages and payload bytes fully written into records since the
+    /// last call (the driver's queue accounting), and resets the counts.
+    pub fn take_written(&mut self, mut report: impl FnMut(StreamId, u64, u64)) {
+        if !std::mem::take(&mut self.written) {
+            return;
+        }
+        for (index, stream) in self.streams.iter_mut().enumerate() {
+            if stream.written_messages > 0 {
+                report(
+                    StreamId(index as u16),
+                    std::mem::take(&mut stream.written_messages),
+                    std::mem::take(&mut stream.written_bytes),
+                );
+            }
+        }
+    }
+
+    /// Our streams' ids and names.
+    pub fn streams(&self) -> impl Iterator<Item = (StreamId, &std::sync::Arc<str>)> {
+        self.streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (StreamId(i as u16), &s.name))
     }
 
     /// The next event, if any.

@@ -62,7 +62,8 @@ mod stream;
 pub mod testing;
 
 pub use config::{
-    ConfigError, ConnectionConfig, MAX_MESSAGE_SIZE_LIMIT, MAX_STREAMS_LIMIT, MIN_WINDOW,
+    ConfigError, ConnectionConfig, DEFAULT_PRIORITY, MAX_MESSAGE_SIZE_LIMIT, MAX_PRIORITY,
+    MAX_STREAMS_LIMIT, MIN_WINDOW,
 };
 pub use connection::{Connection, HANDSHAKE_STREAM, Phase, StreamStats};
 pub use event::{

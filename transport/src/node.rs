@@ -502,6 +502,40 @@ impl NodeCore {
             .map_err(|(e, data)| (e.into(), data))
     }
 
+    /// Queues a message on a known connection's stream: the driver resolved (peer, stream name)
+    /// to (connection, stream) once, when the connection became Established, and sends by it.
+    pub fn send_on(
+        &mut self,
+        conn: ConnId,
+        stream: StreamId,
+        data: Bytes,
+    ) -> Result<(), (NodeError, Bytes)> {
+        match self.conns.get_mut(&conn) {
+            Some(c) => c
+                .conn
+                .send_or_return(stream, data)
+                .map_err(|(e, data)| (e.into(), data)),
+            None => Err((NodeError::NotConnected, data)),
+        }
+    }
+
+    /// See [`Connection::take_written`].
+    pub fn take_written(&mut self, conn: ConnId, report: impl FnMut(StreamId, u64, u64)) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.take_written(report);
+        }
+    }
+
+    /// A peer's live connection and its streams (id and name), for resolving names once.
+    pub fn streams_of(&self, peer: PeerId) -> Option<(ConnId, Vec<(StreamId, Arc<str>)>)> {
+        let id = self.peers.get(&peer)?.conn?;
+        let conn = self.conns.get(&id)?;
+        Some((
+            id,
+            conn.conn.streams().map(|(s, n)| (s, n.clone())).collect(),
+        ))
+    }
+
     /// Whether `send` to this peer's stream would be refused as full (high watermark).
     pub fn is_blocked(&self, peer: PeerId, stream: StreamId) -> bool {
         self.peers

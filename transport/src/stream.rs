@@ -21,6 +21,17 @@ pub(crate) fn min_fragment(record_plaintext: usize) -> usize {
     MIN_FRAGMENT.min(record_plaintext / 4).max(1)
 }
 
+/// Bytes a stream of `priority` may write per scheduler round: 16 KiB × (priority + 1), so a
+/// priority-7 stream gets eight times the bandwidth of a priority-0 one when both are busy
+/// (linear weights, as CometBFT's channel priorities), and no busy stream waits more than one
+/// round.
+pub(crate) fn quantum(priority: u8) -> usize {
+    STREAM_QUANTUM * (usize::from(priority) + 1)
+}
+
+/// The scheduler's unit: bytes per round of a priority-0 stream.
+const STREAM_QUANTUM: usize = 16 * 1024;
+
 /// Where our stream stands with the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SendState {
@@ -64,11 +75,23 @@ pub(crate) struct LocalStream {
     /// Messages and payload bytes received on this stream (from the peer's stream mapped to it).
     pub received_messages: u64,
     pub received_bytes: u64,
+    /// Send priority (0 lowest); the weight of the stream in the record scheduler.
+    pub priority: u8,
+    /// Bytes the stream may still write in the scheduler's current round.
+    pub deficit: usize,
+    /// Messages and payload bytes taken out of `queue` (fully written) since the driver last
+    /// asked ([`crate::Connection::take_written`]).
+    pub written_messages: u64,
+    pub written_bytes: u64,
 }
 
 impl LocalStream {
-    pub(crate) fn new(name: &str, state: SendState, queue_capacity: usize) -> Self {
+    pub(crate) fn new(name: &str, state: SendState, queue_capacity: usize, priority: u8) -> Self {
         Self {
+            priority,
+            deficit: quantum(priority),
+            written_messages: 0,
+            written_bytes: 0,
             name: name.into(),
             state,
             credit: 0,
@@ -145,6 +168,8 @@ impl LocalStream {
                 self.sent_messages += 1;
                 self.sent_bytes += message.len() as u64;
                 self.queued_bytes -= message.len() as u64;
+                self.written_messages += 1;
+                self.written_bytes += message.len() as u64;
                 if let Some(message) = self.queue.pop_front() {
                     // Kept (moved, not copied) until the peer confirms it.
                     self.in_flight.push_back(message);

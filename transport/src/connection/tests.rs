@@ -773,3 +773,74 @@ fn queued_bytes_over_all_streams_are_bounded() {
     p.a.send(y, Bytes::from(vec![2u8; 100_000]))
         .expect("alone on an empty connection");
 }
+
+/// The space of one maximal record.
+const RECORD: usize = HEADER_LEN + glueberry_crypto::record::MAX_RECORD_PLAINTEXT_LEN + TAG_LEN;
+
+/// One record from a to b (a record buffer of exactly one maximal record); the messages it
+/// carried, by stream name.
+fn one_record(p: &mut Pair) -> Vec<(String, usize)> {
+    let record = RECORD;
+    let n = p.a.poll_transmit(&mut p.buf[..record]);
+    p.b.handle_input(p.now, &p.buf[..n]);
+    drain_messages(&mut p.b)
+        .into_iter()
+        .map(|(s, d)| (s, d.len()))
+        .collect()
+}
+
+#[test]
+fn a_high_priority_message_overtakes_a_queued_bulk_transfer_within_one_record() {
+    let priorities = vec![("bulk".to_string(), 0), ("urgent".to_string(), 7)];
+    let config = Arc::new(ConnectionConfig {
+        priorities,
+        initial_window: 64 * 1024 * 1024,
+        ..ConnectionConfig::default()
+    });
+    let mut p = Pair::connected_with(config.clone(), config);
+    p.a.complete_handshake(&["bulk", "urgent"]).expect("a");
+    p.b.complete_handshake(&["bulk", "urgent"]).expect("b");
+    p.pump();
+    events(&mut p.a);
+    events(&mut p.b);
+    let bulk = p.a.stream_id("bulk").expect("bulk");
+    let urgent = p.a.stream_id("urgent").expect("urgent");
+    for _ in 0..8 {
+        p.a.send(bulk, Bytes::from(vec![1u8; 1 << 20]))
+            .expect("bulk");
+    }
+    // The bulk transfer is under way: a record of it is out.
+    assert!(
+        one_record(&mut p).is_empty(),
+        "a fragment, no whole message"
+    );
+    // Now the urgent message: it is in the very next record, ahead of the bulk bytes.
+    p.a.send(urgent, Bytes::from_static(b"vote"))
+        .expect("urgent");
+    let next = one_record(&mut p);
+    assert_eq!(next, vec![("urgent".to_string(), 4)]);
+    // Both busy: the low-priority stream still progresses (bounded starvation).
+    for _ in 0..900 {
+        p.a.send(urgent, Bytes::from(vec![2u8; 2000]))
+            .expect("urgent");
+    }
+    let credit = p.a.send_credit(bulk);
+    for _ in 0..8 {
+        one_record(&mut p);
+    }
+    assert!(
+        p.a.queued_messages() > 100,
+        "the urgent stream is still busy"
+    );
+    assert!(p.a.send_credit(bulk) < credit, "the bulk stream starved");
+    let mut written = Vec::new();
+    p.a.take_written(|stream, messages, bytes| written.push((stream, messages, bytes)));
+    assert!(
+        written
+            .iter()
+            .any(|&(s, m, b)| s == urgent && m > 0 && b >= 4)
+    );
+    let mut again = Vec::new();
+    p.a.take_written(|stream, messages, bytes| again.push((stream, messages, bytes)));
+    assert!(again.is_empty(), "counts are reset when taken");
+}
