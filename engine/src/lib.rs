@@ -178,7 +178,9 @@ mod limits;
 pub mod metrics;
 mod node;
 mod observe;
+mod outbox;
 mod queue;
+mod route;
 mod shard;
 mod sys;
 pub mod testing;
@@ -189,8 +191,9 @@ pub use glueberry_transport as transport;
 pub use limits::ConnectionLimits;
 pub use node::{
     ConnectError, Event, EventFilter, Handler, Health, HealthCheck, Message, Node, NodeConfig,
-    NodeError, NodeSendError, StartError, StreamName, Subscription,
+    NodeError, NodeSendError, Route, StartError, StreamName, StreamRef, Subscription, TrySendError,
 };
+pub use outbox::Messages;
 pub use sys::socket::open_fd_count;
 
 /// The README's examples, compiled and run as doctests.

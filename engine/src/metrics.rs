@@ -43,7 +43,7 @@ pub mod names {
     pub const MESSAGES_DROPPED: &str = "glueberry_messages_dropped_total";
     /// Counter: messages handed back in `Event::Undelivered` (a connection closed first).
     pub const MESSAGES_UNDELIVERED: &str = "glueberry_messages_undelivered_total";
-    /// Counter: sends that found their stream full and waited in the shard's overflow.
+    /// Counter: sends that found their stream's queue full and waited for room.
     pub const BACKPRESSURE_ENGAGED: &str = "glueberry_backpressure_engaged_total";
     /// Histogram: how long `Node::send` waited for room, in seconds.
     pub const BACKPRESSURE_WAIT: &str = "glueberry_backpressure_wait_seconds";
@@ -203,7 +203,6 @@ pub(crate) struct ShardMetrics {
     pub messages_dropped: Counter,
     pub messages_undelivered: Counter,
     pub events_dropped: Counter,
-    pub backpressure_engaged: Counter,
     pub submissions: Counter,
     pub completions: Counter,
     pub send_buffers_in_use: Gauge,
@@ -234,7 +233,6 @@ impl ShardMetrics {
             messages_dropped: counter!(names::MESSAGES_DROPPED, "shard" => s.clone()),
             messages_undelivered: counter!(names::MESSAGES_UNDELIVERED, "shard" => s.clone()),
             events_dropped: counter!(names::EVENTS_DROPPED, "shard" => s.clone()),
-            backpressure_engaged: counter!(names::BACKPRESSURE_ENGAGED, "shard" => s.clone()),
             submissions: counter!(names::RING_SUBMISSIONS, "shard" => s.clone()),
             completions: counter!(names::RING_COMPLETIONS, "shard" => s.clone()),
             send_buffers_in_use: gauge!(names::SEND_BUFFERS_IN_USE, "shard" => s.clone()),

@@ -17,7 +17,9 @@ use glueberry_transport::{
 };
 
 use crate::address_book::{AddressBook, BookError, PeerEntry};
+use crate::outbox::Messages;
 use crate::queue::{CommandQueue, Refused};
+use crate::route::{RouteShared, RouteState};
 use crate::shard::{self, Command, ShardHandle, Shared};
 use crate::sys::{ring::Ring, socket};
 
@@ -30,6 +32,11 @@ impl StreamName {
     /// The same name: the same interned string, or equal strings.
     pub(crate) fn same(a: &StreamName, b: &StreamName) -> bool {
         Arc::ptr_eq(&a.0, &b.0) || a.0 == b.0
+    }
+
+    /// The shared string.
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.0
     }
 
     /// A name already shared (a connection's stream name): no copy.
@@ -243,7 +250,7 @@ pub struct NodeConfig {
     message_buffer: usize,
     event_buffer: usize,
     command_queue: usize,
-    max_waiting_per_peer: (usize, usize),
+    stream_queue: (usize, usize),
     pin_threads: bool,
     cpus: Option<Vec<usize>>,
     ring_entries: u32,
@@ -275,7 +282,7 @@ impl NodeConfig {
             message_buffer: 1000,
             event_buffer: 100,
             command_queue: 4096,
-            max_waiting_per_peer: (1024, 16 * 1024 * 1024),
+            stream_queue: (16 * 1024, 16 * 1024 * 1024),
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
@@ -419,12 +426,28 @@ impl NodeConfig {
         self
     }
 
-    /// How many messages, and bytes, may wait in a shard for one peer whose connection is full
-    /// (default 1024 and 16 MiB); more come back at once in `Event::SendFailed`. It keeps one
-    /// slow peer from filling the shard's overflow (`command_queue` messages), which would stop
-    /// the shard taking commands for every peer.
-    pub fn max_waiting_per_peer(mut self, messages: usize, bytes: usize) -> Self {
-        self.max_waiting_per_peer = (messages.max(1), bytes.max(1));
+    /// How many messages, and bytes, one stream of one peer may have accepted and not yet
+    /// written (default 16,384 and 16 MiB). At the bound `send` waits and `try_send` refuses
+    /// with [`NodeSendError::BufferFull`], for that stream only; nothing accepted is handed back
+    /// while the connection lives. A message always fits an empty queue.
+    pub fn stream_queue(mut self, messages: usize, bytes: usize) -> Self {
+        self.stream_queue = (messages.max(1), bytes.max(1));
+        self
+    }
+
+    /// The send priority of the stream called `name`, 0 (lowest) to 7 (default 3; the
+    /// `handshake` stream is 7). When several streams of one peer have messages, records are
+    /// filled from higher priorities first, and each busy stream gets bandwidth in proportion to
+    /// its priority + 1 (a weighted deficit round robin): `consensus` at 7 and `blocksync` at 0
+    /// means a vote waits for at most one record of block chunks, and block chunks still get an
+    /// eighth of a saturated link. Set it before the streams are opened with
+    /// [`Node::complete_handshake`].
+    pub fn stream_priority(mut self, name: &str, priority: u8) -> Self {
+        self.connection.priorities.retain(|(n, _)| n != name);
+        self.connection.priorities.push((
+            name.to_string(),
+            priority.min(glueberry_transport::MAX_PRIORITY),
+        ));
         self
     }
 
@@ -628,6 +651,88 @@ pub enum NodeSendError {
     /// The node stopped.
     #[error("node stopped")]
     Stopped,
+    /// The peer is not Established with this stream open: not connected (yet, or any more),
+    /// unknown, blacklisted, or the stream was not among those opened.
+    #[error("the peer is not Established with this stream open")]
+    NotEstablished,
+    /// The peer did not open this stream on its side.
+    #[error("the peer rejected this stream")]
+    StreamRejected,
+}
+
+/// [`Node::try_send`] refused: why, and the message, which is still the caller's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct TrySendError {
+    /// Why.
+    pub error: NodeSendError,
+    /// The message, untouched.
+    pub data: Bytes,
+}
+
+impl TrySendError {
+    /// The message back.
+    pub fn into_inner(self) -> Bytes {
+        self.data
+    }
+}
+
+impl From<TrySendError> for NodeSendError {
+    fn from(e: TrySendError) -> Self {
+        e.error
+    }
+}
+
+/// A resolved (peer, stream) to send on: see [`Node::route`].
+#[derive(Clone, Debug)]
+pub struct Route(Arc<RouteShared>);
+
+impl Route {
+    /// The peer.
+    pub fn peer(&self) -> PeerId {
+        self.0.peer
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &StreamName {
+        &self.0.name
+    }
+
+    /// Messages and bytes accepted on it and not yet written.
+    pub fn queued(&self) -> (u64, u64) {
+        self.0.queued()
+    }
+}
+
+/// What names a stream for [`Node::send`]: a `&str`, a [`StreamName`] or a [`Route`].
+pub trait StreamRef {
+    /// The route for `peer` on this stream.
+    fn route_for(&self, node: &Node, peer: PeerId) -> Route;
+}
+
+impl StreamRef for str {
+    fn route_for(&self, node: &Node, peer: PeerId) -> Route {
+        node.route(peer, self)
+    }
+}
+
+impl StreamRef for String {
+    fn route_for(&self, node: &Node, peer: PeerId) -> Route {
+        node.route(peer, self)
+    }
+}
+
+impl StreamRef for StreamName {
+    fn route_for(&self, node: &Node, peer: PeerId) -> Route {
+        node.route(peer, self)
+    }
+}
+
+/// A route names its own peer; the `peer` argument must be the same (it is not checked).
+impl StreamRef for Route {
+    fn route_for(&self, _node: &Node, _peer: PeerId) -> Route {
+        self.clone()
+    }
 }
 
 struct Inner {
@@ -635,7 +740,11 @@ struct Inner {
     listen_addr: SocketAddr,
     shared: Arc<Shared>,
     events: async_channel::Receiver<crate::Event>,
-    messages: async_channel::Receiver<Message>,
+    /// Each shard's channel of messages for the default destination.
+    messages: Vec<async_channel::Receiver<Message>>,
+    /// Destinations of their own, per stream name: each shard's channel.
+    outlets: Mutex<HashMap<String, Vec<async_channel::Receiver<Message>>>>,
+    message_buffer: usize,
     threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
     names: Mutex<HashMap<String, StreamName>>,
     prepared: Mutex<HashMap<PeerId, Vec<String>>>,
@@ -643,6 +752,7 @@ struct Inner {
     stopped: AtomicBool,
     endpoint: Mutex<Option<crate::observe::Endpoint>>,
     backpressure_wait: ::metrics::Histogram,
+    backpressure_engaged: ::metrics::Counter,
     next_injected: std::sync::atomic::AtomicUsize,
 }
 
@@ -697,7 +807,10 @@ impl Node {
 
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let (events_tx, events_rx) = async_channel::bounded(config.event_buffer);
-        let (messages_tx, messages_rx) = async_channel::bounded(config.message_buffer);
+        let (messages_tx, messages_rx): (Vec<_>, Vec<_>) = (0..count)
+            .map(|_| async_channel::bounded(config.message_buffer))
+            .unzip();
+        let mut messages_tx = messages_tx.into_iter();
         let mut handles = Vec::with_capacity(count);
         let mut receivers = Vec::with_capacity(count);
         for _ in 0..count {
@@ -709,13 +822,11 @@ impl Node {
         let shared = Arc::new(Shared {
             shards: handles,
             events: events_tx,
-            messages: messages_tx,
             stop: AtomicBool::new(false),
             handler: config.handler.clone(),
             events_dropped: AtomicU64::new(0),
-            // One congested peer can never fill it (see `max_waiting_per_peer`).
-            overflow_limit: 4 * config.command_queue.max(config.max_waiting_per_peer.0),
-            peer_waiting: config.max_waiting_per_peer,
+            routes: crate::route::RouteTable::default(),
+            stream_queue: config.stream_queue,
             registered_send_buffers: AtomicU64::new(0),
             memlock_warned: AtomicBool::new(false),
             abandoned_operations: AtomicU64::new(0),
@@ -731,11 +842,25 @@ impl Node {
             recorder: config.metrics.map(|_| crate::observe::recorder()),
             dialer: config.dialer.clone(),
         });
-        let connection = Arc::new(config.connection.clone());
+        // The bound on a stream's queue is the route's (`stream_queue`), enforced where the
+        // sender reserves room: the transport below never refuses a message for being full.
+        let mut connection = config.connection.clone();
+        connection.high_watermark = config.stream_queue.0.saturating_add(1).max(2);
+        connection.low_watermark = connection.high_watermark / 2;
+        connection.max_queued_bytes = config
+            .stream_queue
+            .1
+            .saturating_add(connection.max_message_size)
+            .saturating_mul(usize::from(connection.max_streams))
+            .max(64 * 1024);
+        let connection = Arc::new(connection);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(count);
         for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
+            let messages = messages_tx
+                .next()
+                .ok_or_else(|| io::Error::other("a channel per shard"))?;
             let node_id = handshake.peer_id();
             let ready = ready_tx.clone();
             let mut core_config = CoreConfig::new(connection.clone(), handshake.clone());
@@ -789,6 +914,7 @@ impl Node {
                         handle.sleeping.clone(),
                         commands,
                         shared.clone(),
+                        messages,
                     );
                     if provided > 0
                         && let Err(e) = shard.provide_receive_buffers(provided)
@@ -833,6 +959,8 @@ impl Node {
                 shared,
                 events: events_rx,
                 messages: messages_rx,
+                outlets: Mutex::new(HashMap::new()),
+                message_buffer: config.message_buffer,
                 threads: Mutex::new(threads),
                 names: Mutex::new(HashMap::new()),
                 prepared: Mutex::new(HashMap::new()),
@@ -840,6 +968,12 @@ impl Node {
                 stopped: AtomicBool::new(false),
                 endpoint: Mutex::new(None),
                 next_injected: std::sync::atomic::AtomicUsize::new(0),
+                backpressure_engaged: match &recorder {
+                    Some(r) => ::metrics::with_local_recorder(&**r, || {
+                        ::metrics::counter!(crate::metrics::names::BACKPRESSURE_ENGAGED)
+                    }),
+                    None => ::metrics::counter!(crate::metrics::names::BACKPRESSURE_ENGAGED),
+                },
                 backpressure_wait: match &recorder {
                     Some(r) => ::metrics::with_local_recorder(&**r, || {
                         ::metrics::describe_histogram!(
@@ -1208,79 +1342,217 @@ impl Node {
         self.command(peer, Command::CompleteHandshake { peer, streams })
     }
 
-    /// Queues a message, waiting while the peer's shard has no room (backpressure).
-    pub async fn send(
+    /// The route to `peer`'s stream `name`: resolved once, then every send on it is a reserve
+    /// and a queue push, with no lookup. Valid across reconnections (it opens again when the
+    /// peer is Established again); cheap to clone. Resolving before the peer connects is fine.
+    pub fn route(&self, peer: PeerId, name: &str) -> Route {
+        Route(self.resolve(peer, name))
+    }
+
+    fn resolve(&self, peer: PeerId, name: &str) -> Arc<RouteShared> {
+        let shared = &self.inner.shared;
+        shared.routes.resolve(peer, name, || {
+            RouteShared::new(
+                peer,
+                self.stream(name),
+                shard_of(&peer, shared.shards.len()),
+                shared.stream_queue,
+            )
+        })
+    }
+
+    /// Sends a message on `peer`'s stream (named by `&str`, [`StreamName`] or [`Route`]),
+    /// waiting while that stream's queue is full. What it accepts is delivered or, if the
+    /// connection ends first, handed back in [`Event::Undelivered`]. Fails at once when the peer
+    /// is not Established with the stream open ([`NodeSendError::NotEstablished`]), or the peer
+    /// rejected the stream.
+    pub async fn send<S: StreamRef + ?Sized>(
         &self,
         peer: PeerId,
-        stream: &StreamName,
+        stream: &S,
         data: Bytes,
     ) -> Result<(), NodeSendError> {
+        let route = stream.route_for(self, peer);
+        self.send_on(&route, data).await
+    }
+
+    /// [`Node::send`] on a route (the fast path: no name is looked up).
+    pub async fn send_on(&self, route: &Route, data: Bytes) -> Result<(), NodeSendError> {
         self.check_size(&data)?;
-        let handle = self.handle(peer)?;
-        // The peer is congested: wait until its shard has caught up with it.
-        while handle.is_congested(&peer) {
-            let relief = handle.relief.listen();
-            if !handle.is_congested(&peer) {
-                break;
+        let route = self.reserve(route, 1, data.len()).await?;
+        let handle = &self.inner.shared.shards[route.shard];
+        self.push_send(handle, Command::Send { route, data }).await
+    }
+
+    /// Sends many messages on one route with one reservation, one queue push and one wake-up
+    /// (waiting for room for them all; a batch larger than the stream's bound goes in parts).
+    pub async fn send_batch(
+        &self,
+        route: &Route,
+        messages: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(), NodeSendError> {
+        let mut messages = messages.into_iter().peekable();
+        let (max_messages, max_bytes) = self.inner.shared.stream_queue;
+        while messages.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(next) = messages.peek() {
+                let fits = batch.is_empty()
+                    || (batch.len() < max_messages && bytes + next.len() <= max_bytes);
+                if !fits {
+                    break;
+                }
+                self.check_size(next)?;
+                bytes += next.len();
+                batch.extend(messages.next());
             }
+            let shared = self.reserve(route, batch.len(), bytes).await?;
+            let handle = &self.inner.shared.shards[shared.shard];
+            let command = Command::SendBatch {
+                route: shared,
+                messages: batch,
+            };
+            self.push_send(handle, command).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends without waiting: [`NodeSendError::BufferFull`] when the stream's queue (or the
+    /// shard's command queue) is full; the message comes back with the error.
+    pub fn try_send<S: StreamRef + ?Sized>(
+        &self,
+        peer: PeerId,
+        stream: &S,
+        data: Bytes,
+    ) -> Result<(), TrySendError> {
+        let route = stream.route_for(self, peer);
+        self.try_send_on(&route, data)
+    }
+
+    /// [`Node::try_send`] on a route.
+    pub fn try_send_on(&self, route: &Route, data: Bytes) -> Result<(), TrySendError> {
+        if let Err(error) = self.check_size(&data) {
+            return Err(TrySendError { error, data });
+        }
+        let route = match self.try_reserve(&route.0, 1, data.len()) {
+            Ok(Ok(route)) => route,
+            Ok(Err(_)) => {
+                let error = NodeSendError::BufferFull;
+                return Err(TrySendError { error, data });
+            }
+            Err(error) => return Err(TrySendError { error, data }),
+        };
+        let handle = &self.inner.shared.shards[route.shard];
+        match handle.commands.try_push(Command::Send { route, data }) {
+            Ok(()) => {
+                handle.wake();
+                Ok(())
+            }
+            Err(Refused::Full(Command::Send { route, data }))
+            | Err(Refused::Closed(Command::Send { route, data })) => {
+                route.release(1, data.len() as u64);
+                let error = if self.inner.stopped.load(Ordering::Acquire) {
+                    NodeSendError::Stopped
+                } else {
+                    NodeSendError::BufferFull
+                };
+                Err(TrySendError { error, data })
+            }
+            Err(_) => Err(TrySendError {
+                error: NodeSendError::Stopped,
+                data: Bytes::new(),
+            }),
+        }
+    }
+
+    /// Reserves room for `count` messages of `bytes` in all on `route` (resolving it again if
+    /// its peer left): `Ok(Ok(route))` when reserved, `Ok(Err(route))` when it is full.
+    fn try_reserve(
+        &self,
+        route: &Arc<RouteShared>,
+        count: usize,
+        bytes: usize,
+    ) -> Result<Result<Arc<RouteShared>, Arc<RouteShared>>, NodeSendError> {
+        let mut route = route.clone();
+        loop {
             if self.inner.stopped.load(Ordering::Acquire) {
                 return Err(NodeSendError::Stopped);
             }
-            relief.await;
+            match route.state() {
+                RouteState::Open => {}
+                RouteState::Closed => return Err(NodeSendError::NotEstablished),
+                RouteState::Rejected => return Err(NodeSendError::StreamRejected),
+                RouteState::Retired => {
+                    route = self.resolve(route.peer, &route.name);
+                    continue;
+                }
+            }
+            return Ok(if route.try_reserve(count, bytes) {
+                Ok(route)
+            } else {
+                Err(route)
+            });
         }
-        let command = Command::Send {
-            peer,
-            stream: stream.clone(),
-            data,
+    }
+
+    /// [`Node::try_reserve`], waiting for room.
+    async fn reserve(
+        &self,
+        route: &Route,
+        count: usize,
+        bytes: usize,
+    ) -> Result<Arc<RouteShared>, NodeSendError> {
+        let mut route = match self.try_reserve(&route.0, count, bytes)? {
+            Ok(route) => return Ok(route),
+            Err(full) => full,
         };
+        let waited = std::time::Instant::now();
+        self.inner.backpressure_engaged.increment(1);
+        loop {
+            let listener = route.listen();
+            match self.try_reserve(&route, count, bytes)? {
+                Ok(reserved) => {
+                    route = reserved;
+                    break;
+                }
+                Err(full) => route = full,
+            }
+            listener.await;
+        }
+        self.inner
+            .backpressure_wait
+            .record(waited.elapsed().as_secs_f64());
+        Ok(route)
+    }
+
+    /// Pushes a reserved send command, waiting while the shard's command queue is full (the
+    /// shard drains it every turn: what is reserved always has room further down).
+    async fn push_send(&self, handle: &ShardHandle, command: Command) -> Result<(), NodeSendError> {
         match handle.commands.try_push(command) {
             Ok(()) => {}
-            Err(Refused::Closed(_)) => return Err(NodeSendError::Stopped),
             Err(Refused::Full(command)) => {
                 handle.wake();
-                let waited = std::time::Instant::now();
-                handle
-                    .commands
-                    .push(command)
-                    .await
-                    .map_err(|_| NodeSendError::Stopped)?;
-                self.inner
-                    .backpressure_wait
-                    .record(waited.elapsed().as_secs_f64());
+                if let Err(command) = handle.commands.push(command).await {
+                    command.release_reservation();
+                    return Err(NodeSendError::Stopped);
+                }
+            }
+            Err(Refused::Closed(command)) => {
+                command.release_reservation();
+                return Err(NodeSendError::Stopped);
             }
         }
         handle.wake();
         Ok(())
     }
 
-    /// Queues a message without waiting: [`NodeSendError::BufferFull`] when the shard has no room.
-    pub fn try_send(
-        &self,
-        peer: PeerId,
-        stream: &StreamName,
-        data: Bytes,
-    ) -> Result<(), NodeSendError> {
-        self.check_size(&data)?;
-        let handle = self.handle(peer)?;
-        if handle.is_congested(&peer) {
-            return Err(NodeSendError::BufferFull);
-        }
-        handle.commands.try_push(Command::Send {
-            peer,
-            stream: stream.clone(),
-            data,
-        })?;
-        handle.wake();
-        Ok(())
-    }
-
-    /// Queues one message for many peers without copying it: every peer's command holds the
-    /// same `Bytes` (a reference count each). Waits per peer as [`Node::send`] does. Returns the
-    /// peers it could not queue the message for (the node stopped), with why.
-    pub async fn broadcast(
+    /// Sends one message to many peers without copying it (every peer's command holds the same
+    /// `Bytes`). Waits per peer as [`Node::send`] does. Returns the peers it could not send to,
+    /// with why.
+    pub async fn broadcast<S: StreamRef + ?Sized>(
         &self,
         peers: &[PeerId],
-        stream: &StreamName,
+        stream: &S,
         data: Bytes,
     ) -> Vec<(PeerId, NodeSendError)> {
         let mut failed = Vec::new();
@@ -1302,10 +1574,35 @@ impl Node {
         Ok(())
     }
 
-    /// The received messages (a bounded channel shared by all clones: each message goes to one
-    /// receiver). `recv().await` from any executor, or `recv_blocking()` from a plain thread.
-    pub fn messages(&self) -> async_channel::Receiver<Message> {
-        self.inner.messages.clone()
+    /// The received messages of every stream that has no destination of its own
+    /// ([`Node::messages_on`]). Each shard delivers into a bounded channel of its own
+    /// (`message_buffer` messages); the returned [`Messages`] reads them all. Clones share the
+    /// messages (each goes to one of them). `recv().await` from any executor, `recv_blocking()`
+    /// from a plain thread, or use it as a `Stream`.
+    pub fn messages(&self) -> Messages {
+        Messages::new(&self.inner.messages)
+    }
+
+    /// The received messages of stream `name`, apart from the others: a consumer that falls
+    /// behind on it holds back only that stream (its peers' windows for it fill), never another
+    /// stream or [`Node::messages`]. Ask before the stream opens (before
+    /// [`Node::complete_handshake`]), or messages that arrived earlier went to
+    /// [`Node::messages`]. Asking again for the same name returns a clone of the same receiver.
+    pub fn messages_on(&self, name: &str) -> Result<Messages, NodeSendError> {
+        let mut outlets = self.inner.outlets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(receivers) = outlets.get(name) {
+            return Ok(Messages::new(receivers));
+        }
+        let mut receivers = Vec::with_capacity(self.inner.shared.shards.len());
+        for handle in &self.inner.shared.shards {
+            let (tx, rx) = async_channel::bounded(self.inner.message_buffer);
+            let name = name.to_string();
+            push_command(handle, Command::Outlet { name, tx })?;
+            receivers.push(rx);
+        }
+        let messages = Messages::new(&receivers);
+        outlets.insert(name.to_string(), receivers);
+        Ok(messages)
     }
 
     /// Peer events (a bounded channel; see [`Node::events_dropped`]).
@@ -1497,6 +1794,12 @@ impl Node {
         self.inner.shared.limits.counts()
     }
 
+    /// (peer, stream) routes the node keeps: those of known peers and those the application
+    /// resolved. A peer that is forgotten takes its routes with it.
+    pub fn route_count(&self) -> usize {
+        self.inner.shared.routes.len()
+    }
+
     /// Events dropped because the event channel was full.
     pub fn events_dropped(&self) -> u64 {
         self.inner.shared.events_dropped.load(Ordering::Relaxed)
@@ -1518,6 +1821,7 @@ impl Node {
             endpoint.stop();
         }
         self.inner.shared.stop.store(true, Ordering::Release);
+        self.inner.shared.routes.close_all();
         for handle in &self.inner.shared.shards {
             handle.commands.close();
             handle.sleeping.store(true, Ordering::SeqCst);
@@ -1541,7 +1845,20 @@ impl Node {
             tracing::warn!(error = %e, "address book flush on stop failed");
         }
         self.inner.events.close();
-        self.inner.messages.close();
+        for receiver in &self.inner.messages {
+            receiver.close();
+        }
+        for receivers in self
+            .inner
+            .outlets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            for receiver in receivers {
+                receiver.close();
+            }
+        }
         // Subscriptions end too, once their last events are taken.
         self.inner
             .shared

@@ -110,11 +110,6 @@ impl<T> CommandQueue<T> {
         }
     }
 
-    /// How many messages it holds when full (control commands have room beyond).
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.backlog.is_empty()
     }

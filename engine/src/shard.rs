@@ -1,24 +1,26 @@
 //! One shard: a thread pinned to a CPU, its io_uring, and the transport core of the peers it
 //! owns. Nothing here is shared with other threads except the bounded queues in and out.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use glueberry_crypto::PeerId;
 use glueberry_transport::{
     Action, CloseCode, CloseReason, ConnId, ConnState, Connection, ConnectionError, NodeCore,
-    NodeError, NodeEvent, SendError, StreamId, shard_of,
+    NodeEvent, StreamId, shard_of,
 };
 
 use crate::limits::AcceptRefusal;
 use crate::metrics::{ShardMetrics, StreamMetrics, count_records};
+use crate::outbox::Outbox;
 use crate::queue::{CommandQueue, Refused};
+use crate::route::{RouteShared, RouteState};
 use crate::sys::ring::{Completion, Op, Ring, WAKE_TOKEN, received};
 use crate::sys::socket;
 use crate::{Event, Handler, Message, StreamName};
@@ -50,10 +52,15 @@ pub(crate) enum Command {
         peer: PeerId,
         streams: Vec<String>,
     },
+    /// A message for a route that reserved room for it.
     Send {
-        peer: PeerId,
-        stream: StreamName,
+        route: Arc<RouteShared>,
         data: Bytes,
+    },
+    /// Messages for one route, reserved together.
+    SendBatch {
+        route: Arc<RouteShared>,
+        messages: Vec<Bytes>,
     },
     Disconnect {
         peer: PeerId,
@@ -77,6 +84,11 @@ pub(crate) enum Command {
         peer: PeerId,
         blacklisted: bool,
     },
+    /// Messages of stream `name` go to `tx` (the application asked for them apart).
+    Outlet {
+        name: String,
+        tx: async_channel::Sender<Message>,
+    },
     /// A connected socket handed in by a [`crate::testing::TestNetwork`]: treated as accepted.
     Accepted {
         fd: OwnedFd,
@@ -89,25 +101,25 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// Gives back the room a send command reserved (it was never taken).
+    pub(crate) fn release_reservation(self) {
+        match self {
+            Command::Send { route, data } => route.release(1, data.len() as u64),
+            Command::SendBatch { route, messages } => route.release(
+                messages.len() as u64,
+                messages.iter().map(|m| m.len() as u64).sum(),
+            ),
+            _ => {}
+        }
+    }
+}
+
 /// How other threads reach a shard.
 pub(crate) struct ShardHandle {
     pub commands: Arc<CommandQueue<Command>>,
     pub wake_fd: Arc<OwnedFd>,
     pub sleeping: Arc<AtomicBool>,
-    /// Per-peer backpressure visible to senders: how many congested peers (messages waiting
-    /// at the per-peer mark) hash to each slot. Senders to a peer whose slot is non-zero wait
-    /// (`send`) or are refused (`try_send`); a peer sharing the slot waits too, until it clears.
-    pub congested: Arc<[AtomicU32; CONGESTION_SLOTS]>,
-    /// Notified when a slot goes back to zero.
-    pub relief: Arc<event_listener::Event>,
-}
-
-/// Slots of the per-shard congestion map.
-pub(crate) const CONGESTION_SLOTS: usize = 64;
-
-/// The congestion slot of a peer.
-pub(crate) fn congestion_slot(peer: &PeerId) -> usize {
-    usize::from(peer.public_key()[31]) % CONGESTION_SLOTS
 }
 
 impl ShardHandle {
@@ -116,14 +128,7 @@ impl ShardHandle {
             commands,
             wake_fd: Arc::new(wake_fd),
             sleeping: Arc::new(AtomicBool::new(false)),
-            congested: Arc::new(std::array::from_fn(|_| AtomicU32::new(0))),
-            relief: Arc::new(event_listener::Event::new()),
         }
-    }
-
-    /// Whether messages for `peer` should wait: it (or a peer sharing its slot) is congested.
-    pub(crate) fn is_congested(&self, peer: &PeerId) -> bool {
-        self.congested[congestion_slot(peer)].load(Ordering::Acquire) > 0
     }
 
     /// Wakes the shard if it is (about to be) blocked in the kernel: one write per sleep, not
@@ -139,15 +144,13 @@ impl ShardHandle {
 pub(crate) struct Shared {
     pub shards: Vec<ShardHandle>,
     pub events: async_channel::Sender<Event>,
-    pub messages: async_channel::Sender<Message>,
     pub stop: AtomicBool,
     pub handler: Option<Handler>,
     pub events_dropped: AtomicU64,
-    /// Messages a shard holds for peers whose streams are full before it stops taking commands.
-    pub overflow_limit: usize,
-    /// Messages and bytes that may wait for one peer in its shard's overflow; more are handed
-    /// back (`NodeConfig::max_waiting_per_peer`).
-    pub peer_waiting: (usize, usize),
+    /// Every (peer, stream) route, for senders to resolve names once.
+    pub routes: crate::route::RouteTable,
+    /// The bound of one route's queue: messages and bytes (`NodeConfig::stream_queue`).
+    pub stream_queue: (usize, usize),
     /// Registered send buffers over all shards.
     pub registered_send_buffers: AtomicU64,
     /// Whether the short-memlock warning was given (once per node).
@@ -228,12 +231,12 @@ pub(crate) struct Shard {
     shared: Arc<Shared>,
     conns: HashMap<ConnId, ConnIo>,
     completions: Vec<Completion>,
-    /// Sends refused by a full stream, per peer, retried in order; other peers' sends go on.
-    overflow: BTreeMap<PeerId, Waiting>,
-    /// Messages in `overflow`; at `Shared::overflow_limit` the shard stops taking commands.
-    overflowed: usize,
-    /// Messages the application channel had no room for; receiving pauses until they fit.
-    undelivered: VecDeque<(Message, ConnId, StreamId)>,
+    /// The routes of this shard's peers, kept while the peer is known.
+    peer_routes: HashMap<PeerId, Vec<Arc<RouteShared>>>,
+    /// Each live connection's routes, by stream id: where written messages give back room.
+    conn_routes: HashMap<ConnId, Vec<Option<Arc<RouteShared>>>>,
+    /// Delivery to the application: per destination, held while its channel is full.
+    outbox: Outbox,
     /// Connections to hand off whose adoption the owner's queue had no room for yet.
     handoffs: VecDeque<(
         usize,
@@ -306,6 +309,7 @@ impl Shard {
         sleeping: Arc<AtomicBool>,
         commands: Arc<CommandQueue<Command>>,
         shared: Arc<Shared>,
+        messages: async_channel::Sender<Message>,
     ) -> Self {
         Self {
             index,
@@ -319,9 +323,9 @@ impl Shard {
             shared,
             conns: HashMap::new(),
             completions: Vec::with_capacity(1024),
-            overflow: BTreeMap::new(),
-            overflowed: 0,
-            undelivered: VecDeque::new(),
+            peer_routes: HashMap::new(),
+            conn_routes: HashMap::new(),
+            outbox: Outbox::new(messages),
             handoffs: VecDeque::new(),
             names: HashMap::new(),
             send_pool: Vec::with_capacity(SEND_POOL),
@@ -366,12 +370,12 @@ impl Shard {
                 .core
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(Instant::now()));
-            if !self.undelivered.is_empty() {
+            if self.outbox.is_holding() {
                 // The application reading its channel does not wake us: look again soon.
                 timeout = Some(timeout.map_or(UNDELIVERED_RETRY, |t| t.min(UNDELIVERED_RETRY)));
             }
             self.sleeping.store(true, Ordering::SeqCst);
-            let busy = !self.commands.is_empty() && self.overflowed < self.shared.overflow_limit;
+            let busy = !self.commands.is_empty();
             if busy || self.shared.stop.load(Ordering::Acquire) {
                 self.sleeping.store(false, Ordering::SeqCst);
                 self.ring.submit()?;
@@ -387,7 +391,7 @@ impl Shard {
 
     /// One loop turn: commands in, timers, actions, events out, I/O submitted.
     fn turn(&mut self, now: Instant) -> io::Result<()> {
-        self.retry_undelivered();
+        self.outbox.retry(&mut self.core);
         self.take_commands(now);
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
@@ -401,13 +405,6 @@ impl Shard {
     }
 
     fn take_commands(&mut self, now: Instant) {
-        // Sends that found their peer's stream full wait per peer and go first, in order. A slow
-        // peer holds back only its own messages, until the shard's overflow is full: then no
-        // new command is taken and the senders' queue fills up, the last-resort backpressure.
-        self.retry_overflow();
-        if self.overflowed >= self.shared.overflow_limit {
-            return;
-        }
         let commands = self.commands.clone();
         self.take_batch(&commands, now);
         commands.release_space();
@@ -419,18 +416,10 @@ impl Shard {
                 return;
             };
             match command {
-                Command::Send { peer, stream, data } => {
-                    let waiting = self.overflow.get(&peer).filter(|w| !w.queue.is_empty());
-                    let back = match waiting {
-                        // Behind this peer's waiting messages, to keep the order.
-                        Some(_) => Some((peer, stream, data)),
-                        None => self.send(peer, stream, data).err(),
-                    };
-                    if let Some((peer, stream, data)) = back {
-                        self.wait_or_hand_back(peer, stream, data);
-                    }
-                    if self.overflowed >= self.shared.overflow_limit {
-                        return;
+                Command::Send { route, data } => self.send(&route, data),
+                Command::SendBatch { route, messages } => {
+                    for data in messages {
+                        self.send(&route, data);
                     }
                 }
                 Command::Connect { peer, addr } => {
@@ -457,7 +446,7 @@ impl Shard {
                     let _ = reply.try_send(stats);
                 }
                 Command::Outstanding { reply } => {
-                    let _ = reply.try_send(self.overflowed + self.core.outstanding_messages());
+                    let _ = reply.try_send(self.core.outstanding_messages());
                 }
                 Command::CancelReconnect { peer } => {
                     let _ = self.core.cancel_reconnect(peer);
@@ -465,6 +454,7 @@ impl Shard {
                 Command::Blacklist { peer, blacklisted } => {
                     self.core.set_blacklisted(peer, blacklisted, now);
                 }
+                Command::Outlet { name, tx } => self.outbox.add(&name, tx),
                 Command::Accepted { fd } => match self.core.handle_accepted(now) {
                     Some(id) => {
                         self.conns.insert(id, ConnIo::new(fd, true));
@@ -486,131 +476,97 @@ impl Shard {
         }
     }
 
-    /// A message its peer has no room for waits in the peer's overflow — unless the peer
-    /// already has `Shared::peer_waiting` messages or bytes waiting: then it comes back to the
-    /// application at once (`SendFailed`), so that one slow peer cannot fill the shard's
-    /// overflow and stop its traffic to every other peer.
-    fn wait_or_hand_back(&mut self, peer: PeerId, stream: StreamName, data: Bytes) {
-        let (mark_messages, mark_bytes) = self.shared.peer_waiting;
-        // Past the mark senders are held back; what they had already queued may still come:
-        // a command queue's worth, and what racing senders pushed as the mark was reached.
-        let (max_messages, max_bytes) =
-            (mark_messages + 2 * self.commands.capacity(), 2 * mark_bytes);
-        let handle = &self.shared.shards[self.index];
-        let waiting = self.overflow.entry(peer).or_default();
-        if !waiting.flagged && (waiting.queue.len() >= mark_messages || waiting.bytes >= mark_bytes)
-        {
-            waiting.flagged = true;
-            handle.congested[congestion_slot(&peer)].fetch_add(1, Ordering::AcqRel);
-        }
-        if !waiting.queue.is_empty()
-            && (waiting.queue.len() >= max_messages || waiting.bytes + data.len() > max_bytes)
-        {
-            self.metrics.messages_dropped.increment(1);
-            self.emit(Event::SendFailed {
-                peer,
-                stream,
-                error: "the peer's queue is full (it is not keeping up); send again later".into(),
-                data,
-            });
-            return;
-        }
-        if waiting.queue.is_empty() {
-            self.metrics.backpressure_engaged.increment(1);
-        }
-        waiting.bytes += data.len();
-        waiting.queue.push_back((stream, data));
-        self.overflowed += 1;
-    }
-
-    fn retry_overflow(&mut self) {
-        let peers: Vec<PeerId> = self.overflow.keys().copied().collect();
-        for peer in peers {
-            let Some(mut waiting) = self.overflow.remove(&peer) else {
-                continue;
-            };
-            while let Some((stream, data)) = waiting.queue.pop_front() {
-                let len = data.len();
-                if let Err((_, stream, data)) = self.send(peer, stream, data) {
-                    waiting.queue.push_front((stream, data));
-                    break;
+    /// Queues a message on its route's connection. It had room reserved, so the transport
+    /// takes it unless the connection is gone (or the stream was rejected): then it comes back.
+    fn send(&mut self, route: &Arc<RouteShared>, data: Bytes) {
+        let len = data.len();
+        let (error, data) = match route.binding() {
+            Some((conn, stream)) => match self.core.send_on(conn, stream, data) {
+                Ok(()) => {
+                    let counters = match &self.last_sent {
+                        Some((name, counters)) if StreamName::same(name, &route.name) => counters,
+                        _ => {
+                            let counters = self.metrics.stream(&route.name).clone();
+                            &self.last_sent.insert((route.name.clone(), counters)).1
+                        }
+                    };
+                    counters.messages_sent.increment(1);
+                    counters.bytes_sent.increment(len as u64);
+                    tracing::trace!(peer = %route.peer, stream = %route.name, size = len, "message sent");
+                    return;
                 }
-                waiting.bytes -= len;
-                self.overflowed -= 1;
-            }
-            let (mark_messages, mark_bytes) = self.shared.peer_waiting;
-            if waiting.flagged
-                && waiting.queue.len() <= mark_messages / 2
-                && waiting.bytes <= mark_bytes / 2
-            {
-                waiting.flagged = false;
-                self.relieve(&peer);
-            }
-            if !waiting.queue.is_empty() || waiting.flagged {
-                self.overflow.insert(peer, waiting);
-            }
-        }
-    }
-
-    /// A peer is no longer congested: its senders may go on.
-    fn relieve(&self, peer: &PeerId) {
-        let handle = &self.shared.shards[self.index];
-        let slot = &handle.congested[congestion_slot(peer)];
-        if slot.fetch_sub(1, Ordering::AcqRel) == 1 {
-            handle.relief.notify(usize::MAX);
-        }
-    }
-
-    /// Queues one message; gives it back if its stream is full.
-    fn send(
-        &mut self,
-        peer: PeerId,
-        stream: StreamName,
-        data: Bytes,
-    ) -> Result<(), (PeerId, StreamName, Bytes)> {
-        let Some(id) = self.core.stream_id(peer, &stream) else {
-            self.metrics.messages_dropped.increment(1);
-            self.emit(Event::SendFailed {
-                peer,
-                stream,
-                error: "no such stream on this peer's connection (not connected, or not opened)"
-                    .into(),
+                Err((e, data)) => (e.to_string(), data),
+            },
+            None => (
+                "the peer is not Established with this stream open".to_string(),
                 data,
-            });
-            return Ok(());
+            ),
         };
-        // Checked first so that the message moves into the queue without a second reference.
-        if self.core.is_blocked(peer, id) {
-            return Err((peer, stream, data));
-        }
-        let len = data.len() as u64;
-        match self.core.send_or_return(peer, id, data) {
-            Ok(()) => {
-                let counters = match &self.last_sent {
-                    Some((name, counters)) if StreamName::same(name, &stream) => counters,
-                    _ => {
-                        let counters = self.metrics.stream(&stream).clone();
-                        &self.last_sent.insert((stream.clone(), counters)).1
-                    }
-                };
-                counters.messages_sent.increment(1);
-                counters.bytes_sent.increment(len);
-                tracing::trace!(peer = %peer, stream = %stream, size = len, "message sent");
-                Ok(())
-            }
-            // Over the connection's queued bytes: waits like a full stream.
-            Err((NodeError::Send(SendError::Full), data)) => Err((peer, stream, data)),
-            Err((e, data)) => {
-                self.metrics.messages_dropped.increment(1);
-                self.emit(Event::SendFailed {
+        route.release(1, len as u64);
+        self.metrics.messages_dropped.increment(1);
+        self.emit(Event::SendFailed {
+            peer: route.peer,
+            stream: route.name.clone(),
+            error,
+            data,
+        });
+    }
+
+    /// Binds the peer's routes to its connection's streams and opens them (on Connected: the
+    /// `handshake` stream; on Established: every stream).
+    fn bind_routes(&mut self, peer: PeerId) {
+        let Some((conn, streams)) = self.core.streams_of(peer) else {
+            return;
+        };
+        let mut by_stream = Vec::with_capacity(streams.len());
+        for (stream, name) in streams {
+            let route = self.shared.routes.resolve(peer, &name, || {
+                RouteShared::new(
                     peer,
-                    stream,
-                    error: e.to_string(),
-                    data,
-                });
-                Ok(())
+                    StreamName::from_shared(name.clone()),
+                    self.index,
+                    self.shared.stream_queue,
+                )
+            });
+            route.bind(Some((conn, stream)));
+            route.set_state(RouteState::Open);
+            let list = self.peer_routes.entry(peer).or_default();
+            if !list.iter().any(|r| Arc::ptr_eq(r, &route)) {
+                list.push(route.clone());
             }
+            by_stream.push(Some(route));
         }
+        self.conn_routes.insert(conn, by_stream);
+    }
+
+    /// The peer's connection ended: its routes close, and are retired if the peer is forgotten
+    /// (a sender holding one resolves the name again).
+    fn unbind_routes(&mut self, peer: PeerId, forget: bool) {
+        self.conn_routes
+            .retain(|_, routes| !routes.iter().flatten().any(|r| r.peer == peer));
+        let routes = if forget {
+            self.shared.routes.remove(&peer);
+            self.peer_routes.remove(&peer).unwrap_or_default()
+        } else {
+            self.peer_routes.get(&peer).cloned().unwrap_or_default()
+        };
+        let state = if forget {
+            RouteState::Retired
+        } else {
+            RouteState::Closed
+        };
+        for route in routes {
+            route.bind(None);
+            route.set_state(state);
+        }
+    }
+
+    /// The route of `peer`'s stream called `name`, if it has one.
+    fn route_named(&self, peer: PeerId, name: &str) -> Option<&Arc<RouteShared>> {
+        self.peer_routes
+            .get(&peer)?
+            .iter()
+            .find(|r| &*r.name == name)
     }
 
     fn perform_actions(&mut self, now: Instant) -> io::Result<()> {
@@ -742,6 +698,7 @@ impl Shard {
                     continue;
                 };
                 let n = self.core.poll_transmit(id, fixed);
+                release_written(&mut self.core, &self.conn_routes, id);
                 if n == 0 {
                     self.fixed_free.push(index);
                     continue;
@@ -762,6 +719,7 @@ impl Shard {
                 .or_else(|| self.send_pool.pop())
                 .unwrap_or_else(|| vec![0u8; SEND_BUF]);
             let n = self.core.poll_transmit(id, &mut buf);
+            release_written(&mut self.core, &self.conn_routes, id);
             if n == 0 {
                 if self.send_pool.len() < SEND_POOL {
                     self.send_pool.push(buf);
@@ -790,10 +748,6 @@ impl Shard {
     }
 
     fn arm_recvs(&mut self) -> io::Result<()> {
-        if !self.undelivered.is_empty() {
-            // The application is behind: stop reading, let TCP push back on the peers.
-            return Ok(());
-        }
         let provided = self.ring.has_provided_buffers();
         for (&id, io) in &mut self.conns {
             if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
@@ -1111,27 +1065,14 @@ impl Shard {
                         self.core.release(conn, stream, data.len());
                         continue;
                     }
-                    let len = data.len();
                     let message = Message {
                         peer,
                         stream: name,
                         data,
                     };
-                    if !self.undelivered.is_empty() {
-                        // Behind the messages still waiting for room: the order is kept even
-                        // when the application made room since they were last tried.
-                        self.undelivered.push_back((message, conn, stream));
-                        continue;
-                    }
-                    match self.shared.messages.try_send(message) {
-                        Ok(()) => self.core.release(conn, stream, len),
-                        Err(async_channel::TrySendError::Full(message)) => {
-                            self.undelivered.push_back((message, conn, stream));
-                        }
-                        Err(async_channel::TrySendError::Closed(_)) => {
-                            self.core.release(conn, stream, len);
-                        }
-                    }
+                    let name = message.stream.shared().clone();
+                    self.outbox
+                        .deliver(&mut self.core, &name, message, conn, stream);
                 }
                 NodeEvent::State {
                     peer,
@@ -1165,6 +1106,15 @@ impl Shard {
                             }
                         }
                     }
+                    // Routes open before the application hears of the state, so that it can
+                    // send as soon as it sees Connected or Established.
+                    match state {
+                        ConnState::Connected | ConnState::Established => self.bind_routes(peer),
+                        _ => {
+                            let forget = state == ConnState::Disconnected && !self.core.knows(peer);
+                            self.unbind_routes(peer, forget);
+                        }
+                    }
                     self.emit(Event::State {
                         peer,
                         state,
@@ -1178,6 +1128,10 @@ impl Shard {
                     unsent,
                 } => {
                     let stream = self.stream_name(peer, stream);
+                    if let Some(route) = self.route_named(peer, &stream) {
+                        route.bind(None);
+                        route.set_state(RouteState::Rejected);
+                    }
                     self.emit(Event::StreamRejected {
                         peer,
                         stream,
@@ -1194,6 +1148,11 @@ impl Shard {
                     self.metrics
                         .messages_undelivered
                         .increment((unsent.len() + unconfirmed.len()) as u64);
+                    // Unsent messages still held their room; written ones gave it back.
+                    if let Some(route) = self.route_named(peer, &name) {
+                        let bytes = unsent.iter().map(|m| m.len() as u64).sum();
+                        route.release(unsent.len() as u64, bytes);
+                    }
                     self.emit(Event::Undelivered {
                         peer,
                         stream: StreamName::from_shared(name),
@@ -1302,20 +1261,6 @@ impl Shard {
         }
     }
 
-    fn retry_undelivered(&mut self) {
-        while let Some((message, conn, stream)) = self.undelivered.pop_front() {
-            let len = message.data.len();
-            match self.shared.messages.try_send(message) {
-                Ok(()) => self.core.release(conn, stream, len),
-                Err(async_channel::TrySendError::Full(message)) => {
-                    self.undelivered.push_front((message, conn, stream));
-                    return;
-                }
-                Err(async_channel::TrySendError::Closed(_)) => {}
-            }
-        }
-    }
-
     fn stream_name(&mut self, peer: PeerId, stream: StreamId) -> StreamName {
         let name = self.core.stream_name(peer, stream).unwrap_or("?");
         if let Some(interned) = self.names.get(name) {
@@ -1361,26 +1306,23 @@ impl Shard {
     /// Closes every connection (CLOSE frames are sent), cancels what is in flight, and waits
     /// until every operation's completion has arrived, so that no buffer is freed under the
     /// kernel.
-    /// Messages that never reached a connection (waiting for room, or still in the command
-    /// queue) go back to the application as unsent when the node stops, grouped by peer and
+    /// Messages that never reached a connection (still in the command queue) go back to the application as unsent when the node stops, grouped by peer and
     /// stream in `send` order.
     fn hand_back_waiting(&mut self) {
         let mut waiting: Vec<(PeerId, StreamName, Bytes)> = Vec::new();
-        for (peer, peer_waiting) in std::mem::take(&mut self.overflow) {
-            if peer_waiting.flagged {
-                self.relieve(&peer);
-            }
-            waiting.extend(
-                peer_waiting
-                    .queue
-                    .into_iter()
-                    .map(|(stream, data)| (peer, stream, data)),
-            );
-        }
-        self.overflowed = 0;
         while let Some(command) = self.commands.pop() {
-            if let Command::Send { peer, stream, data } = command {
-                waiting.push((peer, stream, data));
+            match command {
+                Command::Send { route, data } => {
+                    route.release(1, data.len() as u64);
+                    waiting.push((route.peer, route.name.clone(), data));
+                }
+                Command::SendBatch { route, messages } => {
+                    for data in messages {
+                        route.release(1, data.len() as u64);
+                        waiting.push((route.peer, route.name.clone(), data));
+                    }
+                }
+                _ => {}
             }
         }
         let mut group: Option<(PeerId, StreamName, Vec<Bytes>)> = None;
@@ -1456,13 +1398,19 @@ impl Shard {
     }
 }
 
-/// Messages waiting for room in one peer's connection, in order.
-#[derive(Default)]
-struct Waiting {
-    queue: VecDeque<(StreamName, Bytes)>,
-    bytes: usize,
-    /// Counted in the shard's congestion map.
-    flagged: bool,
+/// Gives back the room of the messages `poll_transmit` just wrote into records, to their
+/// routes: a stream's queue bound counts what is accepted and not yet written.
+fn release_written(
+    core: &mut NodeCore,
+    routes: &HashMap<ConnId, Vec<Option<Arc<RouteShared>>>>,
+    conn: ConnId,
+) {
+    let routes = routes.get(&conn);
+    core.take_written(conn, |stream, messages, bytes| {
+        if let Some(Some(route)) = routes.and_then(|r| r.get(usize::from(stream.index()))) {
+            route.release(messages, bytes);
+        }
+    });
 }
 
 /// Records how many records went out in one send (handshake messages are not records).

@@ -343,10 +343,10 @@ pub fn wait_for_state(
 
 /// The next message `node` receives, within `timeout`.
 pub fn expect_message(node: &Node, timeout: Duration) -> Result<Message, Timeout> {
-    let messages = node.messages();
+    let mut messages = node.messages();
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(message) = messages.try_recv() {
+        if let Some(message) = messages.try_recv() {
             return Ok(message);
         }
         if Instant::now() >= deadline {

@@ -108,7 +108,7 @@ fn metrics_are_scraped_over_http_and_move_with_traffic() {
         Bytes::from_static(b"pong"),
     )
     .unwrap();
-    let messages = b.messages();
+    let mut messages = b.messages();
     for _ in 0..150 {
         messages.recv_blocking().unwrap();
     }

@@ -81,10 +81,10 @@ fn drain_then_stop_delivers_every_message() {
     let a = Node::start(config(Identity::generate().unwrap())).unwrap();
     let b = Node::start(config(Identity::generate().unwrap())).unwrap();
     connect(&a, &b);
-    let messages = b.messages();
+    let mut messages = b.messages();
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
-        while let Ok(m) = messages.recv_blocking() {
+        while let Some(m) = messages.recv_blocking() {
             got.push(seq(&m.data));
         }
         got
@@ -152,16 +152,16 @@ fn stop_with_messages_in_flight_hands_back_every_one_not_delivered() {
         }
     }
     // Now b's application catches up with everything b took.
-    let messages = b.messages();
+    let mut messages = b.messages();
     let mut got = Vec::new();
     let mut quiet_since = Instant::now();
     while quiet_since.elapsed() < Duration::from_millis(500) {
         match messages.try_recv() {
-            Ok(m) => {
+            Some(m) => {
                 got.push(seq(&m.data));
                 quiet_since = Instant::now();
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            None => std::thread::sleep(Duration::from_millis(1)),
         }
     }
     b.stop();

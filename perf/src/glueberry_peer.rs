@@ -262,9 +262,9 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
     let echo = {
         let (b, to, stop) = (b.clone(), a.peer_id(), stop.clone());
         std::thread::spawn(move || {
-            let messages = b.messages();
+            let mut messages = b.messages();
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(m) = messages.recv_blocking()
+                if let Some(m) = messages.recv_blocking()
                     && b.try_send(to, &m.stream, m.data).is_err()
                 {
                     return;
@@ -273,7 +273,7 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
         })
     };
     let stream = a.stream("perf-0");
-    let messages = a.messages();
+    let mut messages = a.messages();
     let request = Bytes::from(vec![0x5au8; size]);
     let mut samples = Vec::new();
     let end = Instant::now() + duration;
@@ -281,7 +281,7 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
         let start = Instant::now();
         a.try_send(b.peer_id(), &stream, request.clone())
             .map_err(|e| e.to_string())?;
-        messages.recv_blocking().map_err(|e| e.to_string())?;
+        messages.recv_blocking().ok_or("node stopped")?;
         samples.push(start.elapsed());
     }
     stop.store(true, Ordering::Relaxed);

@@ -62,16 +62,16 @@ pub(crate) fn server(
     let worker = {
         let (node, received, stop) = (node.clone(), received.clone(), stop.clone());
         std::thread::spawn(move || {
-            let messages = node.messages();
+            let mut messages = node.messages();
             while !stop.load(Ordering::Relaxed) {
                 match messages.recv_blocking() {
-                    Ok(m) if &*m.stream == "perf-echo" => {
+                    Some(m) if &*m.stream == "perf-echo" => {
                         let _ = node.try_send(m.peer, &m.stream, m.data);
                     }
-                    Ok(m) => {
+                    Some(m) => {
                         received.fetch_add(m.data.len() as u64, Ordering::Relaxed);
                     }
-                    Err(_) => return,
+                    None => return,
                 }
             }
         })
@@ -192,7 +192,7 @@ pub(crate) fn client_latency(
     duration: Duration,
 ) -> Result<Figures, String> {
     let node = connect(setup, server, peer, &["perf-echo".to_string()])?;
-    let (stream, messages) = (node.stream("perf-echo"), node.messages());
+    let (stream, mut messages) = (node.stream("perf-echo"), node.messages());
     let request = Bytes::from(vec![0x5au8; size]);
     let mut samples = Vec::new();
     let end = Instant::now() + duration;
@@ -200,7 +200,7 @@ pub(crate) fn client_latency(
         let start = Instant::now();
         node.try_send(peer, &stream, request.clone())
             .map_err(|e| e.to_string())?;
-        messages.recv_blocking().map_err(|e| e.to_string())?;
+        messages.recv_blocking().ok_or("node stopped")?;
         samples.push(start.elapsed());
     }
     node.stop();

@@ -635,7 +635,14 @@ impl Connection {
     ) {
         stream.state = SendState::Rejected;
         let unsent = stream.queue.len() as u64;
-        stream.queue.clear();
+        if unsent > 0 {
+            // Accepted messages are never dropped: they go back to the application.
+            events.push_back(Event::Undelivered {
+                stream: id,
+                unsent: stream.queue.drain(..).collect(),
+                unconfirmed: Vec::new(),
+            });
+        }
         *queued_bytes -= stream.queued_bytes;
         stream.queued_bytes = 0;
         stream.front_offset = 0;

@@ -20,6 +20,12 @@ impl StreamId {
     pub fn index(self) -> u16 {
         self.0
     }
+
+    /// The stream at `index` of a connection's table (a driver that stored [`StreamId::index`];
+    /// an index the connection does not have is refused by it as an unknown stream).
+    pub fn from_index(index: u16) -> StreamId {
+        StreamId(index)
+    }
 }
 
 /// Who opened the connection. Fixed when the connection is made; never changes.

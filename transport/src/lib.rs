@@ -72,6 +72,6 @@ pub use event::{
 pub use glueberry_crypto as crypto;
 pub use node::{
     Action, Admission, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, PeerStats, Shard,
-    shard_of,
+    StreamNames, shard_of,
 };
 pub use peer::{Backoff, ConnState, InvalidTransition, Jitter};

@@ -108,6 +108,9 @@ impl NodeConfig {
     }
 }
 
+/// A connection's streams: id and name.
+pub type StreamNames = Vec<(StreamId, Arc<str>)>;
+
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -410,6 +413,11 @@ impl NodeCore {
         Ok(())
     }
 
+    /// Whether the peer is known (added, or connected): its entry has not been forgotten.
+    pub fn knows(&self, peer: PeerId) -> bool {
+        self.peers.contains_key(&peer)
+    }
+
     /// The peer's state (Disconnected if unknown).
     pub fn state(&self, peer: PeerId) -> ConnState {
         self.peers
@@ -527,7 +535,7 @@ impl NodeCore {
     }
 
     /// A peer's live connection and its streams (id and name), for resolving names once.
-    pub fn streams_of(&self, peer: PeerId) -> Option<(ConnId, Vec<(StreamId, Arc<str>)>)> {
+    pub fn streams_of(&self, peer: PeerId) -> Option<(ConnId, StreamNames)> {
         let id = self.peers.get(&peer)?.conn?;
         let conn = self.conns.get(&id)?;
         Some((
