@@ -21,7 +21,7 @@ use crate::metrics::{ShardMetrics, StreamMetrics, count_records};
 use crate::outbox::Outbox;
 use crate::queue::{CommandQueue, Refused};
 use crate::route::{RouteShared, RouteState};
-use crate::sys::ring::{Completion, Op, Ring, WAKE_TOKEN, received};
+use crate::sys::ring::{Completion, Op, Ring, SendProgress, WAKE_TOKEN, received};
 use crate::sys::socket;
 use crate::{Event, Handler, Message, StreamName};
 
@@ -940,11 +940,13 @@ impl Shard {
                 start,
                 end,
             } => {
-                let io = self.conns.get_mut(&conn);
-                let resubmit = c.result > 0 && start + (c.result as usize) < end;
-                match io {
-                    Some(io) if resubmit => {
-                        let start = start + c.result as usize;
+                let Some(io) = self.conns.get_mut(&conn) else {
+                    self.fixed_free.push(index);
+                    return Ok(());
+                };
+                io.send = None;
+                match SendProgress::of(c.result, start, end) {
+                    SendProgress::Resubmit { start } => {
                         let op = Op::SendFixed {
                             conn,
                             index,
@@ -954,13 +956,8 @@ impl Shard {
                         io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
                         return Ok(());
                     }
-                    Some(io) => {
-                        io.send = None;
-                        if c.result <= 0 && c.result != -libc::EINTR && c.result != -libc::EAGAIN {
-                            self.core.handle_eof(conn, now);
-                        }
-                    }
-                    None => {}
+                    SendProgress::Done => {}
+                    SendProgress::Failed => self.core.handle_eof(conn, now),
                 }
                 self.fixed_free.push(index);
             }
@@ -974,26 +971,19 @@ impl Shard {
                     return Ok(());
                 };
                 io.send = None;
-                if c.result > 0 {
-                    let start = start + c.result as usize;
-                    if start < end {
-                        let raw = io.fd.as_raw_fd();
-                        let key = self.ring.push(
-                            raw,
-                            Op::Send {
-                                conn,
-                                buf,
-                                start,
-                                end,
-                            },
-                        )?;
-                        if let Some(io) = self.conns.get_mut(&conn) {
-                            io.send = Some(key);
-                        }
+                match SendProgress::of(c.result, start, end) {
+                    SendProgress::Resubmit { start } => {
+                        let op = Op::Send {
+                            conn,
+                            buf,
+                            start,
+                            end,
+                        };
+                        io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
                         return Ok(());
                     }
-                } else if c.result != -libc::EINTR && c.result != -libc::EAGAIN {
-                    self.core.handle_eof(conn, now);
+                    SendProgress::Done => {}
+                    SendProgress::Failed => self.core.handle_eof(conn, now),
                 }
                 if let Some(io) = self.conns.get_mut(&conn) {
                     if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {

@@ -51,6 +51,38 @@ pub(crate) enum Op {
     MsgRing,
 }
 
+/// What a send's completion means for the bytes `start..end` it was given. Mapped once, here,
+/// for both kinds of send (fixed and ordinary buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendProgress {
+    /// Everything was sent.
+    Done,
+    /// Send `start..end` again: part was sent (`start` moved on), or the kernel was interrupted
+    /// or had no room (EINTR, EAGAIN) and nothing was sent. The bytes are sealed records whose
+    /// counters are spent: dropping them would break the stream for the peer.
+    Resubmit { start: usize },
+    /// The connection is broken (0 bytes for a non-empty send, or another error).
+    Failed,
+}
+
+impl SendProgress {
+    /// The meaning of `result` for a send of `start..end`.
+    pub(crate) fn of(result: i32, start: usize, end: usize) -> Self {
+        match result {
+            n if n > 0 => {
+                let start = start + n as usize;
+                if start < end {
+                    Self::Resubmit { start }
+                } else {
+                    Self::Done
+                }
+            }
+            e if e == -libc::EINTR || e == -libc::EAGAIN => Self::Resubmit { start },
+            _ => Self::Failed,
+        }
+    }
+}
+
 /// `user_data` of the completion another shard posts on this ring to wake it (MSG_RING); it
 /// belongs to no operation of this ring.
 pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
@@ -346,5 +378,33 @@ impl Drop for Ring {
             std::mem::forget(std::mem::take(&mut self.ops));
             std::mem::forget(self.provided.take());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SendProgress;
+
+    #[test]
+    fn interrupted_and_would_block_sends_are_resubmitted_whole() {
+        assert_eq!(
+            SendProgress::of(-libc::EINTR, 100, 900),
+            SendProgress::Resubmit { start: 100 }
+        );
+        assert_eq!(
+            SendProgress::of(-libc::EAGAIN, 0, 900),
+            SendProgress::Resubmit { start: 0 }
+        );
+        assert_eq!(
+            SendProgress::of(300, 100, 900),
+            SendProgress::Resubmit { start: 400 }
+        );
+        assert_eq!(SendProgress::of(800, 100, 900), SendProgress::Done);
+        assert_eq!(SendProgress::of(0, 100, 900), SendProgress::Failed);
+        assert_eq!(SendProgress::of(-libc::EPIPE, 0, 9), SendProgress::Failed);
+        assert_eq!(
+            SendProgress::of(-libc::ECONNRESET, 0, 9),
+            SendProgress::Failed
+        );
     }
 }
