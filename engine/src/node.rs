@@ -17,7 +17,7 @@ use glueberry_transport::{
 };
 
 use crate::address_book::{AddressBook, BookError, PeerEntry};
-use crate::outbox::Messages;
+use crate::outbox::{Channel, Messages};
 use crate::queue::{CommandQueue, Refused};
 use crate::route::{RouteShared, RouteState};
 use crate::shard::{self, Command, ShardHandle, Shared};
@@ -248,6 +248,7 @@ pub struct NodeConfig {
     shards: usize,
     connection: ConnectionConfig,
     message_buffer: usize,
+    message_buffer_bytes: usize,
     event_buffer: usize,
     command_queue: usize,
     stream_queue: (usize, usize),
@@ -280,6 +281,7 @@ impl NodeConfig {
             shards: 0,
             connection: ConnectionConfig::default(),
             message_buffer: 1000,
+            message_buffer_bytes: 8 * 1024 * 1024,
             event_buffer: 100,
             command_queue: 4096,
             stream_queue: (16 * 1024, 16 * 1024 * 1024),
@@ -405,10 +407,21 @@ impl NodeConfig {
         self
     }
 
-    /// Capacity of the [`Node::messages`] channel (default 1000). When full, shards stop
-    /// reading from sockets until the application catches up.
+    /// Messages each shard's channel to the application holds (default 1000; one channel per
+    /// shard for [`Node::messages`] and one per shard for each [`Node::messages_on`]). When a
+    /// channel is full, the shard holds that destination's messages and returns no credit for
+    /// them: the peers' windows stop those streams while every other stream keeps flowing.
     pub fn message_buffer(mut self, messages: usize) -> Self {
         self.message_buffer = messages.max(1);
+        self
+    }
+
+    /// Bytes of received messages each shard's channel to the application may hold (default
+    /// 8 MiB; a message always fits an empty channel). Beyond it (or beyond `message_buffer`
+    /// messages) the shard holds the stream's next messages and returns no credit for them,
+    /// so what a slow application costs is bounded in bytes, not only in messages.
+    pub fn message_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.message_buffer_bytes = bytes.max(1);
         self
     }
 
@@ -741,9 +754,9 @@ struct Inner {
     shared: Arc<Shared>,
     events: async_channel::Receiver<crate::Event>,
     /// Each shard's channel of messages for the default destination.
-    messages: Vec<async_channel::Receiver<Message>>,
+    messages: Vec<Channel>,
     /// Destinations of their own, per stream name: each shard's channel.
-    outlets: Mutex<HashMap<String, Vec<async_channel::Receiver<Message>>>>,
+    outlets: Mutex<HashMap<String, Vec<Channel>>>,
     message_buffer: usize,
     threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
     names: Mutex<HashMap<String, StreamName>>,
@@ -807,10 +820,10 @@ impl Node {
 
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
         let (events_tx, events_rx) = async_channel::bounded(config.event_buffer);
-        let (messages_tx, messages_rx): (Vec<_>, Vec<_>) = (0..count)
-            .map(|_| async_channel::bounded(config.message_buffer))
-            .unzip();
-        let mut messages_tx = messages_tx.into_iter();
+        let channels: Vec<Channel> = (0..count)
+            .map(|_| Channel::bounded(config.message_buffer))
+            .collect();
+        let mut messages_tx = channels.clone().into_iter();
         let mut handles = Vec::with_capacity(count);
         let mut receivers = Vec::with_capacity(count);
         for _ in 0..count {
@@ -825,6 +838,7 @@ impl Node {
             stop: AtomicBool::new(false),
             handler: config.handler.clone(),
             events_dropped: AtomicU64::new(0),
+            message_buffer_bytes: config.message_buffer_bytes,
             routes: crate::route::RouteTable::default(),
             stream_queue: config.stream_queue,
             registered_send_buffers: AtomicU64::new(0),
@@ -958,7 +972,7 @@ impl Node {
                 listen_addr,
                 shared,
                 events: events_rx,
-                messages: messages_rx,
+                messages: channels,
                 outlets: Mutex::new(HashMap::new()),
                 message_buffer: config.message_buffer,
                 threads: Mutex::new(threads),
@@ -1590,18 +1604,21 @@ impl Node {
     /// [`Node::messages`]. Asking again for the same name returns a clone of the same receiver.
     pub fn messages_on(&self, name: &str) -> Result<Messages, NodeSendError> {
         let mut outlets = self.inner.outlets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(receivers) = outlets.get(name) {
-            return Ok(Messages::new(receivers));
+        if let Some(channels) = outlets.get(name) {
+            return Ok(Messages::new(channels));
         }
-        let mut receivers = Vec::with_capacity(self.inner.shared.shards.len());
+        let mut channels = Vec::with_capacity(self.inner.shared.shards.len());
         for handle in &self.inner.shared.shards {
-            let (tx, rx) = async_channel::bounded(self.inner.message_buffer);
-            let name = name.to_string();
-            push_command(handle, Command::Outlet { name, tx })?;
-            receivers.push(rx);
+            let channel = Channel::bounded(self.inner.message_buffer);
+            let command = Command::Outlet {
+                name: name.to_string(),
+                channel: channel.clone(),
+            };
+            push_command(handle, command)?;
+            channels.push(channel);
         }
-        let messages = Messages::new(&receivers);
-        outlets.insert(name.to_string(), receivers);
+        let messages = Messages::new(&channels);
+        outlets.insert(name.to_string(), channels);
         Ok(messages)
     }
 
@@ -1845,18 +1862,18 @@ impl Node {
             tracing::warn!(error = %e, "address book flush on stop failed");
         }
         self.inner.events.close();
-        for receiver in &self.inner.messages {
-            receiver.close();
+        for channel in &self.inner.messages {
+            channel.close();
         }
-        for receivers in self
+        for channels in self
             .inner
             .outlets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            for receiver in receivers {
-                receiver.close();
+            for channel in channels {
+                channel.close();
             }
         }
         // Subscriptions end too, once their last events are taken.

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use glueberry_transport::{ConnId, NodeCore, StreamId};
@@ -26,10 +27,60 @@ struct Held {
     stream: StreamId,
 }
 
+/// One shard's channel to one destination, with the bytes in it: the channel is bounded in
+/// messages (`message_buffer`) and in bytes (`message_buffer_bytes`), the second kept by the
+/// shard (adding) and the receiver (subtracting as it takes messages).
+#[derive(Clone)]
+pub(crate) struct Channel {
+    tx: async_channel::Sender<Message>,
+    rx: async_channel::Receiver<Message>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Channel {
+    pub(crate) fn bounded(messages: usize) -> Self {
+        let (tx, rx) = async_channel::bounded(messages.max(1));
+        Self {
+            tx,
+            rx,
+            bytes: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// No more messages go in; what is in it can still be taken.
+    pub(crate) fn close(&self) {
+        self.rx.close();
+    }
+}
+
 /// One destination: its channel from this shard, and what waits for room in it.
 struct Outlet {
-    tx: async_channel::Sender<Message>,
+    channel: Channel,
     held: VecDeque<Held>,
+}
+
+impl Outlet {
+    /// Hands `message` to the channel if it has room in messages and in bytes (an empty
+    /// channel takes any message); gives it back if not, `None` if nobody reads the channel.
+    fn try_send(&self, message: Message, max_bytes: usize) -> Result<(), Option<Message>> {
+        let len = message.data.len();
+        let queued = self.channel.bytes.load(Ordering::Acquire);
+        if queued > 0 && queued + len > max_bytes {
+            return Err(Some(message));
+        }
+        self.channel.bytes.fetch_add(len, Ordering::AcqRel);
+        match self.channel.tx.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(async_channel::TrySendError::Full(message)) => {
+                self.channel.bytes.fetch_sub(len, Ordering::AcqRel);
+                Err(Some(message))
+            }
+            Err(async_channel::TrySendError::Closed(_)) => {
+                self.channel.bytes.fetch_sub(len, Ordering::AcqRel);
+                Err(None)
+            }
+        }
+    }
 }
 
 /// A shard's destinations.
@@ -40,32 +91,35 @@ pub(crate) struct Outbox {
     /// The destination of the last message's stream (names are shared per connection stream,
     /// so consecutive messages of one stream skip the map by a pointer comparison).
     last: Option<(Arc<str>, usize)>,
-    /// Messages held over all destinations.
+    /// Messages held, over all destinations.
     held: usize,
+    /// The byte bound of each channel.
+    max_bytes: usize,
 }
 
 impl Outbox {
-    pub(crate) fn new(default: async_channel::Sender<Message>) -> Self {
+    pub(crate) fn new(default: Channel, max_bytes: usize) -> Self {
         Self {
             outlets: vec![Outlet {
-                tx: default,
+                channel: default,
                 held: VecDeque::new(),
             }],
             by_name: HashMap::new(),
             last: None,
             held: 0,
+            max_bytes,
         }
     }
 
     /// Messages of stream `name` go to `tx` from now on (replacing an earlier destination).
-    pub(crate) fn add(&mut self, name: &str, tx: async_channel::Sender<Message>) {
+    pub(crate) fn add(&mut self, name: &str, channel: Channel) {
         self.last = None;
         match self.by_name.get(name) {
-            Some(&index) => self.outlets[index].tx = tx,
+            Some(&index) => self.outlets[index].channel = channel,
             None => {
                 self.by_name.insert(name.into(), self.outlets.len());
                 self.outlets.push(Outlet {
-                    tx,
+                    channel,
                     held: VecDeque::new(),
                 });
             }
@@ -105,9 +159,10 @@ impl Outbox {
             return;
         }
         let len = message.data.len();
-        match outlet.tx.try_send(message) {
-            Ok(()) => core.release(conn, stream, len),
-            Err(async_channel::TrySendError::Full(message)) => {
+        match outlet.try_send(message, self.max_bytes) {
+            // Taken, or nobody reads this destination any more (the message is consumed).
+            Ok(()) | Err(None) => core.release(conn, stream, len),
+            Err(Some(message)) => {
                 outlet.held.push_back(Held {
                     message,
                     conn,
@@ -115,8 +170,6 @@ impl Outbox {
                 });
                 self.held += 1;
             }
-            // Nobody reads this destination any more: the message is consumed.
-            Err(async_channel::TrySendError::Closed(_)) => core.release(conn, stream, len),
         }
     }
 
@@ -128,12 +181,12 @@ impl Outbox {
         for outlet in &mut self.outlets {
             while let Some(held) = outlet.held.pop_front() {
                 let len = held.message.data.len();
-                match outlet.tx.try_send(held.message) {
-                    Ok(()) | Err(async_channel::TrySendError::Closed(_)) => {
+                match outlet.try_send(held.message, self.max_bytes) {
+                    Ok(()) | Err(None) => {
                         core.release(held.conn, held.stream, len);
                         self.held -= 1;
                     }
-                    Err(async_channel::TrySendError::Full(message)) => {
+                    Err(Some(message)) => {
                         outlet.held.push_front(Held { message, ..held });
                         break;
                     }
@@ -149,20 +202,32 @@ impl Outbox {
     }
 }
 
+/// One shard's channel, pinned so that it can be polled as a `Stream` from an `Unpin` owner.
+type Receiver = Pin<Box<async_channel::Receiver<Message>>>;
+
 /// Received messages: from every shard, for the default destination or for one stream. A
 /// `Stream` (and `Unpin`); clones share the messages (each goes to one of them). Ends when the
 /// node stops and the messages already delivered are taken.
 pub struct Messages {
-    receivers: Vec<Pin<Box<async_channel::Receiver<Message>>>>,
+    receivers: Vec<(Receiver, Arc<AtomicUsize>)>,
     next: usize,
 }
 
 impl Messages {
-    pub(crate) fn new(receivers: &[async_channel::Receiver<Message>]) -> Self {
+    pub(crate) fn new(channels: &[Channel]) -> Self {
         Self {
-            receivers: receivers.iter().map(|r| Box::pin(r.clone())).collect(),
+            receivers: channels
+                .iter()
+                .map(|c| (Box::pin(c.rx.clone()), c.bytes.clone()))
+                .collect(),
             next: 0,
         }
+    }
+
+    /// The message leaves its channel: its bytes no longer count against the channel's bound.
+    fn took(bytes: &AtomicUsize, message: Message) -> Message {
+        bytes.fetch_sub(message.data.len(), Ordering::AcqRel);
+        message
     }
 
     /// The next message; `None` once the node stopped and none is left.
@@ -180,9 +245,10 @@ impl Messages {
         let n = self.receivers.len();
         for i in 0..n {
             let index = (self.next + i) % n;
-            if let Ok(message) = self.receivers[index].try_recv() {
+            let (receiver, bytes) = &self.receivers[index];
+            if let Ok(message) = receiver.try_recv() {
                 self.next = (index + 1) % n;
-                return Some(message);
+                return Some(Self::took(bytes, message));
             }
         }
         None
@@ -190,7 +256,7 @@ impl Messages {
 
     /// Messages waiting in the channels.
     pub fn len(&self) -> usize {
-        self.receivers.iter().map(|r| r.len()).sum()
+        self.receivers.iter().map(|(r, _)| r.len()).sum()
     }
 
     /// Whether no message is waiting.
@@ -205,7 +271,7 @@ impl Clone for Messages {
             receivers: self
                 .receivers
                 .iter()
-                .map(|r| Box::pin((**r).clone()))
+                .map(|(r, bytes)| (Box::pin((**r).clone()), bytes.clone()))
                 .collect(),
             next: 0,
         }
@@ -230,8 +296,10 @@ impl futures::Stream for Messages {
         let mut ended = 0;
         for i in 0..n {
             let index = (start + i) % n;
-            match self.receivers[index].as_mut().poll_next(cx) {
+            let (receiver, bytes) = &mut self.receivers[index];
+            match receiver.as_mut().poll_next(cx) {
                 Poll::Ready(Some(message)) => {
+                    let message = Self::took(bytes, message);
                     self.next = (index + 1) % n;
                     return Poll::Ready(Some(message));
                 }

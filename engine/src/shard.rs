@@ -18,7 +18,7 @@ use glueberry_transport::{
 
 use crate::limits::AcceptRefusal;
 use crate::metrics::{ShardMetrics, StreamMetrics, count_records};
-use crate::outbox::Outbox;
+use crate::outbox::{Channel, Outbox};
 use crate::queue::{CommandQueue, Refused};
 use crate::route::{RouteShared, RouteState};
 use crate::sys::ring::{Completion, Op, Ring, SendProgress, WAKE_TOKEN, received};
@@ -87,7 +87,7 @@ pub(crate) enum Command {
     /// Messages of stream `name` go to `tx` (the application asked for them apart).
     Outlet {
         name: String,
-        tx: async_channel::Sender<Message>,
+        channel: Channel,
     },
     /// A connected socket handed in by a [`crate::testing::TestNetwork`]: treated as accepted.
     Accepted {
@@ -147,6 +147,8 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     pub handler: Option<Handler>,
     pub events_dropped: AtomicU64,
+    /// The byte bound of each channel to the application (`NodeConfig::message_buffer_bytes`).
+    pub message_buffer_bytes: usize,
     /// Every (peer, stream) route, for senders to resolve names once.
     pub routes: crate::route::RouteTable,
     /// The bound of one route's queue: messages and bytes (`NodeConfig::stream_queue`).
@@ -309,8 +311,9 @@ impl Shard {
         sleeping: Arc<AtomicBool>,
         commands: Arc<CommandQueue<Command>>,
         shared: Arc<Shared>,
-        messages: async_channel::Sender<Message>,
+        messages: Channel,
     ) -> Self {
+        let message_buffer_bytes = shared.message_buffer_bytes;
         Self {
             index,
             ring,
@@ -325,7 +328,7 @@ impl Shard {
             completions: Vec::with_capacity(1024),
             peer_routes: HashMap::new(),
             conn_routes: HashMap::new(),
-            outbox: Outbox::new(messages),
+            outbox: Outbox::new(messages, message_buffer_bytes),
             handoffs: VecDeque::new(),
             names: HashMap::new(),
             send_pool: Vec::with_capacity(SEND_POOL),
@@ -454,7 +457,7 @@ impl Shard {
                 Command::Blacklist { peer, blacklisted } => {
                     self.core.set_blacklisted(peer, blacklisted, now);
                 }
-                Command::Outlet { name, tx } => self.outbox.add(&name, tx),
+                Command::Outlet { name, channel } => self.outbox.add(&name, channel),
                 Command::Accepted { fd } => match self.core.handle_accepted(now) {
                     Some(id) => {
                         self.conns.insert(id, ConnIo::new(fd, true));
