@@ -147,6 +147,9 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     pub handler: Option<Handler>,
     pub events_dropped: AtomicU64,
+    /// How long a shard keeps polling after its last work before it sleeps in the kernel
+    /// (`NodeConfig::busy_poll`).
+    pub busy_poll: Duration,
     /// The byte bound of each channel to the application (`NodeConfig::message_buffer_bytes`).
     pub message_buffer_bytes: usize,
     /// Every (peer, stream) route, for senders to resolve names once.
@@ -262,6 +265,8 @@ pub(crate) struct Shard {
     attempt_started: HashMap<PeerId, Instant>,
     /// Warnings caused by peers, limited so that a hostile peer cannot flood the log.
     peer_warnings: RateLimit,
+    /// When a command or a completion last arrived (for polling before sleeping).
+    last_work: Instant,
 }
 
 /// At most `per_second` log lines a second; the rest are counted and reported with the next.
@@ -339,6 +344,7 @@ impl Shard {
             last_received: None,
             attempt_started: HashMap::new(),
             peer_warnings: RateLimit::new(10),
+            last_work: Instant::now(),
         }
     }
 
@@ -377,13 +383,21 @@ impl Shard {
                 // The application reading its channel does not wake us: look again soon.
                 timeout = Some(timeout.map_or(UNDELIVERED_RETRY, |t| t.min(UNDELIVERED_RETRY)));
             }
-            self.sleeping.store(true, Ordering::SeqCst);
-            let busy = !self.commands.is_empty();
-            if busy || self.shared.stop.load(Ordering::Acquire) {
-                self.sleeping.store(false, Ordering::SeqCst);
+            let now = Instant::now();
+            let busy = !self.commands.is_empty() || self.shared.stop.load(Ordering::Acquire);
+            if busy {
                 self.ring.submit()?;
+            } else if now.saturating_duration_since(self.last_work) < self.shared.busy_poll {
+                // Work came moments ago: more is likely. Look for completions without
+                // sleeping (senders see the shard awake and skip the eventfd write).
+                self.ring.submit_and_wait(Some(Duration::ZERO))?;
             } else {
-                self.ring.submit_and_wait(timeout)?;
+                self.sleeping.store(true, Ordering::SeqCst);
+                if self.commands.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
+                    self.ring.submit_and_wait(timeout)?;
+                } else {
+                    self.ring.submit()?;
+                }
                 self.sleeping.store(false, Ordering::SeqCst);
             }
             self.metrics.submissions.absolute(self.ring.pushed());
@@ -418,6 +432,7 @@ impl Shard {
             let Some(command) = commands.pop() else {
                 return;
             };
+            self.last_work = now;
             match command {
                 Command::Send { route, data } => self.send(&route, data),
                 Command::SendBatch { route, messages } => {
@@ -792,6 +807,9 @@ impl Shard {
     fn handle_completions(&mut self, now: Instant) -> io::Result<()> {
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.reap(&mut completions);
+        if !completions.is_empty() {
+            self.last_work = now;
+        }
         self.metrics.completions.increment(completions.len() as u64);
         for c in completions.drain(..) {
             self.handle_completion(c, now)?;

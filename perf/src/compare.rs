@@ -108,11 +108,12 @@ fn pairs() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-const SCENARIOS: [Scenario; 8] = [
+const SCENARIOS: [Scenario; 9] = [
     Scenario::Bulk,
     Scenario::Small(64),
     Scenario::Small(1024),
     Scenario::Latency,
+    Scenario::LatencyUnderLoad,
     Scenario::Handshake,
     Scenario::BulkStreams,
     Scenario::BulkPeers,
@@ -122,7 +123,7 @@ const SCENARIOS: [Scenario; 8] = [
 /// Higher is better: bytes per second, round trips per second (1 / p50), connections per second.
 fn score(scenario: Scenario, f: &Figures) -> f64 {
     match scenario {
-        Scenario::Latency => 1.0 / f.p50_us.max(f64::MIN_POSITIVE),
+        Scenario::Latency | Scenario::LatencyUnderLoad => 1.0 / f.p50_us.max(f64::MIN_POSITIVE),
         Scenario::Handshake => f.messages_per_sec,
         Scenario::Scale => 1.0 / f.bytes_per_connection.max(1.0),
         _ => f.bytes_per_sec,
@@ -135,6 +136,13 @@ pub(crate) fn cell(scenario: Scenario, f: &Figures) -> String {
         Scenario::Latency => format!(
             "p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs",
             f.p50_us, f.p99_us, f.max_us
+        ),
+        Scenario::LatencyUnderLoad => format!(
+            "p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs; bulk beside it {:.2} GB/s",
+            f.p50_us,
+            f.p99_us,
+            f.max_us,
+            f.bytes_per_sec / 1e9
         ),
         Scenario::Handshake => format!("{:.0}/s", f.messages_per_sec),
         Scenario::Scale => format!(
@@ -205,7 +213,10 @@ fn run(peer: Peer, scenario: Scenario, length: Length) -> Option<Result<Figures,
         Peer::Glueberry(cipher) => {
             let glueberry_only = matches!(
                 scenario,
-                Scenario::BulkStreams | Scenario::BulkPeers | Scenario::Scale
+                Scenario::BulkStreams
+                    | Scenario::BulkPeers
+                    | Scenario::Scale
+                    | Scenario::LatencyUnderLoad
             );
             if glueberry_only && cipher != Cipher::ChaCha {
                 return None;
@@ -221,25 +232,77 @@ fn run(peer: Peer, scenario: Scenario, length: Length) -> Option<Result<Figures,
     }
 }
 
-/// All results of one comparison run.
+/// All results of one comparison run: every peer measured `trials` times per scenario,
+/// interleaved (all peers once, then all again, ...), so that a slow minute of a noisy machine
+/// falls on every peer alike.
 pub(crate) struct Results {
     seconds: f64,
-    rows: Vec<(Scenario, Vec<(Peer, Figures)>)>,
+    trials: usize,
+    rows: Vec<(Scenario, Row)>,
+}
+
+/// One scenario's trials, per peer.
+type Row = Vec<(Peer, Vec<Figures>)>;
+
+/// The median of `values` (sorted in place); `None` if there are none.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// A ratio over the trials: median, lowest, highest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Ratio {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl Results {
-    fn find(&self, scenario: Scenario, id: &str) -> Option<&Figures> {
+    fn trials_of(&self, scenario: Scenario, id: &str) -> Option<&[Figures]> {
         let (_, row) = self.rows.iter().find(|(s, _)| *s == scenario)?;
-        row.iter().find(|(p, _)| p.id() == id).map(|(_, f)| f)
+        row.iter()
+            .find(|(p, _)| p.id() == id)
+            .map(|(_, f)| f.as_slice())
     }
 
-    /// (scenario id, glueberry id, peer id, score ratio) for every pair measured.
-    fn ratios(&self) -> Vec<(String, &'static str, &'static str, f64)> {
+    /// The trial with the median score (what a table cell shows).
+    fn median_figures(scenario: Scenario, trials: &[Figures]) -> Option<&Figures> {
+        let mut order: Vec<&Figures> = trials.iter().collect();
+        order.sort_by(|a, b| score(scenario, a).total_cmp(&score(scenario, b)));
+        order.get(order.len() / 2).copied()
+    }
+
+    /// Glueberry's score over the peer's, trial by trial (the trials ran side by side).
+    fn ratio(&self, scenario: Scenario, gb: &str, peer: &str) -> Option<Ratio> {
+        let (g, p) = (
+            self.trials_of(scenario, gb)?,
+            self.trials_of(scenario, peer)?,
+        );
+        let mut ratios: Vec<f64> = g
+            .iter()
+            .zip(p)
+            .map(|(g, p)| score(scenario, g) / score(scenario, p).max(f64::MIN_POSITIVE))
+            .collect();
+        let median = median(&mut ratios)?;
+        Some(Ratio {
+            median,
+            min: ratios[0],
+            max: ratios[ratios.len() - 1],
+        })
+    }
+
+    /// (scenario id, glueberry id, peer id, ratio) for every pair measured.
+    fn ratios(&self) -> Vec<(String, &'static str, &'static str, Ratio)> {
         let mut out = Vec::new();
         for (scenario, _) in &self.rows {
             for (gb, peer) in pairs() {
-                if let (Some(g), Some(p)) = (self.find(*scenario, gb), self.find(*scenario, peer)) {
-                    let ratio = score(*scenario, g) / score(*scenario, p).max(f64::MIN_POSITIVE);
+                if let Some(ratio) = self.ratio(*scenario, gb, peer) {
                     out.push((scenario.id(), gb, peer, ratio));
                 }
             }
@@ -251,8 +314,10 @@ impl Results {
         let mut md = String::new();
         let all = peers();
         md.push_str(&format!(
-            "Each figure is {:.0} s of one peer alone on the machine, both ends in one process, one core each.\n\n",
-            self.seconds
+            "Each figure is the median of {} trials of {:.0} s, the peers interleaved (every peer \
+             once, then again), both ends in one process, one core each. Ratios are glueberry ÷ \
+             peer per trial: median (lowest–highest).\n\n",
+            self.trials, self.seconds
         ));
         md.push_str("| scenario |");
         for peer in &all {
@@ -264,24 +329,32 @@ impl Results {
         for (scenario, row) in &self.rows {
             md.push_str(&format!("| {} |", scenario.name()));
             for peer in &all {
-                match row.iter().find(|(p, _)| p == peer) {
-                    Some((_, f)) => md.push_str(&format!(" {} |", cell(*scenario, f))),
+                let median = row
+                    .iter()
+                    .find(|(p, _)| p == peer)
+                    .and_then(|(_, trials)| Self::median_figures(*scenario, trials));
+                match median {
+                    Some(f) => md.push_str(&format!(" {} |", cell(*scenario, f))),
                     None => md.push_str(" — |"),
                 }
             }
             md.push('\n');
         }
-        md.push_str("\n| scenario | glueberry | ÷ peer | ratio |\n|---|---|---|---|\n");
+        md.push_str(
+            "\n| scenario | glueberry | ÷ peer | ratio, median (range) |\n|---|---|---|---|\n",
+        );
         for (scenario, row) in &self.rows {
             for (gb, peer) in pairs() {
-                let find = |id: &str| row.iter().find(|(p, _)| p.id() == id);
-                if let (Some((g, gf)), Some((p, pf))) = (find(gb), find(peer)) {
+                let find = |id: &str| row.iter().find(|(p, _)| p.id() == id).map(|(p, _)| *p);
+                if let (Some(g), Some(p), Some(ratio)) =
+                    (find(gb), find(peer), self.ratio(*scenario, gb, peer))
+                {
                     md.push_str(&format!(
                         "| {} | {} | {} | {} |\n",
                         scenario.name(),
                         g.label(),
                         p.label(),
-                        ratio_cell(*scenario, gf, pf)
+                        ratio_range_cell(*scenario, ratio)
                     ));
                 }
             }
@@ -294,23 +367,41 @@ impl Results {
             .rows
             .iter()
             .flat_map(|(s, row)| {
-                row.iter()
-                    .filter_map(|(p, f)| serde_json::from_str(&f.final_json(&s.id(), p.id())).ok())
+                row.iter().flat_map(move |(p, trials)| {
+                    trials.iter().filter_map(move |f| {
+                        serde_json::from_str(&f.final_json(&s.id(), p.id())).ok()
+                    })
+                })
             })
             .collect();
         let ratios: Vec<serde_json::Value> = self
             .ratios()
             .into_iter()
-            .map(|(scenario, gb, peer, ratio)| {
-                serde_json::json!({"scenario": scenario, "glueberry": gb, "peer": peer, "ratio": ratio})
+            .map(|(scenario, gb, peer, r)| {
+                serde_json::json!({"scenario": scenario, "glueberry": gb, "peer": peer,
+                    "ratio": r.median, "min": r.min, "max": r.max})
             })
             .collect();
         serde_json::json!({
             "seconds": self.seconds,
+            "trials": self.trials,
             "machine": machine(),
             "results": results,
             "ratios": ratios,
         })
+    }
+}
+
+/// A ratio cell with its range; for latency the p50 factor (lower is better).
+fn ratio_range_cell(scenario: Scenario, r: Ratio) -> String {
+    match scenario {
+        Scenario::Latency | Scenario::LatencyUnderLoad => format!(
+            "p50 ×{:.2} ({:.2}–{:.2})",
+            1.0 / r.median,
+            1.0 / r.max,
+            1.0 / r.min
+        ),
+        _ => format!("×{:.2} ({:.2}–{:.2})", r.median, r.min, r.max),
     }
 }
 
@@ -326,32 +417,42 @@ fn machine() -> String {
     format!("{cpus} CPUs, {model}")
 }
 
-/// Runs everything; prints (and optionally writes) the Markdown and the JSON results.
+/// Runs everything, `trials` times interleaved; prints (and optionally writes) the Markdown
+/// and the JSON results.
 pub(crate) fn compare(
     duration: Duration,
+    trials: usize,
     out: Option<&str>,
     save: Option<&str>,
 ) -> Result<Results, String> {
+    let trials = trials.max(1);
     let mut results = Results {
         seconds: duration.as_secs_f64(),
+        trials,
         rows: Vec::new(),
     };
     for scenario in SCENARIOS {
-        let mut row = Vec::new();
-        for peer in peers() {
-            let Some(figures) = run(peer, scenario, Length::Time(duration)) else {
-                continue;
-            };
-            eprintln!(
-                "{:<52} {:<36} {}",
-                scenario.name(),
-                peer.label(),
-                match &figures {
-                    Ok(f) => cell(scenario, f),
-                    Err(e) => format!("failed: {e}"),
+        let mut row: Row = Vec::new();
+        for trial in 1..=trials {
+            for peer in peers() {
+                let Some(figures) = run(peer, scenario, Length::Time(duration)) else {
+                    continue;
+                };
+                eprintln!(
+                    "{:<52} {:<36} {trial}/{trials} {}",
+                    scenario.name(),
+                    peer.label(),
+                    match &figures {
+                        Ok(f) => cell(scenario, f),
+                        Err(e) => format!("failed: {e}"),
+                    }
+                );
+                let figures = figures?;
+                match row.iter_mut().find(|(p, _)| *p == peer) {
+                    Some((_, all)) => all.push(figures),
+                    None => row.push((peer, vec![figures])),
                 }
-            );
-            row.push((peer, figures?));
+            }
         }
         results.rows.push((scenario, row));
     }
@@ -373,7 +474,7 @@ const TOLERANCE: f64 = 0.10;
 /// Ratios that fell more than [`TOLERANCE`] below the baseline's: (scenario, pair, was, now).
 fn regressions(
     baseline: &serde_json::Value,
-    now: &[(String, &str, &str, f64)],
+    now: &[(String, &str, &str, Ratio)],
 ) -> Vec<(String, String, f64, f64)> {
     let mut out = Vec::new();
     for old in baseline["ratios"].as_array().into_iter().flatten() {
@@ -388,20 +489,25 @@ fn regressions(
         if let Some((_, _, _, ratio)) = now
             .iter()
             .find(|(s, g, p, _)| s == scenario && *g == gb && *p == peer)
-            && *ratio < was * (1.0 - TOLERANCE)
+            && ratio.median < was * (1.0 - TOLERANCE)
         {
-            out.push((scenario.to_string(), format!("{gb} ÷ {peer}"), was, *ratio));
+            out.push((
+                scenario.to_string(),
+                format!("{gb} ÷ {peer}"),
+                was,
+                ratio.median,
+            ));
         }
     }
     out
 }
 
 /// Reruns the comparison and fails if any ratio dropped more than 10 % below the baseline.
-pub(crate) fn regress(baseline: &str, duration: Duration) -> Result<(), String> {
+pub(crate) fn regress(baseline: &str, duration: Duration, trials: usize) -> Result<(), String> {
     let text = std::fs::read_to_string(baseline).map_err(|e| format!("{baseline}: {e}"))?;
     let old: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{baseline}: {e}"))?;
-    let results = compare(duration, None, None)?;
+    let results = compare(duration, trials, None, None)?;
     let flagged = regressions(&old, &results.ratios());
     if flagged.is_empty() {
         println!(
@@ -426,12 +532,61 @@ mod tests {
             {"scenario": "bulk", "glueberry": "glueberry-chacha", "peer": "tcp", "ratio": 1.0},
             {"scenario": "latency", "glueberry": "glueberry-chacha", "peer": "tcp", "ratio": 0.8},
         ]});
+        let r = |median| Ratio {
+            median,
+            min: median,
+            max: median,
+        };
         let now = vec![
-            ("bulk".to_string(), "glueberry-chacha", "tcp", 0.85),
-            ("latency".to_string(), "glueberry-chacha", "tcp", 0.75),
+            ("bulk".to_string(), "glueberry-chacha", "tcp", r(0.85)),
+            ("latency".to_string(), "glueberry-chacha", "tcp", r(0.75)),
         ];
         let flagged = regressions(&baseline, &now);
         assert_eq!(flagged.len(), 1, "{flagged:?}");
         assert_eq!(flagged[0].0, "bulk");
+    }
+
+    #[test]
+    fn ratios_are_taken_trial_by_trial_with_their_median_and_range() {
+        let trial = |bytes_per_sec| Figures {
+            bytes_per_sec,
+            ..Default::default()
+        };
+        let results = Results {
+            seconds: 1.0,
+            trials: 3,
+            rows: vec![(
+                Scenario::Bulk,
+                vec![
+                    (
+                        Peer::Glueberry(Cipher::ChaCha),
+                        vec![trial(10.0), trial(30.0), trial(20.0)],
+                    ),
+                    (
+                        Peer::Stream(Stack::Tcp, Framing::Buffered),
+                        vec![trial(10.0), trial(10.0), trial(40.0)],
+                    ),
+                ],
+            )],
+        };
+        let ratio = results
+            .ratio(Scenario::Bulk, "glueberry-chacha", "tcp")
+            .expect("both measured");
+        assert_eq!(
+            ratio,
+            Ratio {
+                median: 1.0,
+                min: 0.5,
+                max: 3.0
+            }
+        );
+        let gb = &results.rows[0].1[0].1;
+        let median = Results::median_figures(Scenario::Bulk, gb).expect("trials");
+        assert_eq!(median.bytes_per_sec, 20.0);
+        assert_eq!(median_of(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    fn median_of(values: &mut [f64]) -> Option<f64> {
+        median(values)
     }
 }

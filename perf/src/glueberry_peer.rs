@@ -30,6 +30,10 @@ pub(crate) struct Setup {
     /// Each node records metrics into a Prometheus recorder of its own (with its endpoint on
     /// a loopback port): shows what metrics cost when they are on.
     pub metrics: bool,
+    /// Each stream's window (the bytes it may have in flight, `--window`): 16 MiB unless given
+    /// for the throughput scenarios, the node's default (1 MiB) unless given where latency
+    /// beside a transfer is measured.
+    pub window: Option<u32>,
 }
 
 impl Default for Setup {
@@ -42,6 +46,7 @@ impl Default for Setup {
             peers: 1,
             size: 64 * 1024,
             metrics: false,
+            window: None,
         }
     }
 }
@@ -56,7 +61,7 @@ impl Setup {
 
     fn connection(&self) -> ConnectionConfig {
         ConnectionConfig {
-            initial_window: 16 * 1024 * 1024,
+            initial_window: self.window.unwrap_or(16 * 1024 * 1024),
             high_watermark: high_watermark(self.size),
             low_watermark: high_watermark(self.size) / 2,
             batching: self.batching,
@@ -79,6 +84,9 @@ impl Setup {
             .connection(self.connection())
             .command_queue(65_536)
             .message_buffer(65_536)
+            .stream_queue(high_watermark(self.size), 32 * 1024 * 1024)
+            .stream_priority(RPC_STREAM, 7)
+            .stream_priority(BULK_STREAM, 0)
             .limits(unlimited());
         match self.metrics {
             true => config.metrics(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -102,6 +110,11 @@ impl Setup {
             .collect()
     }
 }
+
+/// The latency-under-load scenario's streams: requests at the highest priority, the bulk
+/// transfer beside them at the lowest.
+const RPC_STREAM: &str = "perf-rpc";
+const BULK_STREAM: &str = "perf-bulk";
 
 /// Queue about 32 MiB per stream, between 16 and 100,000 messages.
 fn high_watermark(size: usize) -> usize {
@@ -370,5 +383,98 @@ pub(crate) fn scale(setup: &Setup, count: usize) -> Result<Figures, String> {
     drop(sockets);
     drop(warm);
     server.stop();
+    Ok(figures)
+}
+
+/// 64 B request/response on a high-priority stream while a bulk transfer (64 KiB messages, as
+/// fast as `send` takes them) runs on a low-priority stream of the same connection. Both
+/// consumers keep up: what is measured is how long a request waits behind bulk bytes.
+/// Percentiles are of the round trips; `bytes_per_sec` is the bulk transfer beside them.
+pub(crate) fn latency_under_load(setup: &Setup, duration: Duration) -> Result<Figures, String> {
+    let setup = Setup {
+        size: 64 * 1024,
+        window: Some(
+            setup
+                .window
+                .unwrap_or(ConnectionConfig::default().initial_window),
+        ),
+        ..setup.clone()
+    };
+    let a = Node::start(setup.node(1, Some(0))?).map_err(|e| e.to_string())?;
+    let b = Node::start(setup.node(1, Some(1))?).map_err(|e| e.to_string())?;
+    let streams = [RPC_STREAM, BULK_STREAM];
+    let (b_rpc, b_bulk) = (b.messages_on(RPC_STREAM), b.messages_on(BULK_STREAM));
+    let mut a_rpc = a.messages_on(RPC_STREAM).map_err(|e| e.to_string())?;
+    let (mut b_rpc, mut b_bulk) = (
+        b_rpc.map_err(|e| e.to_string())?,
+        b_bulk.map_err(|e| e.to_string())?,
+    );
+    let waiter = {
+        let (b, id) = (b.clone(), a.peer_id());
+        std::thread::spawn(move || establish(&b, &[id], &streams))
+    };
+    a.connect(b.peer_id(), b.listen_addr())
+        .map_err(|e| e.to_string())?;
+    establish(&a, &[b.peer_id()], &streams)?;
+    waiter.join().map_err(|_| "establishing panicked")??;
+    std::thread::sleep(Duration::from_millis(50));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let bulk_bytes = Arc::new(AtomicU64::new(0));
+    let echo = {
+        let (b, to) = (b.clone(), a.peer_id());
+        let route = b.route(to, RPC_STREAM);
+        std::thread::spawn(move || {
+            while let Some(m) = b_rpc.recv_blocking() {
+                if b.try_send_on(&route, m.data).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let drain = {
+        let bulk_bytes = bulk_bytes.clone();
+        std::thread::spawn(move || {
+            while let Some(m) = b_bulk.recv_blocking() {
+                bulk_bytes.fetch_add(m.data.len() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let bulk = {
+        let (a, stop) = (a.clone(), stop.clone());
+        let route = a.route(b.peer_id(), BULK_STREAM);
+        std::thread::spawn(move || {
+            let chunk = Bytes::from(vec![0x5au8; 64 * 1024]);
+            while !stop.load(Ordering::Relaxed) {
+                if futures::executor::block_on(a.send_on(&route, chunk.clone())).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // The bulk transfer gets going before the first request.
+    std::thread::sleep(Duration::from_millis(200));
+    let route = a.route(b.peer_id(), RPC_STREAM);
+    let request = Bytes::from(vec![0xa5u8; 64]);
+    let mut samples = Vec::new();
+    let start_bytes = bulk_bytes.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let end = started + duration;
+    while Instant::now() < end {
+        let start = Instant::now();
+        a.try_send_on(&route, request.clone())
+            .map_err(|e| e.to_string())?;
+        a_rpc.recv_blocking().ok_or("node stopped")?;
+        samples.push(start.elapsed());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let bulk_moved = bulk_bytes.load(Ordering::Relaxed) - start_bytes;
+    stop.store(true, Ordering::Relaxed);
+    a.stop();
+    b.stop();
+    let _ = (bulk.join(), echo.join(), drain.join());
+    let mut figures = figures::percentiles(samples, 64, seconds);
+    figures.bytes = bulk_moved;
+    figures.bytes_per_sec = bulk_moved as f64 / seconds;
     Ok(figures)
 }

@@ -5,13 +5,14 @@
 //! glueberry-perf local   [OPTIONS] [--scenario NAME] [--json]    both ends on loopback, vs plain TCP
 //! glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two machines
 //! glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
-//! glueberry-perf compare [--seconds N] [--out FILE.md] [--save FILE.json]
-//! glueberry-perf regress [--baseline FILE.json] [--seconds N]
+//! glueberry-perf compare [--seconds N] [--trials N] [--out FILE.md] [--save FILE.json]
+//! glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 //! glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 //!
-//! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
+//! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES, --window BYTES,
 //!          --cipher chacha|aes, --no-batching, --danger-null-cipher, --metrics
-//! scenarios: bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all
+//! scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
+//!            all
 //! ```
 //!
 //! `compare` runs every scenario against every peer — plain TCP (tokio), tokio + rustls with
@@ -62,6 +63,8 @@ pub(crate) enum Scenario {
     /// Small messages of one size.
     Small(usize),
     Latency,
+    /// Request/response on a high-priority stream beside a bulk transfer on a low one.
+    LatencyUnderLoad,
     Handshake,
     Scale,
 }
@@ -74,6 +77,9 @@ impl Scenario {
             Scenario::BulkPeers => "bulk, several peers into one node".into(),
             Scenario::Small(size) => format!("small messages ({size} B)"),
             Scenario::Latency => "request/response latency (64 B)".into(),
+            Scenario::LatencyUnderLoad => {
+                "request/response (64 B, priority 7) beside a bulk transfer (priority 0)".into()
+            }
             Scenario::Handshake => "connections per second (each a full handshake)".into(),
             Scenario::Scale => "idle connections (memory each, time to connect all)".into(),
         }
@@ -86,6 +92,7 @@ impl Scenario {
             Scenario::BulkPeers => "bulk-peers".into(),
             Scenario::Small(size) => format!("small-{size}"),
             Scenario::Latency => "latency".into(),
+            Scenario::LatencyUnderLoad => "latency-under-load".into(),
             Scenario::Handshake => "handshake".into(),
             Scenario::Scale => "scale".into(),
         }
@@ -105,9 +112,11 @@ enum Command {
     Compare {
         out: Option<String>,
         save: Option<String>,
+        trials: usize,
     },
     Regress {
         baseline: String,
+        trials: usize,
     },
     Soak {
         seed: u64,
@@ -131,14 +140,15 @@ const HELP: &str = "\
 glueberry-perf local   [OPTIONS] [--scenario NAME] [--json]    both ends on loopback, vs plain TCP
 glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two machines
 glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
-glueberry-perf compare [--seconds N] [--out FILE.md] [--save FILE.json]
-glueberry-perf regress [--baseline FILE.json] [--seconds N]
+glueberry-perf compare [--seconds N] [--trials N] [--out FILE.md] [--save FILE.json]
+glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 
 OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
          --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
          --metrics (each node records into its own Prometheus recorder)
-scenarios: bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all";
+scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
+//!            all";
 
 const USAGE: &str =
     "usage: glueberry-perf local|server|client|compare|regress|soak [options] (see --help)";
@@ -169,6 +179,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let (mut listen, mut connect, mut peer, mut out, mut save) = (None, None, None, None, None);
     let mut baseline = "perf/baseline.json".to_string();
     let mut seed = 1u64;
+    let mut trials = 3usize;
     let mut scenario = "all".to_string();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -187,6 +198,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 options.count = Some(options.setup.streams);
             }
             "--shards" => options.setup.shards = number(rest.next(), arg)?,
+            "--window" => options.setup.window = Some(number(rest.next(), arg)?),
             "--cipher" => {
                 options.setup.cipher = match rest.next().map(String::as_str) {
                     Some("chacha") => Cipher::ChaCha,
@@ -205,6 +217,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--out" => out = Some(rest.next().ok_or("--out needs a file")?.clone()),
             "--save" => save = Some(rest.next().ok_or("--save needs a file")?.clone()),
             "--seed" => seed = number(rest.next(), arg)?,
+            "--trials" => trials = number(rest.next(), arg)?,
             "--baseline" => baseline = rest.next().ok_or("--baseline needs a file")?.clone(),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
@@ -223,8 +236,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
             connect: addr(connect, "--connect")?,
             peer: peer.ok_or("client needs --peer ID (the server prints it)")?,
         },
-        "compare" => Command::Compare { out, save },
-        "regress" => Command::Regress { baseline },
+        "compare" => Command::Compare { out, save, trials },
+        "regress" => Command::Regress { baseline, trials },
         "soak" => Command::Soak { seed },
         other => return Err(format!("unknown command {other:?}\n{USAGE}")),
     };
@@ -238,17 +251,23 @@ fn parse(args: &[String]) -> Result<Options, String> {
         "bulk-peers" => vec![Scenario::BulkPeers],
         "small" => small,
         "latency" => vec![Scenario::Latency],
+        "latency-under-load" => vec![Scenario::LatencyUnderLoad],
         "handshake" => vec![Scenario::Handshake],
         "scale" => vec![Scenario::Scale],
         "all" => {
             let mut all = vec![Scenario::Bulk, Scenario::BulkStreams, Scenario::BulkPeers];
             all.extend(small);
-            all.extend([Scenario::Latency, Scenario::Handshake, Scenario::Scale]);
+            all.extend([
+                Scenario::Latency,
+                Scenario::LatencyUnderLoad,
+                Scenario::Handshake,
+                Scenario::Scale,
+            ]);
             all
         }
         other => {
             return Err(format!(
-                "unknown scenario {other:?} (bulk, bulk-streams, bulk-peers, small, latency, handshake, scale, all)"
+                "unknown scenario {other:?} (bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale, all)"
             ));
         }
     };
@@ -283,10 +302,16 @@ fn main() -> ExitCode {
             },
         ),
         Command::Client { connect, peer } => client(&options, *connect, peer),
-        Command::Compare { out, save } => {
-            compare::compare(options.length.time(), out.as_deref(), save.as_deref()).map(|_| ())
+        Command::Compare { out, save, trials } => compare::compare(
+            options.length.time(),
+            *trials,
+            out.as_deref(),
+            save.as_deref(),
+        )
+        .map(|_| ()),
+        Command::Regress { baseline, trials } => {
+            compare::regress(baseline, options.length.time(), *trials)
         }
-        Command::Regress { baseline } => compare::regress(baseline, options.length.time()),
         Command::Soak { seed } => {
             // The default length of the other commands is for one measurement: a soak is longer.
             let length = if options.seconds_given {
@@ -350,6 +375,7 @@ pub(crate) fn run_glueberry(
         }
         Scenario::Small(size) => glueberry_peer::throughput(setup, size, length, report),
         Scenario::Latency => glueberry_peer::latency(setup, 64, length.time()),
+        Scenario::LatencyUnderLoad => glueberry_peer::latency_under_load(setup, length.time()),
         Scenario::Handshake => glueberry_peer::handshakes(setup, length.time()),
         Scenario::Scale => glueberry_peer::scale(setup, count.unwrap_or(1000)),
     }
@@ -371,7 +397,10 @@ pub(crate) fn run_stream(
         Scenario::Latency | Scenario::Handshake if !once => return None,
         Scenario::Latency => streams::latency(stack, 64, length.time()),
         Scenario::Handshake => streams::handshakes(stack, length.time()),
-        Scenario::BulkStreams | Scenario::BulkPeers | Scenario::Scale => return None,
+        Scenario::BulkStreams
+        | Scenario::BulkPeers
+        | Scenario::Scale
+        | Scenario::LatencyUnderLoad => return None,
     })
 }
 
