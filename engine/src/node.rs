@@ -283,12 +283,7 @@ impl NodeConfig {
             connection: ConnectionConfig::default(),
             message_buffer: 1000,
             message_buffer_bytes: 8 * 1024 * 1024,
-            busy_poll: std::time::Duration::from_micros(
-                std::env::var("GB_POLL")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
+            busy_poll: std::time::Duration::from_micros(50),
             event_buffer: 100,
             command_queue: 4096,
             stream_queue: (16 * 1024, 16 * 1024 * 1024),
