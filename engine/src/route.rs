@@ -196,11 +196,35 @@ impl std::fmt::Debug for RouteShared {
     }
 }
 
+/// Hashes a peer id by its first eight bytes: peer ids are uniformly random public keys, so
+/// they need no mixing (SipHash over 32 bytes cost more than the rest of a name lookup).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PeerIdHasher(u64);
+
+impl std::hash::Hasher for PeerIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `PeerId`'s derived `Hash` writes its key bytes once; fold whatever comes in.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+/// A map keyed by peer id, hashed by [`PeerIdHasher`].
+pub(crate) type PeerMap<V> =
+    std::collections::HashMap<PeerId, V, std::hash::BuildHasherDefault<PeerIdHasher>>;
+
 /// The routes of every peer, by peer and stream name. Written when a peer connects or leaves
 /// and when the application resolves a name the first time; read when it resolves a name.
 #[derive(Default)]
 pub(crate) struct RouteTable {
-    routes: std::sync::RwLock<std::collections::HashMap<PeerId, Vec<std::sync::Arc<RouteShared>>>>,
+    routes: std::sync::RwLock<PeerMap<Vec<std::sync::Arc<RouteShared>>>>,
 }
 
 impl RouteTable {
