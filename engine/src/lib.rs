@@ -26,10 +26,9 @@
 //!         }
 //!     }
 //! }
-//! let consensus = a.stream("consensus");
 //! // (wait for Established on both sides in real code)
-//! a.try_send(b.peer_id(), &consensus, Bytes::from_static(b"vote"))?;
-//! let message = b.messages().recv_blocking()?;
+//! futures::executor::block_on(a.send(b.peer_id(), "consensus", Bytes::from_static(b"vote")))?;
+//! let message = b.messages().recv_blocking().ok_or("node stopped")?;
 //! assert_eq!(&message.data[..], b"vote");
 //! a.stop();
 //! b.stop();
@@ -88,16 +87,40 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **Messaging**:
+//! **Messaging** — `send` waits while that stream of that peer is full (only that one), and
+//! fails at once if the peer is not Established with the stream open; `try_send` never waits
+//! and gives the message back when it refuses. A [`Route`] resolves (peer, stream) once for the
+//! hot path; `send_batch` queues many messages with one wake-up:
 //! ```no_run
 //! # use bytes::Bytes; use glueberry::Node; use glueberry::crypto::PeerId;
 //! # async fn f(node: &Node, peer: PeerId, others: &[PeerId]) -> Result<(), glueberry::Error> {
-//! let consensus = node.stream("consensus");
-//! node.send(peer, &consensus, Bytes::from_static(b"vote")).await?; // waits on backpressure
-//! node.try_send(peer, &consensus, Bytes::from_static(b"vote"))?;   // or BufferFull
-//! node.broadcast(others, &consensus, Bytes::from_static(b"block")).await; // no copy per peer
-//! let message = node.messages().recv().await.expect("running");
+//! node.send(peer, "consensus", Bytes::from_static(b"vote")).await?; // waits for room
+//! if let Err(refused) = node.try_send(peer, "consensus", Bytes::from_static(b"vote")) {
+//!     let _still_mine: Bytes = refused.into_inner(); // BufferFull: retry later
+//! }
+//! let blocks = node.route(peer, "blocksync"); // resolved once, kept across reconnections
+//! node.send_on(&blocks, Bytes::from(vec![0u8; 64 * 1024])).await?;
+//! node.send_batch(&blocks, (0..100).map(|_| Bytes::from_static(b"tx"))).await?;
+//! node.broadcast(others, "consensus", Bytes::from_static(b"block")).await; // no copy per peer
+//! let mut messages = node.messages(); // every stream without a receiver of its own
+//! let message = messages.recv().await.expect("running");
 //! println!("{} bytes on {} from {}", message.data.len(), message.stream, message.peer);
+//! # Ok(()) }
+//! ```
+//!
+//! **Priorities and per-stream receivers** — set before the streams open. Records are filled
+//! from higher priorities first (a vote waits for at most one record of block chunks), and a
+//! stream with a receiver of its own never waits for a slow consumer of another:
+//! ```no_run
+//! # use glueberry::{Node, NodeConfig, crypto::Identity};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = NodeConfig::new(Identity::generate()?, "chain-1", "0.0.0.0:26656".parse()?)
+//!     .stream_priority("consensus", 7)
+//!     .stream_priority("blocksync", 0);
+//! let node = Node::start(config)?;
+//! let mut blocks = node.messages_on("blocksync")?; // read at its own pace
+//! let mut votes = node.messages_on("consensus")?;
+//! # let _ = (&mut blocks, &mut votes);
 //! # Ok(()) }
 //! ```
 //!
@@ -164,36 +187,39 @@
 //! ```no_run
 //! # use bytes::Bytes; use glueberry::{ErrorKind, Node}; use glueberry::crypto::PeerId;
 //! # fn f(node: &Node, peer: PeerId) {
-//! let stream = node.stream("consensus");
-//! if let Err(e) = node.try_send(peer, &stream, Bytes::new()).map_err(glueberry::Error::from) {
+//! if let Err(e) = node.try_send(peer, "consensus", Bytes::new()).map_err(glueberry::Error::from) {
 //!     if e.kind() == ErrorKind::BufferFull && e.is_retriable() { /* retry later */ }
 //!     eprintln!("{e}; hint: {:?}", e.hint());
 //! }
 //! # }
 //! ```
 
+#![deny(unsafe_code)]
+
 pub mod address_book;
-mod error;
+mod api;
+mod channel;
 mod limits;
 pub mod metrics;
-mod node;
 mod observe;
-mod outbox;
-mod queue;
 mod route;
 mod shard;
+#[allow(unsafe_code)] // the system layer: io_uring, registered buffers, sockets
 mod sys;
 pub mod testing;
 
-pub use error::{Error, ErrorKind};
+#[doc(inline)]
+pub use api::{
+    ConnectError, Error, ErrorKind, Event, EventFilter, Handler, Health, HealthCheck, Message,
+    Node, NodeConfig, NodeError, NodeSendError, Route, StartError, StreamName, StreamRef,
+    Subscription, TrySendError,
+};
+#[doc(inline)]
+pub use channel::Messages;
 pub use glueberry_crypto as crypto;
 pub use glueberry_transport as transport;
+#[doc(inline)]
 pub use limits::ConnectionLimits;
-pub use node::{
-    ConnectError, Event, EventFilter, Handler, Health, HealthCheck, Message, Node, NodeConfig,
-    NodeError, NodeSendError, Route, StartError, StreamName, StreamRef, Subscription, TrySendError,
-};
-pub use outbox::Messages;
 pub use sys::socket::open_fd_count;
 
 /// The README's examples, compiled and run as doctests.

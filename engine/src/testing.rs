@@ -45,11 +45,7 @@ use glueberry_transport::ConnState;
 
 use crate::{Event, EventFilter, Message, Node, NodeConfig, StartError, Subscription};
 
-/// Makes a node's outbound connections in place of TCP.
-pub(crate) trait Dialer: Send + Sync {
-    /// A connected socket to `addr`, or why not.
-    fn dial(&self, addr: SocketAddr) -> io::Result<OwnedFd>;
-}
+use crate::sys::dial::Dialer;
 
 #[derive(Default)]
 struct Shared {

@@ -7,8 +7,8 @@ use std::fmt;
 use glueberry_crypto::{HandshakeError, PeerId};
 use glueberry_transport::{ConnectionError, SendError, StreamError};
 
+use super::errors::{ConnectError, NodeError, NodeSendError, StartError, TrySendError};
 use crate::address_book::BookError;
-use crate::node::{ConnectError, NodeError, NodeSendError, StartError};
 
 /// What went wrong, as Glueberry's error codes name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -217,9 +217,18 @@ impl From<NodeSendError> for Error {
         let kind = match e {
             NodeSendError::BufferFull => ErrorKind::BufferFull,
             NodeSendError::MessageTooLarge { .. } => ErrorKind::MessageTooLarge,
+            NodeSendError::NotEstablished | NodeSendError::StreamRejected => {
+                ErrorKind::StreamClosed
+            }
             _ => ErrorKind::NodeStopped,
         };
         Error::new(kind, e)
+    }
+}
+
+impl From<TrySendError> for Error {
+    fn from(e: TrySendError) -> Self {
+        e.error.into()
     }
 }
 

@@ -1,0 +1,299 @@
+//! How to run a node: `NodeConfig`, its defaults and its validation.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::event::Handler;
+use glueberry_crypto::Identity;
+use glueberry_transport::ConnectionConfig;
+
+/// How to run a node.
+pub struct NodeConfig {
+    pub(super) identity: Identity,
+    pub(super) network_id: String,
+    pub(super) listen: SocketAddr,
+    pub(super) shards: usize,
+    pub(super) connection: ConnectionConfig,
+    pub(super) message_buffer: usize,
+    pub(super) message_buffer_bytes: usize,
+    pub(super) busy_poll: std::time::Duration,
+    pub(super) event_buffer: usize,
+    pub(super) command_queue: usize,
+    pub(super) stream_queue: (usize, usize),
+    pub(super) pin_threads: bool,
+    pub(super) cpus: Option<Vec<usize>>,
+    pub(super) ring_entries: u32,
+    pub(super) send_buffers: usize,
+    pub(super) provided_receive_buffers: u16,
+    pub(super) address_book: Option<std::path::PathBuf>,
+    pub(super) handler: Option<Handler>,
+    pub(super) dial_timeout: std::time::Duration,
+    pub(super) handshake_timeout: std::time::Duration,
+    pub(super) cooldown: std::time::Duration,
+    pub(super) backoff: glueberry_transport::Backoff,
+    pub(super) limits: crate::limits::ConnectionLimits,
+    pub(super) pending_handshakes: (usize, std::time::Duration),
+    pub(super) suites: Vec<glueberry_crypto::Suite>,
+    pub(super) metrics: Option<SocketAddr>,
+    pub(crate) dialer: Option<Arc<dyn crate::sys::dial::Dialer>>,
+}
+
+impl NodeConfig {
+    /// A node with `identity` on network `network_id`, listening on `listen` (port 0 picks one),
+    /// with Glueberry's defaults.
+    pub fn new(identity: Identity, network_id: &str, listen: SocketAddr) -> Self {
+        Self {
+            identity,
+            network_id: network_id.to_string(),
+            listen,
+            shards: 0,
+            connection: ConnectionConfig::default(),
+            message_buffer: 1000,
+            message_buffer_bytes: 8 * 1024 * 1024,
+            busy_poll: std::time::Duration::from_micros(50),
+            event_buffer: 100,
+            command_queue: 4096,
+            stream_queue: (16 * 1024, 16 * 1024 * 1024),
+            pin_threads: true,
+            cpus: None,
+            ring_entries: 4096,
+            send_buffers: 16,
+            provided_receive_buffers: 0,
+            address_book: None,
+            handler: None,
+            dial_timeout: std::time::Duration::from_secs(30),
+            handshake_timeout: std::time::Duration::from_secs(30),
+            cooldown: std::time::Duration::from_secs(60),
+            backoff: glueberry_transport::Backoff::default(),
+            limits: crate::limits::ConnectionLimits::default(),
+            pending_handshakes: (256, std::time::Duration::from_secs(10)),
+            suites: Vec::new(),
+            metrics: None,
+            dialer: None,
+        }
+    }
+
+    /// Serves `/metrics` (Prometheus), `/healthz`, `/readyz` and `/debug/state` over HTTP on
+    /// `addr` (off by default; use a loopback address unless the scraper is elsewhere). The node
+    /// records into a Prometheus recorder of its own, so several nodes in one process each
+    /// export their own figures. Without it, metrics go to the application's global `metrics`
+    /// recorder, if it installed one before starting the node.
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
+    }
+
+    /// The record cipher suites offered or accepted, most preferred first; the dialler's order
+    /// decides (default: both, ChaCha20-Poly1305 first).
+    pub fn suites(mut self, suites: &[glueberry_crypto::Suite]) -> Self {
+        self.suites = suites.to_vec();
+        self
+    }
+
+    /// Number of shards (threads); 0 (the default) is one per CPU the process may use.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// How long a dial may take to authenticate the peer (default 30 s).
+    pub fn dial_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.dial_timeout = timeout;
+        self
+    }
+
+    /// How long the application handshake may take from Connected (default 30 s); expiry puts
+    /// the peer in Cooldown.
+    pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a peer stays in Cooldown after a handshake timeout (default 1 min).
+    pub fn cooldown(mut self, cooldown: std::time::Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Reconnection: first delay `base` (default 1 s), doubling up to `max` (default 5 min), ±10 %
+    /// jitter, at most `max_attempts` attempts (default 10; 0 means unlimited).
+    pub fn reconnect(
+        mut self,
+        base: std::time::Duration,
+        max: std::time::Duration,
+        max_attempts: u32,
+    ) -> Self {
+        self.backoff = glueberry_transport::Backoff {
+            base,
+            max,
+            max_attempts,
+        };
+        self
+    }
+
+    /// Checks the settings make sense together; says which one does not. `Node::start` calls it.
+    pub fn validate(&self) -> Result<(), String> {
+        self.connection.validate().map_err(|e| e.to_string())?;
+        let nonzero = [
+            ("pending handshake timeout", self.pending_handshakes.1),
+            ("dial_timeout", self.dial_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("cooldown", self.cooldown),
+            ("reconnect base delay", self.backoff.base),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be greater than zero"));
+        }
+        if self.backoff.max < self.backoff.base {
+            return Err(format!(
+                "reconnect max delay {:?} is below the base delay {:?}",
+                self.backoff.max, self.backoff.base
+            ));
+        }
+        if self.message_buffer == 0 || self.event_buffer == 0 || self.command_queue == 0 {
+            return Err("message_buffer, event_buffer and command_queue must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The connection manager's limits (default 400 in, 400 out, 400 in all, 16 per source IP).
+    pub fn limits(mut self, limits: crate::limits::ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// At most `max` inbound connections per shard may be in their secure handshake at once
+    /// (more are closed at accept), each for at most `timeout` (default 256 and 10 s): a peer
+    /// that connects and stalls is cut off.
+    pub fn pending_handshakes(mut self, max: usize, timeout: std::time::Duration) -> Self {
+        self.pending_handshakes = (max, timeout);
+        self
+    }
+
+    /// Per-connection settings.
+    pub fn connection(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// Messages each shard's channel to the application holds (default 1000; one channel per
+    /// shard for [`Node::messages`] and one per shard for each [`Node::messages_on`]). When a
+    /// channel is full, the shard holds that destination's messages and returns no credit for
+    /// them: the peers' windows stop those streams while every other stream keeps flowing.
+    pub fn message_buffer(mut self, messages: usize) -> Self {
+        self.message_buffer = messages.max(1);
+        self
+    }
+
+    /// How long a shard keeps looking for work without sleeping after its last command or
+    /// completion (default 50 µs; zero turns it off). A shard that sleeps in the kernel is
+    /// woken by an eventfd write or a completion, which costs a context switch each time; one
+    /// that polls briefly answers a request that follows the last one within the window
+    /// without it. A node with no traffic for longer than the window sleeps, so the CPU it
+    /// costs is at most the window after each burst.
+    pub fn busy_poll(mut self, window: std::time::Duration) -> Self {
+        self.busy_poll = window;
+        self
+    }
+
+    /// Bytes of received messages each shard's channel to the application may hold (default
+    /// 8 MiB; a message always fits an empty channel). Beyond it (or beyond `message_buffer`
+    /// messages) the shard holds the stream's next messages and returns no credit for them,
+    /// so what a slow application costs is bounded in bytes, not only in messages.
+    pub fn message_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.message_buffer_bytes = bytes.max(1);
+        self
+    }
+
+    /// Capacity of the [`Node::events`] channel (default 100). When full, events are dropped and
+    /// counted ([`Node::events_dropped`]).
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events.max(1);
+        self
+    }
+
+    /// Capacity of each shard's command queue (default 4096): how many `send`s may be waiting
+    /// for a shard before `send` waits and `try_send` fails.
+    pub fn command_queue(mut self, commands: usize) -> Self {
+        self.command_queue = commands.max(1);
+        self
+    }
+
+    /// How many messages, and bytes, one stream of one peer may have accepted and not yet
+    /// written (default 16,384 and 16 MiB). At the bound `send` waits and `try_send` refuses
+    /// with [`NodeSendError::BufferFull`], for that stream only; nothing accepted is handed back
+    /// while the connection lives. A message always fits an empty queue.
+    pub fn stream_queue(mut self, messages: usize, bytes: usize) -> Self {
+        self.stream_queue = (messages.max(1), bytes.max(1));
+        self
+    }
+
+    /// The send priority of the stream called `name`, 0 (lowest) to 7 (default 3; the
+    /// `handshake` stream is 7). When several streams of one peer have messages, records are
+    /// filled from higher priorities first, and each busy stream gets bandwidth in proportion to
+    /// its priority + 1 (a weighted deficit round robin): `consensus` at 7 and `blocksync` at 0
+    /// means a vote waits for at most one record of block chunks, and block chunks still get an
+    /// eighth of a saturated link. Set it before the streams are opened with
+    /// [`Node::complete_handshake`].
+    pub fn stream_priority(mut self, name: &str, priority: u8) -> Self {
+        self.connection.priorities.retain(|(n, _)| n != name);
+        self.connection.priorities.push((
+            name.to_string(),
+            priority.min(glueberry_transport::MAX_PRIORITY),
+        ));
+        self
+    }
+
+    /// Pin each shard thread to its CPU (default on).
+    pub fn pin_threads(mut self, pin: bool) -> Self {
+        self.pin_threads = pin;
+        self
+    }
+
+    /// The CPUs to pin shards to, in order (default: every CPU the process may use). Two nodes
+    /// in one process should get different CPUs.
+    pub fn cpus(mut self, cpus: Vec<usize>) -> Self {
+        if !cpus.is_empty() {
+            self.cpus = Some(cpus);
+        }
+        self
+    }
+
+    /// Deliver messages to `handler` on the shard threads instead of [`Node::messages`].
+    pub fn handler(mut self, handler: Handler) -> Self {
+        self.handler = Some(handler);
+        self
+    }
+
+    /// Registered (pinned) send buffers of 512 KiB per shard (default 16, 8 MiB). Under a small
+    /// locked-memory limit (an unprivileged process) fewer are registered, down to none, with
+    /// one warning; sends then use ordinary buffers.
+    pub fn send_buffers(mut self, count: usize) -> Self {
+        self.send_buffers = count;
+        self
+    }
+
+    /// Receive through a provided-buffer ring of `count` buffers of 64 KiB per shard (a power of
+    /// two, at most 32768) with multishot receives, instead of the default: a fresh buffer per
+    /// receive that becomes the connection's receive buffer. The ring bounds receive memory per
+    /// shard whatever the number of idle connections, at the cost of one copy of every received
+    /// byte. 0 (the default) is off.
+    pub fn provided_receive_buffers(mut self, count: u16) -> Self {
+        self.provided_receive_buffers = count;
+        self
+    }
+
+    /// Keep the address book in this JSON file (created if missing). At start the node dials
+    /// every peer in it that is not blacklisted; a corrupt file refuses to start.
+    pub fn address_book(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.address_book = Some(path.into());
+        self
+    }
+
+    /// Submission queue entries per shard ring (default 4096). 0 makes io_uring unusable: for
+    /// testing the error a node gives when it cannot start.
+    pub fn ring_entries(mut self, entries: u32) -> Self {
+        self.ring_entries = entries;
+        self
+    }
+}

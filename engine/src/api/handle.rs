@@ -1,0 +1,77 @@
+//! The `Node` handle itself: what every clone shares, and how a call reaches a peer's shard.
+//! The handle's methods are spread by subject over the files beside this one; this file
+//! depends on none of them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use glueberry_crypto::PeerId;
+use glueberry_transport::shard_of;
+
+use super::errors::NodeSendError;
+use super::event::{Event, StreamName};
+use crate::channel::Channel;
+use crate::shard::{Command, ShardHandle, Shared};
+
+/// Queues a command for a shard without waiting, and wakes the shard if it sleeps.
+pub(crate) fn push_command(handle: &ShardHandle, command: Command) -> Result<(), NodeSendError> {
+    handle.commands.try_push_control(command)?;
+    handle.wake();
+    Ok(())
+}
+
+/// The state behind every `Node` handle.
+pub(super) struct Inner {
+    pub(super) peer_id: PeerId,
+    pub(super) listen_addr: SocketAddr,
+    pub(super) shared: Arc<Shared>,
+    pub(super) events: async_channel::Receiver<Event>,
+    /// Each shard's channel of messages for the default destination.
+    pub(super) messages: Vec<Channel>,
+    /// Destinations of their own, per stream name: each shard's channel.
+    pub(super) outlets: Mutex<HashMap<String, Vec<Channel>>>,
+    pub(super) message_buffer: usize,
+    pub(super) threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+    pub(super) names: Mutex<HashMap<String, StreamName>>,
+    pub(super) prepared: Mutex<HashMap<PeerId, Vec<String>>>,
+    pub(super) max_message_size: usize,
+    pub(super) stopped: AtomicBool,
+    pub(super) endpoint: Mutex<Option<crate::observe::Endpoint>>,
+    pub(super) backpressure_wait: ::metrics::Histogram,
+    pub(super) backpressure_engaged: ::metrics::Counter,
+    pub(super) next_injected: std::sync::atomic::AtomicUsize,
+}
+
+/// A running node. Cheap to clone; all clones drive the same node.
+#[derive(Clone)]
+pub struct Node {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .field("listen_addr", &self.inner.listen_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub(super) fn command(&self, peer: PeerId, command: Command) -> Result<(), NodeSendError> {
+        push_command(self.handle(peer)?, command)
+    }
+
+    pub(super) fn handle(&self, peer: PeerId) -> Result<&ShardHandle, NodeSendError> {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(NodeSendError::Stopped);
+        }
+        let shards = &self.inner.shared.shards;
+        Ok(&shards[shard_of(&peer, shards.len())])
+    }
+}

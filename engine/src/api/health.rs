@@ -1,0 +1,165 @@
+//! Health, readiness and the state dump, and the operator endpoint's view of a node.
+
+use super::handle::{Inner, Node};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+/// One health check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Details for operators.
+    pub detail: String,
+}
+
+/// The node's health: `live` while it runs, `ready` when every check passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The node runs (liveness).
+    pub live: bool,
+    /// Every check passed (readiness).
+    pub ready: bool,
+    /// The checks.
+    pub checks: Vec<HealthCheck>,
+}
+
+impl Health {
+    /// The checks as a JSON object, for a 200/503 HTTP answer.
+    pub fn to_json(&self) -> String {
+        let checks: serde_json::Map<String, serde_json::Value> = self
+            .checks
+            .iter()
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    serde_json::json!({ "ok": c.ok, "detail": c.detail }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "live": self.live, "ready": self.ready, "checks": checks }).to_string()
+    }
+}
+
+/// The HTTP endpoint's view of its node; it does not keep the node alive.
+pub(super) struct EndpointSource(pub(super) std::sync::Weak<Inner>);
+
+impl EndpointSource {
+    fn node(&self) -> Option<Node> {
+        let inner = self.0.upgrade()?;
+        (!inner.stopped.load(Ordering::Acquire)).then_some(Node { inner })
+    }
+}
+
+impl crate::observe::Source for EndpointSource {
+    fn health(&self) -> Option<(bool, bool, String)> {
+        let health = self.node()?.health();
+        Some((health.live, health.ready, health.to_json()))
+    }
+
+    fn dump_state(&self) -> Option<String> {
+        Some(futures::executor::block_on(self.node()?.dump_state()))
+    }
+}
+
+impl Node {
+    /// Liveness and readiness, Glueberry's checks: the node is running, listening, its address
+    /// book (if any) is held, and it has at least one authenticated connection (readiness only).
+    pub fn health(&self) -> Health {
+        let running = !self.inner.stopped.load(Ordering::Acquire)
+            && !self.inner.shared.stop.load(Ordering::Acquire);
+        let (inbound, outbound) = self.connection_counts();
+        let book = self
+            .inner
+            .shared
+            .book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let checks = vec![
+            HealthCheck {
+                name: "started",
+                ok: running,
+                detail: format!("{} shards", self.shard_count()),
+            },
+            HealthCheck {
+                name: "listening",
+                ok: running,
+                detail: self.listen_addr().to_string(),
+            },
+            HealthCheck {
+                name: "address_book",
+                ok: running,
+                detail: book.as_ref().map_or_else(
+                    || "none configured".into(),
+                    |b| b.path().display().to_string(),
+                ),
+            },
+            HealthCheck {
+                name: "connections",
+                ok: inbound + outbound > 0,
+                detail: format!("{inbound} inbound, {outbound} outbound"),
+            },
+        ];
+        Health {
+            live: running,
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
+    }
+
+    /// The node's state as JSON: identity, shards, counters, and every peer's statistics.
+    pub async fn dump_state(&self) -> String {
+        let peers: Vec<serde_json::Value> = self
+            .stats()
+            .await
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "peer_id": s.peer.to_string(),
+                    "state": format!("{:?}", s.state),
+                    "direction": s.direction.map(|d| format!("{d:?}")),
+                    "connected_for_ms": s.connected_for.map(|d| d.as_millis() as u64),
+                    "total_connected_ms": s.total_connected.as_millis() as u64,
+                    "connections": s.connections,
+                    "failures": s.failures,
+                    "since_last_message_ms": s.since_last_message.map(|d| d.as_millis() as u64),
+                    "rtt_us": s.rtt.map(|d| d.as_micros() as u64),
+                    "streams": s.streams.iter().map(|t| serde_json::json!({
+                        "name": t.name,
+                        "sent_messages": t.sent_messages,
+                        "sent_bytes": t.sent_bytes,
+                        "received_messages": t.received_messages,
+                        "received_bytes": t.received_bytes,
+                        "queued_messages": t.queued_messages,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let shared = &self.inner.shared;
+        serde_json::json!({
+            "peer_id": self.peer_id().to_string(),
+            "listen_addr": self.listen_addr().to_string(),
+            "protocol_version": glueberry_crypto::handshake::PROTOCOL_VERSION.to_string(),
+            "shards": shared.shards.len(),
+            "events_dropped": self.events_dropped(),
+            "handoffs": self.handoffs(),
+            "registered_send_buffers": self.registered_send_buffers(),
+            "abandoned_operations": self.abandoned_operations(),
+            "peers": peers,
+        })
+        .to_string()
+    }
+
+    /// The address of the metrics and health endpoint, when [`NodeConfig::metrics`] turned it on
+    /// (the real port when 0 was asked for).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(crate::observe::Endpoint::addr)
+    }
+}

@@ -1,0 +1,21 @@
+//! What applications touch: the `Node` handle and the types of its calls.
+
+mod config;
+mod error;
+mod errors;
+mod event;
+mod handle;
+mod health;
+mod messaging;
+mod node;
+mod peers;
+mod route;
+
+pub use config::NodeConfig;
+pub use error::{Error, ErrorKind};
+pub use errors::{ConnectError, NodeError, NodeSendError, StartError, TrySendError};
+pub(crate) use event::Subscribers;
+pub use event::{Event, EventFilter, Handler, Message, StreamName, Subscription};
+pub use handle::Node;
+pub use health::{Health, HealthCheck};
+pub use route::{Route, StreamRef};

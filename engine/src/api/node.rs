@@ -1,0 +1,596 @@
+//! The `Node` handle: start the shards, connect, complete handshakes, stop.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use glueberry_crypto::{HandshakeConfig, PeerId};
+use glueberry_transport::{ConnState, Direction, NodeConfig as CoreConfig, NodeCore, Shard};
+
+use super::config::NodeConfig;
+use super::errors::{ConnectError, NodeSendError, StartError};
+use super::event::{Event, EventFilter, StreamName};
+use super::handle::{Inner, Node, push_command};
+use super::health::EndpointSource;
+use crate::address_book::AddressBook;
+use crate::channel::Channel;
+use crate::shard::CommandQueue;
+use crate::shard::{self, Command, ShardHandle, Shared};
+use crate::sys::{ring::Ring, socket};
+
+impl Node {
+    /// Starts the shards and the listeners.
+    pub fn start(config: NodeConfig) -> Result<Node, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let mut handshake = HandshakeConfig::new(&config.identity, &config.network_id)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        if !config.suites.is_empty() {
+            handshake = handshake
+                .with_suites(&config.suites)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        }
+        let handshake = Arc::new(handshake);
+        let book = match &config.address_book {
+            Some(path) => Some(AddressBook::open(path)?),
+            None => None,
+        };
+        let cpus = config.cpus.clone().unwrap_or_else(socket::allowed_cpus);
+        let count = if config.shards == 0 {
+            cpus.len().max(1)
+        } else {
+            config.shards
+        };
+        // The first listener fixes the port; the others share it (SO_REUSEPORT).
+        let listen_err = |source| StartError::Listen {
+            addr: config.listen,
+            source,
+        };
+        let first = socket::listener(config.listen).map_err(listen_err)?;
+        let listen_addr = socket::local_addr(&first)?;
+        let mut listeners = vec![first];
+        for _ in 1..count {
+            listeners.push(socket::listener(listen_addr).map_err(listen_err)?);
+        }
+
+        let limits = Arc::new(crate::limits::Limits::new(config.limits));
+        let (events_tx, events_rx) = async_channel::bounded(config.event_buffer);
+        let channels: Vec<Channel> = (0..count)
+            .map(|_| Channel::bounded(config.message_buffer))
+            .collect();
+        let mut messages_tx = channels.clone().into_iter();
+        let mut handles = Vec::with_capacity(count);
+        let mut receivers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let queue = Arc::new(CommandQueue::new(config.command_queue));
+            let rx = queue.clone();
+            handles.push(ShardHandle::new(queue, socket::eventfd()?));
+            receivers.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            shards: handles,
+            events: events_tx,
+            stop: AtomicBool::new(false),
+            handler: config.handler.clone(),
+            events_dropped: AtomicU64::new(0),
+            message_buffer_bytes: config.message_buffer_bytes,
+            busy_poll: config.busy_poll,
+            routes: crate::route::RouteTable::default(),
+            stream_queue: config.stream_queue,
+            registered_send_buffers: AtomicU64::new(0),
+            memlock_warned: AtomicBool::new(false),
+            abandoned_operations: AtomicU64::new(0),
+            handoffs: AtomicU64::new(0),
+            ring_fds: (0..count)
+                .map(|_| std::sync::atomic::AtomicI32::new(-1))
+                .collect(),
+            book: Mutex::new(book),
+            subscribers: Arc::new(Mutex::new(Vec::new())),
+            states: Mutex::new(HashMap::new()),
+            limits: limits.clone(),
+            next_subscriber: AtomicU64::new(1),
+            recorder: config.metrics.map(|_| crate::observe::recorder()),
+            dialer: config.dialer.clone(),
+        });
+        // The bound on a stream's queue is the route's (`stream_queue`), enforced where the
+        // sender reserves room: the transport below never refuses a message for being full.
+        let mut connection = config.connection.clone();
+        connection.high_watermark = config.stream_queue.0.saturating_add(1).max(2);
+        connection.low_watermark = connection.high_watermark / 2;
+        connection.max_queued_bytes = config
+            .stream_queue
+            .1
+            .saturating_add(connection.max_message_size)
+            .saturating_mul(usize::from(connection.max_streams))
+            .max(64 * 1024);
+        let connection = Arc::new(connection);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::with_capacity(count);
+        for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
+            let shared = shared.clone();
+            let messages = messages_tx
+                .next()
+                .ok_or_else(|| io::Error::other("a channel per shard"))?;
+            let node_id = handshake.peer_id();
+            let ready = ready_tx.clone();
+            let mut core_config = CoreConfig::new(connection.clone(), handshake.clone());
+            core_config.shard = Shard { index, count };
+            core_config.dial_timeout = config.dial_timeout;
+            core_config.handshake_timeout = config.handshake_timeout;
+            core_config.cooldown = config.cooldown;
+            core_config.backoff = config.backoff;
+            core_config.admission = Some(limits.clone());
+            core_config.max_pending_handshakes = config.pending_handshakes.0;
+            core_config.pending_handshake_timeout = config.pending_handshakes.1;
+            core_config.seed = u64::from_le_bytes(
+                handshake.peer_id().public_key()[..8]
+                    .try_into()
+                    .unwrap_or([1; 8]),
+            ) ^ index as u64;
+            let cpu = cpus.get(index % cpus.len().max(1)).copied();
+            let pin = config.pin_threads;
+            let entries = config.ring_entries;
+            let send_buffers = config.send_buffers;
+            let provided = config.provided_receive_buffers;
+            let thread = std::thread::Builder::new()
+                .name(format!("glueberry-shard-{index}"))
+                .spawn(move || {
+                    if pin && let Some(cpu) = cpu {
+                        let _ = socket::pin_to_cpu(cpu);
+                    }
+                    let span = tracing::info_span!("glueberry_shard", node = %node_id, shard = index);
+                    let _span = span.enter();
+                    // This node's recorder, if it has one, for everything recorded on this thread.
+                    let recorder = shared.recorder.clone();
+                    let _metrics = recorder
+                        .as_deref()
+                        .map(|r| ::metrics::set_default_local_recorder(r));
+                    // The ring is made on its own thread: SINGLE_ISSUER ties it to its creator.
+                    let ring = match Ring::new(entries) {
+                        Ok(ring) => ring,
+                        Err(e) => {
+                            let error = io::Error::new(e.kind(), e.to_string());
+                            let _ = ready.send(Err(e));
+                            return Err(error);
+                        }
+                    };
+                    let handle = &shared.shards[index];
+                    let mut shard = shard::Shard::new(
+                        index,
+                        ring,
+                        NodeCore::new(core_config),
+                        listener,
+                        handle.wake_fd.clone(),
+                        handle.sleeping.clone(),
+                        commands,
+                        shared.clone(),
+                        messages,
+                    );
+                    if provided > 0
+                        && let Err(e) = shard.provide_receive_buffers(provided)
+                    {
+                        let error = io::Error::new(e.kind(), e.to_string());
+                        let _ = ready.send(Err(e));
+                        return Err(error);
+                    }
+                    shared.ring_fds[index].store(shard.ring_fd(), Ordering::Release);
+                    let registered = shard.register_send_buffers(send_buffers);
+                    shared
+                        .registered_send_buffers
+                        .fetch_add(registered as u64, Ordering::Relaxed);
+                    if registered < send_buffers && !shared.memlock_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            wanted = send_buffers,
+                            registered,
+                            "not enough locked memory (RLIMIT_MEMLOCK) to register every send buffer; \
+                             using fewer, and ordinary buffers for the rest"
+                        );
+                    }
+                    let _ = ready.send(Ok(()));
+                    drop(ready);
+                    shard.run()
+                })?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..count {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(io::Error::other("a shard thread died at start")),
+            }
+        }
+        let recorder = shared.recorder.clone();
+        let node = Node {
+            inner: Arc::new(Inner {
+                peer_id: handshake.peer_id(),
+                listen_addr,
+                shared,
+                events: events_rx,
+                messages: channels,
+                outlets: Mutex::new(HashMap::new()),
+                message_buffer: config.message_buffer,
+                threads: Mutex::new(threads),
+                names: Mutex::new(HashMap::new()),
+                prepared: Mutex::new(HashMap::new()),
+                max_message_size: config.connection.max_message_size,
+                stopped: AtomicBool::new(false),
+                endpoint: Mutex::new(None),
+                next_injected: std::sync::atomic::AtomicUsize::new(0),
+                backpressure_engaged: match &recorder {
+                    Some(r) => ::metrics::with_local_recorder(&**r, || {
+                        ::metrics::counter!(crate::metrics::names::BACKPRESSURE_ENGAGED)
+                    }),
+                    None => ::metrics::counter!(crate::metrics::names::BACKPRESSURE_ENGAGED),
+                },
+                backpressure_wait: match &recorder {
+                    Some(r) => ::metrics::with_local_recorder(&**r, || {
+                        ::metrics::describe_histogram!(
+                            crate::metrics::names::BACKPRESSURE_WAIT,
+                            ::metrics::Unit::Seconds,
+                            "How long Node::send waited for room."
+                        );
+                        ::metrics::histogram!(crate::metrics::names::BACKPRESSURE_WAIT)
+                    }),
+                    None => ::metrics::histogram!(crate::metrics::names::BACKPRESSURE_WAIT),
+                },
+            }),
+        };
+        if let Some(e) = failure {
+            node.stop();
+            return Err(StartError::IoUringUnavailable(e));
+        }
+        if let (Some(addr), Some(recorder)) = (config.metrics, recorder) {
+            let source = Box::new(EndpointSource(Arc::downgrade(&node.inner)));
+            match crate::observe::Endpoint::start(addr, recorder, source) {
+                Ok(endpoint) => {
+                    *node
+                        .inner
+                        .endpoint
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(endpoint)
+                }
+                Err(e) => {
+                    node.stop();
+                    return Err(StartError::Io(e));
+                }
+            }
+        }
+        tracing::info!(
+            peer_id = %node.peer_id(),
+            listen_addr = %node.listen_addr(),
+            shards = count,
+            "glueberry node started"
+        );
+        // The blacklist first (every shard), then dial every other peer in the book.
+        for entry in node.peers() {
+            let result = if entry.blacklisted {
+                node.broadcast_blacklist(entry.peer_id, true)
+            } else if let Some(addr) = entry.addresses.first() {
+                node.connect(entry.peer_id, *addr)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                node.stop();
+                return Err(StartError::Io(io::Error::other(e.to_string())));
+            }
+        }
+        Ok(node)
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The address the node listens on (the real port when 0 was asked for).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen_addr
+    }
+
+    /// How many shards (threads) run the node.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shared.shards.len()
+    }
+
+    /// The interned name of a stream, for [`Node::send`].
+    pub fn stream(&self, name: &str) -> StreamName {
+        let mut names = self
+            .inner
+            .names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        names
+            .entry(name.to_string())
+            .or_insert_with(|| StreamName::new(name))
+            .clone()
+    }
+
+    /// Dials `peer` at `addr` (and redials it with backoff when the connection drops).
+    pub fn connect(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
+        self.command(peer, Command::Connect { peer, addr })
+    }
+
+    /// Stops redialling a peer that is Reconnecting: it becomes Disconnected (with its event).
+    pub fn cancel_reconnect(&self, peer: PeerId) -> Result<(), NodeSendError> {
+        self.command(peer, Command::CancelReconnect { peer })
+    }
+
+    /// Dials `peer` and waits until it is authenticated (Connected), or the attempt fails. The
+    /// dial gives up after the node's dial timeout (default 30 s). Dropping the future before it
+    /// completes cancels the dial (the peer is disconnected). Works from any executor.
+    pub async fn connect_and_wait(
+        &self,
+        peer: PeerId,
+        addr: SocketAddr,
+    ) -> Result<(), ConnectError> {
+        let filter = EventFilter {
+            peers: Some(vec![peer]),
+            states: Some(vec![
+                ConnState::Connected,
+                ConnState::Established,
+                ConnState::Reconnecting,
+                ConnState::Disconnected,
+            ]),
+        };
+        let subscription = self.subscribe(filter, 16);
+        if matches!(
+            self.state(peer),
+            ConnState::Connected | ConnState::Established
+        ) {
+            return Ok(());
+        }
+        self.connect(peer, addr).map_err(ConnectError::Send)?;
+        // Until the outcome is known, dropping this future disconnects the peer.
+        let mut guard = CancelDial {
+            node: self,
+            peer,
+            armed: true,
+        };
+        loop {
+            match subscription.recv().await {
+                Some(Event::State {
+                    state: ConnState::Connected | ConnState::Established,
+                    ..
+                }) => {
+                    guard.armed = false;
+                    return Ok(());
+                }
+                Some(Event::State { state, reason, .. }) => {
+                    guard.armed = false;
+                    return Err(ConnectError::Failed {
+                        state,
+                        reason: reason.map(|r| format!("{r:?}")),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    guard.armed = false;
+                    return Err(ConnectError::Send(NodeSendError::Stopped));
+                }
+            }
+        }
+    }
+
+    /// Closes the connection to `peer`.
+    pub fn disconnect(&self, peer: PeerId) -> Result<(), NodeSendError> {
+        self.command(peer, Command::Disconnect { peer })
+    }
+
+    /// Opens the named streams with a Connected peer: it becomes Established.
+    pub fn complete_handshake(&self, peer: PeerId, streams: &[&str]) -> Result<(), NodeSendError> {
+        let streams = streams.iter().map(|s| s.to_string()).collect();
+        self.command(peer, Command::CompleteHandshake { peer, streams })
+    }
+
+    /// The first half of [`Node::complete_handshake`]: remembers the streams to open.
+    pub fn prepare_streams(&self, peer: PeerId, streams: &[&str]) {
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, streams.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// The second half: opens the prepared streams; the peer becomes Established.
+    pub fn finalize_handshake(&self, peer: PeerId) -> Result<(), NodeSendError> {
+        let streams = self
+            .inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer)
+            .unwrap_or_default();
+        self.command(peer, Command::CompleteHandshake { peer, streams })
+    }
+
+    /// A peer's connection state as last reported by its shard (Disconnected if unknown).
+    pub fn state(&self, peer: PeerId) -> ConnState {
+        self.inner
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map_or(ConnState::Disconnected, |(s, _)| *s)
+    }
+
+    /// Whether we dialled the peer's current connection (`None` when it has none). Fixed when
+    /// the connection is made; a peer opening streams never changes it.
+    pub fn is_outbound(&self, peer: PeerId) -> Option<bool> {
+        self.inner
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .and_then(|(_, d)| *d)
+            .map(|d| d == Direction::Outbound)
+    }
+
+    /// Peers with a connection, and their states.
+    pub fn connected_peers(&self) -> Vec<(PeerId, ConnState)> {
+        self.inner
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (s, _))| matches!(s, ConnState::Connected | ConnState::Established))
+            .map(|(p, (s, _))| (*p, *s))
+            .collect()
+    }
+
+    /// Messages accepted by `send` that the peers have not yet confirmed (waiting, queued, or
+    /// written and unacknowledged), over all shards.
+    pub async fn outstanding(&self) -> usize {
+        let mut total = 0;
+        for handle in &self.inner.shared.shards {
+            let (reply, answer) = async_channel::bounded(1);
+            if handle
+                .commands
+                .push(Command::Outstanding { reply })
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            handle.wake();
+            total += answer.recv().await.unwrap_or(0);
+        }
+        total
+    }
+
+    /// Waits until every message accepted by `send` so far is confirmed by its peer, or
+    /// `timeout` passes; returns whether everything was confirmed. For a graceful stop: call
+    /// it (with no more sends), then [`Node::stop`], which hands back whatever is left in
+    /// [`Event::Undelivered`](crate::Event::Undelivered).
+    pub fn drain(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if futures::executor::block_on(self.outstanding()) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// Registered send buffers over all shards (fewer than configured under a small memlock
+    /// limit).
+    pub fn registered_send_buffers(&self) -> u64 {
+        self.inner
+            .shared
+            .registered_send_buffers
+            .load(Ordering::Relaxed)
+    }
+
+    /// io_uring operations whose completion never arrived before the shards stopped (their
+    /// buffers were leaked, not freed under the kernel). 0 after a clean `stop`.
+    pub fn abandoned_operations(&self) -> u64 {
+        self.inner
+            .shared
+            .abandoned_operations
+            .load(Ordering::Relaxed)
+    }
+
+    /// Inbound connections handed from the shard that accepted them to their peer's shard.
+    pub fn handoffs(&self) -> u64 {
+        self.inner.shared.handoffs.load(Ordering::Relaxed)
+    }
+
+    /// Hands a connected socket to a shard as if it had been accepted (test networks).
+    pub(crate) fn inject_accepted(&self, fd: std::os::fd::OwnedFd) -> Result<(), NodeSendError> {
+        let shards = &self.inner.shared.shards;
+        let index = self.inner.next_injected.fetch_add(1, Ordering::Relaxed) % shards.len();
+        push_command(&shards[index], Command::Accepted { fd })
+    }
+
+    /// Authenticated connections now: (inbound, outbound).
+    pub fn connection_counts(&self) -> (usize, usize) {
+        self.inner.shared.limits.counts()
+    }
+
+    /// Stops the node: connections close with a CLOSE frame, shard threads finish every
+    /// operation in flight and exit, and their sockets close. Idempotent; waits for the threads.
+    pub fn stop(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(mut endpoint) = self
+            .inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            endpoint.stop();
+        }
+        self.inner.shared.stop.store(true, Ordering::Release);
+        self.inner.shared.routes.close_all();
+        for handle in &self.inner.shared.shards {
+            handle.commands.close();
+            handle.sleeping.store(true, Ordering::SeqCst);
+            handle.wake();
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .inner
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in threads {
+            let _ = thread.join();
+        }
+        tracing::info!(peer_id = %self.peer_id(), listen_addr = %self.listen_addr(), "glueberry node stopped");
+        // Batched last-seen updates are not lost on stop; the book's lock is released.
+        if let Some(mut book) = self.book().take()
+            && let Err(e) = book.flush()
+        {
+            tracing::warn!(error = %e, "address book flush on stop failed");
+        }
+        self.inner.events.close();
+        for channel in &self.inner.messages {
+            channel.close();
+        }
+        for channels in self
+            .inner
+            .outlets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            for channel in channels {
+                channel.close();
+            }
+        }
+        // Subscriptions end too, once their last events are taken.
+        self.inner
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// Disconnects a peer when a `connect_and_wait` future is dropped before its outcome.
+struct CancelDial<'a> {
+    node: &'a Node,
+    peer: PeerId,
+    armed: bool,
+}
+
+impl Drop for CancelDial<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.node.disconnect(self.peer);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Submissions that keep a shard fed (receives, accept, wake-ups), and what each completion
+//! means for its connection.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use glueberry_transport::ConnId;
+
+use super::*;
+use crate::sys::ring::{Completion, Op, SendProgress, WAKE_TOKEN, received};
+use crate::sys::socket;
+
+impl Shard {
+    pub(super) fn arm_recvs(&mut self) -> io::Result<()> {
+        let provided = self.ring.has_provided_buffers();
+        for (&id, io) in &mut self.conns {
+            if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
+                continue;
+            }
+            if provided {
+                // One multishot receive per connection; the kernel takes a buffer from the
+                // shard's ring only when data arrives.
+                let key = self
+                    .ring
+                    .push(io.fd.as_raw_fd(), Op::RecvMulti { conn: id })?;
+                io.recv = Some(key);
+                continue;
+            }
+            // The start of a record still in flight goes first; the kernel writes after it, so
+            // the connection gets whole records without copying them again.
+            let pending = self.core.take_pending_input(id);
+            let mut buf = Vec::with_capacity(RECV_BUF.max(pending.len() + RECV_BUF / 2));
+            buf.extend_from_slice(&pending);
+            let key = self
+                .ring
+                .push(io.fd.as_raw_fd(), Op::Recv { conn: id, buf })?;
+            io.recv = Some(key);
+        }
+        Ok(())
+    }
+
+    pub(super) fn arm_accept(&mut self) -> io::Result<()> {
+        self.accept = Some(self.ring.push(self.listener.as_raw_fd(), Op::Accept)?);
+        Ok(())
+    }
+
+    pub(super) fn arm_wake(&mut self) -> io::Result<()> {
+        let buf = Box::new([0u8; 8]);
+        self.ring.push(self.wake_fd.as_raw_fd(), Op::Wake { buf })?;
+        Ok(())
+    }
+
+    pub(super) fn handle_completions(&mut self, now: Instant) -> io::Result<()> {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.ring.reap(&mut completions);
+        if !completions.is_empty() {
+            self.last_work = now;
+        }
+        self.metrics.completions.increment(completions.len() as u64);
+        for c in completions.drain(..) {
+            self.handle_completion(c, now)?;
+        }
+        self.completions = completions;
+        self.settle_idle_conns()
+    }
+
+    pub(super) fn handle_completion(&mut self, c: Completion, now: Instant) -> io::Result<()> {
+        if c.key as u64 == WAKE_TOKEN {
+            // Another shard woke us (MSG_RING): its command is taken in the next turn.
+            return Ok(());
+        }
+        if Some(c.key) == self.accept {
+            if c.result >= 0 {
+                self.handle_accept(socket::own(c.result), now);
+            }
+            if !c.more {
+                self.ring.take(c.key);
+                self.accept = None;
+                if !self.shared.stop.load(Ordering::Acquire) {
+                    self.arm_accept()?;
+                }
+            }
+            return Ok(());
+        }
+        if c.more {
+            // A multishot operation that stays armed.
+            if let Some(Op::RecvMulti { conn }) = self.ring.get(c.key) {
+                let conn = *conn;
+                self.handle_provided_recv(conn, c, now);
+            }
+            return Ok(());
+        }
+        let Some(op) = self.ring.take(c.key) else {
+            return Ok(());
+        };
+        match op {
+            Op::Accept | Op::Cancel { .. } | Op::MsgRing => {}
+            Op::Wake { .. } => {
+                if !self.shared.stop.load(Ordering::Acquire) {
+                    self.arm_wake()?;
+                }
+            }
+            Op::Connect { conn, .. } => {
+                let result = if c.result == 0 {
+                    if let Some(io) = self.conns.get_mut(&conn) {
+                        io.connected = true;
+                    }
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-c.result).to_string())
+                };
+                self.core.handle_dial_result(conn, result, now);
+            }
+            Op::RecvMulti { conn } => {
+                if let Some(io) = self.conns.get_mut(&conn) {
+                    io.recv = None;
+                }
+                // Its last completion: it may still carry data; re-armed by the next turn.
+                self.handle_provided_recv(conn, c, now);
+            }
+            Op::Recv { conn, mut buf } => {
+                let Some(io) = self.conns.get_mut(&conn) else {
+                    return Ok(());
+                };
+                io.recv = None;
+                let quiet = io.handoff || io.closing.is_some();
+                if c.result > 0 {
+                    received(&mut buf, c.result as usize);
+                    self.core
+                        .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                } else if c.result == -libc::ECANCELED
+                    || c.result == -libc::EINTR
+                    || c.result == -libc::EAGAIN
+                    || quiet
+                {
+                    // Cancelled (close, handoff) or interrupted: give back the pending bytes
+                    // taken for this receive; the next turn resubmits if still wanted.
+                    self.core
+                        .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                } else {
+                    // 0 is the peer's FIN; anything else a socket error.
+                    self.core.handle_eof(conn, now);
+                }
+            }
+            Op::SendFixed {
+                conn,
+                index,
+                start,
+                end,
+            } => {
+                let Some(io) = self.conns.get_mut(&conn) else {
+                    self.fixed_free.push(index);
+                    return Ok(());
+                };
+                io.send = None;
+                match SendProgress::of(c.result, start, end) {
+                    SendProgress::Resubmit { start } => {
+                        let op = Op::SendFixed {
+                            conn,
+                            index,
+                            start,
+                            end,
+                        };
+                        io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
+                        return Ok(());
+                    }
+                    SendProgress::Done => {}
+                    SendProgress::Failed => self.core.handle_eof(conn, now),
+                }
+                self.fixed_free.push(index);
+            }
+            Op::Send {
+                conn,
+                buf,
+                start,
+                end,
+            } => {
+                let Some(io) = self.conns.get_mut(&conn) else {
+                    return Ok(());
+                };
+                io.send = None;
+                match SendProgress::of(c.result, start, end) {
+                    SendProgress::Resubmit { start } => {
+                        let op = Op::Send {
+                            conn,
+                            buf,
+                            start,
+                            end,
+                        };
+                        io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
+                        return Ok(());
+                    }
+                    SendProgress::Done => {}
+                    SendProgress::Failed => self.core.handle_eof(conn, now),
+                }
+                if let Some(io) = self.conns.get_mut(&conn) {
+                    if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {
+                        // The CLOSE frame went out: done.
+                        self.conns.remove(&conn);
+                    } else if self.core.has_pending_output(conn) {
+                        io.send_buf = Some(buf);
+                    } else if buf.len() == SEND_BUF && self.send_pool.len() < SEND_POOL {
+                        // Idle: the buffer goes back to the pool.
+                        self.send_pool.push(buf);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A multishot receive completed into a provided buffer (or ended).
+    pub(super) fn handle_provided_recv(&mut self, conn: ConnId, c: Completion, now: Instant) {
+        let quiet = self
+            .conns
+            .get(&conn)
+            .is_none_or(|io| io.handoff || io.closing.is_some());
+        if c.result > 0 {
+            if let Some(bid) = c.buffer {
+                let data = self.ring.provided_data(bid, c.result as usize);
+                self.core.handle_input(conn, data, now);
+                self.ring.recycle(bid);
+            }
+            return;
+        }
+        if let Some(bid) = c.buffer {
+            self.ring.recycle(bid);
+        }
+        let ended = c.result == 0
+            || !matches!(
+                -c.result,
+                libc::ECANCELED | libc::ENOBUFS | libc::EINTR | libc::EAGAIN
+            );
+        if ended && !quiet && !c.more {
+            // 0 is the peer's FIN; anything else a socket error.
+            self.core.handle_eof(conn, now);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! What the transport core reports, turned into the application's events and messages, logs
+//! and metrics.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use glueberry_crypto::PeerId;
+use glueberry_transport::{
+    CloseCode, CloseReason, ConnState, ConnectionError, NodeEvent, StreamId,
+};
+
+use super::*;
+use crate::route::RouteState;
+use crate::{Event, Message, StreamName};
+
+impl Shard {
+    pub(super) fn deliver_events(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                NodeEvent::Message {
+                    peer,
+                    conn,
+                    stream,
+                    name,
+                    data,
+                } => {
+                    let name = StreamName::from_shared(name);
+                    let counters = match &self.last_received {
+                        Some((last, counters)) if StreamName::same(last, &name) => counters,
+                        _ => {
+                            let counters = self.metrics.stream(&name).clone();
+                            &self.last_received.insert((name.clone(), counters)).1
+                        }
+                    };
+                    counters.messages_received.increment(1);
+                    counters.bytes_received.increment(data.len() as u64);
+                    tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
+                    if let Some(handler) = &self.shared.handler {
+                        handler(&peer, &name, &data);
+                        self.core.release(conn, stream, data.len());
+                        continue;
+                    }
+                    let message = Message {
+                        peer,
+                        stream: name,
+                        data,
+                    };
+                    let name = message.stream.shared().clone();
+                    self.outbox
+                        .deliver(&mut self.core, &name, message, conn, stream);
+                }
+                NodeEvent::State {
+                    peer,
+                    state,
+                    direction,
+                    reason,
+                } => {
+                    let previous = {
+                        let mut states =
+                            self.shared.states.lock().unwrap_or_else(|p| p.into_inner());
+                        if state == glueberry_transport::ConnState::Disconnected {
+                            states.remove(&peer)
+                        } else {
+                            states.insert(peer, (state, direction))
+                        }
+                    };
+                    self.observe_state(
+                        peer,
+                        previous.map(|p| p.0),
+                        state,
+                        direction,
+                        reason.as_ref(),
+                    );
+                    if state == glueberry_transport::ConnState::Connected {
+                        // Not on the data path: once per connection.
+                        let mut guard = self.shared.book.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(book) = guard.as_mut() {
+                            book.touch(&peer);
+                            if let Err(e) = book.flush_if_due() {
+                                tracing::warn!(error = %e, "address book write failed");
+                            }
+                        }
+                    }
+                    // Routes open before the application hears of the state, so that it can
+                    // send as soon as it sees Connected or Established.
+                    match state {
+                        ConnState::Connected | ConnState::Established => self.bind_routes(peer),
+                        _ => {
+                            let forget = state == ConnState::Disconnected && !self.core.knows(peer);
+                            self.unbind_routes(peer, forget);
+                        }
+                    }
+                    self.emit(Event::State {
+                        peer,
+                        state,
+                        direction,
+                        reason,
+                    });
+                }
+                NodeEvent::StreamRejected {
+                    peer,
+                    stream,
+                    unsent,
+                } => {
+                    let stream = self.stream_name(peer, stream);
+                    if let Some(route) = self.route_named(peer, &stream) {
+                        route.bind(None);
+                        route.set_state(RouteState::Rejected);
+                    }
+                    self.emit(Event::StreamRejected {
+                        peer,
+                        stream,
+                        unsent,
+                    });
+                }
+                NodeEvent::Undelivered {
+                    peer,
+                    name,
+                    unsent,
+                    unconfirmed,
+                    ..
+                } => {
+                    self.metrics
+                        .messages_undelivered
+                        .increment((unsent.len() + unconfirmed.len()) as u64);
+                    // Unsent messages still held their room; written ones gave it back.
+                    if let Some(route) = self.route_named(peer, &name) {
+                        let bytes = unsent.iter().map(|m| m.len() as u64).sum();
+                        route.release(unsent.len() as u64, bytes);
+                    }
+                    self.emit(Event::Undelivered {
+                        peer,
+                        stream: StreamName::from_shared(name),
+                        unsent,
+                        unconfirmed,
+                    });
+                }
+                NodeEvent::Refused {
+                    peer,
+                    direction,
+                    code,
+                } => {
+                    self.metrics.refused.increment(1);
+                    self.emit(Event::Refused {
+                        peer: Some(peer),
+                        address: None,
+                        reason: format!("{direction:?} connection refused: close code {}", code.0),
+                    });
+                }
+                NodeEvent::Writable { .. } => {}
+            }
+        }
+    }
+
+    /// Metrics and logs of a peer's state change.
+    pub(super) fn observe_state(
+        &mut self,
+        peer: PeerId,
+        from: Option<ConnState>,
+        to: ConnState,
+        direction: Option<glueberry_transport::Direction>,
+        reason: Option<&CloseReason>,
+    ) {
+        self.metrics.transition(from, to);
+        let now = Instant::now();
+        match to {
+            ConnState::Connecting => {
+                self.attempt_started.insert(peer, now);
+                tracing::debug!(peer = %peer, ?direction, "handshake started");
+            }
+            ConnState::Connected => {
+                self.metrics.connected.increment(1);
+                let started = self.attempt_started.remove(&peer);
+                if let Some(started) = started {
+                    self.metrics
+                        .handshake_duration
+                        .record(now.saturating_duration_since(started).as_secs_f64());
+                }
+                tracing::info!(peer = %peer, ?direction, "connected");
+            }
+            ConnState::Established => {
+                let streams = self
+                    .core
+                    .peer_stats(peer, now)
+                    .map_or(0, |s| s.streams.len());
+                tracing::info!(peer = %peer, streams, "handshake complete");
+            }
+            ConnState::Disconnected | ConnState::Cooldown | ConnState::Reconnecting => {
+                let attempting = matches!(from, Some(ConnState::Connecting) | None);
+                if attempting && self.attempt_started.remove(&peer).is_some() {
+                    self.metrics.failed.increment(1);
+                }
+                let failed = matches!(reason, Some(CloseReason::Error(_)))
+                    || matches!(reason, Some(CloseReason::Local(code)) if *code == CloseCode::HANDSHAKE_TIMEOUT);
+                if let Some(CloseReason::Error(ConnectionError::Record(e))) = reason {
+                    use glueberry_crypto::RecordError as R;
+                    match e {
+                        R::NonceExhausted
+                        | R::PlaintextTooLarge { .. }
+                        | R::BufferTooSmall { .. } => {
+                            self.metrics.encrypt_errors.increment(1);
+                        }
+                        _ => {
+                            self.metrics.decrypt_errors.increment(1);
+                            if self.peer_warnings.allow(now).is_some() {
+                                tracing::error!(peer = %peer, error = %e, "decryption failed");
+                            }
+                        }
+                    }
+                }
+                // Failures are the peer's doing (or the network's): rate-limited.
+                if failed {
+                    if let Some(suppressed) = self.peer_warnings.allow(now) {
+                        let reason = reason.map(|r| sanitize(&format!("{r:?}")));
+                        if from == Some(ConnState::Connecting) || to == ConnState::Cooldown {
+                            tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "handshake failed");
+                        } else {
+                            tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "connection failed");
+                        }
+                    }
+                } else {
+                    tracing::info!(peer = %peer, state = ?to, reason = ?reason, "disconnected");
+                }
+            }
+        }
+        if matches!(to, ConnState::Established | ConnState::Disconnected)
+            || from == Some(ConnState::Established)
+        {
+            let streams: usize = self
+                .core
+                .all_stats(now)
+                .iter()
+                .map(|s| s.streams.len())
+                .sum();
+            self.metrics.streams_active.set(streams as f64);
+        }
+    }
+
+    pub(super) fn stream_name(&mut self, peer: PeerId, stream: StreamId) -> StreamName {
+        let name = self.core.stream_name(peer, stream).unwrap_or("?");
+        if let Some(interned) = self.names.get(name) {
+            return interned.clone();
+        }
+        let interned = StreamName::new(name);
+        self.names.insert(name.into(), interned.clone());
+        interned
+    }
+
+    pub(super) fn emit(&self, event: Event) {
+        {
+            let mut subscribers = self
+                .shared
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for sub in subscribers.iter_mut().filter(|s| s.filter.matches(&event)) {
+                if sub.missed > 0 {
+                    match sub.tx.try_send(Event::Missed { count: sub.missed }) {
+                        Ok(()) => sub.missed = 0,
+                        Err(_) => {
+                            sub.missed += 1;
+                            self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.events_dropped.increment(1);
+                            continue;
+                        }
+                    }
+                }
+                if sub.tx.try_send(event.clone()).is_err() {
+                    sub.missed += 1;
+                    self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.events_dropped.increment(1);
+                }
+            }
+        }
+        if self.shared.events.try_send(event).is_err() {
+            self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.events_dropped.increment(1);
+        }
+    }
+}
+
+/// At most `per_second` log lines a second; the rest are counted and reported with the next.
+pub(crate) struct RateLimit {
+    per_second: u32,
+    window: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            window: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be logged now; with how many were suppressed before it.
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= std::time::Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.per_second {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Text that came from a peer, made safe for a log line: printable ASCII only, at most 200
+/// characters.
+pub(crate) fn sanitize(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}

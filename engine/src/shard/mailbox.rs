@@ -1,0 +1,167 @@
+//! How other threads reach a shard: the commands, the handle that queues them and wakes the
+//! shard, and the state every shard and `Node` handle shares.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use glueberry_crypto::PeerId;
+use glueberry_transport::Connection;
+
+use crate::channel::Channel;
+use crate::route::RouteShared;
+use crate::shard::CommandQueue;
+use crate::sys::socket;
+use crate::{Event, Handler};
+
+/// What other threads ask of a shard.
+pub(crate) enum Command {
+    Connect {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    CompleteHandshake {
+        peer: PeerId,
+        streams: Vec<String>,
+    },
+    /// A message for a route that reserved room for it.
+    Send {
+        route: Arc<RouteShared>,
+        data: Bytes,
+    },
+    /// Messages for one route, reserved together.
+    SendBatch {
+        route: Arc<RouteShared>,
+        messages: Vec<Bytes>,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
+    CancelReconnect {
+        peer: PeerId,
+    },
+    /// Statistics of one peer (or all of this shard's), answered on `reply`.
+    Stats {
+        peer: Option<PeerId>,
+        reply: async_channel::Sender<Vec<glueberry_transport::PeerStats>>,
+    },
+    /// How many messages this shard holds that the peers have not confirmed: waiting for
+    /// room, queued on a connection, or written and unconfirmed. Answered on `reply` after every
+    /// command before it.
+    Outstanding {
+        reply: async_channel::Sender<usize>,
+    },
+    /// Sent to every shard: inbound connections may land on any of them.
+    Blacklist {
+        peer: PeerId,
+        blacklisted: bool,
+    },
+    /// Messages of stream `name` go to `tx` (the application asked for them apart).
+    Outlet {
+        name: String,
+        channel: Channel,
+    },
+    /// A connected socket handed in by a [`crate::testing::TestNetwork`]: treated as accepted.
+    Accepted {
+        fd: OwnedFd,
+    },
+    /// A connection another shard authenticated for a peer this shard owns.
+    Adopt {
+        fd: OwnedFd,
+        conn: Box<Connection>,
+        ip_slot: Option<crate::limits::IpSlot>,
+    },
+}
+
+impl Command {
+    /// Gives back the room a send command reserved (it was never taken).
+    pub(crate) fn release_reservation(self) {
+        match self {
+            Command::Send { route, data } => route.release(1, data.len() as u64),
+            Command::SendBatch { route, messages } => route.release(
+                messages.len() as u64,
+                messages.iter().map(|m| m.len() as u64).sum(),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// How other threads reach a shard.
+pub(crate) struct ShardHandle {
+    pub commands: Arc<CommandQueue<Command>>,
+    pub wake_fd: Arc<OwnedFd>,
+    pub sleeping: Arc<AtomicBool>,
+}
+
+impl ShardHandle {
+    pub(crate) fn new(commands: Arc<CommandQueue<Command>>, wake_fd: OwnedFd) -> Self {
+        Self {
+            commands,
+            wake_fd: Arc::new(wake_fd),
+            sleeping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Wakes the shard if it is (about to be) blocked in the kernel: one write per sleep, not
+    /// one per command.
+    pub(crate) fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            socket::signal(&self.wake_fd);
+        }
+    }
+}
+
+/// State shared by all shards and the `Node` handles.
+pub(crate) struct Shared {
+    pub shards: Vec<ShardHandle>,
+    pub events: async_channel::Sender<Event>,
+    pub stop: AtomicBool,
+    pub handler: Option<Handler>,
+    pub events_dropped: AtomicU64,
+    /// How long a shard keeps polling after its last work before it sleeps in the kernel
+    /// (`NodeConfig::busy_poll`).
+    pub busy_poll: Duration,
+    /// The byte bound of each channel to the application (`NodeConfig::message_buffer_bytes`).
+    pub message_buffer_bytes: usize,
+    /// Every (peer, stream) route, for senders to resolve names once.
+    pub routes: crate::route::RouteTable,
+    /// The bound of one route's queue: messages and bytes (`NodeConfig::stream_queue`).
+    pub stream_queue: (usize, usize),
+    /// Registered send buffers over all shards.
+    pub registered_send_buffers: AtomicU64,
+    /// Whether the short-memlock warning was given (once per node).
+    pub memlock_warned: AtomicBool,
+    /// Inbound connections handed from the accepting shard to their peer's shard.
+    pub handoffs: AtomicU64,
+    /// Each shard's ring descriptor (-1 until it starts), for MSG_RING wake-ups between shards.
+    pub ring_fds: Vec<std::sync::atomic::AtomicI32>,
+    /// Each peer's last reported state and direction (entries leave when Disconnected).
+    pub states: std::sync::Mutex<
+        HashMap<
+            PeerId,
+            (
+                glueberry_transport::ConnState,
+                Option<glueberry_transport::Direction>,
+            ),
+        >,
+    >,
+    /// The connection manager's limits and counts.
+    pub limits: Arc<crate::limits::Limits>,
+    /// Filtered event subscriptions.
+    pub subscribers: crate::api::Subscribers,
+    pub next_subscriber: AtomicU64,
+    /// The address book, when the node has one: shards record when peers are seen.
+    pub book: std::sync::Mutex<Option<crate::address_book::AddressBook>>,
+    /// Operations whose completion never arrived before a shard exited (their buffers are
+    /// leaked rather than freed under the kernel). Zero unless something is wrong.
+    pub abandoned_operations: AtomicU64,
+    /// Makes outbound connections instead of TCP, for a [`crate::testing::TestNetwork`].
+    pub dialer: Option<Arc<dyn crate::sys::dial::Dialer>>,
+    /// This node's own Prometheus recorder, when its metrics endpoint is on.
+    pub recorder: Option<Arc<metrics_exporter_prometheus::PrometheusRecorder>>,
+}

@@ -1,0 +1,249 @@
+//! The send path inside a shard: a message reaches its route's connection, the connections
+//! with output get a send buffer each, and written messages give their room back.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use glueberry_crypto::PeerId;
+use glueberry_transport::{ConnId, NodeCore};
+
+use super::*;
+use crate::metrics::{ShardMetrics, count_records};
+use crate::route::{RouteShared, RouteState};
+use crate::sys::ring::Op;
+use crate::{Event, StreamName};
+
+impl Shard {
+    /// Queues a message on its route's connection. It had room reserved, so the transport
+    /// takes it unless the connection is gone (or the stream was rejected): then it comes back.
+    pub(super) fn send(&mut self, route: &Arc<RouteShared>, data: Bytes) {
+        let len = data.len();
+        let (error, data) = match route.binding() {
+            Some((conn, stream)) => match self.core.send_on(conn, stream, data) {
+                Ok(()) => {
+                    let counters = match &self.last_sent {
+                        Some((name, counters)) if StreamName::same(name, &route.name) => counters,
+                        _ => {
+                            let counters = self.metrics.stream(&route.name).clone();
+                            &self.last_sent.insert((route.name.clone(), counters)).1
+                        }
+                    };
+                    counters.messages_sent.increment(1);
+                    counters.bytes_sent.increment(len as u64);
+                    tracing::trace!(peer = %route.peer, stream = %route.name, size = len, "message sent");
+                    return;
+                }
+                Err((e, data)) => (e.to_string(), data),
+            },
+            None => (
+                "the peer is not Established with this stream open".to_string(),
+                data,
+            ),
+        };
+        route.release(1, len as u64);
+        self.metrics.messages_dropped.increment(1);
+        self.emit(Event::SendFailed {
+            peer: route.peer,
+            stream: route.name.clone(),
+            error,
+            data,
+        });
+    }
+
+    /// Binds the peer's routes to its connection's streams and opens them (on Connected: the
+    /// `handshake` stream; on Established: every stream).
+    pub(super) fn bind_routes(&mut self, peer: PeerId) {
+        let Some((conn, streams)) = self.core.streams_of(peer) else {
+            return;
+        };
+        let mut by_stream = Vec::with_capacity(streams.len());
+        for (stream, name) in streams {
+            let route = self.shared.routes.resolve(peer, &name, || {
+                RouteShared::new(
+                    peer,
+                    StreamName::from_shared(name.clone()),
+                    self.index,
+                    self.shared.stream_queue,
+                )
+            });
+            route.bind(Some((conn, stream)));
+            route.set_state(RouteState::Open);
+            let list = self.peer_routes.entry(peer).or_default();
+            if !list.iter().any(|r| Arc::ptr_eq(r, &route)) {
+                list.push(route.clone());
+            }
+            by_stream.push(Some(route));
+        }
+        self.conn_routes.insert(conn, by_stream);
+    }
+
+    /// The peer's connection ended: its routes close, and are retired if the peer is forgotten
+    /// (a sender holding one resolves the name again).
+    pub(super) fn unbind_routes(&mut self, peer: PeerId, forget: bool) {
+        self.conn_routes
+            .retain(|_, routes| !routes.iter().flatten().any(|r| r.peer == peer));
+        let routes = if forget {
+            self.shared.routes.remove(&peer);
+            self.peer_routes.remove(&peer).unwrap_or_default()
+        } else {
+            self.peer_routes.get(&peer).cloned().unwrap_or_default()
+        };
+        let state = if forget {
+            RouteState::Retired
+        } else {
+            RouteState::Closed
+        };
+        for route in routes {
+            route.bind(None);
+            route.set_state(state);
+        }
+    }
+
+    /// The route of `peer`'s stream called `name`, if it has one.
+    pub(super) fn route_named(&self, peer: PeerId, name: &str) -> Option<&Arc<RouteShared>> {
+        self.peer_routes
+            .get(&peer)?
+            .iter()
+            .find(|r| &*r.name == name)
+    }
+
+    pub(super) fn flush_sends(&mut self) -> io::Result<()> {
+        for (&id, io) in &mut self.conns {
+            if !io.connected || io.send.is_some() || io.closing.is_some() || io.handoff {
+                continue;
+            }
+            if !self.core.has_pending_output(id) {
+                continue;
+            }
+            if let Some(index) = self.fixed_free.pop() {
+                let Some(fixed) = self.ring.fixed_mut(index) else {
+                    continue;
+                };
+                let n = self.core.poll_transmit(id, fixed);
+                release_written(&mut self.core, &self.conn_routes, id);
+                if n == 0 {
+                    self.fixed_free.push(index);
+                    continue;
+                }
+                record_batch(&self.metrics, &fixed[..n]);
+                let op = Op::SendFixed {
+                    conn: id,
+                    index,
+                    start: 0,
+                    end: n,
+                };
+                io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
+                continue;
+            }
+            let mut buf = io
+                .send_buf
+                .take()
+                .or_else(|| self.send_pool.pop())
+                .unwrap_or_else(|| vec![0u8; SEND_BUF]);
+            let n = self.core.poll_transmit(id, &mut buf);
+            release_written(&mut self.core, &self.conn_routes, id);
+            if n == 0 {
+                if self.send_pool.len() < SEND_POOL {
+                    self.send_pool.push(buf);
+                }
+                continue;
+            }
+            if self.registered > 0 {
+                self.metrics.send_buffers_exhausted.increment(1);
+            }
+            record_batch(&self.metrics, &buf[..n]);
+            let key = self.ring.push(
+                io.fd.as_raw_fd(),
+                Op::Send {
+                    conn: id,
+                    buf,
+                    start: 0,
+                    end: n,
+                },
+            )?;
+            io.send = Some(key);
+        }
+        self.metrics
+            .send_buffers_in_use
+            .set((self.registered - self.fixed_free.len()) as f64);
+        Ok(())
+    }
+
+    /// Closes every connection (CLOSE frames are sent), cancels what is in flight, and waits
+    /// until every operation's completion has arrived, so that no buffer is freed under the
+    /// kernel.
+    /// Messages that never reached a connection (still in the command queue) go back to the application as unsent when the node stops, grouped by peer and
+    /// stream in `send` order.
+    pub(super) fn hand_back_waiting(&mut self) {
+        let mut waiting: Vec<(PeerId, StreamName, Bytes)> = Vec::new();
+        while let Some(command) = self.commands.pop() {
+            match command {
+                Command::Send { route, data } => {
+                    route.release(1, data.len() as u64);
+                    waiting.push((route.peer, route.name.clone(), data));
+                }
+                Command::SendBatch { route, messages } => {
+                    for data in messages {
+                        route.release(1, data.len() as u64);
+                        waiting.push((route.peer, route.name.clone(), data));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut group: Option<(PeerId, StreamName, Vec<Bytes>)> = None;
+        for (peer, stream, data) in waiting {
+            match &mut group {
+                Some((p, s, unsent)) if *p == peer && StreamName::same(s, &stream) => {
+                    unsent.push(data);
+                }
+                _ => {
+                    if let Some(done) = group.replace((peer, stream, vec![data])) {
+                        self.emit_unsent(done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = group {
+            self.emit_unsent(done);
+        }
+    }
+
+    pub(super) fn emit_unsent(&self, (peer, stream, unsent): (PeerId, StreamName, Vec<Bytes>)) {
+        self.metrics
+            .messages_undelivered
+            .increment(unsent.len() as u64);
+        self.emit(Event::Undelivered {
+            peer,
+            stream,
+            unsent,
+            unconfirmed: Vec::new(),
+        });
+    }
+}
+
+/// Gives back the room of the messages `poll_transmit` just wrote into records, to their
+/// routes: a stream's queue bound counts what is accepted and not yet written.
+fn release_written(
+    core: &mut NodeCore,
+    routes: &HashMap<ConnId, Vec<Option<Arc<RouteShared>>>>,
+    conn: ConnId,
+) {
+    let routes = routes.get(&conn);
+    core.take_written(conn, |stream, messages, bytes| {
+        if let Some(Some(route)) = routes.and_then(|r| r.get(usize::from(stream.index()))) {
+            route.release(messages, bytes);
+        }
+    });
+}
+
+/// Records how many records went out in one send (handshake messages are not records).
+fn record_batch(metrics: &ShardMetrics, sent: &[u8]) {
+    let records = count_records(sent);
+    if records > 0 {
+        metrics.records_per_batch.record(records as f64);
+    }
+}
