@@ -145,6 +145,11 @@ pub(crate) fn cell(scenario: Scenario, f: &Figures) -> String {
             f.bytes_per_sec / 1e9
         ),
         Scenario::Handshake => format!("{:.0}/s", f.messages_per_sec),
+        Scenario::ShardScaling => format!(
+            "{:.2} M msg/s at 2 shards, ×{:.2} of 1 shard",
+            f.messages_per_sec / 1e6,
+            f.p50_us
+        ),
         Scenario::Scale => format!(
             "{:.1} KiB each, {} in {:.2} s",
             f.bytes_per_connection / 1024.0,

@@ -9,9 +9,10 @@
 //! glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 //! glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 //!
-//! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES, --window BYTES,
+//! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
 //!          --cipher chacha|aes, --no-batching, --danger-null-cipher, --metrics
 //! scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
+//!            shard-scaling (--peers N; --danger-null-cipher to measure the engine alone),
 //!            all
 //! ```
 //!
@@ -67,6 +68,8 @@ pub(crate) enum Scenario {
     LatencyUnderLoad,
     Handshake,
     Scale,
+    /// Many peers into one node at 1 and at 2 shards: how the engine scales with cores.
+    ShardScaling,
 }
 
 impl Scenario {
@@ -82,6 +85,7 @@ impl Scenario {
             }
             Scenario::Handshake => "connections per second (each a full handshake)".into(),
             Scenario::Scale => "idle connections (memory each, time to connect all)".into(),
+            Scenario::ShardScaling => "8 peers into one node, 64 B messages: 2 shards ÷ 1".into(),
         }
     }
 
@@ -95,6 +99,7 @@ impl Scenario {
             Scenario::LatencyUnderLoad => "latency-under-load".into(),
             Scenario::Handshake => "handshake".into(),
             Scenario::Scale => "scale".into(),
+            Scenario::ShardScaling => "shard-scaling".into(),
         }
     }
 }
@@ -148,7 +153,7 @@ OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
          --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
          --metrics (each node records into its own Prometheus recorder)
 scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
-//!            all";
+           shard-scaling (--peers N; --danger-null-cipher to measure the engine alone), all";
 
 const USAGE: &str =
     "usage: glueberry-perf local|server|client|compare|regress|soak [options] (see --help)";
@@ -254,6 +259,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         "latency-under-load" => vec![Scenario::LatencyUnderLoad],
         "handshake" => vec![Scenario::Handshake],
         "scale" => vec![Scenario::Scale],
+        "shard-scaling" => vec![Scenario::ShardScaling],
         "all" => {
             let mut all = vec![Scenario::Bulk, Scenario::BulkStreams, Scenario::BulkPeers];
             all.extend(small);
@@ -267,7 +273,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         }
         other => {
             return Err(format!(
-                "unknown scenario {other:?} (bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale, all)"
+                "unknown scenario {other:?} (bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale, shard-scaling, all)"
             ));
         }
     };
@@ -378,6 +384,28 @@ pub(crate) fn run_glueberry(
         Scenario::LatencyUnderLoad => glueberry_peer::latency_under_load(setup, length.time()),
         Scenario::Handshake => glueberry_peer::handshakes(setup, length.time()),
         Scenario::Scale => glueberry_peer::scale(setup, count.unwrap_or(1000)),
+        Scenario::ShardScaling => {
+            let at = |shards| {
+                let setup = Setup {
+                    peers: count.unwrap_or(8),
+                    shards,
+                    ..setup.clone()
+                };
+                glueberry_peer::throughput(&setup, 64, length, report)
+            };
+            let one = at(1)?;
+            let two = at(2)?;
+            eprintln!(
+                "\n  1 shard: {:.2} M msg/s; 2 shards: {:.2} M msg/s",
+                one.messages_per_sec / 1e6,
+                two.messages_per_sec / 1e6
+            );
+            Ok(figures::Figures {
+                // The ratio, as a score: the table's cell shows it.
+                p50_us: two.messages_per_sec / one.messages_per_sec.max(1.0),
+                ..two
+            })
+        }
     }
 }
 
@@ -400,7 +428,8 @@ pub(crate) fn run_stream(
         Scenario::BulkStreams
         | Scenario::BulkPeers
         | Scenario::Scale
-        | Scenario::LatencyUnderLoad => return None,
+        | Scenario::LatencyUnderLoad
+        | Scenario::ShardScaling => return None,
     })
 }
 
