@@ -77,7 +77,7 @@ impl Default for ConnectionConfig {
 impl ConnectionConfig {
     /// The send priority of the stream called `name`.
     pub fn priority_of(&self, name: &str) -> u8 {
-        if name == crate::connection::HANDSHAKE_STREAM {
+        if name == crate::stream::HANDSHAKE_STREAM {
             return MAX_PRIORITY;
         }
         self.priorities

@@ -9,6 +9,9 @@ use crate::frame::{
     DATA_FIRST, DATA_FIRST_HEADER_LEN, DATA_HEADER_LEN, DATA_LAST, encode_data_header,
 };
 
+/// The name of the reserved stream open from Connected on.
+pub const HANDSHAKE_STREAM: &str = "handshake";
+
 /// Credit charged per message on top of its bytes, so that empty messages are not free.
 pub(crate) const MESSAGE_CREDIT_OVERHEAD: u64 = DATA_HEADER_LEN as u64;
 /// A message is split only into fragments of at least this many bytes (less when records are

@@ -7,6 +7,10 @@ use glueberry_crypto::handshake::complete_in_memory;
 use proptest::prelude::*;
 
 use super::*;
+use crate::event::SendError;
+use crate::frame::{DATA_FIRST, DATA_LAST, Frame};
+use crate::stream::MESSAGE_CREDIT_OVERHEAD;
+use glueberry_crypto::record::{HEADER_LEN, TAG_LEN};
 
 struct Pair {
     a: Connection,

@@ -1,0 +1,412 @@
+//! One connection's protocol logic, sans-IO: the secure handshake, then records of frames.
+//!
+//! Inputs are `handle_*` (bytes received, end of stream, timer fired) and application commands
+//! (`send`, `release`, `complete_handshake`, `close`); outputs are `poll_*` (bytes to send,
+//! events, the next deadline). Time is passed in; nothing here reads a clock or touches a socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glueberry_crypto::{
+    Handshake, HandshakeConfig, HandshakeError, PeerId, RecordOpener, RecordSealer, Session,
+};
+
+use crate::config::ConnectionConfig;
+use crate::event::{CloseCode, CloseReason, ConnectionError, Direction, Event, StreamId};
+use crate::frame::Settings;
+use crate::stream::{LocalStream, PeerStream, RecvState, SendState};
+
+pub use crate::stream::HANDSHAKE_STREAM;
+
+mod recv;
+mod send;
+
+/// Traffic on one stream of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStats {
+    /// The stream's name.
+    pub name: String,
+    /// Messages written into records.
+    pub sent_messages: u64,
+    /// Their payload bytes.
+    pub sent_bytes: u64,
+    /// Messages received.
+    pub received_messages: u64,
+    /// Their payload bytes.
+    pub received_bytes: u64,
+    /// Messages accepted by `send` and not yet written.
+    pub queued_messages: u64,
+    /// Messages written whose receipt the peer has not yet confirmed.
+    pub unconfirmed_messages: u64,
+}
+
+/// How long after the last input credit below the batch size waits before it is sent anyway.
+const CREDIT_DELAY: Duration = Duration::from_millis(10);
+
+/// Receive buffer growth step: one allocation per this many bytes received, not per message.
+const RX_CHUNK: usize = 64 * 1024;
+/// Initial capacity of a connection's event queue and of each stream's send queue.
+const INITIAL_QUEUE: usize = 16;
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The secure handshake is running.
+    Handshaking,
+    /// The peer is authenticated; the `handshake` stream is open.
+    Connected,
+    /// The application completed its handshake; its named streams are open on our side.
+    Established,
+    /// Closed; at most a CLOSE frame is left to send.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Settings,
+    Credit { stream: u16, increment: u32 },
+    Reject { stream: u16 },
+    Ping(u64),
+    Pong(u64),
+}
+
+/// One connection's protocol state.
+pub struct Connection {
+    config: Arc<ConnectionConfig>,
+    direction: Direction,
+    phase: Phase,
+    handshake: Option<Box<Handshake>>,
+    handshake_out: Vec<u8>,
+    channel: Option<(RecordSealer, RecordOpener)>,
+    peer: Option<PeerId>,
+    peer_settings: Option<Settings>,
+    streams: Vec<LocalStream>,
+    peer_streams: Vec<Option<PeerStream>>,
+    control: VecDeque<Control>,
+    events: VecDeque<Event>,
+    rx: BytesMut,
+    /// Stream indices, highest priority first: the order the record scheduler visits them.
+    order: Vec<u16>,
+    /// Some stream wrote messages the driver has not yet collected with `take_written`.
+    written: bool,
+    last_recv: Instant,
+    /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after the
+    /// last input at the latest, so that a quiet sender learns its messages arrived.
+    credit_owed: bool,
+    /// Payload bytes queued on all streams (the sum of their `queued_bytes`).
+    queued_bytes: u64,
+    ping: Option<(u64, Instant)>,
+    ping_seq: u64,
+    close_frame: Option<CloseCode>,
+    close_reason: Option<CloseReason>,
+    rtt: Option<Duration>,
+}
+
+impl Connection {
+    /// A connection we dialled. If `expected_peer` is given, a different peer fails the handshake.
+    pub fn outbound(
+        config: Arc<ConnectionConfig>,
+        handshake: Arc<HandshakeConfig>,
+        expected_peer: Option<PeerId>,
+        now: Instant,
+    ) -> Result<Self, HandshakeError> {
+        let mut handshake = Handshake::initiator(handshake, expected_peer)?;
+        let mut this = Self::new(config, Direction::Outbound, now);
+        handshake.poll_transmit(&mut this.handshake_out);
+        this.handshake = Some(Box::new(handshake));
+        Ok(this)
+    }
+
+    /// A connection the peer dialled.
+    pub fn inbound(
+        config: Arc<ConnectionConfig>,
+        handshake: Arc<HandshakeConfig>,
+        now: Instant,
+    ) -> Self {
+        let mut this = Self::new(config, Direction::Inbound, now);
+        this.handshake = Some(Box::new(Handshake::responder(handshake)));
+        this
+    }
+
+    /// A connection over a session whose handshake ran elsewhere (tests, benchmarks, or a
+    /// runtime that moves a connection between threads after the handshake).
+    pub fn from_session(
+        config: Arc<ConnectionConfig>,
+        session: Session,
+        direction: Direction,
+        now: Instant,
+    ) -> Self {
+        let mut this = Self::new(config, direction, now);
+        let peer = session.peer_id();
+        let hello = Bytes::copy_from_slice(session.remote_hello());
+        this.start_session(peer, hello, session.into_channel());
+        this
+    }
+
+    /// A connection over an already keyed channel and a known peer: for benchmarks with
+    /// [`glueberry_crypto::record::danger_null_channel`].
+    pub fn from_channel(
+        config: Arc<ConnectionConfig>,
+        peer: PeerId,
+        channel: (RecordSealer, RecordOpener),
+        direction: Direction,
+        now: Instant,
+    ) -> Self {
+        let mut this = Self::new(config, direction, now);
+        this.start_session(peer, Bytes::new(), channel);
+        this
+    }
+
+    fn new(config: Arc<ConnectionConfig>, direction: Direction, now: Instant) -> Self {
+        // Queues start small and grow to what the traffic needs (then keep that capacity), so
+        // an idle connection costs little.
+        let queue = INITIAL_QUEUE.min(config.high_watermark);
+        let mut streams = Vec::with_capacity(usize::from(config.max_streams));
+        streams.push(LocalStream::new(
+            HANDSHAKE_STREAM,
+            SendState::AwaitingPeer,
+            queue,
+            crate::config::MAX_PRIORITY,
+        ));
+        let mut peer_streams = Vec::with_capacity(usize::from(config.max_streams));
+        peer_streams.push(Some(PeerStream::new(
+            HANDSHAKE_STREAM.as_bytes(),
+            RecvState::Accepted { local: 0 },
+            u64::from(config.initial_window),
+        )));
+        streams[0].peer_id = Some(0);
+        Self {
+            direction,
+            phase: Phase::Handshaking,
+            handshake: None,
+            handshake_out: Vec::new(),
+            channel: None,
+            peer: None,
+            peer_settings: None,
+            streams,
+            peer_streams,
+            control: VecDeque::with_capacity(8),
+            events: VecDeque::with_capacity(INITIAL_QUEUE),
+            rx: BytesMut::new(),
+            order: vec![0],
+            written: false,
+            last_recv: now,
+            credit_owed: false,
+            queued_bytes: 0,
+            ping: None,
+            ping_seq: 0,
+            close_frame: None,
+            close_reason: None,
+            rtt: None,
+            config,
+        }
+    }
+
+    fn start_session(&mut self, peer: PeerId, hello: Bytes, channel: (RecordSealer, RecordOpener)) {
+        self.peer = Some(peer);
+        self.channel = Some(channel);
+        self.phase = Phase::Connected;
+        self.control.push_back(Control::Settings);
+        self.events.push_back(Event::Connected {
+            peer,
+            remote_hello: hello,
+        });
+    }
+
+    // ---- inputs ----
+
+    /// The peer closed its sending side (TCP FIN) or the socket failed. Without a CLOSE frame
+    /// first, this is a lost connection.
+    pub fn handle_eof(&mut self) {
+        if self.phase != Phase::Closed {
+            self.fail(ConnectionError::ConnectionLost);
+            self.close_frame = None;
+        }
+    }
+
+    /// Time passed: sends credit owed, keepalive pings, and declares a silent peer dead.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.credit_owed && now >= self.last_recv + CREDIT_DELAY {
+            self.credit_owed = false;
+            for (id, peer_stream) in self.peer_streams.iter_mut().enumerate() {
+                if let Some(peer_stream) = peer_stream
+                    && peer_stream.released > 0
+                {
+                    Self::credit_back(id as u16, peer_stream, 0, 0, &mut self.control);
+                }
+            }
+        }
+        let silent = now.saturating_duration_since(self.last_recv);
+        if silent >= self.config.idle_timeout {
+            self.fail(ConnectionError::IdleTimeout);
+        } else if silent >= self.config.keepalive_interval
+            && self.ping.is_none()
+            && self.channel.is_some()
+        {
+            self.ping_seq += 1;
+            self.control.push_back(Control::Ping(self.ping_seq));
+            self.ping = Some((self.ping_seq, now));
+        }
+    }
+
+    /// Our streams' ids and names.
+    pub fn streams(&self) -> impl Iterator<Item = (StreamId, &std::sync::Arc<str>)> {
+        self.streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (StreamId(i as u16), &s.name))
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Puts taken events back at the front, in order (a connection handed between threads
+    /// keeps the events its new owner has not seen).
+    pub fn requeue_events(&mut self, events: Vec<Event>) {
+        for event in events.into_iter().rev() {
+            self.events.push_front(event);
+        }
+    }
+
+    /// When [`Connection::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        let mut at = self.last_recv + self.config.idle_timeout;
+        if self.ping.is_none() && self.channel.is_some() {
+            at = at.min(self.last_recv + self.config.keepalive_interval);
+        }
+        if self.credit_owed {
+            at = at.min(self.last_recv + CREDIT_DELAY);
+        }
+        Some(at)
+    }
+
+    // ---- state ----
+
+    /// Whether `poll_transmit` has something to write.
+    pub fn has_pending_output(&self) -> bool {
+        !self.handshake_out.is_empty()
+            || self.close_frame.is_some()
+            || (self.phase != Phase::Closed
+                && self.channel.is_some()
+                && (!self.control.is_empty()
+                    || self
+                        .streams
+                        .iter()
+                        .any(|s| s.sendable() || (s.open_pending && self.peer_settings.is_some()))))
+    }
+
+    /// The connection's phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether the connection is closed (a CLOSE frame may still be pending in `poll_transmit`).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// Who dialled.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// The authenticated peer, once Connected.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.peer
+    }
+
+    /// The latest keepalive round-trip time.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Our stream of this name, if open.
+    pub fn stream_id(&self, name: &str) -> Option<StreamId> {
+        self.streams
+            .iter()
+            .position(|s| &*s.name == name)
+            .map(|i| StreamId(i as u16))
+    }
+
+    /// The name of one of our streams.
+    /// The name of one of our streams, shared (a reference count, no copy).
+    pub fn stream_name_shared(&self, stream: StreamId) -> Option<std::sync::Arc<str>> {
+        self.streams
+            .get(usize::from(stream.0))
+            .map(|s| s.name.clone())
+    }
+
+    /// The name of one of our streams.
+    pub fn stream_name(&self, stream: StreamId) -> Option<&str> {
+        self.streams.get(usize::from(stream.0)).map(|s| &*s.name)
+    }
+
+    /// Per-stream traffic counters, for statistics.
+    pub fn stream_stats(&self) -> Vec<StreamStats> {
+        self.streams
+            .iter()
+            .map(|s| StreamStats {
+                name: s.name.to_string(),
+                sent_messages: s.sent_messages,
+                sent_bytes: s.sent_bytes,
+                received_messages: s.received_messages,
+                received_bytes: s.received_bytes,
+                queued_messages: s.queue.len() as u64,
+                unconfirmed_messages: s.in_flight.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Messages accepted by `send` and not yet fully transmitted, over all streams.
+    pub fn queued_messages(&self) -> usize {
+        self.streams.iter().map(|s| s.queue.len()).sum()
+    }
+
+    /// Messages written on all streams whose receipt the peer has not yet confirmed.
+    pub fn unconfirmed_messages(&self) -> usize {
+        self.streams.iter().map(|s| s.in_flight.len()).sum()
+    }
+
+    /// Whether `send` on `stream` would be refused with [`SendError::Full`].
+    pub fn is_blocked(&self, stream: StreamId) -> bool {
+        self.streams
+            .get(usize::from(stream.0))
+            .is_some_and(|s| s.blocked)
+            || self.over_queued_bytes(0)
+    }
+
+    /// Bytes we may still send on `stream` before the peer grants more.
+    pub fn send_credit(&self, stream: StreamId) -> u64 {
+        self.streams
+            .get(usize::from(stream.0))
+            .map_or(0, |s| s.credit)
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("direction", &self.direction)
+            .field("phase", &self.phase)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,448 @@
+//! The receive path of a connection: records opened, frames handled, messages reassembled
+//! and handed out, peer streams accepted or rejected.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use glueberry_crypto::record::{HEADER_LEN, RecordHeader};
+
+use crate::event::{CloseCode, CloseReason, ConnectionError, Event, StreamId};
+use crate::frame::{DATA_FIRST, DATA_LAST, Frame, Settings};
+use crate::stream::{LocalStream, MESSAGE_CREDIT_OVERHEAD, PeerStream, RecvState, SendState};
+
+use super::*;
+
+impl Connection {
+    /// Takes bytes received from the peer.
+    pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
+        if self.phase == Phase::Closed || data.is_empty() {
+            return;
+        }
+        self.last_recv = now;
+        if let Some(handshake) = self.handshake.as_mut() {
+            let result = handshake.handle_input(data);
+            handshake.poll_transmit(&mut self.handshake_out);
+            match result {
+                Err(e) => return self.fail(ConnectionError::Handshake(e)),
+                Ok(n) => data = &data[n..],
+            }
+            if !handshake.is_finished() {
+                return;
+            }
+            let Some(handshake) = self.handshake.take() else {
+                return;
+            };
+            match handshake.into_session() {
+                Ok(session) => {
+                    let peer = session.peer_id();
+                    let hello = Bytes::copy_from_slice(session.remote_hello());
+                    let channel = if self.config.danger_null_cipher {
+                        glueberry_crypto::record::danger_null_channel()
+                    } else {
+                        session.into_channel()
+                    };
+                    self.start_session(peer, hello, channel);
+                }
+                Err(e) => return self.fail(ConnectionError::Handshake(e)),
+            }
+        }
+        if self.rx.capacity() - self.rx.len() < data.len() {
+            self.rx.reserve(data.len().max(RX_CHUNK));
+        }
+        self.rx.extend_from_slice(data);
+        if let Err(e) = self.process_records(now) {
+            self.fail(e);
+        }
+    }
+
+    /// Takes received bytes in a buffer the caller hands over: when no partial record is
+    /// pending, the buffer becomes the receive buffer without a copy, records are opened in
+    /// place in it and messages are slices of it. A caller that receives into its own buffers
+    /// first takes [`Connection::take_pending_input`] and puts those bytes at the front of the
+    /// next buffer, so that this never copies.
+    pub fn handle_input_buf(&mut self, now: Instant, data: BytesMut) {
+        if self.handshake.is_some() || !self.rx.is_empty() {
+            return self.handle_input(now, &data);
+        }
+        if self.phase == Phase::Closed || data.is_empty() {
+            return;
+        }
+        self.last_recv = now;
+        self.rx = data;
+        if let Err(e) = self.process_records(now) {
+            self.fail(e);
+        }
+    }
+
+    /// Takes the received bytes not yet processed (the start of a record whose end has not
+    /// arrived). The caller must hand them back, first, with the next input.
+    pub fn take_pending_input(&mut self) -> BytesMut {
+        if self.handshake.is_some() {
+            return BytesMut::new();
+        }
+        std::mem::take(&mut self.rx)
+    }
+
+    pub(super) fn process_records(&mut self, now: Instant) -> Result<(), ConnectionError> {
+        while let Some(head) = self.rx.first_chunk::<HEADER_LEN>() {
+            let record_len = RecordHeader::decode(*head)?.record_len();
+            if self.rx.len() < record_len {
+                break;
+            }
+            let mut record = self.rx.split_to(record_len);
+            let Some((_, opener)) = self.channel.as_mut() else {
+                return Err(ConnectionError::Protocol("record before the handshake"));
+            };
+            let plaintext_len = opener.open_in_place(&mut record)?.len();
+            let record = record.freeze();
+            self.handle_frames(now, &record, HEADER_LEN, HEADER_LEN + plaintext_len)?;
+            if self.phase == Phase::Closed {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_frames(
+        &mut self,
+        now: Instant,
+        record: &Bytes,
+        mut at: usize,
+        end: usize,
+    ) -> Result<(), ConnectionError> {
+        while at < end {
+            let (frame, len) = Frame::decode(&record[at..end])?;
+            // A peer may close before it sent anything else (a refused connection).
+            if self.peer_settings.is_none()
+                && !matches!(frame, Frame::Settings(_) | Frame::Close(_))
+            {
+                return Err(ConnectionError::Protocol(
+                    "the first frame must be SETTINGS",
+                ));
+            }
+            match frame {
+                Frame::Data {
+                    stream,
+                    flags,
+                    total_len,
+                    payload,
+                } => self.handle_data(record, stream, flags, total_len, payload)?,
+                Frame::Credit { stream, increment } => self.handle_credit(stream, increment)?,
+                Frame::Settings(settings) => self.handle_settings(settings)?,
+                Frame::Open { stream, name } => self.handle_open(stream, name)?,
+                Frame::Reject { stream } => self.handle_reject(stream)?,
+                Frame::Ping(value) => {
+                    // One answer pending is enough: a peer that pings without reading gets one.
+                    self.control.retain(|c| !matches!(c, Control::Pong(_)));
+                    self.control.push_back(Control::Pong(value));
+                }
+                Frame::Pong(value) => {
+                    if let Some((seq, sent)) = self.ping
+                        && seq == value
+                    {
+                        let rtt = now.saturating_duration_since(sent);
+                        self.rtt = Some(rtt);
+                        self.ping = None;
+                        self.events.push_back(Event::Rtt(rtt));
+                    }
+                }
+                Frame::Close(code) => {
+                    self.finish(CloseReason::Peer(CloseCode(code)));
+                    return Ok(());
+                }
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_data(
+        &mut self,
+        record: &Bytes,
+        stream: u16,
+        flags: u8,
+        total_len: Option<u32>,
+        payload: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let max = self.config.max_message_size;
+        let peer_stream = self
+            .peer_streams
+            .get_mut(usize::from(stream))
+            .and_then(Option::as_mut)
+            .ok_or(ConnectionError::Protocol(
+                "DATA on a stream that was not opened",
+            ))?;
+        let RecvState::Accepted { local } = peer_stream.state else {
+            return Err(ConnectionError::FlowControl);
+        };
+        let overhead = if flags & DATA_FIRST != 0 {
+            MESSAGE_CREDIT_OVERHEAD
+        } else {
+            0
+        };
+        let cost = payload.len() as u64 + overhead;
+        peer_stream.window = peer_stream
+            .window
+            .checked_sub(cost)
+            .ok_or(ConnectionError::FlowControl)?;
+        let peer_id = stream;
+        let stream = StreamId(local);
+        match flags {
+            f if f == DATA_FIRST | DATA_LAST => {
+                if peer_stream.partial.is_some() {
+                    return Err(ConnectionError::Protocol(
+                        "new message before the last ended",
+                    ));
+                }
+                if payload.len() > max {
+                    return Err(ConnectionError::MessageTooLarge {
+                        len: payload.len() as u64,
+                        max,
+                    });
+                }
+                if let Some(s) = self.streams.get_mut(usize::from(local)) {
+                    s.received_messages += 1;
+                    s.received_bytes += payload.len() as u64;
+                }
+                self.events.push_back(Event::Message {
+                    stream,
+                    data: record.slice_ref(payload),
+                });
+            }
+            DATA_FIRST => {
+                let total = total_len.unwrap_or(0) as usize;
+                if total > max {
+                    return Err(ConnectionError::MessageTooLarge {
+                        len: total as u64,
+                        max,
+                    });
+                }
+                if peer_stream.partial.is_some() {
+                    return Err(ConnectionError::Protocol(
+                        "new message before the last ended",
+                    ));
+                }
+                if total <= payload.len() {
+                    return Err(ConnectionError::Protocol(
+                        "first fragment is the whole message",
+                    ));
+                }
+                // Bounded by `max_message_size`, checked above, and paid for by credit as it fills.
+                let mut buf = BytesMut::with_capacity(total);
+                buf.extend_from_slice(payload);
+                peer_stream.partial = Some((buf, total));
+                peer_stream.prereleased += cost;
+                let batch = u64::from(self.config.initial_window / 4);
+                Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
+                self.credit_owed |= peer_stream.released > 0;
+            }
+            _ => {
+                let Some((buf, total)) = peer_stream.partial.as_mut() else {
+                    return Err(ConnectionError::Protocol(
+                        "fragment without a first fragment",
+                    ));
+                };
+                if buf.len() + payload.len() > *total {
+                    return Err(ConnectionError::Protocol(
+                        "fragments exceed the message length",
+                    ));
+                }
+                buf.extend_from_slice(payload);
+                let complete = buf.len() == *total;
+                if flags & DATA_LAST != 0 {
+                    if !complete {
+                        return Err(ConnectionError::Protocol("message shorter than announced"));
+                    }
+                    if let Some((buf, _)) = peer_stream.partial.take() {
+                        if let Some(s) = self.streams.get_mut(usize::from(local)) {
+                            s.received_messages += 1;
+                            s.received_bytes += buf.len() as u64;
+                        }
+                        self.events.push_back(Event::Message {
+                            stream,
+                            data: buf.freeze(),
+                        });
+                    }
+                } else if complete {
+                    return Err(ConnectionError::Protocol("a message must end with LAST"));
+                } else {
+                    peer_stream.prereleased += cost;
+                    let batch = u64::from(self.config.initial_window / 4);
+                    Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
+                    self.credit_owed |= peer_stream.released > 0;
+                    self.credit_owed |= peer_stream.released > 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_credit(
+        &mut self,
+        stream: u16,
+        increment: u32,
+    ) -> Result<(), ConnectionError> {
+        let local = self
+            .streams
+            .get_mut(usize::from(stream))
+            .filter(|s| !s.open_pending)
+            .ok_or(ConnectionError::Protocol(
+                "CREDIT for a stream we did not open",
+            ))?;
+        match local.state {
+            SendState::Rejected => {
+                return Err(ConnectionError::Protocol("CREDIT for a rejected stream"));
+            }
+            SendState::AwaitingPeer => {
+                // The initial window: the peer accepted the stream.
+                local.state = SendState::Open;
+                if stream != 0 {
+                    self.events
+                        .push_back(Event::StreamAccepted(StreamId(stream)));
+                }
+            }
+            // Credit given back: the peer took what it covers (§5.4).
+            SendState::Open => local.confirm(u64::from(increment)),
+        }
+        local.credit = local
+            .credit
+            .checked_add(u64::from(increment))
+            .filter(|c| *c <= u64::from(u32::MAX) * 4)
+            .ok_or(ConnectionError::Protocol("credit overflow"))?;
+        Ok(())
+    }
+
+    pub(super) fn handle_settings(&mut self, settings: Settings) -> Result<(), ConnectionError> {
+        if self.peer_settings.is_some() {
+            return Err(ConnectionError::Protocol("SETTINGS sent twice"));
+        }
+        if settings.max_streams == 0
+            || settings.initial_window < crate::config::MIN_WINDOW
+            || settings.max_message_size == 0
+        {
+            return Err(ConnectionError::Protocol("SETTINGS out of range"));
+        }
+        self.peer_settings = Some(settings);
+        // The handshake stream opens with the peer's initial window.
+        let handshake = &mut self.streams[0];
+        handshake.state = SendState::Open;
+        handshake.credit = u64::from(settings.initial_window);
+        // Streams opened before we knew the peer's limit and above it can never be accepted.
+        for (index, stream) in self.streams.iter_mut().enumerate().skip(1) {
+            if index >= usize::from(settings.max_streams) {
+                Self::reject_local(
+                    stream,
+                    StreamId(index as u16),
+                    &mut self.events,
+                    &mut self.queued_bytes,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_open(&mut self, stream: u16, name: &[u8]) -> Result<(), ConnectionError> {
+        let index = usize::from(stream);
+        if stream == 0 || index >= usize::from(self.config.max_streams) {
+            return Err(ConnectionError::Protocol(
+                "OPEN with a stream id out of range",
+            ));
+        }
+        if name == HANDSHAKE_STREAM.as_bytes() {
+            return Err(ConnectionError::Protocol(
+                "OPEN of the reserved handshake stream",
+            ));
+        }
+        if self.peer_streams.get(index).is_some_and(Option::is_some)
+            || self
+                .peer_streams
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_ref() == name)
+        {
+            return Err(ConnectionError::Protocol("stream opened twice"));
+        }
+        if self.peer_streams.len() <= index {
+            self.peer_streams.resize_with(index + 1, || None);
+        }
+        self.peer_streams[index] = Some(PeerStream::new(name, RecvState::Pending, 0));
+        if self.phase == Phase::Established {
+            self.decide(stream);
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_reject(&mut self, stream: u16) -> Result<(), ConnectionError> {
+        let local = self
+            .streams
+            .get_mut(usize::from(stream))
+            .filter(|s| stream != 0 && !s.open_pending && s.state == SendState::AwaitingPeer)
+            .ok_or(ConnectionError::Protocol(
+                "REJECT of a stream not awaiting an answer",
+            ))?;
+        Self::reject_local(
+            local,
+            StreamId(stream),
+            &mut self.events,
+            &mut self.queued_bytes,
+        );
+        Ok(())
+    }
+
+    pub(super) fn reject_local(
+        stream: &mut LocalStream,
+        id: StreamId,
+        events: &mut VecDeque<Event>,
+        queued_bytes: &mut u64,
+    ) {
+        stream.state = SendState::Rejected;
+        let unsent = stream.queue.len() as u64;
+        if unsent > 0 {
+            // Accepted messages are never dropped: they go back to the application.
+            events.push_back(Event::Undelivered {
+                stream: id,
+                unsent: stream.queue.drain(..).collect(),
+                unconfirmed: Vec::new(),
+            });
+        }
+        *queued_bytes -= stream.queued_bytes;
+        stream.queued_bytes = 0;
+        stream.front_offset = 0;
+        stream.blocked = false;
+        events.push_back(Event::StreamRejected { stream: id, unsent });
+    }
+
+    /// Accepts or rejects a stream the peer opened, now that our own set is final.
+    pub(super) fn decide(&mut self, peer_id: u16) {
+        let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(peer_id)) else {
+            return;
+        };
+        if peer_stream.state != RecvState::Pending {
+            return;
+        }
+        let local = self
+            .streams
+            .iter()
+            .position(|s| s.name.as_bytes() == peer_stream.name.as_ref());
+        match local {
+            Some(local) if local != 0 => {
+                peer_stream.state = RecvState::Accepted {
+                    local: local as u16,
+                };
+                peer_stream.window = u64::from(self.config.initial_window);
+                self.streams[local].peer_id = Some(peer_id);
+                self.control.push_back(Control::Credit {
+                    stream: peer_id,
+                    increment: self.config.initial_window,
+                });
+            }
+            _ => {
+                peer_stream.state = RecvState::Rejected;
+                self.control.push_back(Control::Reject { stream: peer_id });
+            }
+        }
+    }
+
+    // ---- application commands ----
+}

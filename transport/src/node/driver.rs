@@ -1,0 +1,271 @@
+//! What the driver (the engine's shard, or the simulator) feeds in and takes out: dial results,
+//! accepted sockets, bytes, EOFs and time in; records, actions, events and deadlines out.
+
+use std::time::Instant;
+
+use glueberry_crypto::PeerId;
+
+use crate::connection::Connection;
+use crate::event::{CloseCode, CloseReason, Direction};
+use crate::peer::ConnState;
+
+use super::*;
+
+impl NodeCore {
+    /// A dial finished: `Ok` once TCP is connected, `Err` if it failed.
+    pub fn handle_dial_result(&mut self, conn: ConnId, result: Result<(), String>, now: Instant) {
+        if result.is_err()
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            c.conn.handle_eof();
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// A TCP connection was accepted; returns its id, or `None` when too many accepted
+    /// connections are still in their secure handshake (close the socket). The peer is known
+    /// once it authenticates.
+    pub fn handle_accepted(&mut self, now: Instant) -> Option<ConnId> {
+        let pending = self
+            .conns
+            .values()
+            .filter(|c| c.pending_since().is_some())
+            .count();
+        if pending >= self.config.max_pending_handshakes {
+            return None;
+        }
+        let id = self.new_conn_id();
+        let conn = Connection::inbound(
+            self.config.connection.clone(),
+            self.config.handshake.clone(),
+            now,
+        );
+        let mut entry = Conn::new(conn, None);
+        entry.accepted_at = Some(now);
+        self.conns.insert(id, entry);
+        Some(id)
+    }
+
+    /// Whether an inbound connection is still in its secure handshake.
+    pub fn is_pending(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.pending_since().is_some())
+    }
+
+    /// Inbound connections still in their secure handshake.
+    pub fn pending_handshakes(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.pending_since().is_some())
+            .count()
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.handle_input(now, data);
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// Bytes arrived on a connection, in a buffer handed over (see
+    /// [`Connection::handle_input_buf`]).
+    pub fn handle_input_buf(&mut self, conn: ConnId, data: bytes::BytesMut, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.handle_input_buf(now, data);
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// The start of a record still waiting for its end on `conn` (see
+    /// [`Connection::take_pending_input`]).
+    pub fn take_pending_input(&mut self, conn: ConnId) -> bytes::BytesMut {
+        self.conns
+            .get_mut(&conn)
+            .map(|c| c.conn.take_pending_input())
+            .unwrap_or_default()
+    }
+
+    /// A connection's byte stream ended (or its socket failed).
+    pub fn handle_eof(&mut self, conn: ConnId, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.conn.handle_eof();
+            self.settle_at(conn, now);
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let limit = self.config.pending_handshake_timeout;
+        let stalled: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.pending_since()
+                    .is_some_and(|t| now.saturating_duration_since(t) >= limit)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.conn.close(CloseCode::HANDSHAKE_TIMEOUT);
+                self.settle_at(id, now);
+            }
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.conn.handle_timeout(now);
+                self.settle_at(id, now);
+            }
+        }
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            self.handle_deadline(peer, now);
+        }
+    }
+
+    pub(super) fn handle_deadline(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.deadline = None;
+        match p.state {
+            ConnState::Connecting => {
+                // Dial timeout: abandon this attempt.
+                if let Some(id) = p.conn
+                    && let Some(c) = self.conns.get_mut(&id)
+                {
+                    c.conn.handle_eof();
+                    self.settle_at(id, now);
+                }
+            }
+            ConnState::Connected => {
+                if let Some(id) = p.conn
+                    && let Some(c) = self.conns.get_mut(&id)
+                {
+                    c.conn.close(CloseCode::HANDSHAKE_TIMEOUT);
+                    self.settle_at(id, now);
+                }
+            }
+            ConnState::Cooldown => {
+                self.set_state(peer, ConnState::Disconnected, None);
+                self.schedule_reconnect(peer, now);
+            }
+            ConnState::Reconnecting => self.start_dial(peer, now),
+            ConnState::Disconnected | ConnState::Established => {}
+        }
+    }
+
+    // ---- driver outputs ----
+
+    /// Writes what `conn` has to send into `out`; returns the byte count.
+    pub fn poll_transmit(&mut self, conn: ConnId, out: &mut [u8]) -> usize {
+        self.conns
+            .get_mut(&conn)
+            .map_or(0, |c| c.conn.poll_transmit(out))
+    }
+
+    /// Connections with something to send.
+    pub fn has_pending_output(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.conn.has_pending_output())
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`NodeCore::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let limit = self.config.pending_handshake_timeout;
+        let conns = self.conns.values().filter_map(|c| c.conn.poll_timeout());
+        let pending = self
+            .conns
+            .values()
+            .filter_map(|c| c.pending_since().map(|t| t + limit));
+        let peers = self.peers.values().filter_map(|p| p.deadline);
+        conns.chain(pending).chain(peers).min()
+    }
+
+    /// Closes every connection with `code` (the node is stopping): CLOSE frames go out through
+    /// the resulting [`Action::Close`]s, and peers become Disconnected without reconnecting.
+    pub fn close_all(&mut self, code: CloseCode, now: Instant) {
+        for p in self.peers.values_mut() {
+            p.reconnect = false;
+            p.deadline = None;
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.parked = false;
+                c.conn.close(code);
+            }
+            self.settle_at(id, now);
+        }
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            if self.state(peer) != ConnState::Disconnected {
+                self.set_state(
+                    peer,
+                    ConnState::Disconnected,
+                    Some(CloseReason::Local(code)),
+                );
+            }
+        }
+    }
+
+    /// Takes a connection parked for handoff (see [`Action::Handoff`]) out of this core.
+    pub fn detach(&mut self, conn: ConnId) -> Option<Connection> {
+        if !self.conns.get(&conn).is_some_and(|c| c.parked) {
+            return None;
+        }
+        self.conns.remove(&conn).map(|c| c.conn)
+    }
+
+    /// Takes over a connection another shard authenticated for a peer this shard owns; returns
+    /// its id here. Its pending events (the peer's first messages) are processed now.
+    pub fn adopt(&mut self, conn: Connection, now: Instant) -> Option<ConnId> {
+        let peer = conn.peer()?;
+        let direction = conn.direction();
+        let id = self.new_conn_id();
+        self.conns.insert(id, Conn::new(conn, Some(peer)));
+        self.handle_connected(id, peer, direction, now);
+        self.settle_at(id, now);
+        Some(id)
+    }
+
+    /// Live connection ids.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns.keys().copied()
+    }
+
+    /// Every live connection: id, peer (once known), direction and phase. For debugging and
+    /// state dumps.
+    pub fn connection_summary(
+        &self,
+    ) -> Vec<(ConnId, Option<PeerId>, Direction, crate::connection::Phase)> {
+        let mut all: Vec<_> = self
+            .conns
+            .iter()
+            .map(|(id, c)| (*id, c.peer, c.conn.direction(), c.conn.phase()))
+            .collect();
+        all.sort_by_key(|(id, ..)| *id);
+        all
+    }
+
+    // ---- internals ----
+}
