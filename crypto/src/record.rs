@@ -40,9 +40,37 @@ pub enum Suite {
     Aes256Gcm,
 }
 
+/// Whether this CPU runs AES-GCM in hardware.
+fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 impl Suite {
-    /// Every suite this implementation supports, in the default order of preference.
+    /// Every suite this implementation supports, ChaCha20-Poly1305 first.
     pub const ALL: [Suite; 2] = [Suite::ChaCha20Poly1305, Suite::Aes256Gcm];
+
+    /// This machine's order of preference: AES-256-GCM first where the CPU has AES instructions
+    /// (x86-64 AES-NI with carry-less multiply, ARMv8 AES), ChaCha20-Poly1305 first elsewhere.
+    /// A handshake uses AES-256-GCM only when both ends list it first (PROTOCOL.md §3.4).
+    pub fn preferred() -> [Suite; 2] {
+        if aes_hardware() {
+            [Suite::Aes256Gcm, Suite::ChaCha20Poly1305]
+        } else {
+            Suite::ALL
+        }
+    }
 
     /// The suite's identifier on the wire.
     pub fn wire_id(self) -> u8 {

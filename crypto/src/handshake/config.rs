@@ -48,13 +48,14 @@ pub struct HandshakeConfig {
 
 impl HandshakeConfig {
     /// Settings for `identity` on the network `network_id` (the chain id: 1 to 64 printable
-    /// ASCII characters), with both suites (ChaCha20-Poly1305 preferred), no hello payload and
-    /// the default rekey interval.
+    /// ASCII characters), with both suites in this machine's order ([`Suite::preferred`]:
+    /// AES-256-GCM first where the CPU has AES instructions), no hello payload and the default
+    /// rekey interval.
     pub fn new(identity: &Identity, network_id: &str) -> Result<Self, ConfigError> {
         let mut noise_private = Zeroizing::new([0u8; 32]);
         getrandom::fill(noise_private.as_mut_slice())
             .map_err(|e| ConfigError::Random(e.to_string()))?;
-        Self::with_noise_key(identity, network_id, noise_private)
+        Self::with_noise_key(identity, network_id, noise_private)?.with_suites(&Suite::preferred())
     }
 
     /// As [`HandshakeConfig::new`], with a given Noise static key (for test vectors).
@@ -87,7 +88,9 @@ impl HandshakeConfig {
         })
     }
 
-    /// The record suites this node accepts, most preferred first. The initiator's order decides.
+    /// The record suites this node accepts, most preferred first. A handshake uses the suite
+    /// both ends list first, or ChaCha20-Poly1305 if their first choices differ
+    /// ([`choose_suite`](crate::handshake::choose_suite)).
     pub fn with_suites(mut self, suites: &[Suite]) -> Result<Self, ConfigError> {
         let mut unique = Vec::with_capacity(suites.len());
         for suite in suites {

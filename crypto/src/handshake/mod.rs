@@ -295,12 +295,7 @@ impl Handshake {
                 actual: peer_id,
             });
         }
-        let suite = self
-            .config
-            .suites
-            .iter()
-            .copied()
-            .find(|s| payload.suites.contains(&s.wire_id()))
+        let suite = choose_suite(&self.config.suites, payload.suites)
             .ok_or(HandshakeError::NoCommonSuite)?;
         let capabilities = self.config.capabilities & payload.capabilities;
         let remote_version = ProtocolVersion {
@@ -714,3 +709,21 @@ pub enum HandshakeError {
 mod tests;
 #[cfg(test)]
 mod vectors;
+
+/// The initiator's choice of record suite (PROTOCOL.md §3.4): the suite both ends list first;
+/// if their first choices differ, ChaCha20-Poly1305 when both accept it (a node lists
+/// AES-256-GCM first only when its CPU has AES instructions, so AES is used only when both
+/// ends run it in hardware); otherwise the first of `ours` that `theirs` (wire ids, in the
+/// responder's order) lists.
+pub fn choose_suite(ours: &[Suite], theirs: &[u8]) -> Option<Suite> {
+    let listed = |s: &Suite| theirs.contains(&s.wire_id());
+    if let Some(&first) = ours.first()
+        && theirs.first() == Some(&first.wire_id())
+    {
+        return Some(first);
+    }
+    if ours.contains(&Suite::ChaCha20Poly1305) && listed(&Suite::ChaCha20Poly1305) {
+        return Some(Suite::ChaCha20Poly1305);
+    }
+    ours.iter().copied().find(listed)
+}

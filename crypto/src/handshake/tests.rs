@@ -137,8 +137,9 @@ fn full_handshake_authenticates_both_sides_and_keys_match() {
     assert_eq!(a.role(), Role::Initiator);
     assert_eq!(b.role(), Role::Responder);
     assert_eq!(a.handshake_hash(), b.handshake_hash());
-    assert_eq!(a.suite(), Suite::ChaCha20Poly1305);
-    assert_eq!(b.suite(), Suite::ChaCha20Poly1305);
+    // Both ends run the same CPU: the suite it prefers.
+    assert_eq!(a.suite(), Suite::preferred()[0]);
+    assert_eq!(b.suite(), a.suite());
     assert_eq!(a.remote_hello(), &[0xAB; MAX_HELLO_PAYLOAD_LEN][..]);
     assert_eq!(b.remote_hello(), b"chain=test height=7");
     assert_eq!(a.remote_version(), PROTOCOL_VERSION);
@@ -152,15 +153,58 @@ fn full_handshake_authenticates_both_sides_and_keys_match() {
 }
 
 #[test]
+fn aes_only_when_both_ends_list_it_first_else_chacha() {
+    let (aes, chacha) = (Suite::Aes256Gcm, Suite::ChaCha20Poly1305);
+    let ids = |s: &[Suite]| s.iter().map(|s| s.wire_id()).collect::<Vec<u8>>();
+    // Both with AES hardware: AES.
+    assert_eq!(
+        choose_suite(&[aes, chacha], &ids(&[aes, chacha])),
+        Some(aes)
+    );
+    // Either without: ChaCha, whichever side it is.
+    assert_eq!(
+        choose_suite(&[aes, chacha], &ids(&[chacha, aes])),
+        Some(chacha)
+    );
+    assert_eq!(
+        choose_suite(&[chacha, aes], &ids(&[aes, chacha])),
+        Some(chacha)
+    );
+    assert_eq!(
+        choose_suite(&[chacha, aes], &ids(&[chacha, aes])),
+        Some(chacha)
+    );
+    // Only one in common: that one; none: no suite.
+    assert_eq!(choose_suite(&[aes, chacha], &ids(&[aes])), Some(aes));
+    assert_eq!(choose_suite(&[chacha], &ids(&[aes, chacha])), Some(chacha));
+    assert_eq!(choose_suite(&[aes], &ids(&[chacha])), None);
+    // Unknown ids in the responder's list are ignored.
+    assert_eq!(choose_suite(&[aes, chacha], &[0x7f, 0x02]), Some(aes));
+    assert_eq!(
+        choose_suite(&[aes, chacha], &[0x7f, 0x01, 0x02]),
+        Some(chacha)
+    );
+    // This machine's default order follows its CPU.
+    let preferred = Suite::preferred();
+    assert_eq!(preferred.len(), 2);
+    assert!(preferred.contains(&aes) && preferred.contains(&chacha));
+}
+
+#[test]
 fn initiator_preference_picks_the_suite_and_disjoint_sets_fail() {
     let aes_first = Arc::new(
         HandshakeConfig::new(&Identity::from_seed(&[1; 32]), NET)
             .and_then(|c| c.with_suites(&[Suite::Aes256Gcm, Suite::ChaCha20Poly1305]))
             .expect("config"),
     );
+    let aes_first_too = Arc::new(
+        HandshakeConfig::new(&Identity::from_seed(&[2; 32]), NET)
+            .and_then(|c| c.with_suites(&[Suite::Aes256Gcm, Suite::ChaCha20Poly1305]))
+            .expect("config"),
+    );
     let outcome = drive(
         Handshake::initiator(aes_first, None).expect("initiator"),
-        Handshake::responder(config(2)),
+        Handshake::responder(aes_first_too),
     );
     let (a, b) = sessions(outcome);
     assert_eq!((a.suite(), b.suite()), (Suite::Aes256Gcm, Suite::Aes256Gcm));
