@@ -430,6 +430,7 @@ fn machine() -> String {
 pub(crate) fn compare(
     duration: Duration,
     trials: usize,
+    only: Option<&[Scenario]>,
     out: Option<&str>,
     save: Option<&str>,
 ) -> Result<Results, String> {
@@ -440,6 +441,9 @@ pub(crate) fn compare(
         rows: Vec::new(),
     };
     for scenario in SCENARIOS {
+        if only.is_some_and(|only| !only.contains(&scenario)) {
+            continue;
+        }
         let mut row: Row = Vec::new();
         for trial in 1..=trials {
             for peer in peers() {
@@ -515,7 +519,7 @@ pub(crate) fn regress(baseline: &str, duration: Duration, trials: usize) -> Resu
     let text = std::fs::read_to_string(baseline).map_err(|e| format!("{baseline}: {e}"))?;
     let old: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{baseline}: {e}"))?;
-    let results = compare(duration, trials, None, None)?;
+    let results = compare(duration, trials, None, None, None)?;
     let flagged = regressions(&old, &results.ratios());
     if flagged.is_empty() {
         println!(

@@ -34,6 +34,9 @@ pub(crate) struct Setup {
     /// for the throughput scenarios, the node's default (1 MiB) unless given where latency
     /// beside a transfer is measured.
     pub window: Option<u32>,
+    /// How long each shard polls after its last work before sleeping (`--busy-poll MICROS`;
+    /// the node's default when not given).
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -47,6 +50,7 @@ impl Default for Setup {
             size: 64 * 1024,
             metrics: false,
             window: None,
+            busy_poll: None,
         }
     }
 }
@@ -88,6 +92,10 @@ impl Setup {
             .stream_priority(RPC_STREAM, 7)
             .stream_priority(BULK_STREAM, 0)
             .limits(unlimited());
+        let config = match self.busy_poll {
+            Some(window) => config.busy_poll(window),
+            None => config,
+        };
         match self.metrics {
             true => config.metrics(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             false => config,
@@ -224,25 +232,28 @@ pub(crate) fn throughput(
         .iter()
         .map(|node| {
             let (node, to, stop) = (node.clone(), receiver.peer_id(), stop.clone());
-            let streams: Vec<_> = setup
+            let routes: Vec<_> = setup
                 .stream_names()
                 .iter()
-                .map(|s| node.stream(s))
+                .map(|s| node.route(to, s))
                 .collect();
+            let batched = setup.batching;
             std::thread::spawn(move || {
                 let message = Bytes::from(vec![0x5au8; size]);
-                // `send` parks the thread while the stream is full: no spinning.
+                // Sixteen messages per stream in turn, as one batch (one reservation, one queue
+                // push, one wake-up); `send_batch` parks the thread while the stream is full.
+                // Without batching (`--no-batching`), one `send` each.
                 'run: while !stop.load(Ordering::Relaxed) {
-                    for stream in &streams {
-                        for _ in 0..16 {
-                            match futures::executor::block_on(node.send(
-                                to,
-                                stream,
-                                message.clone(),
-                            )) {
-                                Ok(()) => {}
-                                Err(NodeSendError::Stopped) | Err(_) => break 'run,
-                            }
+                    for route in &routes {
+                        let sent = if batched {
+                            futures::executor::block_on(
+                                node.send_batch(route, std::iter::repeat_n(message.clone(), 16)),
+                            )
+                        } else {
+                            futures::executor::block_on(node.send_on(route, message.clone()))
+                        };
+                        if let Err(NodeSendError::Stopped) | Err(_) = sent {
+                            break 'run;
                         }
                     }
                 }

@@ -5,11 +5,12 @@
 //! glueberry-perf local   [OPTIONS] [--scenario NAME] [--json]    both ends on loopback, vs plain TCP
 //! glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two machines
 //! glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
-//! glueberry-perf compare [--seconds N] [--trials N] [--out FILE.md] [--save FILE.json]
+//! glueberry-perf compare [--seconds N] [--trials N] [--scenario NAME] [--out FILE.md] [--save FILE.json]
 //! glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 //! glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 //!
 //! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
+//!          --busy-poll MICROS,
 //!          --cipher chacha|aes, --no-batching, --danger-null-cipher, --metrics
 //! scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
 //!            shard-scaling (--peers N; --danger-null-cipher to measure the engine alone),
@@ -139,18 +140,20 @@ struct Options {
     setup: Setup,
     /// Streams or peers for the bulk-streams, bulk-peers and scale scenarios.
     count: Option<usize>,
+    /// `compare` with `--scenario`: only these.
+    only: Option<Vec<Scenario>>,
 }
 
 const HELP: &str = "\
 glueberry-perf local   [OPTIONS] [--scenario NAME] [--json]    both ends on loopback, vs plain TCP
 glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two machines
 glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
-glueberry-perf compare [--seconds N] [--trials N] [--out FILE.md] [--save FILE.json]
+glueberry-perf compare [--seconds N] [--trials N] [--scenario NAME] [--out FILE.md] [--save FILE.json]
 glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 
-OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N,
-         --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
+OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
+         --busy-poll MICROS, --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
          --metrics (each node records into its own Prometheus recorder)
 scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
            shard-scaling (--peers N; --danger-null-cipher to measure the engine alone), all";
@@ -180,6 +183,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         scenarios: Vec::new(),
         setup: Setup::default(),
         count: None,
+        only: None,
     };
     let (mut listen, mut connect, mut peer, mut out, mut save) = (None, None, None, None, None);
     let mut baseline = "perf/baseline.json".to_string();
@@ -204,6 +208,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--shards" => options.setup.shards = number(rest.next(), arg)?,
             "--window" => options.setup.window = Some(number(rest.next(), arg)?),
+            "--busy-poll" => {
+                let micros: u64 = rest
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--busy-poll needs microseconds (0 turns it off)")?;
+                options.setup.busy_poll = Some(Duration::from_micros(micros));
+            }
             "--cipher" => {
                 options.setup.cipher = match rest.next().map(String::as_str) {
                     Some("chacha") => Cipher::ChaCha,
@@ -277,6 +288,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             ));
         }
     };
+    if scenario != "all" {
+        options.only = Some(options.scenarios.clone());
+    }
     Ok(options)
 }
 
@@ -311,6 +325,7 @@ fn main() -> ExitCode {
         Command::Compare { out, save, trials } => compare::compare(
             options.length.time(),
             *trials,
+            options.only.as_deref(),
             out.as_deref(),
             save.as_deref(),
         )

@@ -380,7 +380,14 @@ impl Node {
         self.command(peer, Command::Disconnect { peer })
     }
 
-    /// Opens the named streams with a Connected peer: it becomes Established.
+    /// Opens the named streams with a Connected peer: it becomes Established, and `send` on
+    /// those streams is accepted from the moment the application sees `Established`.
+    ///
+    /// Each stream sends at the priority [`NodeConfig::stream_priority`] gave its name (0 to 7,
+    /// default 3): records are filled from higher priorities first, with a weighted share for
+    /// the lower ones, so name the priorities in the config before the streams open — e.g.
+    /// `consensus` 7, `mempool` 3, `blocksync` 0. A stream whose consumer may fall behind can
+    /// have a receiver of its own ([`Node::messages_on`]), asked for before this call.
     pub fn complete_handshake(&self, peer: PeerId, streams: &[&str]) -> Result<(), NodeSendError> {
         let streams = streams.iter().map(|s| s.to_string()).collect();
         self.command(peer, Command::CompleteHandshake { peer, streams })
