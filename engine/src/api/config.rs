@@ -50,7 +50,7 @@ impl NodeConfig {
             connection: ConnectionConfig::default(),
             message_buffer: 1000,
             message_buffer_bytes: 8 * 1024 * 1024,
-            busy_poll: std::time::Duration::from_micros(50),
+            busy_poll: std::time::Duration::ZERO,
             event_buffer: 100,
             command_queue: 4096,
             stream_queue: (16 * 1024, 16 * 1024 * 1024),
@@ -186,11 +186,12 @@ impl NodeConfig {
     }
 
     /// How long a shard keeps looking for work without sleeping after its last command or
-    /// completion (default 50 µs; zero turns it off). A shard that sleeps in the kernel is
-    /// woken by an eventfd write or a completion, which costs a context switch each time; one
-    /// that polls briefly answers a request that follows the last one within the window
-    /// without it. A node with no traffic for longer than the window sleeps, so the CPU it
-    /// costs is at most the window after each burst.
+    /// completion (default zero: off). A shard that sleeps in the kernel is woken by an eventfd
+    /// write or a completion; one that polls answers work arriving within the window without
+    /// that wake-up, and the senders skip the eventfd write. Measured on a 2-vCPU VM
+    /// (BENCHMARKS.md): 50 µs did not cut the request/response round trip beyond the noise
+    /// and cost about 0.75 of a core while requests flowed, so it is off by default; try it
+    /// where each shard has a core of its own.
     pub fn busy_poll(mut self, window: std::time::Duration) -> Self {
         self.busy_poll = window;
         self
