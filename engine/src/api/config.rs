@@ -177,7 +177,7 @@ impl NodeConfig {
     }
 
     /// Messages each shard's channel to the application holds (default 1000; one channel per
-    /// shard for [`Node::messages`] and one per shard for each [`Node::messages_on`]). When a
+    /// shard for [`Node::messages`](crate::Node::messages) and one per shard for each [`Node::messages_on`](crate::Node::messages_on)). When a
     /// channel is full, the shard holds that destination's messages and returns no credit for
     /// them: the peers' windows stop those streams while every other stream keeps flowing.
     pub fn message_buffer(mut self, messages: usize) -> Self {
@@ -206,8 +206,8 @@ impl NodeConfig {
         self
     }
 
-    /// Capacity of the [`Node::events`] channel (default 100). When full, events are dropped and
-    /// counted ([`Node::events_dropped`]).
+    /// Capacity of the [`Node::events`](crate::Node::events) channel (default 100). When full, events are dropped and
+    /// counted ([`Node::events_dropped`](crate::Node::events_dropped)).
     pub fn event_buffer(mut self, events: usize) -> Self {
         self.event_buffer = events.max(1);
         self
@@ -222,7 +222,7 @@ impl NodeConfig {
 
     /// How many messages, and bytes, one stream of one peer may have accepted and not yet
     /// written (default 16,384 and 16 MiB). At the bound `send` waits and `try_send` refuses
-    /// with [`NodeSendError::BufferFull`], for that stream only; nothing accepted is handed back
+    /// with [`NodeSendError::BufferFull`](crate::NodeSendError::BufferFull), for that stream only; nothing accepted is handed back
     /// while the connection lives. A message always fits an empty queue.
     pub fn stream_queue(mut self, messages: usize, bytes: usize) -> Self {
         self.stream_queue = (messages.max(1), bytes.max(1));
@@ -235,7 +235,7 @@ impl NodeConfig {
     /// its priority + 1 (a weighted deficit round robin): `consensus` at 7 and `blocksync` at 0
     /// means a vote waits for at most one record of block chunks, and block chunks still get an
     /// eighth of a saturated link. Set it before the streams are opened with
-    /// [`Node::complete_handshake`].
+    /// [`Node::complete_handshake`](crate::Node::complete_handshake).
     pub fn stream_priority(mut self, name: &str, priority: u8) -> Self {
         self.connection.priorities.retain(|(n, _)| n != name);
         self.connection.priorities.push((
@@ -260,7 +260,7 @@ impl NodeConfig {
         self
     }
 
-    /// Deliver messages to `handler` on the shard threads instead of [`Node::messages`].
+    /// Deliver messages to `handler` on the shard threads instead of [`Node::messages`](crate::Node::messages).
     pub fn handler(mut self, handler: Handler) -> Self {
         self.handler = Some(handler);
         self

@@ -10,7 +10,7 @@ use glueberry_crypto::PeerId;
 use glueberry_transport::{CloseReason, ConnState, Direction};
 
 /// A stream name, interned: cloning it is a reference-count increment, so naming the stream of
-/// every message costs no allocation. Get one with [`Node::stream`].
+/// every message costs no allocation. Get one with [`Node::stream`](crate::Node::stream).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamName(Arc<str>);
 
@@ -66,7 +66,7 @@ pub struct Message {
 }
 
 /// A zero-copy message handler, called on the shard thread for every message instead of the
-/// [`Node::messages`] channel. It must be quick: the shard serves nothing else while it runs.
+/// [`Node::messages`](crate::Node::messages) channel. It must be quick: the shard serves nothing else while it runs.
 pub type Handler = Arc<dyn Fn(&PeerId, &str, &Bytes) + Send + Sync>;
 
 /// Something that happened to a peer.
@@ -96,7 +96,7 @@ pub enum Event {
         data: Bytes,
     },
     /// Messages accepted by `send` on one stream that the peer did not confirm: the connection
-    /// closed (or the node stopped) first. With [`Event::SendFailed`] this is the delivery
+    /// closed (or the node stopped) first. With [`Event::SendFailed`](crate::Event::SendFailed) this is the delivery
     /// guarantee: every message `send` accepted is delivered to the peer's node or comes back
     /// in one of the two (see `ARCHITECTURE.md`, "Delivery").
     Undelivered {
@@ -191,7 +191,7 @@ pub(crate) struct Subscriber {
 }
 
 /// A filtered stream of events; unsubscribes when dropped. A subscriber that does not keep up
-/// loses events (never the node's time): it is told how many with [`Event::Missed`].
+/// loses events (never the node's time): it is told how many with [`Event::Missed`](crate::Event::Missed).
 pub struct Subscription {
     id: u64,
     rx: async_channel::Receiver<Event>,

@@ -152,7 +152,7 @@ impl Node {
         .to_string()
     }
 
-    /// The address of the metrics and health endpoint, when [`NodeConfig::metrics`] turned it on
+    /// The address of the metrics and health endpoint, when [`NodeConfig::metrics`](crate::NodeConfig::metrics) turned it on
     /// (the real port when 0 was asked for).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.inner

@@ -36,10 +36,10 @@ impl Node {
         })
     }
 
-    /// Sends a message on `peer`'s stream (named by `&str`, [`StreamName`] or [`Route`]),
+    /// Sends a message on `peer`'s stream (named by `&str`, [`StreamName`](crate::StreamName) or [`Route`](crate::Route)),
     /// waiting while that stream's queue is full. What it accepts is delivered or, if the
-    /// connection ends first, handed back in [`Event::Undelivered`]. Fails at once when the peer
-    /// is not Established with the stream open ([`NodeSendError::NotEstablished`]), or the peer
+    /// connection ends first, handed back in [`Event::Undelivered`](crate::Event::Undelivered). Fails at once when the peer
+    /// is not Established with the stream open ([`NodeSendError::NotEstablished`](crate::NodeSendError::NotEstablished)), or the peer
     /// rejected the stream.
     pub async fn send<S: StreamRef + ?Sized>(
         &self,
@@ -51,7 +51,7 @@ impl Node {
         self.send_on(&route, data).await
     }
 
-    /// [`Node::send`] on a route (the fast path: no name is looked up).
+    /// [`Node::send`](crate::Node::send) on a route (the fast path: no name is looked up).
     pub async fn send_on(&self, route: &Route, data: Bytes) -> Result<(), NodeSendError> {
         self.check_size(&data)?;
         let route = self.reserve(route, 1, data.len()).await?;
@@ -92,7 +92,7 @@ impl Node {
         Ok(())
     }
 
-    /// Sends without waiting: [`NodeSendError::BufferFull`] when the stream's queue (or the
+    /// Sends without waiting: [`NodeSendError::BufferFull`](crate::NodeSendError::BufferFull) when the stream's queue (or the
     /// shard's command queue) is full; the message comes back with the error.
     pub fn try_send<S: StreamRef + ?Sized>(
         &self,
@@ -104,7 +104,7 @@ impl Node {
         self.try_send_on(&route, data)
     }
 
-    /// [`Node::try_send`] on a route.
+    /// [`Node::try_send`](crate::Node::try_send) on a route.
     pub fn try_send_on(&self, route: &Route, data: Bytes) -> Result<(), TrySendError> {
         if let Err(error) = self.check_size(&data) {
             return Err(TrySendError { error, data });
@@ -170,7 +170,7 @@ impl Node {
         }
     }
 
-    /// [`Node::try_reserve`], waiting for room.
+    /// [`Node::try_reserve`](crate::Node::try_reserve), waiting for room.
     pub(super) async fn reserve(
         &self,
         route: &Route,
@@ -226,7 +226,7 @@ impl Node {
     }
 
     /// Sends one message to many peers without copying it (every peer's command holds the same
-    /// `Bytes`). Waits per peer as [`Node::send`] does. Returns the peers it could not send to,
+    /// `Bytes`). Waits per peer as [`Node::send`](crate::Node::send) does. Returns the peers it could not send to,
     /// with why.
     pub async fn broadcast<S: StreamRef + ?Sized>(
         &self,
@@ -254,8 +254,8 @@ impl Node {
     }
 
     /// The received messages of every stream that has no destination of its own
-    /// ([`Node::messages_on`]). Each shard delivers into a bounded channel of its own
-    /// (`message_buffer` messages); the returned [`Messages`] reads them all. Clones share the
+    /// ([`Node::messages_on`](crate::Node::messages_on)). Each shard delivers into a bounded channel of its own
+    /// (`message_buffer` messages); the returned [`Messages`](crate::Messages) reads them all. Clones share the
     /// messages (each goes to one of them). `recv().await` from any executor, `recv_blocking()`
     /// from a plain thread, or use it as a `Stream`.
     pub fn messages(&self) -> Messages {
@@ -264,9 +264,9 @@ impl Node {
 
     /// The received messages of stream `name`, apart from the others: a consumer that falls
     /// behind on it holds back only that stream (its peers' windows for it fill), never another
-    /// stream or [`Node::messages`]. Ask before the stream opens (before
-    /// [`Node::complete_handshake`]), or messages that arrived earlier went to
-    /// [`Node::messages`]. Asking again for the same name returns a clone of the same receiver.
+    /// stream or [`Node::messages`](crate::Node::messages). Ask before the stream opens (before
+    /// [`Node::complete_handshake`](crate::Node::complete_handshake)), or messages that arrived earlier went to
+    /// [`Node::messages`](crate::Node::messages). Asking again for the same name returns a clone of the same receiver.
     pub fn messages_on(&self, name: &str) -> Result<Messages, NodeSendError> {
         let mut outlets = self.inner.outlets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channels) = outlets.get(name) {
@@ -295,7 +295,7 @@ impl Node {
 }
 
 impl Node {
-    /// Peer events (a bounded channel; see [`Node::events_dropped`]).
+    /// Peer events (a bounded channel; see [`Node::events_dropped`](crate::Node::events_dropped)).
     pub fn events(&self) -> async_channel::Receiver<crate::Event> {
         self.inner.events.clone()
     }
