@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 
 use ::metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use glueberry_crypto::record::{HEADER_LEN, RecordHeader};
 use glueberry_transport::ConnState;
 
 /// Every metric name, for the exporter's bucket settings and for documentation.
@@ -271,46 +270,5 @@ impl ShardMetrics {
             self.streams.insert(name.into(), metrics);
         }
         &self.streams[name]
-    }
-}
-
-/// Records in a transmit buffer: walks the 4-byte record headers (stops at anything else,
-/// such as a handshake message).
-pub(crate) fn count_records(buf: &[u8]) -> usize {
-    let (mut at, mut records) = (0, 0);
-    while let Some(header) = buf.get(at..at + HEADER_LEN) {
-        let Ok(header) = <[u8; HEADER_LEN]>::try_from(header) else {
-            break;
-        };
-        let Ok(header) = RecordHeader::decode(header) else {
-            break;
-        };
-        records += 1;
-        at += header.record_len();
-    }
-    records
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_are_counted_by_their_headers_and_handshake_bytes_are_not() {
-        let (mut sealer, _) = glueberry_crypto::record::danger_null_channel();
-        let mut buf = Vec::new();
-        for len in [10usize, 0, 300] {
-            let mut record = vec![0u8; HEADER_LEN + len + glueberry_crypto::record::TAG_LEN];
-            sealer.seal_in_place(&mut record, len).expect("seal");
-            buf.extend_from_slice(&record);
-        }
-        assert_eq!(count_records(&buf), 3);
-        assert_eq!(
-            count_records(&buf[..buf.len() - 1]),
-            3,
-            "the last header is whole"
-        );
-        assert_eq!(count_records(&[0x01, 0, 0, 32]), 0, "not a record type");
-        assert_eq!(count_records(&[]), 0);
     }
 }

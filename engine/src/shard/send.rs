@@ -11,7 +11,7 @@ use glueberry_crypto::PeerId;
 use glueberry_transport::{ConnId, NodeCore};
 
 use super::*;
-use crate::metrics::{ShardMetrics, count_records};
+use crate::metrics::ShardMetrics;
 use crate::route::{RouteShared, RouteState};
 use crate::sys::ring::Op;
 use crate::{Event, StreamName};
@@ -128,7 +128,7 @@ impl Shard {
                     self.fixed_free.push(index);
                     continue;
                 }
-                record_batch(&self.metrics, &fixed[..n]);
+                record_batch(&self.metrics, self.core.last_records(id));
                 let op = Op::SendFixed {
                     conn: id,
                     index,
@@ -154,7 +154,7 @@ impl Shard {
             if self.registered > 0 {
                 self.metrics.send_buffers_exhausted.increment(1);
             }
-            record_batch(&self.metrics, &buf[..n]);
+            record_batch(&self.metrics, self.core.last_records(id));
             let key = self.ring.push(
                 io.fd.as_raw_fd(),
                 Op::Send {
@@ -241,8 +241,7 @@ fn release_written(
 }
 
 /// Records how many records went out in one send (handshake messages are not records).
-fn record_batch(metrics: &ShardMetrics, sent: &[u8]) {
-    let records = count_records(sent);
+fn record_batch(metrics: &ShardMetrics, records: usize) {
     if records > 0 {
         metrics.records_per_batch.record(records as f64);
     }

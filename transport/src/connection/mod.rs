@@ -91,6 +91,8 @@ pub struct Connection {
     order: Vec<u16>,
     /// Some stream wrote messages the driver has not yet collected with `take_written`.
     written: bool,
+    /// Records sealed by the last `poll_transmit`.
+    last_records: usize,
     last_recv: Instant,
     /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after the
     /// last input at the latest, so that a quiet sender learns its messages arrived.
@@ -192,6 +194,7 @@ impl Connection {
             rx: BytesMut::new(),
             order: vec![0],
             written: false,
+            last_records: 0,
             last_recv: now,
             credit_owed: false,
             queued_bytes: 0,
@@ -260,6 +263,12 @@ impl Connection {
             .iter()
             .enumerate()
             .map(|(i, s)| (StreamId(i as u16), &s.name))
+    }
+
+    /// Records the last [`Connection::poll_transmit`] sealed (handshake messages are not
+    /// records): the driver's records-per-send figure without parsing what it sends.
+    pub fn last_records(&self) -> usize {
+        self.last_records
     }
 
     /// The next event, if any.

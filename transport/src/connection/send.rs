@@ -225,6 +225,7 @@ impl Connection {
     /// many bytes it wrote. Call until it returns 0 or the transport cannot take more.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> usize {
         let mut pos = 0;
+        self.last_records = 0;
         if !self.handshake_out.is_empty() {
             let n = self.handshake_out.len().min(out.len());
             out[..n].copy_from_slice(&self.handshake_out[..n]);
@@ -262,7 +263,10 @@ impl Connection {
                 break;
             };
             match sealer.seal_in_place(&mut out[pos..], written) {
-                Ok(len) => pos += len,
+                Ok(len) => {
+                    pos += len;
+                    self.last_records += 1;
+                }
                 Err(e) => {
                     // The nonce counter is spent: nothing more can be sent on this connection.
                     self.fail(ConnectionError::Record(e));

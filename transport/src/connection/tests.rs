@@ -818,6 +818,15 @@ fn a_high_priority_message_overtakes_a_queued_bulk_transfer_within_one_record() 
         one_record(&mut p).is_empty(),
         "a fragment, no whole message"
     );
+    assert_eq!(
+        p.a.last_records(),
+        1,
+        "the connection counts what it sealed"
+    );
+    let n = p.a.poll_transmit(&mut p.buf[..3 * RECORD]);
+    assert_eq!(p.a.last_records(), 3);
+    p.b.handle_input(p.now, &p.buf[..n]);
+    drain_messages(&mut p.b);
     // Now the urgent message: it is in the very next record, ahead of the bulk bytes.
     p.a.send(urgent, Bytes::from_static(b"vote"))
         .expect("urgent");

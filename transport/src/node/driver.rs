@@ -172,6 +172,11 @@ impl NodeCore {
             .map_or(0, |c| c.conn.poll_transmit(out))
     }
 
+    /// Records the last `poll_transmit` on `conn` sealed.
+    pub fn last_records(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.conn.last_records())
+    }
+
     /// Connections with something to send.
     pub fn has_pending_output(&self, conn: ConnId) -> bool {
         self.conns
