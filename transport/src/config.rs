@@ -46,7 +46,7 @@ pub struct ConnectionConfig {
     /// Send priority per stream name, 0 (lowest) to [`MAX_PRIORITY`]; streams not listed get
     /// [`DEFAULT_PRIORITY`], the `handshake` stream [`MAX_PRIORITY`]. Records are filled by a
     /// weighted deficit round robin: each round a stream may write `16 KiB << priority` bytes,
-    /// streams taken in priority order (see PROTOCOL.md §5.5; local only, never sent).
+    /// streams taken in priority order (local only, never sent: PROTOCOL.md §5.3).
     pub priorities: Vec<(String, u8)>,
 }
 
