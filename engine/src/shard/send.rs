@@ -15,33 +15,46 @@ use crate::metrics::ShardMetrics;
 use crate::route::{RouteShared, RouteState};
 use crate::sys::ring::Op;
 use crate::{Event, StreamName};
+use glueberry_transport::{ConnState, NodeError};
 
 impl Shard {
     /// Queues a message on its route's connection. It had room reserved, so the transport
     /// takes it unless the connection is gone (or the stream was rejected): then it comes back.
     pub(super) fn send(&mut self, route: &Arc<RouteShared>, data: Bytes) {
         let len = data.len();
-        let (error, data) = match route.binding() {
-            Some((conn, stream)) => match self.core.send_on(conn, stream, data) {
-                Ok(()) => {
-                    let counters = match &self.last_sent {
-                        Some((name, counters)) if StreamName::same(name, &route.name) => counters,
-                        _ => {
-                            let counters = self.metrics.stream(&route.name).clone();
-                            &self.last_sent.insert((route.name.clone(), counters)).1
-                        }
-                    };
-                    counters.messages_sent.increment(1);
-                    counters.bytes_sent.increment(len as u64);
-                    tracing::trace!(peer = %route.peer, stream = %route.name, size = len, "message sent");
-                    return;
-                }
-                Err((e, data)) => (e.to_string(), data),
-            },
-            None => (
+        let mut result = self.send_bound(route, data);
+        if let Err((NodeError::NotConnected, _)) = &result
+            && matches!(
+                self.core.state(route.peer),
+                ConnState::Connected | ConnState::Established
+            )
+        {
+            // The peer's connection was replaced (a duplicate resolved) without it leaving
+            // Connected or Established: bind its routes to the live connection and try again.
+            self.bind_routes(route.peer);
+            if let Err((_, data)) = result {
+                result = self.send_bound(route, data);
+            }
+        }
+        let (error, data) = match result {
+            Ok(()) => {
+                let counters = match &self.last_sent {
+                    Some((name, counters)) if StreamName::same(name, &route.name) => counters,
+                    _ => {
+                        let counters = self.metrics.stream(&route.name).clone();
+                        &self.last_sent.insert((route.name.clone(), counters)).1
+                    }
+                };
+                counters.messages_sent.increment(1);
+                counters.bytes_sent.increment(len as u64);
+                tracing::trace!(peer = %route.peer, stream = %route.name, size = len, "message sent");
+                return;
+            }
+            Err((NodeError::NotConnected, data)) => (
                 "the peer is not Established with this stream open".to_string(),
                 data,
             ),
+            Err((e, data)) => (e.to_string(), data),
         };
         route.release(1, len as u64);
         self.metrics.messages_dropped.increment(1);
@@ -51,6 +64,14 @@ impl Shard {
             error,
             data,
         });
+    }
+
+    /// Queues a message on the connection and stream its route is bound to.
+    fn send_bound(&mut self, route: &RouteShared, data: Bytes) -> Result<(), (NodeError, Bytes)> {
+        match route.binding() {
+            Some((conn, stream)) => self.core.send_on(conn, stream, data),
+            None => Err((NodeError::NotConnected, data)),
+        }
     }
 
     /// Binds the peer's routes to its connection's streams and opens them (on Connected: the
@@ -76,6 +97,15 @@ impl Shard {
                 list.push(route.clone());
             }
             by_stream.push(Some(route));
+        }
+        // Routes of the peer that this connection does not carry (opened on an earlier one).
+        if let Some(list) = self.peer_routes.get(&peer) {
+            for route in list {
+                if !by_stream.iter().flatten().any(|r| Arc::ptr_eq(r, route)) {
+                    route.bind(None);
+                    route.set_state(RouteState::Closed);
+                }
+            }
         }
         self.conn_routes.insert(conn, by_stream);
     }
