@@ -145,69 +145,45 @@ impl Shard {
                     self.core.handle_eof(conn, now);
                 }
             }
-            Op::SendFixed {
-                conn,
-                index,
-                start,
-                end,
-            } => {
-                let Some(io) = self.conns.get_mut(&conn) else {
-                    self.fixed_free.push(index);
+            op @ (Op::SendFixed { .. } | Op::Send { .. }) => self.handle_send(op, c.result, now)?,
+        }
+        Ok(())
+    }
+
+    /// A send completed: resubmit what is left (a partial send, EINTR, EAGAIN), or let the
+    /// buffer go and, on failure, the connection.
+    fn handle_send(&mut self, op: Op, result: i32, now: Instant) -> io::Result<()> {
+        let Some((conn, start, end)) = op.send_range() else {
+            return Ok(());
+        };
+        if let Some(io) = self.conns.get_mut(&conn) {
+            io.send = None;
+            match SendProgress::of(result, start, end) {
+                SendProgress::Resubmit { start } => {
+                    io.send = Some(self.ring.push(io.fd.as_raw_fd(), op.resumed_at(start))?);
                     return Ok(());
-                };
-                io.send = None;
-                match SendProgress::of(c.result, start, end) {
-                    SendProgress::Resubmit { start } => {
-                        let op = Op::SendFixed {
-                            conn,
-                            index,
-                            start,
-                            end,
-                        };
-                        io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
-                        return Ok(());
-                    }
-                    SendProgress::Done => {}
-                    SendProgress::Failed => self.core.handle_eof(conn, now),
                 }
-                self.fixed_free.push(index);
+                SendProgress::Done => {}
+                SendProgress::Failed => self.core.handle_eof(conn, now),
             }
-            Op::Send {
-                conn,
-                buf,
-                start,
-                end,
-            } => {
+        }
+        match op {
+            Op::SendFixed { index, .. } => self.fixed_free.push(index),
+            Op::Send { buf, .. } => {
                 let Some(io) = self.conns.get_mut(&conn) else {
                     return Ok(());
                 };
-                io.send = None;
-                match SendProgress::of(c.result, start, end) {
-                    SendProgress::Resubmit { start } => {
-                        let op = Op::Send {
-                            conn,
-                            buf,
-                            start,
-                            end,
-                        };
-                        io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
-                        return Ok(());
-                    }
-                    SendProgress::Done => {}
-                    SendProgress::Failed => self.core.handle_eof(conn, now),
-                }
-                if let Some(io) = self.conns.get_mut(&conn) {
-                    if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {
-                        // The CLOSE frame went out: done.
-                        self.conns.remove(&conn);
-                    } else if self.core.has_pending_output(conn) {
-                        io.send_buf = Some(buf);
-                    } else if buf.len() == SEND_BUF && self.send_pool.len() < SEND_POOL {
-                        // Idle: the buffer goes back to the pool.
-                        self.send_pool.push(buf);
-                    }
+                if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {
+                    // The CLOSE frame went out: done.
+                    self.conns.remove(&conn);
+                } else if self.core.has_pending_output(conn) {
+                    io.send_buf = Some(buf);
+                } else if buf.len() == SEND_BUF && self.send_pool.len() < SEND_POOL {
+                    // Idle: the buffer goes back to the pool.
+                    self.send_pool.push(buf);
                 }
             }
+            _ => {}
         }
         Ok(())
     }

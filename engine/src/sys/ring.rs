@@ -51,6 +51,42 @@ pub(crate) enum Op {
     MsgRing,
 }
 
+impl Op {
+    /// A send's connection and the bytes it was given (`None` for other operations).
+    pub(crate) fn send_range(&self) -> Option<(ConnId, usize, usize)> {
+        match *self {
+            Op::SendFixed {
+                conn, start, end, ..
+            }
+            | Op::Send {
+                conn, start, end, ..
+            } => Some((conn, start, end)),
+            _ => None,
+        }
+    }
+
+    /// The same send, from `start` on (other operations are returned as they are).
+    pub(crate) fn resumed_at(self, start: usize) -> Op {
+        match self {
+            Op::SendFixed {
+                conn, index, end, ..
+            } => Op::SendFixed {
+                conn,
+                index,
+                start,
+                end,
+            },
+            Op::Send { conn, buf, end, .. } => Op::Send {
+                conn,
+                buf,
+                start,
+                end,
+            },
+            other => other,
+        }
+    }
+}
+
 /// What a send's completion means for the bytes `start..end` it was given. Mapped once, here,
 /// for both kinds of send (fixed and ordinary buffer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,7 +419,7 @@ impl Drop for Ring {
 
 #[cfg(test)]
 mod tests {
-    use super::SendProgress;
+    use super::{Op, SendProgress};
 
     #[test]
     fn interrupted_and_would_block_sends_are_resubmitted_whole() {
@@ -406,5 +442,41 @@ mod tests {
             SendProgress::of(-libc::ECONNRESET, 0, 9),
             SendProgress::Failed
         );
+    }
+
+    #[test]
+    fn a_resubmitted_send_keeps_its_buffer_and_its_end() {
+        use glueberry_transport::ConnId;
+        let op = Op::Send {
+            conn: ConnId(7),
+            buf: vec![1, 2, 3, 4],
+            start: 0,
+            end: 4,
+        };
+        assert_eq!(op.send_range(), Some((ConnId(7), 0, 4)));
+        match op.resumed_at(3) {
+            Op::Send {
+                buf, start, end, ..
+            } => {
+                assert_eq!((buf, start, end), (vec![1, 2, 3, 4], 3, 4))
+            }
+            _ => panic!("still a send"),
+        }
+        let fixed = Op::SendFixed {
+            conn: ConnId(1),
+            index: 5,
+            start: 0,
+            end: 9,
+        };
+        assert!(matches!(
+            fixed.resumed_at(2),
+            Op::SendFixed {
+                index: 5,
+                start: 2,
+                end: 9,
+                ..
+            }
+        ));
+        assert!(Op::MsgRing.send_range().is_none());
     }
 }
