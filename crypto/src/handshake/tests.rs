@@ -192,19 +192,16 @@ fn aes_only_when_both_ends_list_it_first_else_chacha() {
 
 #[test]
 fn initiator_preference_picks_the_suite_and_disjoint_sets_fail() {
-    let aes_first = Arc::new(
-        HandshakeConfig::new(&Identity::from_seed(&[1; 32]), NET)
-            .and_then(|c| c.with_suites(&[Suite::Aes256Gcm, Suite::ChaCha20Poly1305]))
-            .expect("config"),
-    );
-    let aes_first_too = Arc::new(
-        HandshakeConfig::new(&Identity::from_seed(&[2; 32]), NET)
-            .and_then(|c| c.with_suites(&[Suite::Aes256Gcm, Suite::ChaCha20Poly1305]))
-            .expect("config"),
-    );
+    let aes_first = |seed: u8| {
+        Arc::new(
+            HandshakeConfig::new(&Identity::from_seed(&[seed; 32]), NET)
+                .and_then(|c| c.with_suites(&[Suite::Aes256Gcm, Suite::ChaCha20Poly1305]))
+                .expect("config"),
+        )
+    };
     let outcome = drive(
-        Handshake::initiator(aes_first, None).expect("initiator"),
-        Handshake::responder(aes_first_too),
+        Handshake::initiator(aes_first(1), None).expect("initiator"),
+        Handshake::responder(aes_first(2)),
     );
     let (a, b) = sessions(outcome);
     assert_eq!((a.suite(), b.suite()), (Suite::Aes256Gcm, Suite::Aes256Gcm));

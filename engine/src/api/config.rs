@@ -176,10 +176,11 @@ impl NodeConfig {
         self
     }
 
-    /// Messages each shard's channel to the application holds (default 1000; one channel per
-    /// shard for [`Node::messages`](crate::Node::messages) and one per shard for each [`Node::messages_on`](crate::Node::messages_on)). When a
-    /// channel is full, the shard holds that destination's messages and returns no credit for
-    /// them: the peers' windows stop those streams while every other stream keeps flowing.
+    /// Messages each shard's channel to the application holds (default 1000; one channel per shard
+    /// for [`Node::messages`](crate::Node::messages) and one per shard for each
+    /// [`Node::messages_on`](crate::Node::messages_on)). When a channel is full, the shard holds
+    /// that destination's messages and returns no credit for them: the peers' windows stop those
+    /// streams while every other stream keeps flowing.
     pub fn message_buffer(mut self, messages: usize) -> Self {
         self.message_buffer = messages.max(1);
         self
@@ -206,8 +207,8 @@ impl NodeConfig {
         self
     }
 
-    /// Capacity of the [`Node::events`](crate::Node::events) channel (default 100). When full, events are dropped and
-    /// counted ([`Node::events_dropped`](crate::Node::events_dropped)).
+    /// Capacity of the [`Node::events`](crate::Node::events) channel (default 100). When full,
+    /// events are dropped and counted ([`Node::events_dropped`](crate::Node::events_dropped)).
     pub fn event_buffer(mut self, events: usize) -> Self {
         self.event_buffer = events.max(1);
         self
@@ -220,10 +221,11 @@ impl NodeConfig {
         self
     }
 
-    /// How many messages, and bytes, one stream of one peer may have accepted and not yet
-    /// written (default 16,384 and 16 MiB). At the bound `send` waits and `try_send` refuses
-    /// with [`NodeSendError::BufferFull`](crate::NodeSendError::BufferFull), for that stream only; nothing accepted is handed back
-    /// while the connection lives. A message always fits an empty queue.
+    /// How many messages, and bytes, one stream of one peer may have accepted and not yet written
+    /// (default 16,384 and 16 MiB). At the bound `send` waits and `try_send` refuses with
+    /// [`NodeSendError::BufferFull`](crate::NodeSendError::BufferFull), for that stream only;
+    /// nothing accepted is handed back while the connection lives. A message always fits an empty
+    /// queue.
     pub fn stream_queue(mut self, messages: usize, bytes: usize) -> Self {
         self.stream_queue = (messages.max(1), bytes.max(1));
         self
@@ -260,7 +262,8 @@ impl NodeConfig {
         self
     }
 
-    /// Deliver messages to `handler` on the shard threads instead of [`Node::messages`](crate::Node::messages).
+    /// Deliver messages to `handler` on the shard threads instead of
+    /// [`Node::messages`](crate::Node::messages).
     pub fn handler(mut self, handler: Handler) -> Self {
         self.handler = Some(handler);
         self

@@ -104,7 +104,8 @@ impl<T> From<Refused<T>> for NodeSendError {
     }
 }
 
-/// [`Node::try_send`](crate::Node::try_send) refused: why, and the message, which is still the caller's.
+/// [`Node::try_send`](crate::Node::try_send) refused: why, and the message, which is still the
+/// caller's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct TrySendError {

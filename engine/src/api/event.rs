@@ -66,7 +66,8 @@ pub struct Message {
 }
 
 /// A zero-copy message handler, called on the shard thread for every message instead of the
-/// [`Node::messages`](crate::Node::messages) channel. It must be quick: the shard serves nothing else while it runs.
+/// [`Node::messages`](crate::Node::messages) channel. It must be quick: the shard serves nothing
+/// else while it runs.
 pub type Handler = Arc<dyn Fn(&PeerId, &str, &Bytes) + Send + Sync>;
 
 /// Something that happened to a peer.
@@ -96,9 +97,9 @@ pub enum Event {
         data: Bytes,
     },
     /// Messages accepted by `send` on one stream that the peer did not confirm: the connection
-    /// closed (or the node stopped) first. With [`Event::SendFailed`](crate::Event::SendFailed) this is the delivery
-    /// guarantee: every message `send` accepted is delivered to the peer's node or comes back
-    /// in one of the two (see `ARCHITECTURE.md`, "Delivery").
+    /// closed (or the node stopped) first. With [`Event::SendFailed`](crate::Event::SendFailed)
+    /// this is the delivery guarantee: every message `send` accepted is delivered to the peer's
+    /// node or comes back in one of the two (see `ARCHITECTURE.md`, "Delivery").
     Undelivered {
         /// The peer.
         peer: PeerId,
@@ -190,8 +191,9 @@ pub(crate) struct Subscriber {
     pub missed: u64,
 }
 
-/// A filtered stream of events; unsubscribes when dropped. A subscriber that does not keep up
-/// loses events (never the node's time): it is told how many with [`Event::Missed`](crate::Event::Missed).
+/// A filtered stream of events; unsubscribes when dropped. A subscriber that does not keep up loses
+/// events (never the node's time): it is told how many with
+/// [`Event::Missed`](crate::Event::Missed).
 pub struct Subscription {
     id: u64,
     rx: async_channel::Receiver<Event>,

@@ -152,8 +152,9 @@ impl Node {
         .to_string()
     }
 
-    /// The address of the metrics and health endpoint, when [`NodeConfig::metrics`](crate::NodeConfig::metrics) turned it on
-    /// (the real port when 0 was asked for).
+    /// The address of the metrics and health endpoint, when
+    /// [`NodeConfig::metrics`](crate::NodeConfig::metrics) turned it on (the real port when 0 was
+    /// asked for).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.inner
             .endpoint

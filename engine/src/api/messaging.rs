@@ -36,10 +36,12 @@ impl Node {
         })
     }
 
-    /// Sends a message on `peer`'s stream (named by `&str`, [`StreamName`](crate::StreamName) or [`Route`](crate::Route)),
-    /// waiting while that stream's queue is full. What it accepts is delivered or, if the
-    /// connection ends first, handed back in [`Event::Undelivered`](crate::Event::Undelivered). Fails at once when the peer
-    /// is not Established with the stream open ([`NodeSendError::NotEstablished`](crate::NodeSendError::NotEstablished)), or the peer
+    /// Sends a message on `peer`'s stream (named by `&str`, [`StreamName`](crate::StreamName) or
+    /// [`Route`](crate::Route)), waiting while that stream's queue is full. What it accepts is
+    /// delivered or, if the connection ends first, handed back in
+    /// [`Event::Undelivered`](crate::Event::Undelivered). Fails at once when the peer is not
+    /// Established with the stream open
+    /// ([`NodeSendError::NotEstablished`](crate::NodeSendError::NotEstablished)), or the peer
     /// rejected the stream.
     pub async fn send<S: StreamRef + ?Sized>(
         &self,
@@ -92,8 +94,9 @@ impl Node {
         Ok(())
     }
 
-    /// Sends without waiting: [`NodeSendError::BufferFull`](crate::NodeSendError::BufferFull) when the stream's queue (or the
-    /// shard's command queue) is full; the message comes back with the error.
+    /// Sends without waiting: [`NodeSendError::BufferFull`](crate::NodeSendError::BufferFull) when
+    /// the stream's queue (or the shard's command queue) is full; the message comes back with the
+    /// error.
     pub fn try_send<S: StreamRef + ?Sized>(
         &self,
         peer: PeerId,
@@ -226,8 +229,8 @@ impl Node {
     }
 
     /// Sends one message to many peers without copying it (every peer's command holds the same
-    /// `Bytes`). Waits per peer as [`Node::send`](crate::Node::send) does. Returns the peers it could not send to,
-    /// with why.
+    /// `Bytes`). Waits per peer as [`Node::send`](crate::Node::send) does. Returns the peers it
+    /// could not send to, with why.
     pub async fn broadcast<S: StreamRef + ?Sized>(
         &self,
         peers: &[PeerId],
@@ -254,19 +257,20 @@ impl Node {
     }
 
     /// The received messages of every stream that has no destination of its own
-    /// ([`Node::messages_on`](crate::Node::messages_on)). Each shard delivers into a bounded channel of its own
-    /// (`message_buffer` messages); the returned [`Messages`](crate::Messages) reads them all. Clones share the
-    /// messages (each goes to one of them). `recv().await` from any executor, `recv_blocking()`
-    /// from a plain thread, or use it as a `Stream`.
+    /// ([`Node::messages_on`](crate::Node::messages_on)). Each shard delivers into a bounded
+    /// channel of its own (`message_buffer` messages); the returned [`Messages`](crate::Messages)
+    /// reads them all. Clones share the messages (each goes to one of them). `recv().await` from
+    /// any executor, `recv_blocking()` from a plain thread, or use it as a `Stream`.
     pub fn messages(&self) -> Messages {
         Messages::new(&self.inner.messages)
     }
 
-    /// The received messages of stream `name`, apart from the others: a consumer that falls
-    /// behind on it holds back only that stream (its peers' windows for it fill), never another
-    /// stream or [`Node::messages`](crate::Node::messages). Ask before the stream opens (before
-    /// [`Node::complete_handshake`](crate::Node::complete_handshake)), or messages that arrived earlier went to
-    /// [`Node::messages`](crate::Node::messages). Asking again for the same name returns a clone of the same receiver.
+    /// The received messages of stream `name`, apart from the others: a consumer that falls behind
+    /// on it holds back only that stream (its peers' windows for it fill), never another stream or
+    /// [`Node::messages`](crate::Node::messages). Ask before the stream opens (before
+    /// [`Node::complete_handshake`](crate::Node::complete_handshake)), or messages that arrived
+    /// earlier went to [`Node::messages`](crate::Node::messages). Asking again for the same name
+    /// returns a clone of the same receiver.
     pub fn messages_on(&self, name: &str) -> Result<Messages, NodeSendError> {
         let mut outlets = self.inner.outlets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channels) = outlets.get(name) {

@@ -414,27 +414,26 @@ impl Node {
         self.command(peer, Command::CompleteHandshake { peer, streams })
     }
 
-    /// A peer's connection state as last reported by its shard (Disconnected if unknown).
-    pub fn state(&self, peer: PeerId) -> ConnState {
-        self.inner
-            .shared
-            .states
-            .lock()
+    /// A peer's state and connection direction as last reported by its shard.
+    fn reported(&self, peer: PeerId) -> Option<(ConnState, Option<Direction>)> {
+        let states = self.inner.shared.states.lock();
+        states
             .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
-            .map_or(ConnState::Disconnected, |(s, _)| *s)
+            .copied()
+    }
+
+    /// A peer's connection state as last reported by its shard (Disconnected if unknown).
+    pub fn state(&self, peer: PeerId) -> ConnState {
+        self.reported(peer)
+            .map_or(ConnState::Disconnected, |(state, _)| state)
     }
 
     /// Whether we dialled the peer's current connection (`None` when it has none). Fixed when
     /// the connection is made; a peer opening streams never changes it.
     pub fn is_outbound(&self, peer: PeerId) -> Option<bool> {
-        self.inner
-            .shared
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .and_then(|(_, d)| *d)
+        self.reported(peer)
+            .and_then(|(_, direction)| direction)
             .map(|d| d == Direction::Outbound)
     }
 

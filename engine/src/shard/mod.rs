@@ -432,6 +432,9 @@ impl Shard {
         }
     }
 
+    /// Closes every connection (CLOSE frames are sent), cancels what is in flight, and waits
+    /// until every operation's completion has arrived, so that no buffer is freed under the
+    /// kernel.
     fn shutdown(mut self) -> io::Result<()> {
         // No more MSG_RING wake-ups to this ring: its descriptor closes when the shard ends.
         self.shared.ring_fds[self.index].store(-1, Ordering::Release);

@@ -202,11 +202,8 @@ impl Shard {
         Ok(())
     }
 
-    /// Closes every connection (CLOSE frames are sent), cancels what is in flight, and waits
-    /// until every operation's completion has arrived, so that no buffer is freed under the
-    /// kernel.
-    /// Messages that never reached a connection (still in the command queue) go back to the application as unsent when the node stops, grouped by peer and
-    /// stream in `send` order.
+    /// Messages that never reached a connection (still in the command queue) go back to the
+    /// application as unsent when the node stops, grouped by peer and stream in `send` order.
     pub(super) fn hand_back_waiting(&mut self) {
         let mut waiting: Vec<(PeerId, StreamName, Bytes)> = Vec::new();
         while let Some(command) = self.commands.pop() {
