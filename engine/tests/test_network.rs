@@ -64,7 +64,10 @@ fn a_partition_breaks_the_connection_and_healing_lets_it_reconnect() {
     wait_for_state(&a, b.peer_id(), ConnState::Reconnecting, T).unwrap();
     let deadline = std::time::Instant::now() + T;
     while b.state(a.peer_id()) == ConnState::Established {
-        assert!(std::time::Instant::now() < deadline, "b never noticed the cut");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never noticed the cut"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(Duration::from_millis(300));
