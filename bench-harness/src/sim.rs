@@ -355,7 +355,7 @@ impl SimNetwork {
                 .push((self.now + self.link.latency * 2, from, conn));
             return;
         };
-        let Some(remote) = self.nodes[to].core.handle_accepted(self.now) else {
+        let Some(remote) = self.nodes[to].core.handle_accepted(None, self.now) else {
             // Too many pending handshakes there: refused like a reset connection.
             self.failed_dials
                 .push((self.now + self.link.latency * 2, from, conn));

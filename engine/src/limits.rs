@@ -1,69 +1,155 @@
 //! The connection manager's limits, shared by all shards of a node: how many authenticated
-//! connections in each direction and in total, how many inbound sockets per source IP, and how
-//! fast one source IP may open them.
+//! connections in each direction and in total, how many inbound sockets, unfinished handshakes
+//! and connection attempts per network group (an IPv4 /24, an IPv6 /64), and which inbound
+//! peer makes room when inbound is full.
+//!
+//! Identities and addresses cost an attacker nothing, so nothing here trusts either: limits
+//! are per network group, node-wide (not per shard), outbound room is reserved (inbound cannot
+//! take it), persistent peers are never counted (the transport does not ask about them), and
+//! eviction protects long-lived and diverse peers (ARCHITECTURE.md, "Admission").
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use glueberry_crypto::PeerId;
 use glueberry_transport::{Admission, CloseCode, Direction};
 
-/// Connection limits (Glueberry's high watermark, 400, is the default total).
+/// Connection limits. The defaults keep room for 50 outbound connections that inbound peers
+/// cannot take (400 in all, Glueberry's high watermark, of which at most 350 inbound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Authenticated inbound connections (default 400).
+    /// Authenticated inbound connections (default 350). When inbound is full a new inbound
+    /// peer may evict one (see [`Limits`]'s policy); persistent peers are never counted.
     pub max_inbound: usize,
-    /// Authenticated outbound connections (default 400).
+    /// Authenticated outbound connections (default 50).
     pub max_outbound: usize,
     /// Authenticated connections in all (default 400).
     pub max_total: usize,
-    /// Inbound sockets per source IP address, authenticated or not (default 16), refused at
+    /// Inbound sockets per network group, authenticated or not (default 16), refused at
     /// accept before any handshake work.
-    pub max_inbound_per_ip: usize,
-    /// Inbound sockets per source IP still in their secure handshake, per shard (default 4);
-    /// more are refused at accept.
-    pub max_pending_per_ip: usize,
-    /// Inbound connection attempts a source IP may make per second (default 10, with bursts
-    /// of twice that); faster ones are refused at accept. Bounds a peer that reconnects in a
-    /// loop and a handshake flood.
-    pub inbound_attempts_per_ip_per_sec: u32,
+    pub max_inbound_per_group: usize,
+    /// Inbound sockets per network group still in their secure handshake, node-wide
+    /// (default 4); more are refused at accept.
+    pub max_pending_per_group: usize,
+    /// Inbound connection attempts a network group may make per second (default 10, with
+    /// bursts of twice that); faster ones are refused at accept. Bounds a peer that reconnects
+    /// in a loop and a handshake flood.
+    pub inbound_attempts_per_group_per_sec: u32,
+    /// The prefix that makes an IPv4 network group (default 24: a /24).
+    pub ipv4_group_prefix: u8,
+    /// The prefix that makes an IPv6 network group (default 64: one /64 is one subscriber's
+    /// network, 2^64 addresses).
+    pub ipv6_group_prefix: u8,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            max_inbound: 400,
-            max_outbound: 400,
+            max_inbound: 350,
+            max_outbound: 50,
             max_total: 400,
-            max_inbound_per_ip: 16,
-            max_pending_per_ip: 4,
-            inbound_attempts_per_ip_per_sec: 10,
+            max_inbound_per_group: 16,
+            max_pending_per_group: 4,
+            inbound_attempts_per_group_per_sec: 10,
+            ipv4_group_prefix: 24,
+            ipv6_group_prefix: 64,
         }
     }
 }
 
+impl ConnectionLimits {
+    /// The network group of `ip`: the address with its host bits cleared (IPv4-mapped IPv6
+    /// addresses count as IPv4).
+    pub fn group_of(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => IpAddr::V4(mask_v4(v4, self.ipv4_group_prefix)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(mask_v4(v4, self.ipv4_group_prefix)),
+                None => {
+                    let bits = u32::from(self.ipv6_group_prefix.min(128));
+                    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                    IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+                }
+            },
+        }
+    }
+}
+
+fn mask_v4(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let bits = u32::from(prefix.min(32));
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+/// An inbound peer holding a slot: its network group and since when.
+#[derive(Debug, Clone, Copy)]
+struct Inbound {
+    group: Option<IpAddr>,
+    since: Instant,
+}
+
+/// Per network group: sockets open, handshakes unfinished.
+#[derive(Debug, Default, Clone, Copy)]
+struct GroupCount {
+    sockets: usize,
+    pending: usize,
+}
+
+/// Evictions allowed in flight at once (a victim's slot comes back when its shard closes it);
+/// past that, a new inbound peer is refused.
+const MAX_EVICTIONS_IN_FLIGHT: usize = 16;
+
+/// Asks the victim's shard to close its connection.
+pub(crate) type Evictor = Box<dyn Fn(PeerId) + Send + Sync>;
+
 /// The live counts behind [`ConnectionLimits`].
-#[derive(Debug)]
 pub(crate) struct Limits {
     limits: ConnectionLimits,
     inbound: AtomicUsize,
     outbound: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Per source IP: attempt tokens left and when they were last refilled.
+    groups: Mutex<HashMap<IpAddr, GroupCount>>,
+    /// Per network group: attempt tokens left and when they were last refilled.
     rates: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// Admitted inbound peers (eviction candidates) and evictions asked for, not yet done.
+    admitted: Mutex<(HashMap<PeerId, Inbound>, usize)>,
+    evictor: OnceLock<Evictor>,
+    evictions: AtomicUsize,
 }
 
-/// Source IPs whose attempt buckets are kept before full (idle) ones are forgotten.
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("limits", &self.limits)
+            .field("inbound", &self.inbound)
+            .field("outbound", &self.outbound)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Network groups whose attempt buckets are kept before full (idle) ones are forgotten.
 const RATE_ENTRIES: usize = 4096;
 
 /// Why an inbound socket was refused at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AcceptRefusal {
-    TooMany,
-    TooFast,
+    Sockets,
+    Rate,
+    Pending,
+}
+
+impl AcceptRefusal {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            AcceptRefusal::Sockets => "too many inbound connections from this network group",
+            AcceptRefusal::Rate => {
+                "too many connection attempts per second from this network group"
+            }
+            AcceptRefusal::Pending => "too many pending handshakes from this network group",
+        }
+    }
 }
 
 impl Limits {
@@ -72,27 +158,36 @@ impl Limits {
             limits,
             inbound: AtomicUsize::new(0),
             outbound: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
+            admitted: Mutex::new((HashMap::new(), 0)),
+            evictor: OnceLock::new(),
+            evictions: AtomicUsize::new(0),
         }
     }
 
-    pub(crate) fn max_pending_per_ip(&self) -> usize {
-        self.limits.max_pending_per_ip
+    /// How evictions reach the victim's shard (set once the shards exist).
+    pub(crate) fn set_evictor(&self, evictor: Evictor) {
+        let _ = self.evictor.set(evictor);
     }
 
-    /// Takes one attempt token of `ip` (a bucket of twice the rate, refilled continuously).
-    fn attempt(&self, ip: IpAddr, now: Instant) -> bool {
-        let rate = f64::from(self.limits.inbound_attempts_per_ip_per_sec);
+    /// Inbound peers evicted to make room since start.
+    pub(crate) fn evictions(&self) -> usize {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Takes one attempt token of `group` (a bucket of twice the rate, refilled continuously).
+    fn attempt(&self, group: IpAddr, now: Instant) -> bool {
+        let rate = f64::from(self.limits.inbound_attempts_per_group_per_sec);
         let burst = 2.0 * rate;
         let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        if rates.len() >= RATE_ENTRIES && !rates.contains_key(&ip) {
-            // Forget the sources whose bucket has refilled: they are as good as new.
+        if rates.len() >= RATE_ENTRIES && !rates.contains_key(&group) {
+            // Forget the groups whose bucket has refilled: they are as good as new.
             rates.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
         }
-        let (tokens, at) = rates.entry(ip).or_insert((burst, now));
+        let (tokens, at) = rates.entry(group).or_insert((burst, now));
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
         if *tokens < 1.0 {
@@ -102,25 +197,32 @@ impl Limits {
         true
     }
 
-    /// Takes a slot for an inbound socket from `ip`, refused if the IP is at its limit or
-    /// attempting too fast. The slot is given back when the returned guard drops (with the
-    /// socket).
+    /// Takes a slot for an inbound socket from `ip`, refused if its network group is at a
+    /// limit (sockets, unfinished handshakes) or attempting too fast. The slot is given back
+    /// when the returned guard drops (with the socket).
     pub(crate) fn accept_from(
         self: &Arc<Self>,
         ip: IpAddr,
         now: Instant,
     ) -> Result<IpSlot, AcceptRefusal> {
-        if !self.attempt(ip, now) {
-            return Err(AcceptRefusal::TooFast);
+        let group = self.limits.group_of(ip);
+        if !self.attempt(group, now) {
+            return Err(AcceptRefusal::Rate);
         }
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.limits.max_inbound_per_ip {
-            return Err(AcceptRefusal::TooMany);
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let count = groups.entry(group).or_default();
+        if count.sockets >= self.limits.max_inbound_per_group {
+            return Err(AcceptRefusal::Sockets);
         }
-        *count += 1;
+        if count.pending >= self.limits.max_pending_per_group {
+            return Err(AcceptRefusal::Pending);
+        }
+        count.sockets += 1;
+        count.pending += 1;
         Ok(IpSlot {
             ip,
+            group,
+            pending: true,
             limits: self.clone(),
         })
     }
@@ -131,38 +233,132 @@ impl Limits {
             self.outbound.load(Ordering::Relaxed),
         )
     }
+
+    /// Admits an inbound peer, evicting one to make room when inbound is full.
+    fn admit_inbound(&self, peer: &PeerId, remote: Option<IpAddr>) -> Result<(), CloseCode> {
+        let group = remote.map(|ip| self.limits.group_of(ip));
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        let (peers, in_flight) = &mut *admitted;
+        let inbound = self.inbound.load(Ordering::Acquire);
+        let total = inbound + self.outbound.load(Ordering::Acquire);
+        let full = inbound.saturating_sub(*in_flight) >= self.limits.max_inbound
+            || total.saturating_sub(*in_flight) >= self.limits.max_total;
+        if full {
+            if *in_flight >= MAX_EVICTIONS_IN_FLIGHT {
+                return Err(CloseCode::TOO_MANY_CONNECTIONS);
+            }
+            let victim = choose_victim(peers, group).ok_or(CloseCode::TOO_MANY_CONNECTIONS)?;
+            let Some(evictor) = self.evictor.get() else {
+                return Err(CloseCode::TOO_MANY_CONNECTIONS);
+            };
+            peers.remove(&victim);
+            *in_flight += 1;
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            evictor(victim);
+        }
+        self.inbound.fetch_add(1, Ordering::AcqRel);
+        peers.insert(
+            *peer,
+            Inbound {
+                group,
+                since: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Which inbound peer makes room for a newcomer from `newcomer` (its network group), or none
+/// (the newcomer is refused). Bitcoin Core's policy, reduced to what a node without
+/// application scores knows:
+/// 1. protect the longest-connected member of every network group (diversity), then
+/// 2. protect the longest-connected half of the rest (peers that stayed are worth more than
+///    peers that just came: an attacker must outlast honest peers to be safe);
+/// 3. of the rest, take the network group with the most inbound peers and evict its newest;
+/// 4. but only if the newcomer's group has fewer inbound peers than that group: a group cannot
+///    evict its way past the largest one, so a Sybil flood from few groups only churns itself.
+fn choose_victim(peers: &HashMap<PeerId, Inbound>, newcomer: Option<IpAddr>) -> Option<PeerId> {
+    let mut per_group: HashMap<Option<IpAddr>, Vec<(Instant, PeerId)>> = HashMap::new();
+    for (peer, entry) in peers {
+        per_group
+            .entry(entry.group)
+            .or_default()
+            .push((entry.since, *peer));
+    }
+    let mut rest: Vec<(Instant, PeerId, Option<IpAddr>)> = Vec::new();
+    for (group, members) in &mut per_group {
+        members.sort();
+        // The oldest of each group is protected.
+        rest.extend(
+            members
+                .iter()
+                .skip(1)
+                .map(|(since, peer)| (*since, *peer, *group)),
+        );
+    }
+    rest.sort();
+    let protected_old = rest.len() / 2;
+    let candidates = &rest[protected_old..];
+    let mut sizes: HashMap<Option<IpAddr>, (usize, Instant, PeerId)> = HashMap::new();
+    for &(since, peer, group) in candidates {
+        let entry = sizes.entry(group).or_insert((0, since, peer));
+        entry.0 += 1;
+        if since >= entry.1 {
+            (entry.1, entry.2) = (since, peer);
+        }
+    }
+    let (group, (_, _, victim)) = sizes
+        .into_iter()
+        .max_by_key(|(_, (count, newest, _))| (*count, *newest))?;
+    let group_size = per_group.get(&group).map_or(0, Vec::len);
+    let newcomer_size = per_group.get(&newcomer).map_or(0, Vec::len);
+    (newcomer_size + 1 < group_size).then_some(victim)
 }
 
 impl Admission for Limits {
-    fn admit(&self, _peer: &PeerId, direction: Direction) -> Result<(), CloseCode> {
-        let (mine, max_mine, other) = match direction {
-            Direction::Inbound => (&self.inbound, self.limits.max_inbound, &self.outbound),
-            Direction::Outbound => (&self.outbound, self.limits.max_outbound, &self.inbound),
-        };
+    fn admit(
+        &self,
+        peer: &PeerId,
+        direction: Direction,
+        remote: Option<IpAddr>,
+    ) -> Result<(), CloseCode> {
+        if direction == Direction::Inbound {
+            return self.admit_inbound(peer, remote);
+        }
         // Reserve, then check; undo when over. Concurrent shards may both undo near the limit,
         // never both pass it.
-        let now_mine = mine.fetch_add(1, Ordering::AcqRel) + 1;
-        let total = now_mine + other.load(Ordering::Acquire);
-        if now_mine > max_mine || total > self.limits.max_total {
-            mine.fetch_sub(1, Ordering::AcqRel);
+        let now_mine = self.outbound.fetch_add(1, Ordering::AcqRel) + 1;
+        let total = now_mine + self.inbound.load(Ordering::Acquire);
+        if now_mine > self.limits.max_outbound || total > self.limits.max_total {
+            self.outbound.fetch_sub(1, Ordering::AcqRel);
             return Err(CloseCode::TOO_MANY_CONNECTIONS);
         }
         Ok(())
     }
 
-    fn release(&self, _peer: &PeerId, direction: Direction) {
+    fn release(&self, peer: &PeerId, direction: Direction) {
         let counter = match direction {
-            Direction::Inbound => &self.inbound,
+            Direction::Inbound => {
+                let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+                let (peers, in_flight) = &mut *admitted;
+                if peers.remove(peer).is_none() {
+                    // It was evicted: its eviction is done.
+                    *in_flight = in_flight.saturating_sub(1);
+                }
+                &self.inbound
+            }
             Direction::Outbound => &self.outbound,
         };
         let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }
 
-/// An inbound socket's place in its IP's count; given back on drop.
+/// An inbound socket's place in its network group's counts; given back on drop.
 #[derive(Debug)]
 pub(crate) struct IpSlot {
     ip: IpAddr,
+    group: IpAddr,
+    pending: bool,
     limits: Arc<Limits>,
 }
 
@@ -170,16 +366,94 @@ impl IpSlot {
     pub(crate) fn ip(&self) -> IpAddr {
         self.ip
     }
+
+    /// Whether the socket is still counted as an unfinished handshake.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending
+    }
+
+    /// The secure handshake finished: no longer counted as pending.
+    pub(crate) fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            let mut groups = self.limits.groups.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = groups.get_mut(&self.group) {
+                count.pending = count.pending.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
+        let mut groups = self.limits.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = groups.get_mut(&self.group) {
+            count.sockets = count.sockets.saturating_sub(1);
+            if self.pending {
+                count.pending = count.pending.saturating_sub(1);
+            }
+            if count.sockets == 0 {
+                groups.remove(&self.group);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_groups_are_a_v4_slash_24_and_a_v6_slash_64() {
+        let limits = ConnectionLimits::default();
+        let group = |s: &str| limits.group_of(s.parse().unwrap());
+        assert_eq!(group("203.0.113.7"), group("203.0.113.200"));
+        assert_ne!(group("203.0.113.7"), group("203.0.114.7"));
+        assert_eq!(group("2001:db8:1:2:aaaa::1"), group("2001:db8:1:2:ffff::9"));
+        assert_ne!(group("2001:db8:1:2::1"), group("2001:db8:1:3::1"));
+        // An IPv4-mapped IPv6 address is its IPv4 group.
+        assert_eq!(group("::ffff:203.0.113.9"), group("203.0.113.1"));
+    }
+
+    #[test]
+    fn the_victim_is_the_newest_of_the_largest_group_and_never_a_groups_oldest() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let peer = |n: u8| glueberry_crypto::Identity::from_seed(&[n; 32]).peer_id();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let mut peers = HashMap::new();
+        // Group A: four peers (ages 0..3 s); group B: one peer, the oldest.
+        for n in 0..4u8 {
+            peers.insert(
+                peer(n),
+                Inbound {
+                    group: ip("10.0.0.0"),
+                    since: at(10 + u64::from(n)),
+                },
+            );
+        }
+        peers.insert(
+            peer(9),
+            Inbound {
+                group: ip("10.9.0.0"),
+                since: at(0),
+            },
+        );
+        // A newcomer from a third group evicts A's newest.
+        assert_eq!(choose_victim(&peers, ip("10.7.0.0")), Some(peer(3)));
+        // A newcomer from A itself cannot evict its way in.
+        assert_eq!(choose_victim(&peers, ip("10.0.0.0")), None);
+        // One peer per group: everyone is protected.
+        let diverse: HashMap<_, _> = (0..4u8)
+            .map(|n| {
+                (
+                    peer(n),
+                    Inbound {
+                        group: ip(&format!("10.{n}.0.0")),
+                        since: at(u64::from(n)),
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(choose_victim(&diverse, ip("10.7.0.0")), None);
     }
 }

@@ -238,7 +238,7 @@ fn a_flood_of_connections_from_one_ip_is_capped_and_refused() {
             .event_buffer(10_000)
             .pending_handshakes(32, Duration::from_secs(1))
             .limits(glueberry::ConnectionLimits {
-                max_inbound_per_ip: 50,
+                max_inbound_per_group: 50,
                 ..Default::default()
             }),
     )
@@ -329,8 +329,8 @@ fn pending_handshakes_per_ip_are_capped_at_accept() {
         config()
             .event_buffer(10_000)
             .limits(glueberry::ConnectionLimits {
-                max_pending_per_ip: 3,
-                inbound_attempts_per_ip_per_sec: 1000,
+                max_pending_per_group: 3,
+                inbound_attempts_per_group_per_sec: 1000,
                 ..Default::default()
             }),
     )
@@ -349,7 +349,7 @@ fn pending_handshakes_per_ip_are_capped_at_accept() {
                     s
                 })
                 .collect();
-            let refused = refusals(&events, "pending handshakes from this IP");
+            let refused = refusals(&events, "pending handshakes from this network group");
             println!("refused as pending from the same IP: {refused}");
             assert_eq!(refused, 5);
             let closed = sockets
@@ -372,7 +372,7 @@ fn connection_attempts_per_second_from_one_ip_are_limited() {
         config()
             .event_buffer(10_000)
             .limits(glueberry::ConnectionLimits {
-                inbound_attempts_per_ip_per_sec: 5,
+                inbound_attempts_per_group_per_sec: 5,
                 ..Default::default()
             }),
     )

@@ -422,9 +422,10 @@ fn many_idle_peers_on_one_node() {
             max_inbound: 100_000,
             max_outbound: 100_000,
             max_total: 100_000,
-            max_inbound_per_ip: 100_000,
-            max_pending_per_ip: 100_000,
-            inbound_attempts_per_ip_per_sec: 1_000_000,
+            max_inbound_per_group: 100_000,
+            max_pending_per_group: 100_000,
+            inbound_attempts_per_group_per_sec: 1_000_000,
+            ..Default::default()
         };
         let mut config = NodeConfig::new(Identity::generate().unwrap(), NET, listen())
             .shards(2)
@@ -1100,7 +1101,7 @@ mod limits {
                 .shards(1)
                 .event_buffer(1000)
                 .limits(ConnectionLimits {
-                    max_inbound_per_ip: 3,
+                    max_inbound_per_group: 3,
                     ..Default::default()
                 }),
         )

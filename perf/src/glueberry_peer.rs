@@ -129,15 +129,16 @@ fn high_watermark(size: usize) -> usize {
     (32 * 1024 * 1024 / size.max(1)).clamp(16, 100_000)
 }
 
-/// No per-IP or total limits.
+/// No per-group or total limits.
 fn unlimited() -> glueberry::ConnectionLimits {
     glueberry::ConnectionLimits {
         max_inbound: usize::MAX / 2,
         max_outbound: usize::MAX / 2,
         max_total: usize::MAX / 2,
-        max_inbound_per_ip: usize::MAX / 2,
-        max_pending_per_ip: usize::MAX / 2,
-        inbound_attempts_per_ip_per_sec: u32::MAX / 4,
+        max_inbound_per_group: usize::MAX / 2,
+        max_pending_per_group: usize::MAX / 2,
+        inbound_attempts_per_group_per_sec: u32::MAX / 4,
+        ..Default::default()
     }
 }
 

@@ -74,4 +74,4 @@ pub use node::{
     Action, Admission, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, PeerStats, Shard,
     StreamNames, shard_of,
 };
-pub use peer::{Backoff, ConnState, InvalidTransition, Jitter};
+pub use peer::{Backoff, ConnState, InvalidTransition, Jitter, PERSISTENT_MAX_DELAY};

@@ -110,7 +110,22 @@ impl Backoff {
             u64::try_from(nanos).unwrap_or(u64::MAX),
         ))
     }
+
+    /// The delay before attempt `attempt` to a persistent peer: never used up, and capped at
+    /// [`PERSISTENT_MAX_DELAY`] (or `max`, if smaller) so two validators find each other again
+    /// within half a minute of a partition healing.
+    pub fn persistent_delay(&self, attempt: u32, random: u64) -> Duration {
+        let unlimited = Backoff {
+            max: self.max.min(PERSISTENT_MAX_DELAY),
+            max_attempts: 0,
+            ..*self
+        };
+        unlimited.delay(attempt, random).unwrap_or(unlimited.max)
+    }
 }
+
+/// The longest wait between two dials of a persistent peer (before jitter).
+pub const PERSISTENT_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// A small, fast, seeded generator (xorshift64*) for jitter: deterministic under a seed, as the
 /// simulation needs.
@@ -184,6 +199,10 @@ mod tests {
             unlimited.delay(1_000_000, 100),
             Some(Duration::from_secs(300))
         );
+        // Persistent peers: never used up, capped at 30 s.
+        assert_eq!(b.persistent_delay(11, 100), Duration::from_secs(30));
+        assert_eq!(b.persistent_delay(1_000_000, 100), Duration::from_secs(30));
+        assert_eq!(b.persistent_delay(2, 100), Duration::from_secs(2));
     }
 
     proptest! {

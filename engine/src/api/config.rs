@@ -32,6 +32,7 @@ pub struct NodeConfig {
     pub(super) cooldown: std::time::Duration,
     pub(super) backoff: glueberry_transport::Backoff,
     pub(super) limits: crate::limits::ConnectionLimits,
+    pub(super) persistent: Vec<(glueberry_crypto::PeerId, SocketAddr)>,
     pub(super) pending_handshakes: (usize, std::time::Duration),
     pub(super) suites: Vec<glueberry_crypto::Suite>,
     pub(super) metrics: Option<SocketAddr>,
@@ -66,6 +67,7 @@ impl NodeConfig {
             cooldown: std::time::Duration::from_secs(60),
             backoff: glueberry_transport::Backoff::default(),
             limits: crate::limits::ConnectionLimits::default(),
+            persistent: Vec::new(),
             pending_handshakes: (256, std::time::Duration::from_secs(10)),
             suites: Vec::new(),
             metrics: None,
@@ -156,7 +158,18 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// The connection manager's limits (default 400 in, 400 out, 400 in all, 16 per source IP).
+    /// A persistent peer (a validator this node must stay connected to), dialled at start:
+    /// redialled forever with backoff capped at 30 s, also when our own limits refused the
+    /// dial, and never counted against [`ConnectionLimits`](crate::ConnectionLimits), so inbound
+    /// peers, however many, cannot crowd it out.
+    pub fn persistent_peer(mut self, peer: glueberry_crypto::PeerId, addr: SocketAddr) -> Self {
+        self.persistent.push((peer, addr));
+        self
+    }
+
+    /// The connection manager's limits (default 350 in, 50 out, 400 in all; 16 sockets, 4
+    /// unfinished handshakes and 10 attempts per second per network group: an IPv4 /24, an
+    /// IPv6 /64).
     pub fn limits(mut self, limits: crate::limits::ConnectionLimits) -> Self {
         self.limits = limits;
         self

@@ -99,7 +99,10 @@ impl Node {
             HealthCheck {
                 name: "connections",
                 ok: inbound + outbound > 0,
-                detail: format!("{inbound} inbound, {outbound} outbound"),
+                detail: format!(
+                    "{inbound} inbound, {outbound} outbound, {} evicted",
+                    self.inner.shared.limits.evictions()
+                ),
             },
         ];
         Health {

@@ -93,6 +93,15 @@ impl Node {
             recorder: config.metrics.map(|_| crate::observe::recorder()),
             dialer: config.dialer.clone(),
         });
+        // The limits ask the victim's shard to close an evicted inbound peer (a weak reference:
+        // the limits live in `shared`).
+        let weak = Arc::downgrade(&shared);
+        limits.set_evictor(Box::new(move |peer| {
+            if let Some(shared) = weak.upgrade() {
+                let owner = glueberry_transport::shard_of(&peer, shared.shards.len());
+                let _ = super::handle::push_command(&shared.shards[owner], Command::Evict { peer });
+            }
+        }));
         // The bound on a stream's queue is the route's (`stream_queue`), enforced where the
         // sender reserves room: the transport below never refuses a message for being full.
         let mut connection = config.connection.clone();
@@ -278,6 +287,12 @@ impl Node {
                 return Err(StartError::Io(io::Error::other(e.to_string())));
             }
         }
+        for (peer, addr) in &config.persistent {
+            if let Err(e) = node.add_persistent_peer(*peer, *addr) {
+                node.stop();
+                return Err(StartError::Io(io::Error::other(e.to_string())));
+            }
+        }
         Ok(node)
     }
 
@@ -312,6 +327,28 @@ impl Node {
     /// Dials `peer` at `addr` (and redials it with backoff when the connection drops).
     pub fn connect(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
         self.command(peer, Command::Connect { peer, addr })
+    }
+
+    /// Dials a persistent peer (a validator this node must stay connected to) at `addr`: see
+    /// [`NodeConfig::persistent_peer`](crate::NodeConfig::persistent_peer).
+    pub fn add_persistent_peer(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
+        let command = Command::Persistent {
+            peer,
+            addr: Some(addr),
+            persistent: true,
+        };
+        self.command(peer, command)
+    }
+
+    /// Marks a known peer persistent or not (not: it counts against the limits from its next
+    /// connection on, and its redials may give up).
+    pub fn set_persistent(&self, peer: PeerId, persistent: bool) -> Result<(), NodeSendError> {
+        let command = Command::Persistent {
+            peer,
+            addr: None,
+            persistent,
+        };
+        self.command(peer, command)
     }
 
     /// Stops redialling a peer that is Reconnecting: it becomes Disconnected (with its event).

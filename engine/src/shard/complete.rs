@@ -131,6 +131,7 @@ impl Shard {
                     received(&mut buf, c.result as usize);
                     self.core
                         .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                    self.note_handshake(conn);
                 } else if c.result == -libc::ECANCELED
                     || c.result == -libc::EINTR
                     || c.result == -libc::EAGAIN
@@ -188,6 +189,17 @@ impl Shard {
         Ok(())
     }
 
+    /// An inbound socket whose secure handshake just finished no longer counts against its
+    /// network group's unfinished handshakes (node-wide).
+    fn note_handshake(&mut self, conn: ConnId) {
+        if let Some(slot) = self.conns.get_mut(&conn).and_then(|io| io.ip_slot.as_mut())
+            && slot.is_pending()
+            && !self.core.is_pending(conn)
+        {
+            slot.handshake_done();
+        }
+    }
+
     /// A multishot receive completed into a provided buffer (or ended).
     pub(super) fn handle_provided_recv(&mut self, conn: ConnId, c: Completion, now: Instant) {
         let quiet = self
@@ -199,6 +211,7 @@ impl Shard {
                 let data = self.ring.provided_data(bid, c.result as usize);
                 self.core.handle_input(conn, data, now);
                 self.ring.recycle(bid);
+                self.note_handshake(conn);
             }
             return;
         }

@@ -41,6 +41,16 @@ pub(crate) enum Command {
     Disconnect {
         peer: PeerId,
     },
+    /// The connection limits chose this inbound peer to make room for a newcomer.
+    Evict {
+        peer: PeerId,
+    },
+    /// Marks a peer persistent (or not), and dials it at `addr` if given.
+    Persistent {
+        peer: PeerId,
+        addr: Option<SocketAddr>,
+        persistent: bool,
+    },
     CancelReconnect {
         peer: PeerId,
     },

@@ -278,6 +278,18 @@ impl Shard {
                 Command::Disconnect { peer } => {
                     let _ = self.core.disconnect(peer, now);
                 }
+                Command::Evict { peer } => self.core.evict(peer, now),
+                Command::Persistent {
+                    peer,
+                    addr,
+                    persistent,
+                } => {
+                    self.core.set_persistent(peer, persistent);
+                    if let Some(addr) = addr {
+                        self.core.add_peer(peer, Some(addr), true);
+                        let _ = self.core.connect(peer, now);
+                    }
+                }
                 Command::Stats { peer, reply } => {
                     let stats = match peer {
                         Some(p) => self.core.peer_stats(p, now).into_iter().collect(),
@@ -295,7 +307,7 @@ impl Shard {
                     self.core.set_blacklisted(peer, blacklisted, now);
                 }
                 Command::Outlet { name, channel } => self.outbox.add(&name, channel),
-                Command::Accepted { fd } => match self.core.handle_accepted(now) {
+                Command::Accepted { fd } => match self.core.handle_accepted(None, now) {
                     Some(id) => {
                         self.conns.insert(id, ConnIo::new(fd, true));
                     }
@@ -306,7 +318,8 @@ impl Shard {
                     }),
                 },
                 Command::Adopt { fd, conn, ip_slot } => {
-                    if let Some(id) = self.core.adopt(*conn, now) {
+                    let remote = ip_slot.as_ref().map(crate::limits::IpSlot::ip);
+                    if let Some(id) = self.core.adopt(*conn, remote, now) {
                         let mut io = ConnIo::new(fd, true);
                         io.ip_slot = ip_slot;
                         self.conns.insert(id, io);
@@ -397,7 +410,11 @@ impl Shard {
                 let owner = conn
                     .peer()
                     .map_or(0, |p| shard_of(&p, self.shared.shards.len()));
-                let slot = io.ip_slot.take();
+                let mut slot = io.ip_slot.take();
+                if let Some(slot) = slot.as_mut() {
+                    // Handed off once authenticated: its handshake is done.
+                    slot.handshake_done();
+                }
                 self.handoffs
                     .push_back((owner, io.fd, Box::new(conn), slot));
             }

@@ -25,6 +25,49 @@ impl NodeCore {
         entry.reconnect = reconnect;
     }
 
+    /// Marks a peer persistent (a validator the application must stay connected to) or not:
+    /// a persistent peer is redialled forever (backoff capped at
+    /// [`crate::PERSISTENT_MAX_DELAY`]), also after our own limits refused the dial, and
+    /// never counts against the connection limits (see [`Admission`]).
+    pub fn set_persistent(&mut self, peer: PeerId, persistent: bool) {
+        let entry = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| Peer::new(None, false));
+        entry.persistent = persistent;
+        self.forget_if_unknown(peer);
+    }
+
+    /// Closes an inbound peer's connection to make room for a newcomer (the connection limits
+    /// chose it): code 9, TooManyConnections; the peer becomes Disconnected. Nothing happens if
+    /// its connection is no longer inbound.
+    pub fn evict(&mut self, peer: PeerId, now: Instant) {
+        if self.direction(peer) != Some(Direction::Inbound) {
+            return;
+        }
+        let code = CloseCode::TOO_MANY_CONNECTIONS;
+        if let Some(id) = self.detach_conn(peer, now) {
+            self.close_conn(id, code);
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.deadline = None;
+        }
+        self.set_state(
+            peer,
+            ConnState::Disconnected,
+            Some(CloseReason::Local(code)),
+        );
+        while let Some(closed) = self.closing.pop() {
+            self.settle_at(closed, now);
+        }
+        self.forget_if_unknown(peer);
+    }
+
+    /// Whether a peer is persistent.
+    pub fn is_persistent(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.persistent)
+    }
+
     /// Blacklists a peer (its connection closes at once and it is refused from now on, before
     /// any application byte) or lifts the blacklist.
     pub fn set_blacklisted(&mut self, peer: PeerId, blacklisted: bool, now: Instant) {

@@ -1,6 +1,7 @@
 //! What the driver (the engine's shard, or the simulator) feeds in and takes out: dial results,
 //! accepted sockets, bytes, EOFs and time in; records, actions, events and deadlines out.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use glueberry_crypto::PeerId;
@@ -22,10 +23,10 @@ impl NodeCore {
         }
     }
 
-    /// A TCP connection was accepted; returns its id, or `None` when too many accepted
-    /// connections are still in their secure handshake (close the socket). The peer is known
-    /// once it authenticates.
-    pub fn handle_accepted(&mut self, now: Instant) -> Option<ConnId> {
+    /// A TCP connection was accepted from `remote`; returns its id, or `None` when too many
+    /// accepted connections are still in their secure handshake (close the socket). The peer is
+    /// known once it authenticates; [`Admission::admit`] is told `remote`.
+    pub fn handle_accepted(&mut self, remote: Option<IpAddr>, now: Instant) -> Option<ConnId> {
         let pending = self
             .conns
             .values()
@@ -42,6 +43,7 @@ impl NodeCore {
         );
         let mut entry = Conn::new(conn, None);
         entry.accepted_at = Some(now);
+        entry.remote = remote;
         self.conns.insert(id, entry);
         Some(id)
     }
@@ -241,13 +243,21 @@ impl NodeCore {
         self.conns.remove(&conn).map(|c| c.conn)
     }
 
-    /// Takes over a connection another shard authenticated for a peer this shard owns; returns
-    /// its id here. Its pending events (the peer's first messages) are processed now.
-    pub fn adopt(&mut self, conn: Connection, now: Instant) -> Option<ConnId> {
+    /// Takes over a connection another shard authenticated for a peer this shard owns (from
+    /// `remote`, if inbound); returns its id here. Its pending events (the peer's first
+    /// messages) are processed now.
+    pub fn adopt(
+        &mut self,
+        conn: Connection,
+        remote: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<ConnId> {
         let peer = conn.peer()?;
         let direction = conn.direction();
         let id = self.new_conn_id();
-        self.conns.insert(id, Conn::new(conn, Some(peer)));
+        let mut entry = Conn::new(conn, Some(peer));
+        entry.remote = remote;
+        self.conns.insert(id, entry);
         self.handle_connected(id, peer, direction, now);
         self.settle_at(id, now);
         Some(id)

@@ -20,6 +20,8 @@ use crate::peer::{Backoff, ConnState, Jitter};
 mod commands;
 mod driver;
 mod states;
+#[cfg(test)]
+mod tests;
 
 /// Identifies one connection (one TCP stream) of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,10 +58,17 @@ pub struct NodeConfig {
 
 /// Decides whether an authenticated connection may be kept (the connection manager's limits),
 /// shared by every core of a node. `admit` is asked once per connection before the peer
-/// becomes Connected; `release` is called when an admitted connection ends.
+/// becomes Connected; `release` is called when an admitted connection ends. Persistent peers
+/// (see [`NodeCore::set_persistent`]) are never asked about.
 pub trait Admission: Send + Sync + std::fmt::Debug {
-    /// Admit a connection to `peer` in `direction`, or refuse it with a close code.
-    fn admit(&self, peer: &PeerId, direction: Direction) -> Result<(), CloseCode>;
+    /// Admit a connection to `peer` in `direction` (from `remote`, when inbound), or refuse it
+    /// with a close code.
+    fn admit(
+        &self,
+        peer: &PeerId,
+        direction: Direction,
+        remote: Option<std::net::IpAddr>,
+    ) -> Result<(), CloseCode>;
     /// An admitted connection ended.
     fn release(&self, peer: &PeerId, direction: Direction);
 }
@@ -242,7 +251,11 @@ struct Peer {
     state: ConnState,
     addr: Option<SocketAddr>,
     reconnect: bool,
+    /// Always dialled, never given up on, never counted against the connection limits.
+    persistent: bool,
     conn: Option<ConnId>,
+    /// The direction of the admitted connection whose slot this peer holds, if any.
+    admitted: Option<Direction>,
     direction: Option<Direction>,
     attempts: u32,
     deadline: Option<Instant>,
@@ -286,6 +299,8 @@ struct Conn {
     parked: bool,
     /// For an inbound connection still in its secure handshake: when it was accepted.
     accepted_at: Option<Instant>,
+    /// For an inbound connection: the address it came from.
+    remote: Option<std::net::IpAddr>,
 }
 
 /// A node's connections and peers.
@@ -348,6 +363,7 @@ impl Conn {
             peer,
             parked: false,
             accepted_at: None,
+            remote: None,
         }
     }
 
@@ -364,7 +380,9 @@ impl Peer {
             state: ConnState::Disconnected,
             addr,
             reconnect,
+            persistent: false,
             conn: None,
+            admitted: None,
             direction: None,
             attempts: 0,
             deadline: None,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use glueberry_crypto::PeerId;
 
-use crate::connection::{Connection, Phase};
+use crate::connection::Connection;
 use crate::event::{CloseCode, CloseReason, Direction, Event};
 use crate::peer::{ConnState, InvalidTransition};
 
@@ -175,7 +175,6 @@ impl NodeCore {
             self.close_conn(id, CloseCode::HANDSHAKE_TIMEOUT);
             return;
         }
-        let mut replaced = None;
         if let Some(other) = p.conn.filter(|other| *other != id) {
             let other_direction = self.conns.get(&other).map(|c| c.conn.direction());
             let keep_new = match other_direction {
@@ -194,14 +193,6 @@ impl NodeCore {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.conn = Some(id);
             }
-            // Only an admitted (Connected) connection holds a slot to give back.
-            if self
-                .conns
-                .get(&other)
-                .is_some_and(|c| c.conn.phase() != Phase::Handshaking)
-            {
-                replaced = other_direction;
-            }
             self.close_conn(other, CloseCode::DUPLICATE);
             if self.state(peer) == ConnState::Established {
                 // The peer came back on a new connection: the old session is over.
@@ -209,12 +200,18 @@ impl NodeCore {
                 self.set_state(peer, ConnState::Disconnected, reason);
             }
         }
-        if let Some(admission) = &self.config.admission {
-            // A replaced connection gives its slot back; the new one must be admitted.
-            if let Some(old) = replaced {
-                admission.release(&peer, old);
-            }
-            if let Err(code) = admission.admit(&peer, direction) {
+        // A replaced connection gives its slot back (if it held one); the new one must be
+        // admitted, unless the peer is persistent: those never count against the limits.
+        if let Some(p) = self.peers.get_mut(&peer)
+            && let Some(old) = p.admitted.take()
+            && let Some(admission) = &self.config.admission
+        {
+            admission.release(&peer, old);
+        }
+        let persistent = self.peers.get(&peer).is_some_and(|p| p.persistent);
+        if let Some(admission) = self.config.admission.as_ref().filter(|_| !persistent) {
+            let remote = self.conns.get(&id).and_then(|c| c.remote);
+            if let Err(code) = admission.admit(&peer, direction, remote) {
                 self.close_conn(id, code);
                 if let Some(p) = self.peers.get_mut(&peer)
                     && p.conn == Some(id)
@@ -226,16 +223,21 @@ impl NodeCore {
                     direction,
                     code,
                 });
-                if self.state(peer) == ConnState::Connecting {
-                    // Our own dial was refused by our own limits: treat it as a failed attempt.
-                    self.set_state(
-                        peer,
-                        ConnState::Disconnected,
-                        Some(CloseReason::Local(code)),
-                    );
+                if self.state(peer) == ConnState::Connecting
+                    && let Some(p) = self.peers.get_mut(&peer)
+                {
+                    // Our own dial was refused by our own limits: a failed attempt, retried
+                    // with backoff like any other (an eclipse must not make us stop dialling).
+                    p.deadline = None;
+                    p.attempts += 1;
+                    let attempts = p.attempts;
+                    self.schedule_retry(peer, attempts, Some(CloseReason::Local(code)), now);
                 }
                 self.forget_if_unknown(peer);
                 return;
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.admitted = Some(direction);
             }
         }
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -296,10 +298,9 @@ impl NodeCore {
         p.deadline = None;
         if let Some(since) = p.connected_at.take() {
             p.total_connected += now.saturating_duration_since(since);
-            // It was admitted (connected_at is set on admission): give the slot back.
-            if let (Some(admission), Some(direction)) = (&self.config.admission, p.direction) {
-                admission.release(&peer, direction);
-            }
+        }
+        if let (Some(admission), Some(direction)) = (&self.config.admission, p.admitted.take()) {
+            admission.release(&peer, direction);
         }
         if matches!(reason, CloseReason::Error(_)) || p.state == ConnState::Connecting {
             p.failures += 1;
@@ -334,9 +335,9 @@ impl NodeCore {
         let id = p.conn.take()?;
         if let Some(since) = p.connected_at.take() {
             p.total_connected += now.saturating_duration_since(since);
-            if let (Some(admission), Some(direction)) = (&self.config.admission, p.direction) {
-                admission.release(&peer, direction);
-            }
+        }
+        if let (Some(admission), Some(direction)) = (&self.config.admission, p.admitted.take()) {
+            admission.release(&peer, direction);
         }
         if let Some(c) = self.conns.get_mut(&id) {
             c.peer = None;
@@ -351,6 +352,7 @@ impl NodeCore {
             p.state == ConnState::Disconnected
                 && p.addr.is_none()
                 && !p.reconnect
+                && !p.persistent
                 && p.conn.is_none()
         }) {
             self.peers.remove(&peer);
@@ -369,12 +371,12 @@ impl NodeCore {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        match self
-            .config
-            .backoff
-            .delay(attempts, random)
-            .filter(|_| p.reconnect)
-        {
+        let delay = if p.persistent {
+            Some(self.config.backoff.persistent_delay(attempts, random))
+        } else {
+            self.config.backoff.delay(attempts, random)
+        };
+        match delay.filter(|_| p.reconnect || p.persistent) {
             Some(delay) => {
                 p.deadline = Some(now + delay);
                 self.set_state(peer, ConnState::Reconnecting, reason);
@@ -388,12 +390,15 @@ impl NodeCore {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if !p.reconnect || p.addr.is_none() {
+        if !(p.reconnect || p.persistent) || p.addr.is_none() {
             return;
         }
         p.attempts = 1;
         let random = self.jitter.next_u64();
-        if let Some(delay) = self.config.backoff.delay(1, random) {
+        if let Some(delay) = self.config.backoff.delay(1, random).or(p
+            .persistent
+            .then(|| self.config.backoff.persistent_delay(1, random)))
+        {
             p.deadline = Some(now + delay);
             self.set_state(peer, ConnState::Reconnecting, None);
         }
