@@ -1171,7 +1171,8 @@ mod limits {
             matches!(
                 e,
                 Event::State {
-                    state: ConnState::Disconnected,
+                    // Refused before it was Connected: a failed attempt, retried.
+                    state: ConnState::Reconnecting,
                     reason: Some(CloseReason::Peer(CloseCode::TOO_MANY_CONNECTIONS)),
                     ..
                 }

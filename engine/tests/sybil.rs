@@ -202,3 +202,79 @@ fn a_flood_from_one_network_group_cannot_evict_a_diverse_peer() {
     assert!(detail.ends_with("0 evicted"), "{detail}");
     validator.stop();
 }
+
+/// `Event::Refused` events about `peer` received so far.
+fn refusals_of(events: &async_channel::Receiver<glueberry::Event>, peer: PeerId) -> usize {
+    std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| matches!(e, glueberry::Event::Refused { peer: Some(p), .. } if *p == peer))
+        .count()
+}
+
+#[test]
+fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
+    use glueberry::ConnectError;
+    use glueberry::transport::CloseCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let book = dir.path().join("book.json");
+    let start = || {
+        Node::start(
+            NodeConfig::new(
+                Identity::from_seed(&[77; 32]),
+                NET,
+                "127.0.0.1:0".parse().unwrap(),
+            )
+            .shards(2)
+            .address_book(&book),
+        )
+        .unwrap()
+    };
+    let node = start();
+    let attacker = Node::start(config()).unwrap();
+    node.blacklist(attacker.peer_id()).unwrap();
+    let events = node.events();
+
+    let refused = |node: &Node| {
+        futures::executor::block_on(attacker.connect_and_wait(node.peer_id(), node.listen_addr()))
+    };
+    match refused(&node) {
+        Err(ConnectError::Refused { code }) => {
+            assert_eq!(code, CloseCode::BLACKLISTED);
+            println!("the blacklisted peer's connect_and_wait: Refused {{ code: {code} }}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // It does not redial: over three seconds the node refuses it once, the one dial above.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(attacker.state(node.peer_id()), ConnState::Disconnected);
+    let seen = refusals_of(&events, attacker.peer_id());
+    println!("refusals the blacklisting node reported in 3 s: {seen}");
+    assert_eq!(seen, 1, "refused once, reported once, no redial loop");
+
+    // After a restart the stored blacklist holds from the first accept, on every shard.
+    node.stop();
+    drop(node);
+    let node = start();
+    assert!(matches!(
+        refused(&node),
+        Err(ConnectError::Refused { code }) if code == CloseCode::BLACKLISTED
+    ));
+
+    // The disk write fails (the book's directory is gone): the error is returned, and the
+    // blacklist is enforced all the same.
+    let other = Node::start(config()).unwrap();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    assert!(
+        node.blacklist(other.peer_id()).is_err(),
+        "the failed write is reported"
+    );
+    let result =
+        futures::executor::block_on(other.connect_and_wait(node.peer_id(), node.listen_addr()));
+    assert!(
+        matches!(result, Err(ConnectError::Refused { code }) if code == CloseCode::BLACKLISTED),
+        "{result:?}"
+    );
+    for n in [&node, &attacker, &other] {
+        n.stop();
+    }
+}

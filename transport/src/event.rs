@@ -115,8 +115,39 @@ impl CloseCode {
     pub const BLACKLISTED: CloseCode = CloseCode(7);
     /// The application handshake did not complete in time.
     pub const HANDSHAKE_TIMEOUT: CloseCode = CloseCode(8);
-    /// Connection limits were reached.
+    /// Connection limits were reached (or this inbound peer was evicted to make room).
     pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(9);
+    /// The peer took none of our data (zero TCP window, or credit withheld while we had data
+    /// for it) for the send-stall timeout.
+    pub const SEND_STALLED: CloseCode = CloseCode(10);
+
+    /// The code's name, as PROTOCOL.md §5 lists it; `None` for a code this version does not
+    /// define.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            0 => "Normal",
+            1 => "ProtocolError",
+            2 => "FlowControl",
+            3 => "MessageTooLarge",
+            4 => "IdleTimeout",
+            5 => "Shutdown",
+            6 => "Duplicate",
+            7 => "Blacklisted",
+            8 => "HandshakeTimeout",
+            9 => "TooManyConnections",
+            10 => "SendStalled",
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.0),
+            None => write!(f, "code {}", self.0),
+        }
+    }
 }
 
 /// Why a connection closed.

@@ -50,6 +50,14 @@ pub enum ConnectError {
         /// Why, when known.
         reason: Option<String>,
     },
+    /// The peer authenticated us and refused the connection with `code`: `BLACKLISTED` (7,
+    /// permanent: the peer is not redialled), `TOO_MANY_CONNECTIONS` (9; redialled with
+    /// backoff), `HANDSHAKE_TIMEOUT` (8: its cooldown for us runs).
+    #[error("the peer refused the connection: {code}")]
+    Refused {
+        /// The peer's close code.
+        code: glueberry_transport::CloseCode,
+    },
     /// The command could not be queued.
     #[error(transparent)]
     Send(#[from] NodeSendError),

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use glueberry_crypto::{HandshakeConfig, PeerId};
-use glueberry_transport::{ConnState, Direction, NodeConfig as CoreConfig, NodeCore, Shard};
+use glueberry_transport::{
+    CloseReason, ConnState, Direction, NodeConfig as CoreConfig, NodeCore, Shard,
+};
 
 use super::config::NodeConfig;
 use super::errors::{ConnectError, NodeSendError, StartError};
@@ -114,6 +116,19 @@ impl Node {
             .saturating_mul(usize::from(connection.max_streams))
             .max(64 * 1024);
         let connection = Arc::new(connection);
+        // The stored blacklist is in every shard's core before its first accept.
+        let blacklisted: Arc<[PeerId]> = shared
+            .book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|b| {
+                b.list()
+                    .filter(|e| e.blacklisted)
+                    .map(|e| e.peer_id)
+                    .collect()
+            })
+            .unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(count);
         for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
@@ -142,6 +157,7 @@ impl Node {
             let entries = config.ring_entries;
             let send_buffers = config.send_buffers;
             let provided = config.provided_receive_buffers;
+            let blacklisted = blacklisted.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("glueberry-shard-{index}"))
                 .spawn(move || {
@@ -165,10 +181,14 @@ impl Node {
                         }
                     };
                     let handle = &shared.shards[index];
+                    let mut core = NodeCore::new(core_config);
+                    for peer in blacklisted.iter() {
+                        core.set_blacklisted(*peer, true, std::time::Instant::now());
+                    }
                     let mut shard = shard::Shard::new(
                         index,
                         ring,
-                        NodeCore::new(core_config),
+                        core,
                         listener,
                         handle.wake_fd.clone(),
                         handle.sleeping.clone(),
@@ -273,10 +293,11 @@ impl Node {
             shards = count,
             "glueberry node started"
         );
-        // The blacklist first (every shard), then dial every other peer in the book.
+        // Dial every peer in the book that is not blacklisted (the blacklist is already in
+        // every shard).
         for entry in node.peers() {
             let result = if entry.blacklisted {
-                node.broadcast_blacklist(entry.peer_id, true)
+                Ok(())
             } else if let Some(addr) = entry.addresses.first() {
                 node.connect(entry.peer_id, *addr)
             } else {
@@ -395,6 +416,13 @@ impl Node {
                 }) => {
                     guard.armed = false;
                     return Ok(());
+                }
+                Some(Event::State {
+                    reason: Some(CloseReason::Peer(code)),
+                    ..
+                }) => {
+                    guard.armed = false;
+                    return Err(ConnectError::Refused { code });
                 }
                 Some(Event::State { state, reason, .. }) => {
                     guard.armed = false;

@@ -61,14 +61,19 @@ impl Node {
         Ok(())
     }
 
-    /// Blacklists a peer: persisted, its connection closed at once, and every future connection
-    /// from or to it refused before any application byte.
+    /// Blacklists a peer: its connection closed at once, every future connection from or to
+    /// it refused before any application byte (it is told with CLOSE code 7, which it treats
+    /// as permanent), and persisted. Enforced in memory first: if the address book cannot be
+    /// written the blacklist still holds until the node stops, and the error is returned.
     pub fn blacklist(&self, peer: PeerId) -> Result<(), NodeError> {
-        if let Some(book) = self.book().as_mut() {
-            book.set_blacklisted(peer, true)?;
-        }
-        tracing::warn!(peer = %peer, reason = "blacklisted by the application", "peer blacklisted");
         self.broadcast_blacklist(peer, true)?;
+        tracing::warn!(peer = %peer, reason = "blacklisted by the application", "peer blacklisted");
+        if let Some(book) = self.book().as_mut()
+            && let Err(e) = book.set_blacklisted(peer, true)
+        {
+            tracing::error!(peer = %peer, error = %e, "blacklist enforced but not persisted");
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -144,7 +144,7 @@ impl Shard {
                     self.emit(Event::Refused {
                         peer: Some(peer),
                         address: None,
-                        reason: format!("{direction:?} connection refused: close code {}", code.0),
+                        reason: format!("{direction:?} connection refused: {code}"),
                     });
                 }
                 NodeEvent::Writable { .. } => {}

@@ -82,6 +82,9 @@ pub struct Connection {
     channel: Option<(RecordSealer, RecordOpener)>,
     peer: Option<PeerId>,
     peer_settings: Option<Settings>,
+    /// For an outbound connection: the `Connected` event, held until the peer's SETTINGS shows
+    /// it admitted us (a refusing peer sends CLOSE instead; PROTOCOL.md §4.5).
+    connected_event: Option<Event>,
     streams: Vec<LocalStream>,
     peer_streams: Vec<Option<PeerStream>>,
     control: VecDeque<Control>,
@@ -187,6 +190,7 @@ impl Connection {
             channel: None,
             peer: None,
             peer_settings: None,
+            connected_event: None,
             streams,
             peer_streams,
             control: VecDeque::with_capacity(8),
@@ -212,10 +216,16 @@ impl Connection {
         self.channel = Some(channel);
         self.phase = Phase::Connected;
         self.control.push_back(Control::Settings);
-        self.events.push_back(Event::Connected {
+        let connected = Event::Connected {
             peer,
             remote_hello: hello,
-        });
+        };
+        match self.direction {
+            // The dialler is Connected once the peer admitted it (its SETTINGS arrive).
+            Direction::Outbound => self.connected_event = Some(connected),
+            // The listener decides admission itself, on this event.
+            Direction::Inbound => self.events.push_back(connected),
+        }
     }
 
     // ---- inputs ----

@@ -324,6 +324,9 @@ impl Connection {
             return Err(ConnectionError::Protocol("SETTINGS out of range"));
         }
         self.peer_settings = Some(settings);
+        if let Some(connected) = self.connected_event.take() {
+            self.events.push_back(connected);
+        }
         // The handshake stream opens with the peer's initial window.
         let handshake = &mut self.streams[0];
         handshake.state = SendState::Open;

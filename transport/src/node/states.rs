@@ -154,8 +154,14 @@ impl NodeCore {
         now: Instant,
     ) {
         if self.blacklist.contains(&peer) {
-            // Refused before the application sees the peer or any of its bytes.
-            self.close_conn(id, CloseCode::BLACKLISTED);
+            // Refused before the application sees the peer or any of its bytes; reported.
+            let code = CloseCode::BLACKLISTED;
+            self.close_conn(id, code);
+            self.events.push_back(NodeEvent::Refused {
+                peer,
+                direction,
+                code,
+            });
             return;
         }
         if let Some(c) = self.conns.get_mut(&id) {
@@ -229,7 +235,7 @@ impl NodeCore {
                     // Our own dial was refused by our own limits: a failed attempt, retried
                     // with backoff like any other (an eclipse must not make us stop dialling).
                     p.deadline = None;
-                    p.attempts += 1;
+                    p.attempts = p.attempts.saturating_add(1);
                     let attempts = p.attempts;
                     self.schedule_retry(peer, attempts, Some(CloseReason::Local(code)), now);
                 }
@@ -306,9 +312,18 @@ impl NodeCore {
             p.failures += 1;
         }
         match p.state {
+            ConnState::Connecting if reason == CloseReason::Peer(CloseCode::BLACKLISTED) => {
+                // The peer blacklisted us: permanent. Not redialled; a persistent peer is
+                // tried again only at the longest backoff.
+                if p.persistent {
+                    self.schedule_retry(peer, u32::MAX, Some(reason), now);
+                } else {
+                    self.set_state(peer, ConnState::Disconnected, Some(reason));
+                }
+            }
             ConnState::Connecting => {
                 // The dial or its secure handshake failed.
-                p.attempts += 1;
+                p.attempts = p.attempts.saturating_add(1);
                 let attempts = p.attempts;
                 self.schedule_retry(peer, attempts, Some(reason), now);
             }
