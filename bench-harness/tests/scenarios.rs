@@ -370,8 +370,13 @@ fn mixed_workload(seed: u64) -> Result<(), String> {
     net = SimNetwork::new(seed, link);
     let streams = ["a", "b", "c"];
     let window = [4096u32, 65_536, 1 << 20][(r >> 8) as usize % 3];
+    // Messages up to the window (a message waits for all of its credit); the connection's
+    // window is twice a stream's, so that three streams contend for it.
+    let max_message = window as usize - 6;
     let connection = ConnectionConfig {
         initial_window: window,
+        connection_window: window * 2,
+        max_message_size: max_message,
         max_record_plaintext: [256usize, 4096, 65_536][(r >> 12) as usize % 3],
         ..Default::default()
     };
@@ -391,7 +396,8 @@ fn mixed_workload(seed: u64) -> Result<(), String> {
             1..=6 => ((r >> 16) % 200) as usize,
             7 | 8 => ((r >> 16) % 5000) as usize,
             _ => ((r >> 16) % 150_000) as usize,
-        };
+        }
+        .min(max_message);
         let mut data = vec![(i % 256) as u8; len];
         if len >= 4 {
             data[..4].copy_from_slice(&i.to_be_bytes());
@@ -459,8 +465,12 @@ fn delivery_under_drops(seed: u64) -> Result<[usize; 4], String> {
     };
     net = SimNetwork::new(seed, link);
     let streams = ["a", "b", "c"];
+    let window = [4096u32, 65_536][(r >> 8) as usize % 2];
+    let max_message = window as usize - 6;
     let connection = ConnectionConfig {
-        initial_window: [4096u32, 65_536][(r >> 8) as usize % 2],
+        initial_window: window,
+        connection_window: window * 2,
+        max_message_size: max_message,
         ..fast_connection()
     };
     let x = net.add_node_with(connection.clone(), app(&streams), fast_timers);
@@ -478,7 +488,7 @@ fn delivery_under_drops(seed: u64) -> Result<[usize; 4], String> {
             let (from, to) = if r & 1 == 0 { (x, y) } else { (y, x) };
             let s = (r >> 1) as usize % 3;
             let len = if (r >> 8).is_multiple_of(8) {
-                20_000
+                20_000.min(max_message)
             } else {
                 4 + (r >> 16) as usize % 300
             };

@@ -607,7 +607,9 @@ fn a_peer_that_stops_reading_does_not_hold_up_the_others() {
         NodeConfig::new(Identity::generate().unwrap(), NET, listen())
             .shards(1)
             .connection(ConnectionConfig {
+                max_message_size: 60 * 1024,
                 initial_window: 64 * 1024,
+                connection_window: 128 * 1024,
                 ..Default::default()
             })
             .command_queue(4096),

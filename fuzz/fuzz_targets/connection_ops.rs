@@ -38,8 +38,9 @@ struct Side {
 
 fuzz_target!(|ops: Vec<Op>| {
     let config = Arc::new(ConnectionConfig {
-        max_message_size: 16 * 1024,
+        max_message_size: 8 * 1024 - 6,
         initial_window: 8 * 1024,
+        connection_window: 12 * 1024,
         high_watermark: 64,
         low_watermark: 8,
         ..ConnectionConfig::default()

@@ -64,8 +64,13 @@ impl Setup {
     }
 
     fn connection(&self) -> ConnectionConfig {
+        let window = self.window.unwrap_or(16 * 1024 * 1024);
         ConnectionConfig {
-            initial_window: self.window.unwrap_or(16 * 1024 * 1024),
+            initial_window: window,
+            connection_window: window.saturating_mul(2),
+            // A message must fit the window (PROTOCOL.md §5.4).
+            max_message_size: (window as usize - 6)
+                .min(ConnectionConfig::default().max_message_size),
             high_watermark: high_watermark(self.size),
             low_watermark: high_watermark(self.size) / 2,
             batching: self.batching,

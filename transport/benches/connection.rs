@@ -29,6 +29,7 @@ impl Bench {
             high_watermark: BATCH * 2,
             low_watermark: BATCH,
             initial_window: 16 * 1024 * 1024,
+            connection_window: 32 * 1024 * 1024,
             batching,
             ..Default::default()
         });

@@ -19,8 +19,14 @@ pub struct ConnectionConfig {
     /// How many streams, the `handshake` stream included, per connection (default 32).
     pub max_streams: u16,
     /// Credit each stream starts with, in bytes; also the receive buffering allowed per stream
-    /// before the application consumes (default 1 MiB).
+    /// before the application consumes (default 2 MiB). At least `max_message_size` + 6: a
+    /// message counts against the window until the application has taken all of it, so one
+    /// larger than the window could never arrive.
     pub initial_window: u32,
+    /// The credit all of the peer's streams share (default 4 MiB): what one peer can make us
+    /// hold in received messages and reassembly, whatever its number of streams. At least
+    /// `max_message_size` + 6, so that any message fits.
+    pub connection_window: u32,
     /// Queued messages per stream at which `send` stops accepting (default 1000).
     pub high_watermark: usize,
     /// Queued messages per stream at which a blocked stream accepts again (default 100).
@@ -43,11 +49,27 @@ pub struct ConnectionConfig {
     pub keepalive_interval: Duration,
     /// Silence after which the connection is declared dead (default 45 s).
     pub idle_timeout: Duration,
+    /// How long messages may wait queued while the peer takes none of our data (it withholds
+    /// credit, or its TCP window is zero) before the connection is closed with
+    /// [`crate::CloseCode::SEND_STALLED`] (default 60 s). A peer that keeps the connection alive
+    /// with pings but never drains cannot pin what we queued for it.
+    pub send_stall_timeout: Duration,
     /// Send priority per stream name, 0 (lowest) to [`MAX_PRIORITY`]; streams not listed get
     /// [`DEFAULT_PRIORITY`], the `handshake` stream [`MAX_PRIORITY`]. Records are filled by a
     /// weighted deficit round robin: each round a stream may write `16 KiB << priority` bytes,
     /// streams taken in priority order (local only, never sent: PROTOCOL.md §5.3).
     pub priorities: Vec<(String, u8)>,
+}
+
+/// Whether a message of `max_message_size` bytes (plus its 6 bytes of credit overhead) fits
+/// both windows: the condition for every message to be deliverable (PROTOCOL.md §5.4).
+pub(crate) fn fits_windows(
+    max_message_size: usize,
+    initial_window: u32,
+    connection_window: u32,
+) -> bool {
+    let cost = max_message_size as u64 + crate::stream::MESSAGE_CREDIT_OVERHEAD;
+    u64::from(initial_window) >= cost && u64::from(connection_window) >= cost
 }
 
 /// The highest stream priority.
@@ -60,7 +82,8 @@ impl Default for ConnectionConfig {
         Self {
             max_message_size: 1024 * 1024,
             max_streams: 32,
-            initial_window: 1024 * 1024,
+            initial_window: 2 * 1024 * 1024,
+            connection_window: 4 * 1024 * 1024,
             high_watermark: 1000,
             low_watermark: 100,
             max_queued_bytes: 16 * 1024 * 1024,
@@ -69,6 +92,7 @@ impl Default for ConnectionConfig {
             danger_null_cipher: false,
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            send_stall_timeout: Duration::from_secs(60),
             priorities: Vec::new(),
         }
     }
@@ -98,6 +122,15 @@ impl ConnectionConfig {
         if self.initial_window < MIN_WINDOW {
             return fail("initial_window must be at least 4096 bytes");
         }
+        if !fits_windows(
+            self.max_message_size,
+            self.initial_window,
+            self.connection_window,
+        ) {
+            return fail(
+                "initial_window and connection_window must each be at least max_message_size + 6",
+            );
+        }
         if self.high_watermark == 0 {
             return fail("high_watermark must be at least 1");
         }
@@ -115,6 +148,9 @@ impl ConnectionConfig {
         }
         if self.keepalive_interval.is_zero() || self.idle_timeout <= self.keepalive_interval {
             return fail("idle_timeout must be longer than a non-zero keepalive_interval");
+        }
+        if self.send_stall_timeout.is_zero() {
+            return fail("send_stall_timeout must not be zero");
         }
         Ok(())
     }

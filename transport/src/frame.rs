@@ -86,7 +86,14 @@ pub struct Settings {
     pub max_streams: u16,
     /// The credit every stream starts with, the `handshake` stream (id 0) included.
     pub initial_window: u32,
+    /// The credit all streams share: every DATA frame costs against its stream's credit and
+    /// this one (PROTOCOL.md §5.4).
+    pub connection_window: u32,
 }
+
+/// The stream id a CREDIT frame names to add to the connection's credit rather than one
+/// stream's (no stream has it: ids are below `max_streams` ≤ 1024).
+pub const CONNECTION_CREDIT: u16 = u16::MAX;
 
 /// A frame that does not decode. The peer broke the protocol; the connection closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +144,7 @@ impl<'a> Frame<'a> {
                 max_message_size: r.u32()?,
                 max_streams: r.u16()?,
                 initial_window: r.u32()?,
+                connection_window: r.u32()?,
             }),
             FRAME_OPEN => {
                 let stream = r.u16()?;
@@ -163,7 +171,7 @@ impl<'a> Frame<'a> {
                 total_len, payload, ..
             } => 5 + if total_len.is_some() { 4 } else { 0 } + payload.len(),
             Frame::Credit { .. } => 6,
-            Frame::Settings(_) => 10,
+            Frame::Settings(_) => 14,
             Frame::Open { name, .. } => 3 + name.len(),
             Frame::Reject { .. } => 2,
             Frame::Ping(_) | Frame::Pong(_) => 8,
@@ -205,6 +213,7 @@ impl<'a> Frame<'a> {
                 w.put(&s.max_message_size.to_be_bytes());
                 w.put(&s.max_streams.to_be_bytes());
                 w.put(&s.initial_window.to_be_bytes());
+                w.put(&s.connection_window.to_be_bytes());
             }
             Frame::Open { stream, name } => {
                 w.put(&[FRAME_OPEN]);
@@ -364,6 +373,7 @@ mod tests {
                 max_message_size: *word,
                 max_streams: *stream,
                 initial_window: word.rotate_left(7),
+                connection_window: word.rotate_left(13),
             }),
             3 => Frame::Open {
                 stream: *stream,

@@ -61,11 +61,15 @@ pub(crate) struct LocalStream {
     /// Messages written whose receipt the peer has not yet confirmed by returning their credit,
     /// oldest first. Bounded by the window: each costs at least `MESSAGE_CREDIT_OVERHEAD`.
     pub in_flight: VecDeque<Bytes>,
-    /// Confirmed credit not yet matched to a whole message of `in_flight` (the peer returns
-    /// credit for fragments of a message it is still reassembling).
+    /// Confirmed credit not yet matched to a whole message of `in_flight` (credit comes back
+    /// in batches that need not end on a message).
     pub confirmed: u64,
     /// Bytes of `queue.front()` already sent as fragments.
     pub front_offset: usize,
+    /// Connection credit set aside for the rest of `queue.front()` once its first fragment
+    /// went out (other streams may not take it), so that two messages begun on two streams
+    /// can never hold the connection's credit between them and both wait.
+    pub reserved: u64,
     /// At the high watermark; cleared at the low one.
     pub blocked: bool,
     /// Whether the OPEN frame for it still has to be sent.
@@ -103,6 +107,7 @@ impl LocalStream {
             in_flight: VecDeque::new(),
             confirmed: 0,
             front_offset: 0,
+            reserved: 0,
             blocked: false,
             open_pending: false,
             peer_id: None,
@@ -131,13 +136,16 @@ impl LocalStream {
         self.state == SendState::Open && !self.queue.is_empty() && self.credit > 0
     }
 
-    /// Writes as many queued messages (or fragments) as fit in `out`, the credit and `quantum`
-    /// allow. Returns bytes written and messages completed.
+    /// Writes as many queued messages (or fragments) as fit in `out`, the stream's credit, the
+    /// connection's (`connection_credit`, shared by all streams) and `quantum` allow. Returns
+    /// bytes written and messages completed.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn write_data(
         &mut self,
         id: u16,
         out: &mut [u8],
+        connection_credit: &mut u64,
         quantum: usize,
         one_only: bool,
         min_fragment: usize,
@@ -149,7 +157,7 @@ impl LocalStream {
             let remaining = message.len() - self.front_offset;
             let space = out.len() - written;
             let overhead = if first { MESSAGE_CREDIT_OVERHEAD } else { 0 };
-            let Some(credit) = self.credit.checked_sub(overhead) else {
+            let Some(credit) = self.credit.min(*connection_credit).checked_sub(overhead) else {
                 break;
             };
             let credit = usize::try_from(credit).unwrap_or(usize::MAX);
@@ -168,6 +176,8 @@ impl LocalStream {
                 out[at..at + remaining].copy_from_slice(&message[self.front_offset..]);
                 written = at + remaining;
                 self.credit -= overhead + remaining as u64;
+                *connection_credit -= overhead + remaining as u64;
+                self.reserved = 0;
                 self.sent_messages += 1;
                 self.sent_bytes += message.len() as u64;
                 self.queued_bytes -= message.len() as u64;
@@ -199,13 +209,20 @@ impl LocalStream {
             if len < min_fragment {
                 break;
             }
+            // A message is begun only if the connection's credit covers all of it: the rest is
+            // then reserved for it, and it can always finish.
+            if first && (message.len() as u64 + overhead) > *connection_credit {
+                break;
+            }
             let flags = if first { DATA_FIRST } else { 0 };
             let total = first.then_some(message.len() as u32);
             let at = written + encode_data_header(&mut out[written..], id, flags, len, total);
             out[at..at + len].copy_from_slice(&message[self.front_offset..self.front_offset + len]);
             written = at + len;
             self.credit -= overhead + len as u64;
+            *connection_credit -= overhead + len as u64;
             self.front_offset += len;
+            self.reserved = (message.len() - self.front_offset) as u64;
             break;
         }
         (written, completed)
@@ -232,11 +249,6 @@ pub(crate) struct PeerStream {
     pub window: u64,
     /// Bytes the application consumed that we have not yet granted back.
     pub released: u64,
-    /// Credit already returned for fragments of a message being reassembled (which the
-    /// reassembly buffer holds, bounded by the message size limit); deducted when the
-    /// application releases that message. Without it a message larger than the window could
-    /// never complete.
-    pub prereleased: u64,
     /// A message being reassembled from fragments, and its announced length.
     pub partial: Option<(BytesMut, usize)>,
 }
@@ -248,7 +260,6 @@ impl PeerStream {
             state,
             window,
             released: 0,
-            prereleased: 0,
             partial: None,
         }
     }

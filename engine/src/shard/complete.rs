@@ -104,6 +104,9 @@ impl Shard {
                 }
             }
             Op::Connect { conn, .. } => {
+                if let Some(io) = self.conns.get_mut(&conn) {
+                    io.connect = None;
+                }
                 let result = if c.result == 0 {
                     if let Some(io) = self.conns.get_mut(&conn) {
                         io.connected = true;

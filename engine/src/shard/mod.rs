@@ -47,6 +47,10 @@ const UNDELIVERED_RETRY: Duration = Duration::from_millis(1);
 
 /// How long a stopping shard waits for CLOSE frames and cancellations to complete.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing connection may wait for a send in flight (a peer whose TCP window stays
+/// at zero never lets it complete); then the send is cancelled and the socket closed without
+/// the CLOSE frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A connection's socket and the operations in flight on it.
 struct ConnIo {
@@ -54,9 +58,14 @@ struct ConnIo {
     connected: bool,
     recv: Option<usize>,
     send: Option<usize>,
+    /// A connect in flight: the socket must outlive it (its descriptor number is in the
+    /// kernel's hands until the completion arrives).
+    connect: Option<usize>,
     send_buf: Option<Vec<u8>>,
     /// Final bytes to send once the current send completes, then close.
     closing: Option<Vec<u8>>,
+    /// When the close was asked for; `None` once a stuck send was cancelled.
+    closing_since: Option<Instant>,
     /// To be handed to the owner shard once idle.
     handoff: bool,
     /// For an inbound socket: its place in its IP's count, given back when this drops.
@@ -70,15 +79,17 @@ impl ConnIo {
             connected,
             recv: None,
             send: None,
+            connect: None,
             send_buf: None,
             closing: None,
+            closing_since: None,
             handoff: false,
             ip_slot: None,
         }
     }
 
     fn idle(&self) -> bool {
-        self.recv.is_none() && self.send.is_none()
+        self.recv.is_none() && self.send.is_none() && self.connect.is_none()
     }
 }
 
@@ -125,6 +136,8 @@ pub(crate) struct Shard {
     peer_warnings: RateLimit,
     /// When a command or a completion last arrived (for polling before sleeping).
     last_work: Instant,
+    /// When to look for closing connections stuck behind a send (see `CLOSE_GRACE`).
+    closing_check: Option<Instant>,
 }
 
 impl Shard {
@@ -167,6 +180,7 @@ impl Shard {
             attempt_started: HashMap::new(),
             peer_warnings: RateLimit::new(10),
             last_work: Instant::now(),
+            closing_check: None,
         }
     }
 
@@ -201,6 +215,10 @@ impl Shard {
                 .core
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(Instant::now()));
+            if let Some(check) = self.closing_check {
+                let wait = check.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
             if self.outbox.is_holding() {
                 // The application reading its channel does not wake us: look again soon.
                 timeout = Some(timeout.map_or(UNDELIVERED_RETRY, |t| t.min(UNDELIVERED_RETRY)));
@@ -236,10 +254,37 @@ impl Shard {
             self.core.handle_timeout(now);
         }
         self.perform_actions(now)?;
+        self.cancel_stuck_closes(now)?;
         self.deliver_events();
         self.retry_handoffs();
         self.flush_sends()?;
         self.arm_recvs()?;
+        Ok(())
+    }
+
+    /// Closing connections whose send has waited `CLOSE_GRACE` (the peer's window is zero):
+    /// the send is cancelled and the socket closes without its CLOSE frame, so that a peer
+    /// that does not read cannot keep a closed connection's socket and buffers.
+    fn cancel_stuck_closes(&mut self, now: Instant) -> io::Result<()> {
+        if self.closing_check.is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        self.closing_check = None;
+        for io in self.conns.values_mut() {
+            let Some(since) = io.closing_since else {
+                continue;
+            };
+            if now.saturating_duration_since(since) < CLOSE_GRACE {
+                let next = since + CLOSE_GRACE;
+                self.closing_check = Some(self.closing_check.map_or(next, |t| t.min(next)));
+                continue;
+            }
+            if let Some(key) = io.send {
+                self.ring.cancel(key)?;
+                io.closing = Some(Vec::new());
+                io.closing_since = None;
+            }
+        }
         Ok(())
     }
 
@@ -346,15 +391,23 @@ impl Shard {
                 Action::Dial { conn, addr } => match socket::connecting(addr) {
                     Ok(fd) => {
                         let raw = fd.as_raw_fd();
-                        self.conns.insert(conn, ConnIo::new(fd, false));
+                        let mut io = ConnIo::new(fd, false);
                         let addr = Box::new(socket2::SockAddr::from(addr));
-                        self.ring.push(raw, Op::Connect { conn, addr })?;
+                        io.connect = Some(self.ring.push(raw, Op::Connect { conn, addr })?);
+                        self.conns.insert(conn, io);
                     }
                     Err(e) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
                 },
                 Action::Close { conn, last_bytes } => {
                     if let Some(io) = self.conns.get_mut(&conn) {
                         io.closing = Some(last_bytes);
+                        io.closing_since = Some(now);
+                        self.closing_check.get_or_insert(now + CLOSE_GRACE);
+                        if let Some(key) = io.connect {
+                            // Closed while still dialling: stop the connect; the socket closes
+                            // when its completion arrives, not before.
+                            self.ring.cancel(key)?;
+                        }
                         if let Some(key) = io.recv {
                             self.ring.cancel(key)?;
                         }

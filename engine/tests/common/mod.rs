@@ -6,6 +6,12 @@ pub(crate) fn rss_kib() -> u64 {
     status_field("VmRSS:")
 }
 
+/// Data segment (heap and anonymous mappings, touched or not) of this process, in KiB: what a
+/// buffer kept alive costs in address space even where its pages were never written.
+pub(crate) fn vm_data_kib() -> u64 {
+    status_field("VmData:")
+}
+
 /// Threads of this process.
 pub(crate) fn thread_count() -> u64 {
     status_field("Threads:")

@@ -15,7 +15,7 @@ use glueberry_crypto::{
 
 use crate::config::ConnectionConfig;
 use crate::event::{CloseCode, CloseReason, ConnectionError, Direction, Event, StreamId};
-use crate::frame::Settings;
+use crate::frame::{CONNECTION_CREDIT, Settings};
 use crate::stream::{LocalStream, PeerStream, RecvState, SendState};
 
 pub use crate::stream::HANDSHAKE_STREAM;
@@ -48,6 +48,8 @@ const CREDIT_DELAY: Duration = Duration::from_millis(10);
 /// Receive buffer growth step: one allocation per this many bytes received, not per message.
 const RX_CHUNK: usize = 64 * 1024;
 /// Initial capacity of a connection's event queue and of each stream's send queue.
+/// Received input filling less than this fraction of its buffer has its messages copied out.
+const COPY_OUT_RATIO: usize = 8;
 const INITIAL_QUEUE: usize = 16;
 
 /// Where a connection stands.
@@ -96,10 +98,29 @@ pub struct Connection {
     written: bool,
     /// Records sealed by the last `poll_transmit`.
     last_records: usize,
+    /// The input being processed fills less than 1/[`COPY_OUT_RATIO`] of its buffer: single
+    /// messages are copied out of it rather than sliced, so that what the application holds
+    /// does not keep a mostly empty receive buffer alive.
+    copy_out: bool,
+    /// Message bytes were written since the send-stall check last ran.
+    send_progress: bool,
+    /// Since when messages have waited with no byte of them written (see
+    /// [`ConnectionConfig::send_stall_timeout`]).
+    stalled_since: Option<Instant>,
     last_recv: Instant,
     /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after the
     /// last input at the latest, so that a quiet sender learns its messages arrived.
     credit_owed: bool,
+    /// Connection credit: what we may still send on all streams together (from the peer's
+    /// SETTINGS and its CREDIT frames for [`CONNECTION_CREDIT`]).
+    send_window: u64,
+    /// Connection credit reserved for the rest of messages already begun (the sum of the
+    /// streams' `reserved`): a message once started can always finish.
+    send_reserved: u64,
+    /// What the peer may still send us on all streams together.
+    recv_window: u64,
+    /// Connection credit the application released and we have not yet granted back.
+    recv_released: u64,
     /// Payload bytes queued on all streams (the sum of their `queued_bytes`).
     queued_bytes: u64,
     ping: Option<(u64, Instant)>,
@@ -199,8 +220,15 @@ impl Connection {
             order: vec![0],
             written: false,
             last_records: 0,
+            copy_out: false,
+            send_progress: false,
+            stalled_since: None,
             last_recv: now,
             credit_owed: false,
+            send_window: 0,
+            send_reserved: 0,
+            recv_window: u64::from(config.connection_window),
+            recv_released: 0,
             queued_bytes: 0,
             ping: None,
             ping_seq: 0,
@@ -246,6 +274,7 @@ impl Connection {
         }
         if self.credit_owed && now >= self.last_recv + CREDIT_DELAY {
             self.credit_owed = false;
+            self.grant_connection_credit(0);
             for (id, peer_stream) in self.peer_streams.iter_mut().enumerate() {
                 if let Some(peer_stream) = peer_stream
                     && peer_stream.released > 0
@@ -253,6 +282,10 @@ impl Connection {
                     Self::credit_back(id as u16, peer_stream, 0, 0, &mut self.control);
                 }
             }
+        }
+        self.check_send_stall(now);
+        if self.phase == Phase::Closed {
+            return;
         }
         let silent = now.saturating_duration_since(self.last_recv);
         if silent >= self.config.idle_timeout {
@@ -264,6 +297,52 @@ impl Connection {
             self.ping_seq += 1;
             self.control.push_back(Control::Ping(self.ping_seq));
             self.ping = Some((self.ping_seq, now));
+        }
+    }
+
+    /// Adds `amount` to the connection credit released and grants it back once it reaches a
+    /// quarter of `connection_window` (or, with `amount` 0, whatever is owed: the delayed
+    /// flush).
+    pub(super) fn grant_connection_credit(&mut self, amount: u64) {
+        self.recv_released += amount;
+        let batch = if amount == 0 {
+            1
+        } else {
+            u64::from(self.config.connection_window / 4)
+        };
+        if self.recv_released > 0 && self.recv_released >= batch {
+            let increment = self.recv_released.min(u64::from(u32::MAX)) as u32;
+            self.recv_released -= u64::from(increment);
+            self.recv_window += u64::from(increment);
+            self.control.push_back(Control::Credit {
+                stream: CONNECTION_CREDIT,
+                increment,
+            });
+        }
+        self.credit_owed |= self.recv_released > 0;
+    }
+
+    /// Whether input of `len` bytes in a buffer of `capacity` is too sparse to slice messages
+    /// out of (see `copy_out`).
+    pub(super) fn sparse(len: usize, capacity: usize) -> bool {
+        len.saturating_mul(COPY_OUT_RATIO) < capacity
+    }
+
+    /// Closes the connection if messages have waited `send_stall_timeout` with none of their
+    /// bytes written. Run on every input and timeout: a peer that pings us but withholds
+    /// credit, or lets its TCP window fall to zero, is noticed even though it is not silent.
+    pub(super) fn check_send_stall(&mut self, now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let waiting = self.queued_messages() > 0;
+        if std::mem::take(&mut self.send_progress) || !waiting {
+            self.stalled_since = waiting.then_some(now);
+            return;
+        }
+        let since = *self.stalled_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.config.send_stall_timeout {
+            self.close(CloseCode::SEND_STALLED);
         }
     }
 
@@ -306,6 +385,9 @@ impl Connection {
         if self.credit_owed {
             at = at.min(self.last_recv + CREDIT_DELAY);
         }
+        if let Some(since) = self.stalled_since {
+            at = at.min(since + self.config.send_stall_timeout);
+        }
         Some(at)
     }
 
@@ -318,10 +400,10 @@ impl Connection {
             || (self.phase != Phase::Closed
                 && self.channel.is_some()
                 && (!self.control.is_empty()
-                    || self
-                        .streams
-                        .iter()
-                        .any(|s| s.sendable() || (s.open_pending && self.peer_settings.is_some()))))
+                    || self.streams.iter().any(|s| {
+                        (s.sendable() && self.send_window > 0)
+                            || (s.open_pending && self.peer_settings.is_some())
+                    })))
     }
 
     /// The connection's phase.

@@ -51,9 +51,11 @@ impl Connection {
             self.rx.reserve(data.len().max(RX_CHUNK));
         }
         self.rx.extend_from_slice(data);
+        self.copy_out = Self::sparse(self.rx.len(), self.rx.capacity());
         if let Err(e) = self.process_records(now) {
             self.fail(e);
         }
+        self.check_send_stall(now);
     }
 
     /// Takes received bytes in a buffer the caller hands over: when no partial record is
@@ -69,10 +71,12 @@ impl Connection {
             return;
         }
         self.last_recv = now;
+        self.copy_out = Self::sparse(data.len(), data.capacity());
         self.rx = data;
         if let Err(e) = self.process_records(now) {
             self.fail(e);
         }
+        self.check_send_stall(now);
     }
 
     /// Takes the received bytes not yet processed (the start of a record whose end has not
@@ -186,7 +190,10 @@ impl Connection {
             .window
             .checked_sub(cost)
             .ok_or(ConnectionError::FlowControl)?;
-        let peer_id = stream;
+        self.recv_window = self
+            .recv_window
+            .checked_sub(cost)
+            .ok_or(ConnectionError::FlowControl)?;
         let stream = StreamId(local);
         match flags {
             f if f == DATA_FIRST | DATA_LAST => {
@@ -205,10 +212,14 @@ impl Connection {
                     s.received_messages += 1;
                     s.received_bytes += payload.len() as u64;
                 }
-                self.events.push_back(Event::Message {
-                    stream,
-                    data: record.slice_ref(payload),
-                });
+                // A slice of the receive buffer, unless that buffer is mostly empty: then a
+                // copy, so that a small message does not keep a large buffer alive.
+                let data = if self.copy_out {
+                    Bytes::copy_from_slice(payload)
+                } else {
+                    record.slice_ref(payload)
+                };
+                self.events.push_back(Event::Message { stream, data });
             }
             DATA_FIRST => {
                 let total = total_len.unwrap_or(0) as usize;
@@ -228,14 +239,11 @@ impl Connection {
                         "first fragment is the whole message",
                     ));
                 }
-                // Bounded by `max_message_size`, checked above, and paid for by credit as it fills.
-                let mut buf = BytesMut::with_capacity(total);
+                // Grows as fragments arrive (never sized by the announced length), each paid
+                // for by credit that comes back only once the application took the message.
+                let mut buf = BytesMut::with_capacity(payload.len());
                 buf.extend_from_slice(payload);
                 peer_stream.partial = Some((buf, total));
-                peer_stream.prereleased += cost;
-                let batch = u64::from(self.config.initial_window / 4);
-                Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
-                self.credit_owed |= peer_stream.released > 0;
             }
             _ => {
                 let Some((buf, total)) = peer_stream.partial.as_mut() else {
@@ -266,12 +274,6 @@ impl Connection {
                     }
                 } else if complete {
                     return Err(ConnectionError::Protocol("a message must end with LAST"));
-                } else {
-                    peer_stream.prereleased += cost;
-                    let batch = u64::from(self.config.initial_window / 4);
-                    Self::credit_back(peer_id, peer_stream, cost, batch, &mut self.control);
-                    self.credit_owed |= peer_stream.released > 0;
-                    self.credit_owed |= peer_stream.released > 0;
                 }
             }
         }
@@ -283,6 +285,14 @@ impl Connection {
         stream: u16,
         increment: u32,
     ) -> Result<(), ConnectionError> {
+        if stream == CONNECTION_CREDIT {
+            self.send_window = self
+                .send_window
+                .checked_add(u64::from(increment))
+                .filter(|c| *c <= u64::from(u32::MAX) * 4)
+                .ok_or(ConnectionError::Protocol("connection credit overflow"))?;
+            return Ok(());
+        }
         let local = self
             .streams
             .get_mut(usize::from(stream))
@@ -320,10 +330,16 @@ impl Connection {
         if settings.max_streams == 0
             || settings.initial_window < crate::config::MIN_WINDOW
             || settings.max_message_size == 0
+            || !crate::config::fits_windows(
+                settings.max_message_size as usize,
+                settings.initial_window,
+                settings.connection_window,
+            )
         {
             return Err(ConnectionError::Protocol("SETTINGS out of range"));
         }
         self.peer_settings = Some(settings);
+        self.send_window = u64::from(settings.connection_window);
         if let Some(connected) = self.connected_event.take() {
             self.events.push_back(connected);
         }

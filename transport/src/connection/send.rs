@@ -136,17 +136,10 @@ impl Connection {
             return;
         };
         let amount = len as u64 + MESSAGE_CREDIT_OVERHEAD;
-        let already = peer_stream.prereleased.min(amount);
-        peer_stream.prereleased -= already;
         let batch = u64::from(self.config.initial_window / 4);
-        Self::credit_back(
-            peer_id,
-            peer_stream,
-            amount - already,
-            batch,
-            &mut self.control,
-        );
+        Self::credit_back(peer_id, peer_stream, amount, batch, &mut self.control);
         self.credit_owed |= peer_stream.released > 0;
+        self.grant_connection_credit(amount);
     }
 
     /// Adds `amount` to the credit owed on a peer stream and sends it once it reaches `batch`
@@ -289,6 +282,7 @@ impl Connection {
                     max_message_size: self.config.max_message_size as u32,
                     max_streams: self.config.max_streams,
                     initial_window: self.config.initial_window,
+                    connection_window: self.config.connection_window,
                 }),
                 Control::Credit { stream, increment } => Frame::Credit { stream, increment },
                 Control::Reject { stream } => Frame::Reject { stream },
@@ -349,16 +343,30 @@ impl Connection {
                 if written >= out.len() {
                     return written;
                 }
+                if self.send_window == 0 {
+                    // The connection's credit is spent: every stream waits for the peer.
+                    return written;
+                }
+                // What this stream may take of the connection's credit: all of it but what
+                // other streams' unfinished messages have reserved (PROTOCOL.md §5.4).
+                let reserved_before = stream.reserved;
+                let others = self.send_reserved - reserved_before;
+                let available = self.send_window.saturating_sub(others);
+                let mut credit = available;
                 let queued = stream.queued_bytes;
                 let (n, completed) = stream.write_data(
                     index,
                     &mut out[written..],
+                    &mut credit,
                     stream.deficit,
                     one_only,
                     min_fragment,
                 );
+                self.send_window -= available - credit;
+                self.send_reserved = others + stream.reserved;
                 stream.deficit = stream.deficit.saturating_sub(n);
                 written += n;
+                self.send_progress |= n > 0;
                 self.queued_bytes -= queued - stream.queued_bytes;
                 if completed > 0 {
                     self.written = true;

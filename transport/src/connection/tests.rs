@@ -201,7 +201,9 @@ fn rogue_records(frames: &[Frame<'_>]) -> (Connection, Vec<u8>) {
     .expect("handshake");
     let now = Instant::now();
     let mut victim = Connection::from_session(config(), sb, Direction::Inbound, now);
-    victim.complete_handshake(&["data"]).expect("complete");
+    victim
+        .complete_handshake(&["data", "more"])
+        .expect("complete");
     let (mut sealer, _) = sa.into_channel();
     let mut wire = Vec::new();
     for frame in frames {
@@ -215,9 +217,10 @@ fn rogue_records(frames: &[Frame<'_>]) -> (Connection, Vec<u8>) {
 
 fn settings() -> Frame<'static> {
     Frame::Settings(Settings {
-        max_message_size: u32::MAX,
+        max_message_size: 1 << 29,
         max_streams: 32,
         initial_window: 1 << 30,
+        connection_window: 1 << 30,
     })
 }
 
@@ -367,13 +370,14 @@ fn protocol_violations_close_with_typed_errors() {
     }
     // More than the window on the handshake stream.
     let small = Settings {
-        max_message_size: u32::MAX,
+        max_message_size: 1 << 29,
         max_streams: 32,
         initial_window: 1 << 30,
+        connection_window: 1 << 30,
     };
     let payload = vec![0u8; 60_000];
     let frames: Vec<Frame<'_>> = std::iter::once(Frame::Settings(small))
-        .chain((0..20).map(|_| Frame::Data {
+        .chain((0..80).map(|_| Frame::Data {
             stream: 0,
             flags: 3,
             total_len: None,
@@ -576,7 +580,13 @@ proptest! {
     fn credits_are_never_exceeded_and_nothing_is_lost(
         ops in proptest::collection::vec((0usize..3, 0usize..70_000, any::<bool>(), 1usize..5000), 1..60),
     ) {
-        let small = Arc::new(ConnectionConfig { initial_window: 64 * 1024, ..Default::default() });
+        // The connection's window is less than the three streams' together: both bind.
+        let small = Arc::new(ConnectionConfig {
+            max_message_size: 70_000,
+            initial_window: 80 * 1024,
+            connection_window: 128 * 1024,
+            ..Default::default()
+        });
         let mut p = Pair::connected_with(small.clone(), small);
         let names = ["x", "y", "z"];
         p.a.complete_handshake(&names).expect("a");
@@ -612,6 +622,11 @@ proptest! {
         // Release everything and drain.
         for (stream, len) in held.drain(..) { p.b.release(stream, len); }
         for _ in 0..200 {
+            p.pump();
+            // Credit below a batch goes out after a short delay.
+            p.now += Duration::from_millis(20);
+            p.b.handle_timeout(p.now);
+            p.a.handle_timeout(p.now);
             p.pump();
             let mut any = false;
             while let Some(event) = p.b.poll_event() {
@@ -667,7 +682,9 @@ fn owned_input_with_pending_bytes_moved_forward_delivers_everything() {
 #[test]
 fn close_hands_back_unsent_and_unconfirmed_messages_and_forgets_confirmed_ones() {
     let config = Arc::new(ConnectionConfig {
+        max_message_size: 4090,
         initial_window: 4096,
+        connection_window: 8000,
         ..ConnectionConfig::default()
     });
     let mut p = Pair::connected_with(config.clone(), config);
@@ -856,4 +873,113 @@ fn a_high_priority_message_overtakes_a_queued_bulk_transfer_within_one_record() 
     let mut again = Vec::new();
     p.a.take_written(|stream, messages, bytes| again.push((stream, messages, bytes)));
     assert!(again.is_empty(), "counts are reset when taken");
+}
+
+#[test]
+fn a_peer_that_withholds_credit_while_pinging_is_closed_at_the_send_stall_timeout() {
+    let mut p = Pair::established(&["s"]);
+    let stream = p.a.stream_id("s").expect("s");
+    // More than the 1 MiB window: the rest waits for credit b never returns.
+    for _ in 0..900 {
+        p.a.send(stream, Bytes::from(vec![7u8; 6000]))
+            .expect("queued");
+    }
+    p.pump();
+    events(&mut p.b); // b takes the messages and never releases them
+    assert!(p.a.queued_messages() > 0, "some wait for credit");
+    let stall = ConnectionConfig::default().send_stall_timeout;
+    // b keeps the connection alive (a PING every 10 s): never silent, never draining.
+    let start = p.now;
+    let mut t = start;
+    // (The stall is counted from the first check after the last byte written: one step late.)
+    let limit = start + stall + Duration::from_secs(10);
+    while t < limit + Duration::from_secs(10) && !p.a.is_closed() {
+        t += Duration::from_secs(10);
+        p.now = t;
+        p.b.handle_timeout(t); // its keepalive
+        p.a.handle_timeout(t);
+        p.pump();
+        if p.a.is_closed() {
+            break;
+        }
+        assert!(t < limit, "still open at {:?}", t.duration_since(start));
+    }
+    assert!(p.a.is_closed(), "closed");
+    assert_eq!(
+        p.a.close_reason(),
+        Some(&CloseReason::Local(CloseCode::SEND_STALLED))
+    );
+    // The queued messages came back to the application, none lost silently.
+    let undelivered: usize = events(&mut p.a)
+        .iter()
+        .map(|e| match e {
+            Event::Undelivered {
+                unsent,
+                unconfirmed,
+                ..
+            } => unsent.len() + unconfirmed.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(undelivered >= 300, "what waited came back ({undelivered})");
+}
+
+#[test]
+fn a_slow_but_draining_peer_is_not_a_stall() {
+    let mut p = Pair::established(&["s"]);
+    let stream = p.a.stream_id("s").expect("s");
+    for _ in 0..40 {
+        p.a.send(stream, Bytes::from(vec![7u8; 64 * 1024]))
+            .expect("queued");
+    }
+    let stall = ConnectionConfig::default().send_stall_timeout;
+    let start = p.now;
+    // b releases one message every 30 s (slower than anyone would like, but progress).
+    for step in 1..=8u32 {
+        p.now = start + Duration::from_secs(30) * step;
+        p.b.handle_timeout(p.now);
+        p.a.handle_timeout(p.now);
+        p.pump();
+        if let Some(Event::Message { stream, data }) =
+            std::iter::from_fn(|| p.b.poll_event()).find(|e| matches!(e, Event::Message { .. }))
+        {
+            p.b.release(stream, data.len());
+        }
+        p.b.handle_timeout(p.now + Duration::from_millis(100)); // owed credit goes out
+        p.pump();
+        assert!(
+            !p.a.is_closed(),
+            "closed at {:?} (stall {stall:?})",
+            p.now - start
+        );
+    }
+}
+
+#[test]
+fn more_than_the_connection_window_over_several_streams_is_a_flow_control_violation() {
+    // Each stream stays within its own window (2 MiB); together they pass the connection's
+    // (4 MiB): a peer cannot multiply what it makes us hold by opening streams.
+    let payload = vec![0u8; 60_000];
+    let mut frames = vec![
+        settings(),
+        Frame::Open {
+            stream: 1,
+            name: b"data",
+        },
+        Frame::Open {
+            stream: 2,
+            name: b"more",
+        },
+    ];
+    for stream in [0u16, 1, 2] {
+        frames.extend((0..25).map(|_| Frame::Data {
+            stream,
+            flags: 3,
+            total_len: None,
+            payload: &payload,
+        }));
+    }
+    let (mut victim, wire) = rogue_records(&frames);
+    victim.handle_input(Instant::now(), &wire);
+    assert_eq!(close_error(&mut victim), Some(ConnectionError::FlowControl));
 }

@@ -1,0 +1,442 @@
+//! Authenticated peers that try to make the node hold memory: messages begun and never
+//! finished on every stream, tiny records one per segment, credit withheld, a zero TCP window.
+//! Each speaks the protocol by hand (records sealed with its own session keys) over loopback;
+//! each test prints the node's process RSS and what the honest side kept.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
+
+mod common;
+use common::{rss_kib, vm_data_kib};
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glueberry::crypto::handshake::Handshake;
+use glueberry::crypto::record::{HEADER_LEN, RecordSealer, TAG_LEN};
+use glueberry::crypto::{HandshakeConfig, Identity, PeerId};
+use glueberry::testing::{establish, expect_message};
+use glueberry::transport::frame::{DATA_FIRST, DATA_LAST, Frame, Settings};
+use glueberry::transport::{CloseCode, CloseReason, ConnState, ConnectionConfig};
+use glueberry::{Event, Node, NodeConfig};
+
+const NET: &str = "pinning-test";
+const T: Duration = Duration::from_secs(10);
+
+/// A peer that authenticated and then writes frames of its choosing.
+struct Raw {
+    peer: PeerId,
+    socket: TcpStream,
+    sealer: RecordSealer,
+}
+
+impl Raw {
+    /// Runs the secure handshake with `node` over a fresh socket and sends SETTINGS (with the
+    /// default windows) and OPEN for `streams` (ids 1..).
+    fn connect(node: &Node, streams: &[&str]) -> Raw {
+        let identity = Identity::generate().unwrap();
+        let config = Arc::new(HandshakeConfig::new(&identity, NET).unwrap());
+        let mut handshake = Handshake::initiator(config, Some(node.peer_id())).unwrap();
+        let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
+        socket.set_nodelay(true).unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        while !handshake.is_finished() {
+            out.clear();
+            handshake.poll_transmit(&mut out);
+            socket.write_all(&out).unwrap();
+            if handshake.is_finished() {
+                break;
+            }
+            let n = socket.read(&mut buf).unwrap();
+            assert!(n > 0, "the node closed during the handshake");
+            handshake.handle_input(&buf[..n]).unwrap();
+        }
+        out.clear();
+        handshake.poll_transmit(&mut out);
+        socket.write_all(&out).unwrap();
+        let (sealer, _opener) = handshake.into_session().unwrap().into_channel();
+        let mut raw = Raw {
+            peer: identity.peer_id(),
+            socket,
+            sealer,
+        };
+        let defaults = ConnectionConfig::default();
+        let mut frames = vec![Frame::Settings(Settings {
+            max_message_size: defaults.max_message_size as u32,
+            max_streams: defaults.max_streams,
+            initial_window: defaults.initial_window,
+            connection_window: defaults.connection_window,
+        })];
+        for (i, name) in streams.iter().enumerate() {
+            frames.push(Frame::Open {
+                stream: i as u16 + 1,
+                name: name.as_bytes(),
+            });
+        }
+        raw.send(&frames).unwrap();
+        raw
+    }
+
+    /// Seals `frames` into one record and writes it.
+    fn send(&mut self, frames: &[Frame<'_>]) -> std::io::Result<()> {
+        let len: usize = frames.iter().map(Frame::encoded_len).sum();
+        let mut record = vec![0u8; HEADER_LEN + len + TAG_LEN];
+        let mut at = HEADER_LEN;
+        for frame in frames {
+            at += frame.encode(&mut record[at..]).unwrap();
+        }
+        let n = self.sealer.seal_in_place(&mut record, len).unwrap();
+        self.socket.write_all(&record[..n])
+    }
+
+    /// Answers nothing, reads and drops whatever the node sends (keeps its window open).
+    fn drain(&mut self) {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = self.socket.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        self.socket.set_nonblocking(false).unwrap();
+    }
+}
+
+/// Accepts `raw`'s streams on `node` (the application handshake) and waits for Established.
+fn accept(node: &Node, raw: &Raw, streams: &[&str]) {
+    let deadline = Instant::now() + T;
+    while node.state(raw.peer) != ConnState::Connected {
+        assert!(
+            Instant::now() < deadline,
+            "not Connected: {:?}",
+            node.state(raw.peer)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    node.complete_handshake(raw.peer, streams).unwrap();
+    while node.state(raw.peer) != ConnState::Established {
+        assert!(Instant::now() < deadline, "not Established");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn node(config: NodeConfig) -> Node {
+    Node::start(config.shards(1).event_buffer(100_000)).unwrap()
+}
+
+fn config() -> NodeConfig {
+    common::loopback_config(NET)
+}
+
+/// The node still serves an honest peer.
+fn still_serves(node: &Node) {
+    let honest = Node::start(config()).unwrap();
+    establish(&honest, node, &["consensus"], T).expect("an honest peer connects");
+    honest
+        .try_send(
+            node.peer_id(),
+            &honest.stream("consensus"),
+            Bytes::from_static(b"ok"),
+        )
+        .unwrap();
+    assert_eq!(&expect_message(node, T).unwrap().data[..], b"ok");
+    honest.stop();
+}
+
+#[test]
+fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
+    // Sixteen peers from one address: the per-group socket limit is not what is tested here.
+    let node = node(config().limits(glueberry::ConnectionLimits {
+        max_inbound_per_group: 64,
+        ..Default::default()
+    }));
+    let names: Vec<String> = (1..=17).map(|i| format!("s{i}")).collect();
+    let streams: Vec<&str> = names.iter().map(String::as_str).collect();
+    let window = ConnectionConfig::default().connection_window as usize;
+    let max = ConnectionConfig::default().max_message_size;
+    let before = rss_kib();
+    const ATTACKERS: usize = 16;
+    let events = node.events();
+    let mut attackers = Vec::new();
+    for n in 0..ATTACKERS {
+        let mut raw = Raw::connect(&node, &streams);
+        accept(&node, &raw, &streams);
+        // On every stream (and `handshake`, id 0) a 1 MiB message begun and never finished.
+        // Half of them send what the protocol lets them (together the connection's window);
+        // the other half ignore credit and send all but the last byte of each (18 MiB).
+        let polite = n % 2 == 0;
+        let per_stream = if polite {
+            window / (streams.len() + 1) - 64
+        } else {
+            max - 1
+        };
+        let chunk = vec![0xa5u8; 60_000];
+        'streams: for id in 0..=streams.len() as u16 {
+            let mut sent = 0;
+            while sent < per_stream {
+                let len = chunk.len().min(per_stream - sent);
+                let frame = Frame::Data {
+                    stream: id,
+                    flags: if sent == 0 { DATA_FIRST } else { 0 },
+                    total_len: (sent == 0).then_some(max as u32),
+                    payload: &chunk[..len],
+                };
+                if raw.send(&[frame]).is_err() {
+                    break 'streams; // cut off
+                }
+                sent += len;
+            }
+        }
+        attackers.push((raw, polite));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib();
+    let per_peer = (after.saturating_sub(before)) / ATTACKERS as u64;
+    let mut cut = 0;
+    for (raw, polite) in &attackers {
+        if *polite {
+            assert_eq!(
+                node.state(raw.peer),
+                ConnState::Established,
+                "within its window"
+            );
+        } else {
+            assert_ne!(
+                node.state(raw.peer),
+                ConnState::Established,
+                "over the window"
+            );
+            cut += 1;
+        }
+    }
+    let flow_control = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| {
+            matches!(
+                e,
+                Event::State {
+                    reason: Some(CloseReason::Error(
+                        glueberry::transport::ConnectionError::FlowControl
+                    )),
+                    ..
+                }
+            )
+        })
+        .count();
+    println!(
+        "{ATTACKERS} authenticated peers, each a 1 MiB message begun on all {} streams: node \
+         process RSS {before} KiB -> {after} KiB ({per_peer} KiB per peer; connection window {} \
+         KiB; 18.3 MiB per peer before connection credit); {cut} that ignored credit were cut \
+         ({flow_control} FlowControl closes), the {} within the window kept",
+        streams.len() + 1,
+        window / 1024,
+        ATTACKERS - cut
+    );
+    assert_eq!(flow_control, cut);
+    assert!(
+        per_peer <= 2 * window as u64 / 1024 + 512,
+        "a peer pinned {per_peer} KiB"
+    );
+    still_serves(&node);
+    node.stop();
+}
+
+#[test]
+fn tiny_records_one_per_segment_do_not_pin_receive_buffers() {
+    // The application does not read: every message stays in the node's channel. Receives go
+    // into the node's own 256 KiB buffers (not the kernel-provided ring), each handed to the
+    // connection whole: the case where a message sliced out of one would keep it alive.
+    let node = node(config().message_buffer(100_000).provided_receive_buffers(0));
+    let mut raw = Raw::connect(&node, &["tiny"]);
+    accept(&node, &raw, &["tiny"]);
+    let (before, data_before) = (rss_kib(), vm_data_kib());
+    const MESSAGES: usize = 1000;
+    for i in 0..MESSAGES {
+        let payload = (i as u32).to_be_bytes();
+        raw.send(&[Frame::Data {
+            stream: 1,
+            flags: DATA_FIRST | DATA_LAST,
+            total_len: None,
+            payload: &payload,
+        }])
+        .unwrap();
+        // One record per receive: the node reads each before the next is sent.
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    // All arrived (they are in the channel, unread).
+    let deadline = Instant::now() + T;
+    let mut messages = node.messages();
+    let mut held = Vec::new();
+    while held.len() < MESSAGES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {MESSAGES} arrived",
+            held.len()
+        );
+        match messages.try_recv() {
+            Some(m) => held.push(m),
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    let (after, data_after) = (rss_kib(), vm_data_kib());
+    println!(
+        "{MESSAGES} 4-byte messages, one record per receive, all held by the application: node \
+         process RSS {before} KiB -> {after} KiB ({:+} KiB), data segment {data_before} KiB -> \
+         {data_after} KiB ({:+} KiB; 256 KiB receive buffers kept alive by them would be {} MiB)",
+        after as i64 - before as i64,
+        data_after as i64 - data_before as i64,
+        MESSAGES / 4
+    );
+    assert!(
+        data_after < data_before + 32 * 1024,
+        "small messages pinned receive buffers"
+    );
+    drop(held);
+    still_serves(&node);
+    node.stop();
+}
+
+/// Sends to `peer` on `stream` until refused (its queue is full).
+fn fill(node: &Node, peer: PeerId, stream: &str) -> usize {
+    let route = node.route(peer, stream);
+    let mut sent = 0;
+    while node
+        .try_send(peer, &route, Bytes::from(vec![1u8; 16 * 1024]))
+        .is_ok()
+    {
+        sent += 1;
+    }
+    sent
+}
+
+/// Waits until the node reports `peer` closed with `code` (by us), and returns when.
+fn closed_with(events: &async_channel::Receiver<Event>, peer: PeerId, code: CloseCode) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "not closed with {code}");
+        match events.try_recv() {
+            Ok(Event::State {
+                peer: p,
+                reason: Some(CloseReason::Local(c)),
+                ..
+            }) if p == peer && c == code => return Instant::now(),
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn stall_config() -> NodeConfig {
+    config().connection(ConnectionConfig {
+        send_stall_timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
+    let node = node(stall_config());
+    let events = node.events();
+    let mut raw = Raw::connect(&node, &["blocks"]);
+    accept(&node, &raw, &["blocks"]);
+    let before = rss_kib();
+    let queued = fill(&node, raw.peer, "blocks");
+    let start = Instant::now();
+    // It reads everything (its TCP window stays open), answers with PINGs, and never returns
+    // a byte of credit.
+    let mut ping = 0;
+    let at = loop {
+        raw.drain();
+        ping += 1;
+        if raw.send(&[Frame::Ping(ping)]).is_err() {
+            break closed_with(&events, raw.peer, CloseCode::SEND_STALLED);
+        }
+        if let Ok(Event::State {
+            peer,
+            reason: Some(CloseReason::Local(c)),
+            ..
+        }) = events.try_recv()
+            && peer == raw.peer
+        {
+            assert_eq!(c, CloseCode::SEND_STALLED);
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            start.elapsed() < T,
+            "still connected after {:?}",
+            start.elapsed()
+        );
+    };
+    let after = rss_kib();
+    println!(
+        "credit withheld, pinging: {queued} x 16 KiB queued for it; cut with SendStalled after \
+         {:?} (timeout 2 s); node process RSS {before} KiB -> {after} KiB",
+        at - start
+    );
+    assert!(at - start >= Duration::from_secs(2));
+    still_serves(&node);
+    node.stop();
+}
+
+#[test]
+fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
+    let node = node(stall_config());
+    let events = node.events();
+    let mut raw = Raw::connect(&node, &["blocks"]);
+    accept(&node, &raw, &["blocks"]);
+    let fds = glueberry::open_fd_count();
+    // It gives all the credit the node could want (so the node's sends fill the socket), then
+    // never reads (its TCP window falls to zero) but keeps pinging.
+    let plenty = u32::MAX / 2;
+    raw.send(&[
+        Frame::Credit {
+            stream: 1,
+            increment: plenty,
+        },
+        Frame::Credit {
+            stream: glueberry::transport::frame::CONNECTION_CREDIT,
+            increment: plenty,
+        },
+    ])
+    .unwrap();
+    let queued = fill(&node, raw.peer, "blocks");
+    let start = Instant::now();
+    let mut ping = 0;
+    let at = loop {
+        ping += 1;
+        let _ = raw.send(&[Frame::Ping(ping)]);
+        if let Ok(Event::State {
+            peer,
+            reason: Some(CloseReason::Local(c)),
+            ..
+        }) = events.try_recv()
+            && peer == raw.peer
+        {
+            assert_eq!(c, CloseCode::SEND_STALLED);
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            start.elapsed() < T,
+            "still connected after {:?}",
+            start.elapsed()
+        );
+    };
+    // The send stuck behind the zero window is cancelled and the socket closed.
+    let deadline = Instant::now() + T;
+    while glueberry::open_fd_count() >= fds {
+        assert!(Instant::now() < deadline, "the socket stayed open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "zero window, pinging: {queued} x 16 KiB queued; cut with SendStalled after {:?}; \
+         socket closed {:?} later (open fds {fds} -> {})",
+        at - start,
+        at.elapsed(),
+        glueberry::open_fd_count()
+    );
+    still_serves(&node);
+    node.stop();
+}
