@@ -1,6 +1,7 @@
 //! A connected connection (fuzz-only null cipher, so records need no valid tag) fed arbitrary
-//! bytes in arbitrary pieces: frames, stream opens and rejects, credits, settings, pings, close
-//! frames. Never panics; what it sends back and the events it reports stay bounded.
+//! bytes in arbitrary pieces, through either input path (the copying one and the engine's
+//! owned-buffer one): frames, stream opens and rejects, credits, settings, pings, close frames.
+//! Never panics; what it sends back and the events it reports stay bounded.
 #![no_main]
 
 use std::sync::Arc;
@@ -29,8 +30,20 @@ fuzz_target!(|data: &[u8]| {
     let chunk = usize::from(control >> 1).max(1);
     let mut out = vec![0u8; 128 * 1024];
     let mut events = 0usize;
+    // Bit 0 of the piece size picks the path: the copying `handle_input`, or the engine's
+    // `handle_input_buf` (buffers handed over, the unfinished record moved to the front of the
+    // next one, buffers of varying spare room so that messages are sliced or copied out).
+    let owned = chunk % 2 == 0;
     for (i, piece) in input.chunks(chunk).enumerate() {
-        conn.handle_input(now + Duration::from_millis(i as u64), piece);
+        let at = now + Duration::from_millis(i as u64);
+        if owned {
+            let mut buf = conn.take_pending_input();
+            buf.reserve(piece.len() * (1 + i % 16));
+            buf.extend_from_slice(piece);
+            conn.handle_input_buf(at, buf);
+        } else {
+            conn.handle_input(at, piece);
+        }
         while conn.poll_event().is_some() {
             events += 1;
         }

@@ -22,6 +22,8 @@ pub use wire::{
     MAGIC, MAX_HANDSHAKE_BODY_LEN, MAX_HELLO_PAYLOAD_LEN, MAX_NETWORK_ID_LEN, Reject, RejectReason,
     decode_reject,
 };
+#[doc(hidden)]
+pub use wire::{PayloadKind, decode_payload};
 
 use crate::record::{self, RecordOpener, RecordSealer, Suite};
 use crate::{PeerId, PeerIdError};

@@ -305,3 +305,131 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+/// Which payload [`decode_payload`] reads.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// The cleartext head of a HelloRequest or HelloReject.
+    Preamble,
+    /// The encrypted payload of HelloResponse.
+    Response,
+    /// The encrypted payload of HelloFinalize.
+    Finalize,
+}
+
+/// Decodes one of the payloads that sit behind Noise (which a fuzzer cannot forge its way
+/// through) and re-encodes what decoded; returns whether the bytes came back the same. For the
+/// `hello_payloads` fuzz target and the tests; not a stable API.
+#[doc(hidden)]
+pub fn decode_payload(kind: PayloadKind, bytes: &[u8]) -> Result<bool, HandshakeError> {
+    let mut out = Vec::new();
+    match kind {
+        PayloadKind::Preamble => {
+            let mut r = Reader::new(bytes);
+            let preamble = Preamble::decode(&mut r)?;
+            let used = r.consumed_from(bytes);
+            preamble.encode(&mut out);
+            Ok(out == bytes[..used])
+        }
+        PayloadKind::Response => {
+            ResponsePayload::decode(bytes)?.encode(&mut out);
+            Ok(out == bytes)
+        }
+        PayloadKind::Finalize => {
+            FinalizePayload::decode(bytes)?.encode(&mut out);
+            Ok(out == bytes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(suites: &[u8], hello: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        ResponsePayload {
+            proof: IdentityProof {
+                identity_key: &[7; 32],
+                signature: &[9; SIGNATURE_LEN],
+            },
+            minor: 0,
+            capabilities: 0,
+            suites,
+            hello,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn finalize(hello: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        FinalizePayload {
+            proof: IdentityProof {
+                identity_key: &[7; 32],
+                signature: &[9; SIGNATURE_LEN],
+            },
+            capabilities: 0,
+            suite: 1,
+            hello,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    #[test]
+    fn payloads_round_trip_and_every_truncation_or_extension_is_refused() {
+        for (kind, bytes) in [
+            (PayloadKind::Response, response(&[1, 2], b"app hello")),
+            (PayloadKind::Finalize, finalize(b"app hello")),
+        ] {
+            assert_eq!(decode_payload(kind, &bytes), Ok(true));
+            for cut in 0..bytes.len() {
+                assert!(decode_payload(kind, &bytes[..cut]).is_err(), "{kind:?} cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(
+                decode_payload(kind, &longer),
+                Err(HandshakeError::Malformed("trailing bytes"))
+            );
+        }
+    }
+
+    #[test]
+    fn payload_limits_are_checked_before_reading() {
+        assert_eq!(
+            decode_payload(PayloadKind::Response, &response(&[], b"")),
+            Err(HandshakeError::Malformed("suite count"))
+        );
+        assert_eq!(
+            decode_payload(PayloadKind::Response, &response(&[1; 9], b"")),
+            Err(HandshakeError::Malformed("suite count"))
+        );
+        // A hello length over the limit is refused from the length alone (the bytes are absent).
+        let mut bytes = finalize(b"");
+        let at = bytes.len() - 2;
+        bytes[at..].copy_from_slice(&((MAX_HELLO_PAYLOAD_LEN + 1) as u16).to_be_bytes());
+        assert_eq!(
+            decode_payload(PayloadKind::Finalize, &bytes),
+            Err(HandshakeError::HelloPayloadTooLarge {
+                len: MAX_HELLO_PAYLOAD_LEN + 1
+            })
+        );
+        let mut preamble = MAGIC.to_vec();
+        preamble.extend_from_slice(&[1, 0, 0]);
+        assert_eq!(
+            decode_payload(PayloadKind::Preamble, &preamble),
+            Err(HandshakeError::Malformed("network id length"))
+        );
+        preamble[6] = 3;
+        preamble.extend_from_slice(b"abc");
+        assert_eq!(decode_payload(PayloadKind::Preamble, &preamble), Ok(true));
+        preamble[0] = b'X';
+        assert_eq!(
+            decode_payload(PayloadKind::Preamble, &preamble),
+            Err(HandshakeError::BadMagic)
+        );
+    }
+}
