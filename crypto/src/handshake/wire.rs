@@ -386,7 +386,10 @@ mod tests {
         ] {
             assert_eq!(decode_payload(kind, &bytes), Ok(true));
             for cut in 0..bytes.len() {
-                assert!(decode_payload(kind, &bytes[..cut]).is_err(), "{kind:?} cut at {cut}");
+                assert!(
+                    decode_payload(kind, &bytes[..cut]).is_err(),
+                    "{kind:?} cut at {cut}"
+                );
             }
             let mut longer = bytes.clone();
             longer.push(0);
