@@ -43,7 +43,9 @@ pub struct ConnectionConfig {
     /// **Profiling only**: after an authenticated handshake, exchange records with no
     /// encryption and no authentication (default off). Never negotiated: both ends must set
     /// it, and an end that did not fails the first record and closes. It exists so that
-    /// `glueberry-perf` can show what everything but the AEAD costs.
+    /// `glueberry-perf` can show what everything but the AEAD costs, and only with the
+    /// `danger-null-cipher` cargo feature.
+    #[cfg(feature = "danger-null-cipher")]
     pub danger_null_cipher: bool,
     /// Silence after which a ping is sent (default 15 s).
     pub keepalive_interval: Duration,
@@ -89,6 +91,7 @@ impl Default for ConnectionConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             max_record_plaintext: MAX_RECORD_PLAINTEXT_LEN,
             batching: true,
+            #[cfg(feature = "danger-null-cipher")]
             danger_null_cipher: false,
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),

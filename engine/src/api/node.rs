@@ -26,6 +26,13 @@ impl Node {
     /// Starts the shards and the listeners.
     pub fn start(config: NodeConfig) -> Result<Node, StartError> {
         config.validate().map_err(StartError::Config)?;
+        #[cfg(feature = "danger-null-cipher")]
+        if config.connection.danger_null_cipher {
+            tracing::error!(
+                "danger_null_cipher is on: records are NEITHER ENCRYPTED NOR AUTHENTICATED; \
+                 for profiling only, never on a network"
+            );
+        }
         let mut handshake = HandshakeConfig::new(&config.identity, &config.network_id)
             .map_err(|e| StartError::Config(e.to_string()))?;
         if !config.suites.is_empty() {

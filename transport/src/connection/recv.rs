@@ -37,11 +37,14 @@ impl Connection {
                 Ok(session) => {
                     let peer = session.peer_id();
                     let hello = Bytes::copy_from_slice(session.remote_hello());
+                    #[cfg(feature = "danger-null-cipher")]
                     let channel = if self.config.danger_null_cipher {
                         glueberry_crypto::record::danger_null_channel()
                     } else {
                         session.into_channel()
                     };
+                    #[cfg(not(feature = "danger-null-cipher"))]
+                    let channel = session.into_channel();
                     self.start_session(peer, hello, channel);
                 }
                 Err(e) => return self.fail(ConnectionError::Handshake(e)),
