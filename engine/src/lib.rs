@@ -168,17 +168,23 @@
 //! # }
 //! ```
 //!
-//! **Logs and metrics** — `tracing` events (install any subscriber), `metrics` counters, and an
-//! optional HTTP endpoint with `/metrics`, `/healthz`, `/readyz` and `/debug/state`:
+//! **Logs and metrics** — `tracing` events (install any subscriber) and `metrics` counters,
+//! recorded per node and rendered in the Prometheus text format for the application's own HTTP
+//! server:
 //! ```no_run
 //! # use glueberry::{Node, NodeConfig, crypto::Identity};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = NodeConfig::new(Identity::generate()?, "my-chain", "0.0.0.0:26656".parse()?)
-//!     .metrics("127.0.0.1:9100".parse()?);
+//!     .record_metrics(true);
 //! let node = Node::start(config)?;
-//! println!("scrape http://{}/metrics", node.metrics_addr().ok_or("no endpoint")?);
+//! let exposition = node.render_metrics().ok_or("not recording")?; // your GET /metrics
+//! let health = node.health(); // your GET /healthz (health.live) and /readyz (health.ready)
+//! # let _ = (exposition, health);
 //! # Ok(()) }
 //! ```
+//! With the `http` cargo feature the node serves them itself: `NodeConfig::metrics(addr)` opens
+//! `/metrics`, `/healthz` and `/readyz` (bounded in connections, per-IP connections, request
+//! size and time), and `debug_state_endpoint(true)` adds `/debug/state`.
 //!
 //! **Testing applications** — [`testing::TestNetwork`]: real nodes over in-memory pipes, with
 //! partitions and assertion helpers (example in the module).

@@ -1,4 +1,6 @@
-//! The metrics and health endpoint over real HTTP, and the exposition checked by promtool.
+//! The metrics and health endpoint over real HTTP (cargo feature `http`), the exposition
+//! checked by promtool, and the endpoint's bounds against hostile clients.
+#![cfg(feature = "http")]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
 
 mod common;
@@ -79,7 +81,12 @@ fn establish(a: &Node, b: &Node, streams: &[&str]) {
 
 #[test]
 fn metrics_are_scraped_over_http_and_move_with_traffic() {
-    let a = Node::start(config().metrics("127.0.0.1:0".parse().unwrap())).expect("start");
+    let a = Node::start(
+        config()
+            .metrics("127.0.0.1:0".parse().unwrap())
+            .debug_state_endpoint(true),
+    )
+    .expect("start");
     let b = Node::start(config()).expect("start");
     let addr = a.metrics_addr().expect("the endpoint is on");
     assert!(addr.ip().is_loopback());
@@ -267,9 +274,112 @@ fn promtool_check(metrics: &str) {
 fn the_endpoint_is_off_by_default_and_a_taken_port_fails_start() {
     let a = Node::start(config()).expect("start");
     assert_eq!(a.metrics_addr(), None);
+    assert_eq!(a.render_metrics(), None, "not recording by default");
+    let recording = Node::start(config().record_metrics(true)).expect("start");
+    assert!(
+        recording
+            .render_metrics()
+            .is_some_and(|m| m.contains("glueberry_")),
+        "metrics rendered for the application's own server"
+    );
+    recording.stop();
+    // The topology stays private unless asked for.
+    let b = Node::start(config().metrics("127.0.0.1:0".parse().unwrap())).expect("start");
+    assert_eq!(get(b.metrics_addr().unwrap(), "/debug/state").0, 404);
+    b.stop();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err =
         Node::start(config().metrics(taken.local_addr().unwrap())).expect_err("the port is taken");
     assert!(err.to_string().contains("metrics endpoint"), "{err}");
     a.stop();
+}
+
+/// A connection from `source` (any 127.x.y.z) to `addr`.
+fn connect_from(source: [u8; 4], addr: SocketAddr) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&SocketAddr::from((source, 0)).into()).ok()?;
+    socket.connect(&addr.into()).ok()?;
+    Some(socket.into())
+}
+
+/// `/healthz` answers 200 within a second, from a source no attacker shares.
+fn healthz_answers(addr: SocketAddr) -> Duration {
+    let start = Instant::now();
+    let mut socket = connect_from([127, 0, 0, 99], addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    write!(socket, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    let _ = socket.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "healthz: {text:?}");
+    start.elapsed()
+}
+
+#[test]
+fn slowloris_huge_headers_and_unread_pipelined_requests_leave_healthz_answering() {
+    let node = Node::start(config().metrics("127.0.0.1:0".parse().unwrap())).expect("start");
+    let addr = node.metrics_addr().unwrap();
+    let threads = common::thread_count();
+    let rss = common::rss_kib();
+
+    // 300 idle connections (slowloris) from 30 addresses: at most 8 per address and 64 in all
+    // are kept, each for at most 5 s without a complete request head.
+    let mut idle = Vec::new();
+    for i in 0..300u32 {
+        let source = [127, 1, (i / 10) as u8, 1 + (i % 10) as u8];
+        if let Some(mut s) = connect_from(source, addr) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ");
+            idle.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let took = healthz_answers(addr);
+    let threads_now = common::thread_count();
+    println!(
+        "300 idle connections: /healthz answered in {took:?}; threads {threads} -> {threads_now}"
+    );
+    // (Other tests of this binary start and stop nodes meanwhile: the count can only fall.)
+    assert!(threads_now <= threads, "no thread per connection");
+
+    // A 20 MiB header line: refused at 16 KiB, memory unchanged.
+    let mut big = connect_from([127, 2, 0, 1], addr).unwrap();
+    let _ = big.write_all(b"GET /metrics HTTP/1.1\r\nX-Big: ");
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0;
+    for _ in 0..20 {
+        if big.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    healthz_answers(addr);
+
+    // Pipelined requests whose answers are never read.
+    let mut pipelined = Vec::new();
+    for i in 0..8u8 {
+        let mut s = connect_from([127, 3, 0, 1 + i], addr).unwrap();
+        for _ in 0..1000 {
+            if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_err()
+            {
+                break;
+            }
+        }
+        pipelined.push(s);
+    }
+    let took = healthz_answers(addr);
+    let rss_now = common::rss_kib();
+    println!(
+        "20 MiB header ({sent} MiB written before the endpoint closed it), 8 x 1000 pipelined \
+         unread requests: /healthz answered in {took:?}; RSS {rss} KiB -> {rss_now} KiB"
+    );
+    assert!(
+        rss_now < rss + 16 * 1024,
+        "memory grew by {} KiB",
+        rss_now - rss
+    );
+    drop((idle, big, pipelined));
+    node.stop();
 }

@@ -35,7 +35,11 @@ pub struct NodeConfig {
     pub(super) persistent: Vec<(glueberry_crypto::PeerId, SocketAddr)>,
     pub(super) pending_handshakes: (usize, std::time::Duration),
     pub(super) suites: Vec<glueberry_crypto::Suite>,
+    pub(super) record_metrics: bool,
+    #[cfg(feature = "http")]
     pub(super) metrics: Option<SocketAddr>,
+    #[cfg(feature = "http")]
+    pub(super) debug_state_endpoint: bool,
     pub(crate) dialer: Option<Arc<dyn crate::sys::dial::Dialer>>,
 }
 
@@ -70,18 +74,43 @@ impl NodeConfig {
             persistent: Vec::new(),
             pending_handshakes: (256, std::time::Duration::from_secs(10)),
             suites: Vec::new(),
+            record_metrics: false,
+            #[cfg(feature = "http")]
             metrics: None,
+            #[cfg(feature = "http")]
+            debug_state_endpoint: false,
             dialer: None,
         }
     }
 
-    /// Serves `/metrics` (Prometheus), `/healthz`, `/readyz` and `/debug/state` over HTTP on
-    /// `addr` (off by default; use a loopback address unless the scraper is elsewhere). The node
-    /// records into a Prometheus recorder of its own, so several nodes in one process each
-    /// export their own figures. Without it, metrics go to the application's global `metrics`
-    /// recorder, if it installed one before starting the node.
+    /// Records metrics into a Prometheus recorder of the node's own (so several nodes in one
+    /// process each have their own figures), rendered by
+    /// [`Node::render_metrics`](crate::Node::render_metrics) for an application that serves
+    /// them from its own HTTP server. Off by default: metrics then go to the application's
+    /// global `metrics` recorder, if it installed one before starting the node.
+    pub fn record_metrics(mut self, on: bool) -> Self {
+        self.record_metrics = on;
+        self
+    }
+
+    /// Serves `/metrics` (Prometheus), `/healthz` and `/readyz` over HTTP on `addr` (cargo
+    /// feature `http`; off by default; use a loopback address unless the scraper is
+    /// elsewhere), and records metrics as [`NodeConfig::record_metrics`] does. The server is
+    /// bounded: 64 connections, 8 per source IP, a 16 KiB request head sent within 5 s, 10 s per
+    /// connection, one request per connection.
+    #[cfg(feature = "http")]
     pub fn metrics(mut self, addr: SocketAddr) -> Self {
         self.metrics = Some(addr);
+        self.record_metrics = true;
+        self
+    }
+
+    /// Also serves `/debug/state` on the endpoint of [`NodeConfig::metrics`]: every peer's id,
+    /// address and state, which tells whoever can reach the port the validator's topology (off
+    /// by default).
+    #[cfg(feature = "http")]
+    pub fn debug_state_endpoint(mut self, on: bool) -> Self {
+        self.debug_state_endpoint = on;
         self
     }
 

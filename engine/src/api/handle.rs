@@ -41,6 +41,7 @@ pub(super) struct Inner {
     pub(super) prepared: Mutex<HashMap<PeerId, Vec<String>>>,
     pub(super) max_message_size: usize,
     pub(super) stopped: AtomicBool,
+    #[cfg(feature = "http")]
     pub(super) endpoint: Mutex<Option<crate::observe::Endpoint>>,
     pub(super) backpressure_wait: ::metrics::Histogram,
     pub(super) backpressure_engaged: ::metrics::Counter,

@@ -1,7 +1,6 @@
 //! Health, readiness and the state dump, and the operator endpoint's view of a node.
 
-use super::handle::{Inner, Node};
-use std::net::SocketAddr;
+use super::handle::Node;
 use std::sync::atomic::Ordering;
 
 /// One health check's result.
@@ -44,8 +43,10 @@ impl Health {
 }
 
 /// The HTTP endpoint's view of its node; it does not keep the node alive.
-pub(super) struct EndpointSource(pub(super) std::sync::Weak<Inner>);
+#[cfg(feature = "http")]
+pub(super) struct EndpointSource(pub(super) std::sync::Weak<super::handle::Inner>);
 
+#[cfg(feature = "http")]
 impl EndpointSource {
     fn node(&self) -> Option<Node> {
         let inner = self.0.upgrade()?;
@@ -53,6 +54,7 @@ impl EndpointSource {
     }
 }
 
+#[cfg(feature = "http")]
 impl crate::observe::Source for EndpointSource {
     fn health(&self) -> Option<(bool, bool, String)> {
         let health = self.node()?.health();
@@ -155,10 +157,22 @@ impl Node {
         .to_string()
     }
 
+    /// This node's metrics in the Prometheus text format, when
+    /// [`NodeConfig::record_metrics`](crate::NodeConfig::record_metrics) (or `metrics`) turned
+    /// its recorder on: for an application that serves them from its own HTTP server, next to
+    /// [`Node::health`].
+    pub fn render_metrics(&self) -> Option<String> {
+        let recorder = self.inner.shared.recorder.as_ref()?;
+        let handle = recorder.handle();
+        handle.run_upkeep();
+        Some(handle.render())
+    }
+
     /// The address of the metrics and health endpoint, when
     /// [`NodeConfig::metrics`](crate::NodeConfig::metrics) turned it on (the real port when 0 was
     /// asked for).
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+    #[cfg(feature = "http")]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.inner
             .endpoint
             .lock()

@@ -15,6 +15,7 @@ use super::config::NodeConfig;
 use super::errors::{ConnectError, NodeSendError, StartError};
 use super::event::{Event, EventFilter, StreamName};
 use super::handle::{Inner, Node, push_command};
+#[cfg(feature = "http")]
 use super::health::EndpointSource;
 use crate::address_book::AddressBook;
 use crate::channel::Channel;
@@ -99,7 +100,7 @@ impl Node {
             states: Mutex::new(HashMap::new()),
             limits: limits.clone(),
             next_subscriber: AtomicU64::new(1),
-            recorder: config.metrics.map(|_| crate::observe::recorder()),
+            recorder: config.record_metrics.then(crate::observe::recorder),
             dialer: config.dialer.clone(),
         });
         // The limits ask the victim's shard to close an evicted inbound peer (a weak reference:
@@ -253,6 +254,7 @@ impl Node {
                 prepared: Mutex::new(HashMap::new()),
                 max_message_size: config.connection.max_message_size,
                 stopped: AtomicBool::new(false),
+                #[cfg(feature = "http")]
                 endpoint: Mutex::new(None),
                 next_injected: std::sync::atomic::AtomicUsize::new(0),
                 backpressure_engaged: match &recorder {
@@ -278,9 +280,14 @@ impl Node {
             node.stop();
             return Err(StartError::IoUringUnavailable(e));
         }
+        #[cfg(feature = "http")]
         if let (Some(addr), Some(recorder)) = (config.metrics, recorder) {
-            let source = Box::new(EndpointSource(Arc::downgrade(&node.inner)));
-            match crate::observe::Endpoint::start(addr, recorder, source) {
+            let source = Arc::new(EndpointSource(Arc::downgrade(&node.inner)));
+            let options = crate::observe::EndpointOptions {
+                debug_state: config.debug_state_endpoint,
+                ..Default::default()
+            };
+            match crate::observe::Endpoint::start(addr, recorder, source, options) {
                 Ok(endpoint) => {
                     *node
                         .inner
@@ -600,6 +607,7 @@ impl Node {
         if self.inner.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
+        #[cfg(feature = "http")]
         if let Some(mut endpoint) = self
             .inner
             .endpoint
