@@ -179,11 +179,13 @@ impl Shard {
                 tracing::info!(peer = %peer, ?direction, "connected");
             }
             ConnState::Established => {
-                let streams = self
-                    .core
-                    .peer_stats(peer, now)
-                    .map_or(0, |s| s.streams.len());
+                let streams = self.core.streams_of(peer).map_or(0, |(_, s)| s.len());
                 tracing::info!(peer = %peer, streams, "handshake complete");
+                if let Some(old) = self.streams_open.insert(peer, streams) {
+                    self.streams_active -= old;
+                }
+                self.streams_active += streams;
+                self.metrics.streams_active.set(self.streams_active as f64);
             }
             ConnState::Disconnected | ConnState::Cooldown | ConnState::Reconnecting => {
                 let attempting = matches!(from, Some(ConnState::Connecting) | None);
@@ -223,16 +225,13 @@ impl Shard {
                 }
             }
         }
-        if matches!(to, ConnState::Established | ConnState::Disconnected)
-            || from == Some(ConnState::Established)
+        // Kept per peer, not recounted over every peer at each change (Sybil churn would make
+        // that quadratic).
+        if to != ConnState::Established
+            && let Some(old) = self.streams_open.remove(&peer)
         {
-            let streams: usize = self
-                .core
-                .all_stats(now)
-                .iter()
-                .map(|s| s.streams.len())
-                .sum();
-            self.metrics.streams_active.set(streams as f64);
+            self.streams_active -= old;
+            self.metrics.streams_active.set(self.streams_active as f64);
         }
     }
 

@@ -119,6 +119,9 @@ pub(crate) struct Shard {
         Option<crate::limits::IpSlot>,
     )>,
     names: HashMap<Box<str>, StreamName>,
+    /// Streams of each Established peer, and their sum (the `streams_active` gauge).
+    streams_open: HashMap<PeerId, usize>,
+    streams_active: usize,
     /// Idle send buffers, lent to connections while they have something to send.
     send_pool: Vec<Vec<u8>>,
     /// Free registered send buffers (indices into the ring's registered set).
@@ -171,6 +174,8 @@ impl Shard {
             outbox: Outbox::new(messages, message_buffer_bytes),
             handoffs: VecDeque::new(),
             names: HashMap::new(),
+            streams_open: HashMap::new(),
+            streams_active: 0,
             send_pool: Vec::with_capacity(SEND_POOL),
             fixed_free: Vec::new(),
             registered: 0,

@@ -159,6 +159,9 @@ impl NodeCore {
             ConnState::Cooldown => {
                 self.set_state(peer, ConnState::Disconnected, None);
                 self.schedule_reconnect(peer, now);
+                // A peer that only dialled in (a Sybil that let its handshake time out) leaves
+                // no entry behind.
+                self.forget_if_unknown(peer);
             }
             ConnState::Reconnecting => self.start_dial(peer, now),
             ConnState::Disconnected | ConnState::Established => {}

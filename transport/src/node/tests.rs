@@ -183,3 +183,25 @@ fn a_persistent_peer_is_redialled_past_the_attempt_limit_with_a_capped_delay() {
         "never gives up"
     );
 }
+
+#[test]
+fn an_inbound_peer_that_let_its_handshake_time_out_is_forgotten_after_its_cooldown() {
+    let mut a = core(1, None, Backoff::default());
+    let mut b = core(2, None, Backoff::default());
+    let (alice, bob) = (a.peer_id(), b.peer_id());
+    let mut links = Vec::new();
+    let now = Instant::now();
+    // b dials a; a's application never completes the handshake.
+    b.add_peer(alice, Some(ADDR.parse().unwrap()), false);
+    b.connect(alice, now).unwrap();
+    pump(&mut b, &mut a, &mut links, now);
+    assert_eq!(a.state(bob), ConnState::Connected);
+    let timed_out = now + Duration::from_secs(31); // the handshake timeout is 30 s
+    a.handle_timeout(timed_out);
+    assert_eq!(a.state(bob), ConnState::Cooldown);
+    assert!(a.knows(bob), "remembered during its cooldown");
+    a.handle_timeout(timed_out + Duration::from_secs(61)); // the cooldown is 1 min
+    assert_eq!(a.state(bob), ConnState::Disconnected);
+    assert!(!a.knows(bob), "an inbound-only peer leaves no entry");
+    assert_eq!(a.peer_count(), 0);
+}
