@@ -364,3 +364,10 @@ pub fn expect_no_message(node: &Node, quiet: Duration) -> Result<(), Timeout> {
         Err(_) => Ok(()),
     }
 }
+
+/// Makes shard `index` of `node` end with a panic, as a bug would: for testing that what
+/// watches the node (its liveness probe on [`Node::health`], a supervisor) notices. The node
+/// reports itself not live from then on; calls that need that shard return instead of waiting.
+pub fn crash_shard(node: &Node, index: usize) -> Result<(), crate::NodeSendError> {
+    node.crash_shard(index)
+}

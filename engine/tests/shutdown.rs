@@ -241,3 +241,52 @@ fn restart_from_the_same_data_directory_resumes_the_book_and_reconnects() {
     restarted.stop();
     b.stop();
 }
+
+#[test]
+fn a_panicking_handler_is_contained_and_a_dead_shard_is_reported_not_waited_for() {
+    use std::sync::atomic::AtomicUsize;
+    // The application's handler panics on every message: the shard survives and keeps calling it.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let handler: glueberry::Handler = Arc::new(move |_: &PeerId, _: &str, _: &Bytes| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        panic!("an application bug");
+    });
+    let receiver = Node::start(config(Identity::generate().unwrap()).handler(handler)).unwrap();
+    let sender = Node::start(config(Identity::generate().unwrap())).unwrap();
+    glueberry::testing::establish(&sender, &receiver, &["s"], Duration::from_secs(10)).unwrap();
+    let route = sender.route(receiver.peer_id(), "s");
+    for n in 0..10 {
+        sender
+            .try_send(receiver.peer_id(), &route, numbered(n, 8))
+            .unwrap();
+    }
+    wait_for("ten handler calls", Duration::from_secs(10), || {
+        calls.load(Ordering::Relaxed) == 10
+    });
+    assert!(
+        receiver.health().live,
+        "a panicking handler does not kill the node"
+    );
+
+    // A shard that dies (here on request, as a bug would) turns liveness off, and calls that
+    // need it return instead of waiting forever.
+    glueberry::testing::crash_shard(&receiver, 0).unwrap();
+    wait_for("not live", Duration::from_secs(10), || {
+        !receiver.health().live
+    });
+    let health = receiver.health();
+    println!("after a shard died: {}", health.to_json());
+    assert_eq!(health.checks[0].detail, "0 of 1 shards running");
+    let stats = std::thread::spawn({
+        let receiver = receiver.clone();
+        move || futures::executor::block_on(receiver.stats())
+    });
+    wait_for("stats() returned", Duration::from_secs(5), || {
+        stats.is_finished()
+    });
+    let started = Instant::now();
+    receiver.stop();
+    println!("stop() with a dead shard took {:?}", started.elapsed());
+    sender.stop();
+}

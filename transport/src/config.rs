@@ -10,6 +10,9 @@ pub const MAX_MESSAGE_SIZE_LIMIT: usize = u32::MAX as usize;
 pub const MAX_STREAMS_LIMIT: u16 = 1024;
 /// The smallest stream window: enough that a fragment always makes progress.
 pub const MIN_WINDOW: u32 = 4096;
+/// The longest timeout or delay any setting may have (a year): time arithmetic on `Instant`s
+/// can then never overflow (an `Instant + Duration::MAX` would panic on a shard thread).
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// How one connection behaves. Shared by all connections of a node (wrap it in an `Arc`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +157,16 @@ impl ConnectionConfig {
         }
         if self.send_stall_timeout.is_zero() {
             return fail("send_stall_timeout must not be zero");
+        }
+        if [
+            self.keepalive_interval,
+            self.idle_timeout,
+            self.send_stall_timeout,
+        ]
+        .iter()
+        .any(|d| *d > MAX_TIMEOUT)
+        {
+            return fail("timeouts must be at most a year");
         }
         Ok(())
     }

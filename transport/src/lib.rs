@@ -63,7 +63,7 @@ pub mod testing;
 
 pub use config::{
     ConfigError, ConnectionConfig, DEFAULT_PRIORITY, MAX_MESSAGE_SIZE_LIMIT, MAX_PRIORITY,
-    MAX_STREAMS_LIMIT, MIN_WINDOW,
+    MAX_STREAMS_LIMIT, MAX_TIMEOUT, MIN_WINDOW,
 };
 pub use connection::{Connection, HANDSHAKE_STREAM, Phase, StreamStats};
 pub use event::{

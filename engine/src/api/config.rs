@@ -175,6 +175,17 @@ impl NodeConfig {
         if let Some((name, _)) = nonzero.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name} must be greater than zero"));
         }
+        let more = [
+            ("reconnect max delay", self.backoff.max),
+            ("busy_poll", self.busy_poll),
+        ];
+        if let Some((name, _)) = nonzero
+            .iter()
+            .chain(&more)
+            .find(|(_, d)| *d > glueberry_transport::MAX_TIMEOUT)
+        {
+            return Err(format!("{name} must be at most a year"));
+        }
         if self.backoff.max < self.backoff.base {
             return Err(format!(
                 "reconnect max delay {:?} is below the base delay {:?}",

@@ -70,8 +70,10 @@ impl Node {
     /// Liveness and readiness, Glueberry's checks: the node is running, listening, its address
     /// book (if any) is held, and it has at least one authenticated connection (readiness only).
     pub fn health(&self) -> Health {
+        let dead = self.inner.shared.dead_shards.load(Ordering::Relaxed) as usize;
         let running = !self.inner.stopped.load(Ordering::Acquire)
-            && !self.inner.shared.stop.load(Ordering::Acquire);
+            && !self.inner.shared.stop.load(Ordering::Acquire)
+            && dead == 0;
         let (inbound, outbound) = self.connection_counts();
         let book = self
             .inner
@@ -83,7 +85,11 @@ impl Node {
             HealthCheck {
                 name: "started",
                 ok: running,
-                detail: format!("{} shards", self.shard_count()),
+                detail: format!(
+                    "{} of {} shards running",
+                    self.shard_count().saturating_sub(dead),
+                    self.shard_count()
+                ),
             },
             HealthCheck {
                 name: "listening",

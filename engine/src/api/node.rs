@@ -91,6 +91,9 @@ impl Node {
             registered_send_buffers: AtomicU64::new(0),
             memlock_warned: AtomicBool::new(false),
             abandoned_operations: AtomicU64::new(0),
+            dead_shards: AtomicU64::new(0),
+            running_shards: std::sync::atomic::AtomicUsize::new(count),
+            handler_panics: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
             ring_fds: (0..count)
                 .map(|_| std::sync::atomic::AtomicI32::new(-1))
@@ -166,9 +169,12 @@ impl Node {
             let send_buffers = config.send_buffers;
             let provided = config.provided_receive_buffers;
             let blacklisted = blacklisted.clone();
+            let exit = shard::ExitGuard::new(shared.clone(), index, commands.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("glueberry-shard-{index}"))
                 .spawn(move || {
+                    // Runs however the thread ends (a panic included).
+                    let _exit = exit;
                     if pin && let Some(cpu) = cpu {
                         let _ = socket::pin_to_cpu(cpu);
                     }
@@ -216,7 +222,10 @@ impl Node {
                     shared
                         .registered_send_buffers
                         .fetch_add(registered as u64, Ordering::Relaxed);
-                    if registered < send_buffers && !shared.memlock_warned.swap(true, Ordering::Relaxed) {
+                    if registered < send_buffers
+                        && socket::sigpipe_ignored()
+                        && !shared.memlock_warned.swap(true, Ordering::Relaxed)
+                    {
                         tracing::warn!(
                             wanted = send_buffers,
                             registered,
@@ -384,6 +393,17 @@ impl Node {
             persistent,
         };
         self.command(peer, command)
+    }
+
+    /// See [`crate::testing::crash_shard`].
+    pub(crate) fn crash_shard(&self, index: usize) -> Result<(), NodeSendError> {
+        let handle = self
+            .inner
+            .shared
+            .shards
+            .get(index)
+            .ok_or(NodeSendError::Stopped)?;
+        super::handle::push_command(handle, Command::Crash)
     }
 
     /// Stops redialling a peer that is Reconnecting: it becomes Disconnected (with its event).

@@ -36,7 +36,15 @@ impl Shard {
                     counters.bytes_received.increment(data.len() as u64);
                     tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
                     if let Some(handler) = &self.shared.handler {
-                        handler(&peer, &name, &data);
+                        // The application's code on our thread: a panic in it is contained (the
+                        // message counts as taken), never the end of the shard.
+                        let call = std::panic::AssertUnwindSafe(|| handler(&peer, &name, &data));
+                        if std::panic::catch_unwind(call).is_err() {
+                            let n = self.shared.handler_panics.fetch_add(1, Ordering::Relaxed);
+                            if n.is_power_of_two() || n == 0 {
+                                tracing::error!(panics = n + 1, stream = %name, "the message handler panicked");
+                            }
+                        }
                         self.core.release(conn, stream, data.len());
                         continue;
                     }

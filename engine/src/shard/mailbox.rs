@@ -79,6 +79,9 @@ pub(crate) enum Command {
     Accepted {
         fd: OwnedFd,
     },
+    /// Ends the shard thread with a panic ([`crate::testing::crash_shard`]): how an
+    /// application tests that its liveness probe notices a dead shard.
+    Crash,
     /// A connection another shard authenticated for a peer this shard owns.
     Adopt {
         fd: OwnedFd,
@@ -170,8 +173,63 @@ pub(crate) struct Shared {
     /// Operations whose completion never arrived before a shard exited (their buffers are
     /// leaked rather than freed under the kernel). Zero unless something is wrong.
     pub abandoned_operations: AtomicU64,
+    /// Shard threads that ended while the node was running (a bug, or a panic): reported by
+    /// `health()`, so a liveness probe restarts the process.
+    pub dead_shards: AtomicU64,
+    /// Shards that have not finished stopping: a shard closes its ring only when this is 0, so
+    /// no other shard can post a wake-up (MSG_RING) to a ring descriptor that was closed and
+    /// reused.
+    pub running_shards: std::sync::atomic::AtomicUsize,
+    /// Panics in the application's message handler, caught on the shard thread.
+    pub handler_panics: AtomicU64,
     /// Makes outbound connections instead of TCP, for a [`crate::testing::TestNetwork`].
     pub dialer: Option<Arc<dyn crate::sys::dial::Dialer>>,
     /// This node's own Prometheus recorder, when its metrics endpoint is on.
     pub recorder: Option<Arc<metrics_exporter_prometheus::PrometheusRecorder>>,
+}
+
+/// Dropped when a shard thread ends, however it ends: if the node was not stopping, the shard
+/// died (counted in `dead_shards`, so `health()` stops saying live); either way its command
+/// queue is closed and emptied, so nobody waits on a command it will never answer (a `stats()`
+/// reply channel is dropped, a send's reserved room is given back).
+pub(crate) struct ExitGuard {
+    shared: Arc<Shared>,
+    index: usize,
+    commands: Arc<CommandQueue<Command>>,
+}
+
+impl ExitGuard {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        index: usize,
+        commands: Arc<CommandQueue<Command>>,
+    ) -> Self {
+        Self {
+            shared,
+            index,
+            commands,
+        }
+    }
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if !self.shared.stop.load(Ordering::Acquire) {
+            self.shared.dead_shards.fetch_add(1, Ordering::Relaxed);
+            // It will not reach its shutdown: the others must not wait for it there.
+            self.shared
+                .running_shards
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            tracing::error!(
+                shard = self.index,
+                panicking = std::thread::panicking(),
+                "a shard thread ended while the node runs: its peers are not served"
+            );
+        }
+        self.shared.ring_fds[self.index].store(-1, Ordering::Release);
+        self.commands.close();
+        while let Some(command) = self.commands.pop() {
+            command.release_reservation();
+        }
+    }
 }

@@ -28,7 +28,7 @@ mod queue;
 mod send;
 
 pub(crate) use events::RateLimit;
-pub(crate) use mailbox::{Command, ShardHandle, Shared};
+pub(crate) use mailbox::{Command, ExitGuard, ShardHandle, Shared};
 pub(crate) use queue::{CommandQueue, Refused};
 
 /// Size of a receive buffer (a fresh one per receive: it becomes the connection's receive
@@ -203,6 +203,16 @@ impl Shard {
     /// Registers the shard's send buffers (shrinking under a small memlock limit); returns how
     /// many were registered.
     pub(crate) fn register_send_buffers(&mut self, count: usize) -> usize {
+        if !socket::sigpipe_ignored() {
+            // Fixed-buffer sends cannot carry MSG_NOSIGNAL: only ordinary sends here.
+            if self.index == 0 {
+                tracing::info!(
+                    "SIGPIPE is not ignored in this process: sending from ordinary buffers \
+                     (MSG_NOSIGNAL) rather than registered ones"
+                );
+            }
+            return 0;
+        }
         let registered = self.ring.register_send_buffers(count, SEND_BUF);
         self.fixed_free = (0..registered as u16).rev().collect();
         self.registered = registered;
@@ -329,6 +339,8 @@ impl Shard {
                     let _ = self.core.disconnect(peer, now);
                 }
                 Command::Evict { peer } => self.core.evict(peer, now),
+                #[allow(clippy::panic)] // asked for: the point is a shard that dies
+                Command::Crash => panic!("shard {} crashed on request (testing)", self.index),
                 Command::Persistent {
                     peer,
                     addr,
@@ -549,6 +561,19 @@ impl Shard {
             .abandoned_operations
             .fetch_add(self.ring.in_flight() as u64, Ordering::Relaxed);
         self.conns.clear();
+        // The ring's descriptor is closed only once no shard can post to it any more (every
+        // shard past its shutdown): a wake-up posted to a closed descriptor could land in
+        // whatever ring reused its number. A shard that never gets there keeps this one open
+        // (leaked) rather than risk it.
+        self.shared.running_shards.fetch_sub(1, Ordering::AcqRel);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.shared.running_shards.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                std::mem::forget(self.ring);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(())
     }
 }

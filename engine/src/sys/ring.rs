@@ -154,6 +154,9 @@ pub(crate) struct Ring {
     provided: Option<BufRing>,
     /// Submission queue entries pushed since the ring was made.
     pushed: u64,
+    /// Completions taken off a full completion queue (EBUSY) while pushing: handed out by the
+    /// next `reap`, first.
+    overflow: Vec<Completion>,
 }
 
 impl Ring {
@@ -179,6 +182,7 @@ impl Ring {
             fixed: Vec::new(),
             provided: None,
             pushed: 0,
+            overflow: Vec::new(),
         })
     }
 
@@ -324,8 +328,19 @@ impl Ring {
             if pushed.is_ok() {
                 return Ok(());
             }
-            // A full submission queue is flushed, never dropped.
-            self.ring.submit()?;
+            // A full submission queue is flushed, never dropped. The kernel refuses (EBUSY)
+            // while the completion queue is full: those completions are set aside for the next
+            // `reap`, which makes room.
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let mut overflow = std::mem::take(&mut self.overflow);
+                    self.reap_ring(&mut overflow);
+                    self.overflow = overflow;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -371,6 +386,11 @@ impl Ring {
 
     /// Copies the ready completions into `out`; handled afterwards, never inside the iterator.
     pub(crate) fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.overflow);
+        self.reap_ring(out);
+    }
+
+    fn reap_ring(&mut self, out: &mut Vec<Completion>) {
         for cqe in self.ring.completion() {
             out.push(Completion {
                 key: cqe.user_data() as usize,
@@ -413,6 +433,8 @@ impl Drop for Ring {
             // buffers after the ring closes, so they are leaked rather than freed.
             std::mem::forget(std::mem::take(&mut self.ops));
             std::mem::forget(self.provided.take());
+            // Registered send buffers too: an abandoned fixed send may still read one.
+            std::mem::forget(std::mem::take(&mut self.fixed));
         }
     }
 }

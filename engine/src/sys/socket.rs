@@ -96,3 +96,20 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
 pub fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
 }
+
+/// Whether this process ignores SIGPIPE (Rust's runtime sets that before `main`; a C host may
+/// not). Registered-buffer sends (`WriteFixed`) cannot pass `MSG_NOSIGNAL`: a peer that resets
+/// the connection during one would raise SIGPIPE, which by default kills the process, so they
+/// are used only when it is ignored. Read only, never changed: the host's signals are its own.
+pub(crate) fn sigpipe_ignored() -> bool {
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a null `act` only reads the current disposition into `current`, which is a valid,
+    // zeroed `sigaction` that outlives the call.
+    let read = unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), current.as_mut_ptr()) };
+    if read != 0 {
+        return false;
+    }
+    // SAFETY: `sigaction` succeeded and filled it.
+    let current = unsafe { current.assume_init() };
+    current.sa_sigaction == libc::SIG_IGN
+}
