@@ -213,6 +213,24 @@ mod tests {
                 max_queued_bytes: 1000,
                 ..Default::default()
             },
+            // A window that cannot hold the largest message: it could never arrive.
+            ConnectionConfig {
+                initial_window: 1024 * 1024,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                connection_window: 1024 * 1024 + 5,
+                ..Default::default()
+            },
+            // `Instant + Duration::MAX` would panic on the thread doing time arithmetic.
+            ConnectionConfig {
+                idle_timeout: Duration::MAX,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                send_stall_timeout: Duration::MAX,
+                ..Default::default()
+            },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");

@@ -354,3 +354,36 @@ impl NodeConfig {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig::new(
+            Identity::from_seed(&[5; 32]),
+            "config-test",
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+    }
+
+    #[test]
+    fn timeouts_that_would_overflow_time_arithmetic_are_refused() {
+        assert_eq!(config().validate(), Ok(()));
+        let year = glueberry_transport::MAX_TIMEOUT;
+        assert_eq!(config().dial_timeout(year).validate(), Ok(()));
+        for bad in [
+            config().dial_timeout(std::time::Duration::MAX),
+            config().handshake_timeout(year + std::time::Duration::from_secs(1)),
+            config().cooldown(std::time::Duration::MAX),
+            config().reconnect(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::MAX,
+                0,
+            ),
+        ] {
+            let error = bad.validate().expect_err("refused");
+            assert!(error.contains("at most a year"), "{error}");
+        }
+    }
+}
