@@ -30,8 +30,8 @@
 //! futures::executor::block_on(a.send(b.peer_id(), "consensus", Bytes::from_static(b"vote")))?;
 //! let message = b.messages().recv_blocking().ok_or("node stopped")?;
 //! assert_eq!(&message.data[..], b"vote");
-//! a.stop();
-//! b.stop();
+//! a.stop_blocking();
+//! b.stop_blocking();
 //! # Ok(())
 //! # }
 //! ```
@@ -49,7 +49,7 @@
 //!     .handshake_timeout(std::time::Duration::from_secs(30));
 //! let node = Node::start(config)?; // dials every non-blacklisted peer in the book
 //! println!("{} listening on {}", node.peer_id(), node.listen_addr());
-//! node.stop(); // CLOSE frames, threads joined, address book flushed
+//! node.stop_blocking(); // CLOSE frames, threads joined, address book flushed
 //! # Ok(()) }
 //! ```
 //!
@@ -140,8 +140,9 @@
 //!         _ => {}
 //!     }
 //! }
-//! node.drain(std::time::Duration::from_secs(5)); // wait until the peers confirmed everything
-//! node.stop(); // hands back whatever is left
+//! // In async code: `node.drain(timeout).await` then `node.stop().await`.
+//! node.drain_blocking(std::time::Duration::from_secs(5)); // wait until the peers confirmed everything
+//! node.stop_blocking(); // hands back whatever is left
 //! # }
 //! ```
 //!

@@ -26,7 +26,7 @@
 //!
 //! net.partition(&a, &b); // the connection breaks; redials are refused
 //! net.heal(&a, &b); // redials succeed again
-//! # a.stop(); b.stop();
+//! # a.stop_blocking(); b.stop_blocking();
 //! # Ok(())
 //! # }
 //! ```
@@ -223,7 +223,7 @@ impl TestNetwork {
     pub fn stop(&self) {
         if let Ok(slots) = self.slots.lock() {
             for slot in slots.iter() {
-                slot.node.stop();
+                slot.node.stop_blocking();
             }
         }
     }

@@ -203,8 +203,8 @@ fn order_and_uniqueness_hold_and_peers_recover_through_every_fault() {
         h.join().unwrap();
     }
     // The receiver goes first: what the sender then holds unconfirmed comes back on close.
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
     let returns = returns.join().unwrap();
     let accounting = account(&returns, &received.lock().unwrap(), last_sent);
     println!("{accounting}");

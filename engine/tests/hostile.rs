@@ -47,7 +47,7 @@ fn still_serves(node: &Node) {
         )
         .unwrap();
     assert_eq!(&expect_message(node, T).unwrap().data[..], b"ok");
-    honest.stop();
+    honest.stop_blocking();
 }
 
 /// The node closes `socket` (EOF or reset) within the timeout.
@@ -165,7 +165,7 @@ fn garbage_instead_of_a_handshake_is_cut_off() {
             assert!(closed_by_node(&mut socket), "junk not refused");
         }
     });
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -199,7 +199,7 @@ fn truncated_and_oversized_handshake_messages_are_cut_off_before_allocation() {
             );
         }
     });
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -257,7 +257,7 @@ fn garbage_replayed_and_oversized_records_after_a_valid_handshake_are_cut_off() 
             CloseReason::Error(ConnectionError::Record(RecordError::Decrypt))
         );
     });
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -297,7 +297,7 @@ fn a_flood_of_connections_from_one_ip_is_capped_and_refused() {
         .count();
     println!("refusals reported: {refused}");
     assert!(refused > 0, "the flood was not reported");
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -343,8 +343,8 @@ fn simultaneous_dials_repeated_leave_exactly_one_connection_each_time() {
         let _ = a.cancel_reconnect(b.peer_id());
         std::thread::sleep(Duration::from_millis(20));
     }
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 /// Refusals reported so far whose reason contains `what`.
@@ -395,7 +395,7 @@ fn pending_handshakes_per_ip_are_capped_at_accept() {
             );
         },
     );
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -426,5 +426,5 @@ fn connection_attempts_per_second_from_one_ip_are_limited() {
             std::thread::sleep(Duration::from_secs(1));
         },
     );
-    node.stop();
+    node.stop_blocking();
 }

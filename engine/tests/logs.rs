@@ -106,7 +106,7 @@ fn handshakes_and_failures_are_logged_with_their_fields_and_no_secrets() {
     });
     a.cancel_reconnect(other.peer_id()).unwrap();
     for n in [&a, &b, &other] {
-        n.stop();
+        n.stop_blocking();
     }
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

@@ -131,8 +131,8 @@ fn two_nodes_handshake_and_exchange_on_several_streams() {
             assert!(seq.windows(2).all(|w| w[0] < w[1]));
             assert!(got.iter().all(|m| m.peer == a.peer_id()));
         }
-        a.stop();
-        b.stop();
+        a.stop_blocking();
+        b.stop_blocking();
     }
 }
 
@@ -148,7 +148,7 @@ fn four_node_mesh_over_two_shards_each_with_handoffs() {
             break;
         }
         for n in &nodes {
-            n.stop();
+            n.stop_blocking();
         }
         nodes = (0..4).map(|_| start(2)).collect();
         mesh(&nodes, &["gossip"]);
@@ -178,7 +178,7 @@ fn four_node_mesh_over_two_shards_each_with_handoffs() {
         }
     }
     for n in &nodes {
-        n.stop();
+        n.stop_blocking();
     }
 }
 
@@ -218,8 +218,8 @@ fn order_per_stream_holds_under_load_from_several_threads() {
         assert_eq!(n, *expected, "stream {} out of order", m.stream);
         *expected += 1;
     }
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 #[test]
@@ -257,8 +257,8 @@ fn works_from_tokio_and_from_a_plain_thread() {
     .unwrap();
     let m = futures::executor::block_on(a.messages().recv()).unwrap();
     assert_eq!(&m.data[..], b"back");
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 fn thread_count() -> usize {
@@ -343,8 +343,8 @@ fn stop_with_traffic_in_flight_leaks_no_fd_or_thread() {
             std::thread::yield_now();
         }
         // Stop both while the sender is still pushing and bytes are in the sockets.
-        a.stop();
-        b.stop();
+        a.stop_blocking();
+        b.stop_blocking();
         sender.join().unwrap();
         // Every operation in flight completed before its buffer was freed.
         assert_eq!(a.abandoned_operations() + b.abandoned_operations(), 0);
@@ -396,7 +396,7 @@ fn a_killed_peer_is_seen_as_disconnected() {
         |e| matches!(e, Event::State { peer: p, state: ConnState::Disconnected, .. } if *p == peer),
     );
     assert!(seen, "the killed peer was not reported Disconnected");
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -530,7 +530,7 @@ fn send_buffers_are_registered_and_shrink_under_a_small_memlock_limit() {
     if is_root {
         assert_eq!(node.registered_send_buffers(), 32);
     }
-    node.stop();
+    node.stop_blocking();
     if child_role().as_deref() == Some("unprivileged") {
         // The child runs as `nobody`: an 8 MiB memlock limit, ring memory included. Asking for
         // 2 × 64 MiB of registered buffers must shrink (or fall back) and still work.
@@ -557,8 +557,8 @@ fn send_buffers_are_registered_and_shrink_under_a_small_memlock_limit() {
         }
         assert_eq!(receive(&b, 1000, Duration::from_secs(10)).len(), 1000);
         println!("unprivileged ok: {registered} send buffers registered");
-        a.stop();
-        b.stop();
+        a.stop_blocking();
+        b.stop_blocking();
         return;
     }
     if !is_root {
@@ -646,7 +646,7 @@ fn a_peer_that_stops_reading_does_not_hold_up_the_others() {
     let got = receive(&fast, 1000, Duration::from_secs(5));
     assert_eq!(got.len(), 1000, "the fast peer was held up by the slow one");
     for n in [a, slow, fast] {
-        n.stop();
+        n.stop_blocking();
     }
 }
 
@@ -692,8 +692,8 @@ fn provided_receive_buffers_carry_traffic_in_order() {
         assert_eq!(m.data.len(), 300_000);
         assert!(m.data[4..].iter().all(|&b| b == (i % 251) as u8));
     }
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
     assert_eq!(a.abandoned_operations() + b.abandoned_operations(), 0);
 }
 
@@ -709,7 +709,7 @@ fn node_handle_is_send_sync_clone() {
     let future = node.send(node.peer_id(), &s, Bytes::new());
     assert_send(&future);
     drop(future);
-    node.stop();
+    node.stop_blocking();
 }
 
 mod address_book {
@@ -762,8 +762,8 @@ mod address_book {
             )
         );
         assert!(a.peer(banned).unwrap().blacklisted);
-        a.stop();
-        b.stop();
+        a.stop_blocking();
+        b.stop_blocking();
         let book = AddressBook::open(&path).unwrap();
         assert!(
             book.get(&b.peer_id()).unwrap().last_seen.is_some(),
@@ -829,8 +829,8 @@ mod address_book {
         assert!(!seen, "a blacklisted peer reached Connected");
         assert!(a.messages().try_recv().is_none());
         assert!(a.peer(b.peer_id()).unwrap().blacklisted);
-        a.stop();
-        b.stop();
+        a.stop_blocking();
+        b.stop_blocking();
     }
 }
 
@@ -851,7 +851,7 @@ fn broadcast_reaches_every_peer_from_one_buffer() {
         assert_eq!(got[0].peer, sender.peer_id());
     }
     for n in &nodes {
-        n.stop();
+        n.stop_blocking();
     }
 }
 
@@ -900,7 +900,7 @@ fn subscriptions_filter_lose_rather_than_block_and_end_on_drop() {
     drop(only_b_established);
     assert_eq!(a.subscription_count(), 0);
     for n in [a, b, c] {
-        n.stop();
+        n.stop_blocking();
     }
 }
 
@@ -932,7 +932,7 @@ fn config_validation_rejects_nonsense_with_a_clear_message() {
     // 0 attempts is valid: unlimited.
     let node = Node::start(base().reconnect(Duration::from_secs(1), Duration::from_secs(5), 0))
         .expect("0 = unlimited is valid");
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -994,8 +994,8 @@ fn state_and_direction_are_queryable_and_direction_never_flips() {
         a.connected_peers(),
         vec![(b.peer_id(), ConnState::Established)]
     );
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 #[test]
@@ -1040,7 +1040,7 @@ fn cancelling_reconnection_emits_disconnected() {
             }
         )
     ));
-    a.stop();
+    a.stop_blocking();
 }
 
 #[test]
@@ -1086,8 +1086,8 @@ fn statistics_and_dump_state_reflect_traffic() {
     assert_eq!(dump["peer_id"], a.peer_id().to_string());
     assert_eq!(dump["peers"][0]["peer_id"], b.peer_id().to_string());
     assert_eq!(dump["peers"][0]["state"], "Established");
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 mod limits {
@@ -1140,7 +1140,7 @@ mod limits {
             })
             .count();
         assert_eq!(refused, 2);
-        server.stop();
+        server.stop_blocking();
     }
 
     #[test]
@@ -1205,9 +1205,9 @@ mod limits {
         ));
         assert_eq!(server.connection_counts(), (2, 0));
         for c in clients {
-            c.stop();
+            c.stop_blocking();
         }
-        server.stop();
+        server.stop_blocking();
         assert_eq!(server.connection_counts(), (0, 0));
     }
 }
@@ -1261,8 +1261,8 @@ fn connect_and_wait_resolves_fails_and_cancels_on_drop() {
         ConnState::Disconnected,
         "dropping the future did not cancel"
     );
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 #[test]
@@ -1275,9 +1275,9 @@ fn health_is_live_at_once_and_ready_with_a_connection() {
     assert!(health.live && health.ready, "{health:?}");
     let json: serde_json::Value = serde_json::from_str(&health.to_json()).unwrap();
     assert_eq!(json["checks"]["connections"]["ok"], true);
-    a.stop();
+    a.stop_blocking();
     assert!(!a.health().live);
-    b.stop();
+    b.stop_blocking();
 }
 
 /// Go bugs, through the Node API: a remote close is noticed, the peer is redialled without a
@@ -1316,7 +1316,7 @@ fn go_bugs_remote_close_unlimited_reconnect_and_freed_state() {
         established(a.peer_id())
     ));
     // b goes away (orderly close): a notices and starts redialling.
-    b.stop();
+    b.stop_blocking();
     assert!(wait_for(&a, &["s"], Duration::from_secs(5), |e| matches!(
         e,
         Event::State { peer, state: ConnState::Reconnecting, .. } if *peer == b_id
@@ -1343,8 +1343,8 @@ fn go_bugs_remote_close_unlimited_reconnect_and_freed_state() {
     ));
     let stats = futures::executor::block_on(a.peer_stats(b_id)).unwrap();
     assert_eq!(stats.connections, 2);
-    a.stop();
-    b2.stop();
+    a.stop_blocking();
+    b2.stop_blocking();
 }
 
 #[test]
@@ -1398,8 +1398,8 @@ fn stalled_handshakes_are_capped_and_cut_off() {
         client.connect_and_wait(server.peer_id(), server.listen_addr()),
     );
     assert!(ok.is_ok(), "{ok:?}");
-    client.stop();
-    server.stop();
+    client.stop_blocking();
+    server.stop_blocking();
 }
 
 /// Go bugs, through the Node API: a handshake timeout leads to Cooldown, and an explicit
@@ -1444,6 +1444,6 @@ fn go_bugs_cooldown_after_handshake_timeout_is_left_by_connect() {
         )
     });
     assert!(left, "connect did not leave Cooldown");
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }

@@ -195,7 +195,7 @@ fn metrics_are_scraped_over_http_and_move_with_traffic() {
     promtool_check(&metrics);
 
     // The peer goes away: the gauge follows.
-    b.stop();
+    b.stop_blocking();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, metrics) = get(addr, "/metrics");
@@ -213,7 +213,7 @@ fn metrics_are_scraped_over_http_and_move_with_traffic() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    a.stop();
+    a.stop_blocking();
     assert_eq!(a.metrics_addr(), None, "the endpoint stops with the node");
     // Its port is closed (or, if another test's socket took the freed port at once, whatever
     // answers there is not this node's endpoint).
@@ -282,16 +282,16 @@ fn the_endpoint_is_off_by_default_and_a_taken_port_fails_start() {
             .is_some_and(|m| m.contains("glueberry_")),
         "metrics rendered for the application's own server"
     );
-    recording.stop();
+    recording.stop_blocking();
     // The topology stays private unless asked for.
     let b = Node::start(config().metrics("127.0.0.1:0".parse().unwrap())).expect("start");
     assert_eq!(get(b.metrics_addr().unwrap(), "/debug/state").0, 404);
-    b.stop();
+    b.stop_blocking();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err =
         Node::start(config().metrics(taken.local_addr().unwrap())).expect_err("the port is taken");
     assert!(err.to_string().contains("metrics endpoint"), "{err}");
-    a.stop();
+    a.stop_blocking();
 }
 
 /// A connection from `source` (any 127.x.y.z) to `addr`.
@@ -381,5 +381,5 @@ fn slowloris_huge_headers_and_unread_pipelined_requests_leave_healthz_answering(
         rss_now - rss
     );
     drop((idle, big, pipelined));
-    node.stop();
+    node.stop_blocking();
 }

@@ -142,7 +142,7 @@ fn still_serves(node: &Node) {
         )
         .unwrap();
     assert_eq!(&expect_message(node, T).unwrap().data[..], b"ok");
-    honest.stop();
+    honest.stop_blocking();
 }
 
 #[test]
@@ -239,7 +239,7 @@ fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
         "a peer pinned {per_peer} KiB"
     );
     still_serves(&node);
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -294,7 +294,7 @@ fn tiny_records_one_per_segment_do_not_pin_receive_buffers() {
     );
     drop(held);
     still_serves(&node);
-    node.stop();
+    node.stop_blocking();
 }
 
 /// Sends to `peer` on `stream` until refused (its queue is full).
@@ -377,7 +377,7 @@ fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
     );
     assert!(at - start >= Duration::from_secs(2));
     still_serves(&node);
-    node.stop();
+    node.stop_blocking();
 }
 
 #[test]
@@ -438,5 +438,5 @@ fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
         glueberry::open_fd_count()
     );
     still_serves(&node);
-    node.stop();
+    node.stop_blocking();
 }

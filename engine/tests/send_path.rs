@@ -99,7 +99,7 @@ fn two_hundred_mebibytes_with_plain_send_arrive_whole_in_order_with_bounded_memo
         (sender.await.unwrap(), received)
     });
     let elapsed = started.elapsed();
-    assert!(a.drain(T), "the receiver confirmed everything");
+    assert!(a.drain_blocking(T), "the receiver confirmed everything");
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let grew_mib = peak.load(Ordering::Relaxed).saturating_sub(rss_before) / 1024;
@@ -117,8 +117,8 @@ fn two_hundred_mebibytes_with_plain_send_arrive_whole_in_order_with_bounded_memo
     // The stream's queue bound (16 MiB), a window in flight (1 MiB), a window held at the
     // receiver and the buffers around them: far below the 200 MiB that went through.
     assert!(grew_mib < 100, "memory grew by {grew_mib} MiB");
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 #[test]
@@ -149,8 +149,8 @@ fn try_send_at_the_bound_refuses_and_the_message_is_still_the_callers() {
     let (messages, bytes) = route.queued();
     println!("refused at {messages} messages, {bytes} bytes queued on the stream");
     assert_eq!(messages, 8, "the bound is the configured one, exactly");
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
 }
 
 #[test]
@@ -218,9 +218,9 @@ fn a_stream_whose_consumer_stopped_does_not_delay_another_stream_or_another_peer
         assert!(!flooder.is_finished(), "the stuck stream is still stuck");
         flooder.abort();
     });
-    a.stop();
-    b.stop();
-    c.stop();
+    a.stop_blocking();
+    b.stop_blocking();
+    c.stop_blocking();
 }
 
 /// A peer identity whose key's last byte falls in `slot` of 64 (the congestion map this
@@ -308,7 +308,7 @@ fn a_congested_peer_does_not_make_senders_to_another_peer_wait() {
         );
         to_stuck.abort();
     });
-    a.stop();
-    stuck.stop();
-    healthy.stop();
+    a.stop_blocking();
+    stuck.stop_blocking();
+    healthy.stop_blocking();
 }

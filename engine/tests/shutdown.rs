@@ -90,13 +90,13 @@ fn drain_then_stop_delivers_every_message() {
         got
     });
     send_all(&a, b.peer_id(), 20_000, 100);
-    assert!(a.drain(Duration::from_secs(10)), "not drained");
+    assert!(a.drain_blocking(Duration::from_secs(10)), "not drained");
     assert_eq!(futures::executor::block_on(a.outstanding()), 0);
-    a.stop();
+    a.stop_blocking();
     wait_for("b sees a leave", Duration::from_secs(5), || {
         b.state(a.peer_id()) != ConnState::Established
     });
-    b.stop();
+    b.stop_blocking();
     let got = reader.join().unwrap();
     assert_eq!(
         got.len(),
@@ -131,7 +131,7 @@ fn stop_with_messages_in_flight_hands_back_every_one_not_delivered() {
         }
     }
     assert!(futures::executor::block_on(a.outstanding()) > 0);
-    a.stop();
+    a.stop_blocking();
     let mut never = HashSet::new();
     let mut maybe = HashSet::new();
     while let Some(event) = returns.recv_blocking() {
@@ -164,7 +164,7 @@ fn stop_with_messages_in_flight_hands_back_every_one_not_delivered() {
             None => std::thread::sleep(Duration::from_millis(1)),
         }
     }
-    b.stop();
+    b.stop_blocking();
     println!(
         "sent {sent}: received {}, handed back {} unsent + {} unconfirmed",
         got.len(),
@@ -215,7 +215,7 @@ fn restart_from_the_same_data_directory_resumes_the_book_and_reconnects() {
     });
     stop.store(true, Ordering::Relaxed);
     a_helper.join().unwrap();
-    a.stop();
+    a.stop_blocking();
     wait_for("b sees a leave", Duration::from_secs(5), || {
         b.state(a.peer_id()) != ConnState::Established
     });
@@ -238,8 +238,8 @@ fn restart_from_the_same_data_directory_resumes_the_book_and_reconnects() {
     b_stop.store(true, Ordering::Relaxed);
     helper.join().unwrap();
     b_helper.join().unwrap();
-    restarted.stop();
-    b.stop();
+    restarted.stop_blocking();
+    b.stop_blocking();
 }
 
 #[test]
@@ -286,7 +286,67 @@ fn a_panicking_handler_is_contained_and_a_dead_shard_is_reported_not_waited_for(
         stats.is_finished()
     });
     let started = Instant::now();
-    receiver.stop();
+    receiver.stop_blocking();
     println!("stop() with a dead shard took {:?}", started.elapsed());
-    sender.stop();
+    sender.stop_blocking();
+}
+
+#[test]
+fn drain_and_stop_await_on_a_current_thread_runtime_with_the_peer_in_the_same_process() {
+    // The application's first program: one thread, both nodes, async all the way. The old
+    // blocking drain ran its whole timeout here and returned false with 5,000 messages out.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let a = Node::start(config(Identity::generate().unwrap())).unwrap();
+        let b = Node::start(config(Identity::generate().unwrap())).unwrap();
+        glueberry::testing::establish(&a, &b, &["s"], Duration::from_secs(10)).unwrap();
+        let mut messages = b.messages();
+        let reader = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(m) = messages.recv().await {
+                assert_eq!(seq(&m.data), n, "in order");
+                n += 1;
+                if n == 5_000 {
+                    break;
+                }
+            }
+            n
+        });
+        let route = a.route(b.peer_id(), "s");
+        for n in 0..5_000 {
+            a.send(b.peer_id(), &route, numbered(n, 64)).await.unwrap();
+        }
+        let started = Instant::now();
+        let drained = a.drain(Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        assert!(drained, "drain().await confirmed everything");
+        assert_eq!(reader.await.unwrap(), 5_000);
+        let started = Instant::now();
+        a.stop().await;
+        b.stop().await;
+        println!(
+            "drain().await of 5,000 messages on one thread: {took:?}; both stop().await: {:?}",
+            started.elapsed()
+        );
+        assert!(took < Duration::from_secs(10));
+    });
+}
+
+#[test]
+fn dropping_every_handle_stops_the_node() {
+    let node = Node::start(config(Identity::generate().unwrap())).unwrap();
+    let addr = node.listen_addr();
+    let clone = node.clone();
+    drop(node);
+    assert!(
+        std::net::TcpStream::connect(addr).is_ok(),
+        "a handle remains: still listening"
+    );
+    drop(clone);
+    wait_for("the port closed", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_err()
+    });
 }

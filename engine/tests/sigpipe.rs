@@ -85,5 +85,5 @@ fn peers_that_reset_mid_send_do_not_raise_sigpipe_in_a_host_that_does_not_ignore
     }
     assert!(node.health().live);
     println!("20 peers reset mid-send: the process is alive");
-    node.stop();
+    node.stop_blocking();
 }

@@ -162,9 +162,9 @@ fn sybil_identities_fill_inbound_but_persistent_and_outbound_peers_stay() {
     }
     drop(sybils);
     for n in persistent.iter().chain([&ordinary, &honest]) {
-        n.stop();
+        n.stop_blocking();
     }
-    validator.stop();
+    validator.stop_blocking();
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn a_flood_from_one_network_group_cannot_evict_a_diverse_peer() {
     let detail = validator.health().checks[3].detail.clone();
     println!("one group's flood against eight diverse peers: {detail}");
     assert!(detail.ends_with("0 evicted"), "{detail}");
-    validator.stop();
+    validator.stop_blocking();
 }
 
 /// `Event::Refused` events about `peer` received so far.
@@ -252,7 +252,7 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
     assert_eq!(seen, 1, "refused once, reported once, no redial loop");
 
     // After a restart the stored blacklist holds from the first accept, on every shard.
-    node.stop();
+    node.stop_blocking();
     drop(node);
     let node = start();
     assert!(matches!(
@@ -275,6 +275,6 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
         "{result:?}"
     );
     for n in [&node, &attacker, &other] {
-        n.stop();
+        n.stop_blocking();
     }
 }

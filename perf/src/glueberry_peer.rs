@@ -272,9 +272,9 @@ pub(crate) fn throughput(
         let _ = thread.join();
     }
     for node in senders {
-        node.stop();
+        node.stop_blocking();
     }
-    receiver.stop();
+    receiver.stop_blocking();
     Ok(figures)
 }
 
@@ -315,8 +315,8 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
         samples.push(start.elapsed());
     }
     stop.store(true, Ordering::Relaxed);
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
     let _ = echo.join();
     Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
 }
@@ -367,7 +367,7 @@ pub(crate) fn handshakes(setup: &Setup, duration: Duration) -> Result<Figures, S
         count += 1;
     }
     let figures = figures::rate(count, start);
-    server.stop();
+    server.stop_blocking();
     Ok(figures)
 }
 
@@ -399,7 +399,7 @@ pub(crate) fn scale(setup: &Setup, count: usize) -> Result<Figures, String> {
     figures.bytes_per_connection = after.saturating_sub(before) as f64 / count as f64;
     drop(sockets);
     drop(warm);
-    server.stop();
+    server.stop_blocking();
     Ok(figures)
 }
 
@@ -487,8 +487,8 @@ pub(crate) fn latency_under_load(setup: &Setup, duration: Duration) -> Result<Fi
     let seconds = started.elapsed().as_secs_f64();
     let bulk_moved = bulk_bytes.load(Ordering::Relaxed) - start_bytes;
     stop.store(true, Ordering::Relaxed);
-    a.stop();
-    b.stop();
+    a.stop_blocking();
+    b.stop_blocking();
     let _ = (bulk.join(), echo.join(), drain.join());
     let mut figures = figures::percentiles(samples, 64, seconds);
     figures.bytes = bulk_moved;

@@ -92,7 +92,7 @@ pub(crate) fn server(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    node.stop();
+    node.stop_blocking();
     let _ = worker.join();
     let _ = handshakes.join();
     Ok(())
@@ -179,7 +179,7 @@ pub(crate) fn client_throughput(
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
     let _ = poller.join();
-    node.stop();
+    node.stop_blocking();
     Ok(figures)
 }
 
@@ -203,6 +203,6 @@ pub(crate) fn client_latency(
         messages.recv_blocking().ok_or("node stopped")?;
         samples.push(start.elapsed());
     }
-    node.stop();
+    node.stop_blocking();
     Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
 }

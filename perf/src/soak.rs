@@ -497,10 +497,10 @@ pub(crate) fn soak(duration: Duration, seed: u64) -> Result<(), String> {
     }
     // What is still in flight is delivered, or handed back when the nodes stop.
     for node in &soak.nodes {
-        node.drain(Duration::from_secs(5));
+        node.drain_blocking(Duration::from_secs(5));
     }
     for node in &soak.nodes {
-        node.stop();
+        node.stop_blocking();
     }
     for collector in collectors {
         let _ = collector.join();

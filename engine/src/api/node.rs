@@ -286,7 +286,7 @@ impl Node {
             }),
         };
         if let Some(e) = failure {
-            node.stop();
+            node.stop_blocking();
             return Err(StartError::IoUringUnavailable(e));
         }
         #[cfg(feature = "http")]
@@ -305,7 +305,7 @@ impl Node {
                         .unwrap_or_else(|p| p.into_inner()) = Some(endpoint)
                 }
                 Err(e) => {
-                    node.stop();
+                    node.stop_blocking();
                     return Err(StartError::Io(e));
                 }
             }
@@ -327,13 +327,13 @@ impl Node {
                 Ok(())
             };
             if let Err(e) = result {
-                node.stop();
+                node.stop_blocking();
                 return Err(StartError::Io(io::Error::other(e.to_string())));
             }
         }
         for (peer, addr) in &config.persistent {
             if let Err(e) = node.add_persistent_peer(*peer, *addr) {
-                node.stop();
+                node.stop_blocking();
                 return Err(StartError::Io(io::Error::other(e.to_string())));
             }
         }
@@ -570,20 +570,28 @@ impl Node {
     }
 
     /// Waits until every message accepted by `send` so far is confirmed by its peer, or
-    /// `timeout` passes; returns whether everything was confirmed. For a graceful stop: call
+    /// `timeout` passes; returns whether everything was confirmed. For a graceful stop: await
     /// it (with no more sends), then [`Node::stop`], which hands back whatever is left in
-    /// [`Event::Undelivered`](crate::Event::Undelivered).
-    pub fn drain(&self, timeout: std::time::Duration) -> bool {
+    /// [`Event::Undelivered`](crate::Event::Undelivered). Works on any executor (its timer is
+    /// `futures-timer`'s); never blocks the calling thread.
+    pub async fn drain(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if futures::executor::block_on(self.outstanding()) == 0 {
+            if self.outstanding().await == 0 {
                 return true;
             }
-            if std::time::Instant::now() >= deadline {
+            let now = std::time::Instant::now();
+            if now >= deadline {
                 return false;
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            let pause = std::time::Duration::from_millis(2).min(deadline - now);
+            futures_timer::Delay::new(pause).await;
         }
+    }
+
+    /// [`Node::drain`] for callers that are not async: waits on this thread.
+    pub fn drain_blocking(&self, timeout: std::time::Duration) -> bool {
+        futures::executor::block_on(self.drain(timeout))
     }
 
     /// Registered send buffers over all shards (fewer than configured under a small memlock
@@ -622,45 +630,41 @@ impl Node {
     }
 
     /// Stops the node: connections close with a CLOSE frame, shard threads finish every
-    /// operation in flight and exit, and their sockets close. Idempotent; waits for the threads.
-    pub fn stop(&self) {
-        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+    /// operation in flight and exit, their sockets close, and whatever was accepted and not
+    /// delivered comes back in [`Event::Undelivered`](crate::Event::Undelivered). Idempotent.
+    /// Never blocks the calling thread: the shards are joined on a thread of their own and this
+    /// future completes when they are done. Dropping the last `Node` handle stops the node too
+    /// (without waiting).
+    pub async fn stop(&self) {
+        let Some(stopping) = self.inner.begin_stop() else {
             return;
+        };
+        let (done, finished) = async_channel::bounded(1);
+        let joined = std::thread::Builder::new()
+            .name("glueberry-stop".into())
+            .spawn(move || {
+                stopping.join();
+                let _ = done.send_blocking(());
+            });
+        if joined.is_ok() {
+            let _ = finished.recv().await;
         }
-        #[cfg(feature = "http")]
-        if let Some(mut endpoint) = self
-            .inner
-            .endpoint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            endpoint.stop();
+        self.finish_stop();
+    }
+
+    /// [`Node::stop`] for callers that are not async: waits for the shard threads on this
+    /// thread.
+    pub fn stop_blocking(&self) {
+        if let Some(stopping) = self.inner.begin_stop() {
+            stopping.join();
+            self.finish_stop();
         }
-        self.inner.shared.stop.store(true, Ordering::Release);
-        self.inner.shared.routes.close_all();
-        for handle in &self.inner.shared.shards {
-            handle.commands.close();
-            handle.sleeping.store(true, Ordering::SeqCst);
-            handle.wake();
-        }
-        let threads = std::mem::take(
-            &mut *self
-                .inner
-                .threads
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        for thread in threads {
-            let _ = thread.join();
-        }
+    }
+
+    fn finish_stop(&self) {
         tracing::info!(peer_id = %self.peer_id(), listen_addr = %self.listen_addr(), "glueberry node stopped");
         // Batched last-seen updates are not lost on stop; the book's lock is released.
-        if let Some(mut book) = self.book().take()
-            && let Err(e) = book.flush()
-        {
-            tracing::warn!(error = %e, "address book flush on stop failed");
-        }
+        flush_book(&self.inner.shared);
         self.inner.events.close();
         for channel in &self.inner.messages {
             channel.close();
@@ -683,6 +687,77 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+    }
+}
+
+/// Writes the address book's batched updates and releases its lock.
+fn flush_book(shared: &Shared) {
+    if let Some(mut book) = shared.book.lock().unwrap_or_else(|p| p.into_inner()).take()
+        && let Err(e) = book.flush()
+    {
+        tracing::warn!(error = %e, "address book flush on stop failed");
+    }
+}
+
+/// A stop under way: what is left to wait for.
+pub(super) struct Stopping {
+    threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
+    #[cfg(feature = "http")]
+    endpoint: Option<crate::observe::Endpoint>,
+}
+
+impl Stopping {
+    fn join(self) {
+        #[cfg(feature = "http")]
+        if let Some(mut endpoint) = self.endpoint {
+            endpoint.stop();
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl super::handle::Inner {
+    /// Tells every shard to stop (once: `None` after the first call); the threads and the
+    /// endpoint are left to join.
+    pub(super) fn begin_stop(&self) -> Option<Stopping> {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.routes.close_all();
+        for handle in &self.shared.shards {
+            handle.commands.close();
+            handle.sleeping.store(true, Ordering::SeqCst);
+            handle.wake();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        Some(Stopping {
+            threads,
+            #[cfg(feature = "http")]
+            endpoint: self
+                .endpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        })
+    }
+}
+
+impl Drop for super::handle::Inner {
+    /// The last handle is gone without a stop: stop now, without blocking the dropping thread
+    /// (the shards are joined, and the book flushed, on a thread of their own).
+    fn drop(&mut self) {
+        if let Some(stopping) = self.begin_stop() {
+            let shared = self.shared.clone();
+            let _ = std::thread::Builder::new()
+                .name("glueberry-stop".into())
+                .spawn(move || {
+                    stopping.join();
+                    flush_book(&shared);
+                });
+        }
     }
 }
 
