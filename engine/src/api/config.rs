@@ -306,8 +306,9 @@ impl NodeConfig {
         self
     }
 
-    /// The CPUs to pin shards to, in order (default: every CPU the process may use). Two nodes
-    /// in one process should get different CPUs.
+    /// The CPUs to pin shards to, in order (default: every CPU the process may use, each node
+    /// of the process starting where the previous one's shards ended, so that several nodes in
+    /// one process do not share the first CPU).
     pub fn cpus(mut self, cpus: Vec<usize>) -> Self {
         if !cpus.is_empty() {
             self.cpus = Some(cpus);

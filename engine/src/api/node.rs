@@ -47,10 +47,18 @@ impl Node {
             None => None,
         };
         let cpus = config.cpus.clone().unwrap_or_else(socket::allowed_cpus);
+        // Shards of several nodes in one process spread over the CPUs instead of all starting
+        // at the first one; CPUs the application listed are taken in its order.
+        static NEXT_CPU: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let count = if config.shards == 0 {
             cpus.len().max(1)
         } else {
             config.shards
+        };
+        let first_cpu = if config.cpus.is_some() {
+            0
+        } else {
+            NEXT_CPU.fetch_add(count, Ordering::Relaxed)
         };
         // The first listener fixes the port; the others share it (SO_REUSEPORT).
         let listen_err = |source| StartError::Listen {
@@ -163,7 +171,7 @@ impl Node {
                     .try_into()
                     .unwrap_or([1; 8]),
             ) ^ index as u64;
-            let cpu = cpus.get(index % cpus.len().max(1)).copied();
+            let cpu = cpus.get((first_cpu + index) % cpus.len().max(1)).copied();
             let pin = config.pin_threads;
             let entries = config.ring_entries;
             let send_buffers = config.send_buffers;
