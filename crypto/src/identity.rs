@@ -15,8 +15,10 @@ pub const SEED_LEN: usize = 32;
 
 /// A node's Ed25519 key pair.
 ///
-/// The secret key is wiped from memory when the `Identity` is dropped. It is used only to sign
-/// (the handshake binds it to a fresh X25519 key); it never takes part in a Diffie-Hellman.
+/// The secret key is wiped from memory when the `Identity` is dropped (each clone's copy too).
+/// It is used only to sign (the handshake binds it to a fresh X25519 key); it never takes part
+/// in a Diffie-Hellman. `Debug` prints the peer id, never the key.
+#[derive(Clone)]
 pub struct Identity {
     signing_key: SigningKey,
     peer_id: PeerId,

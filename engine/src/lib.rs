@@ -224,7 +224,18 @@ pub use api::{
 #[doc(inline)]
 pub use channel::Messages;
 pub use glueberry_crypto as crypto;
+/// The identity and cipher types an application names, shown here with their variants and
+/// methods (they live in `glueberry_crypto`).
+#[doc(inline)]
+pub use glueberry_crypto::{Identity, PeerId, Suite};
 pub use glueberry_transport as transport;
+/// The state, statistics and close types an application matches on, shown here with their
+/// variants and fields (they live in `glueberry_transport`).
+#[doc(inline)]
+pub use glueberry_transport::{
+    CloseCode, CloseReason, ConnState, ConnectionConfig, ConnectionError, Direction, PeerStats,
+    StreamStats,
+};
 #[doc(inline)]
 pub use limits::ConnectionLimits;
 pub use sys::socket::open_fd_count;

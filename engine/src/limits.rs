@@ -22,7 +22,7 @@ use glueberry_transport::{Admission, CloseCode, Direction};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Authenticated inbound connections (default 350). When inbound is full a new inbound
-    /// peer may evict one (see [`Limits`]'s policy); persistent peers are never counted.
+    /// peer may evict one (ARCHITECTURE.md, "Inbound eviction"); persistent peers are never counted.
     pub max_inbound: usize,
     /// Authenticated outbound connections (default 50).
     pub max_outbound: usize,

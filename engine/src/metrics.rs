@@ -5,8 +5,9 @@
 //! shard, and per stream name when a stream is first seen) and kept, so the data path does an
 //! increment on a handle and no lookup; with no recorder installed the handles do nothing.
 //!
-//! Where the records go: the recorder of [`crate::NodeConfig::metrics`]'s exporter, made for this
-//! node; otherwise the application's global recorder, which must be installed before
+//! Where the records go: the node's own Prometheus recorder when
+//! [`crate::NodeConfig::record_metrics`] (or the `http` feature's `metrics`) asked for one;
+//! otherwise the application's global recorder, which must be installed before
 //! [`crate::Node::start`] (handles made before that stay no-ops, as with any `metrics` user).
 
 use std::collections::HashMap;

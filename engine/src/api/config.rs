@@ -7,7 +7,9 @@ use super::event::Handler;
 use glueberry_crypto::Identity;
 use glueberry_transport::ConnectionConfig;
 
-/// How to run a node.
+/// How to run a node. `Clone`, and `Debug` without secrets (the identity prints as its peer id;
+/// the handler as whether there is one).
+#[derive(Clone)]
 pub struct NodeConfig {
     pub(super) identity: Identity,
     pub(super) network_id: String,
@@ -41,6 +43,43 @@ pub struct NodeConfig {
     #[cfg(feature = "http")]
     pub(super) debug_state_endpoint: bool,
     pub(crate) dialer: Option<Arc<dyn crate::sys::dial::Dialer>>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("NodeConfig");
+        out.field("identity", &self.identity)
+            .field("network_id", &self.network_id)
+            .field("listen", &self.listen)
+            .field("shards", &self.shards)
+            .field("connection", &self.connection)
+            .field("message_buffer", &self.message_buffer)
+            .field("message_buffer_bytes", &self.message_buffer_bytes)
+            .field("busy_poll", &self.busy_poll)
+            .field("event_buffer", &self.event_buffer)
+            .field("command_queue", &self.command_queue)
+            .field("stream_queue", &self.stream_queue)
+            .field("pin_threads", &self.pin_threads)
+            .field("cpus", &self.cpus)
+            .field("ring_entries", &self.ring_entries)
+            .field("send_buffers", &self.send_buffers)
+            .field("provided_receive_buffers", &self.provided_receive_buffers)
+            .field("address_book", &self.address_book)
+            .field("handler", &self.handler.is_some())
+            .field("dial_timeout", &self.dial_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("cooldown", &self.cooldown)
+            .field("backoff", &self.backoff)
+            .field("limits", &self.limits)
+            .field("persistent", &self.persistent)
+            .field("pending_handshakes", &self.pending_handshakes)
+            .field("suites", &self.suites)
+            .field("record_metrics", &self.record_metrics);
+        #[cfg(feature = "http")]
+        out.field("metrics", &self.metrics)
+            .field("debug_state_endpoint", &self.debug_state_endpoint);
+        out.finish_non_exhaustive()
+    }
 }
 
 impl NodeConfig {
@@ -366,6 +405,18 @@ mod tests {
             "config-test",
             "127.0.0.1:0".parse().expect("addr"),
         )
+    }
+
+    #[test]
+    fn debug_prints_the_settings_and_never_the_secret_key() {
+        let identity = Identity::from_seed(&[5; 32]);
+        let peer_id = identity.peer_id().to_string();
+        let printed = format!("{:?}", config().clone());
+        assert!(printed.contains(&peer_id), "{printed}");
+        assert!(printed.contains("network_id: \"config-test\""), "{printed}");
+        // The secret seed (32 bytes of 5) appears in no form.
+        assert!(!printed.contains("[5, 5, 5"), "{printed}");
+        assert!(!printed.contains("0505050505"), "{printed}");
     }
 
     #[test]
