@@ -4,7 +4,7 @@ use super::handle::Node;
 use std::sync::atomic::Ordering;
 
 /// One health check's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HealthCheck {
     /// What was checked.
     pub name: &'static str,
@@ -14,8 +14,9 @@ pub struct HealthCheck {
     pub detail: String,
 }
 
-/// The node's health: `live` while it runs, `ready` when every check passes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The node's health: `live` while it runs, `ready` when every check passes. `Serialize`, for
+/// an application that reports it in its own format.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Health {
     /// The node runs (liveness).
     pub live: bool,
