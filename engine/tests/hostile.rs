@@ -11,11 +11,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use glueberry::crypto::record::RecordError;
 use glueberry::crypto::{HandshakeConfig, Identity, PeerId};
-use glueberry::testing::{establish, expect_message};
-use glueberry::transport::{CloseReason, ConnState, Connection, ConnectionConfig, ConnectionError};
+use glueberry::transport::{CloseReason, ConnState, Connection, ConnectionError};
 use glueberry::{Event, Node, NodeConfig};
 
 const NET: &str = "hostile-test";
@@ -33,21 +31,6 @@ fn node() -> Node {
             .pending_handshakes(64, Duration::from_secs(2)),
     )
     .expect("start")
-}
-
-/// The node still does its job: an honest peer connects and exchanges a message.
-fn still_serves(node: &Node) {
-    let honest = Node::start(config()).unwrap();
-    establish(&honest, node, &["consensus"], T).expect("an honest peer still connects");
-    honest
-        .try_send(
-            node.peer_id(),
-            &honest.stream("consensus"),
-            Bytes::from_static(b"ok"),
-        )
-        .unwrap();
-    assert_eq!(&expect_message(node, T).unwrap().data[..], b"ok");
-    honest.stop_blocking();
 }
 
 /// The node closes `socket` (EOF or reset) within the timeout.
@@ -92,19 +75,12 @@ fn measured(name: &str, node: &Node, attack: impl FnOnce()) {
         "{name}: memory grew by {} KiB",
         after - before
     );
-    still_serves(node);
+    common::still_serves(node, NET);
 }
 
 /// A client that completes the secure handshake with the transport core over a blocking socket.
 fn authenticated(node: &Node, identity: &Identity) -> (TcpStream, Connection) {
-    let handshake = Arc::new(HandshakeConfig::new(identity, NET).unwrap());
-    let mut conn = Connection::outbound(
-        Arc::new(ConnectionConfig::default()),
-        handshake,
-        Some(node.peer_id()),
-        Instant::now(),
-    )
-    .unwrap();
+    let mut conn = common::client_connection(node, identity, NET);
     let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
     glueberry::transport::testing::handshake_blocking(&mut conn, &mut socket)
         .expect("an honest handshake");

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use glueberry::crypto::handshake::Handshake;
 use glueberry::crypto::record::{HEADER_LEN, RecordSealer, TAG_LEN};
 use glueberry::crypto::{HandshakeConfig, Identity, PeerId};
-use glueberry::testing::{establish, expect_message};
 use glueberry::transport::frame::{DATA_FIRST, DATA_LAST, Frame, Settings};
 use glueberry::transport::{CloseCode, CloseReason, ConnState, ConnectionConfig};
 use glueberry::{Event, Node, NodeConfig};
@@ -130,21 +129,6 @@ fn config() -> NodeConfig {
     common::loopback_config(NET)
 }
 
-/// The node still serves an honest peer.
-fn still_serves(node: &Node) {
-    let honest = Node::start(config()).unwrap();
-    establish(&honest, node, &["consensus"], T).expect("an honest peer connects");
-    honest
-        .try_send(
-            node.peer_id(),
-            &honest.stream("consensus"),
-            Bytes::from_static(b"ok"),
-        )
-        .unwrap();
-    assert_eq!(&expect_message(node, T).unwrap().data[..], b"ok");
-    honest.stop_blocking();
-}
-
 #[test]
 fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
     // Sixteen peers from one address: the per-group socket limit is not what is tested here.
@@ -238,7 +222,7 @@ fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
         per_peer <= 2 * window as u64 / 1024 + 512,
         "a peer pinned {per_peer} KiB"
     );
-    still_serves(&node);
+    common::still_serves(&node, NET);
     node.stop_blocking();
 }
 
@@ -293,7 +277,7 @@ fn tiny_records_one_per_segment_do_not_pin_receive_buffers() {
         "small messages pinned receive buffers"
     );
     drop(held);
-    still_serves(&node);
+    common::still_serves(&node, NET);
     node.stop_blocking();
 }
 
@@ -376,7 +360,7 @@ fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
         at - start
     );
     assert!(at - start >= Duration::from_secs(2));
-    still_serves(&node);
+    common::still_serves(&node, NET);
     node.stop_blocking();
 }
 
@@ -437,6 +421,6 @@ fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
         at.elapsed(),
         glueberry::open_fd_count()
     );
-    still_serves(&node);
+    common::still_serves(&node, NET);
     node.stop_blocking();
 }

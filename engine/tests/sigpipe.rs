@@ -3,13 +3,14 @@
 //! child process of its own, whose SIGPIPE disposition is reset to the default (terminate).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
 
+mod common;
+
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glueberry::crypto::{HandshakeConfig, Identity};
-use glueberry::transport::{ConnState, Connection, ConnectionConfig};
+use glueberry::crypto::Identity;
+use glueberry::transport::ConnState;
 use glueberry::{Node, NodeConfig};
 
 const NET: &str = "sigpipe-test";
@@ -53,14 +54,7 @@ fn peers_that_reset_mid_send_do_not_raise_sigpipe_in_a_host_that_does_not_ignore
     );
     for round in 0..20 {
         let identity = Identity::generate().unwrap();
-        let handshake = Arc::new(HandshakeConfig::new(&identity, NET).unwrap());
-        let mut conn = Connection::outbound(
-            Arc::new(ConnectionConfig::default()),
-            handshake,
-            Some(node.peer_id()),
-            Instant::now(),
-        )
-        .unwrap();
+        let mut conn = common::client_connection(&node, &identity, NET);
         let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
         glueberry::transport::testing::handshake_blocking(&mut conn, &mut socket).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -7,12 +7,11 @@ mod common;
 use common::rss_kib;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glueberry::crypto::{HandshakeConfig, Identity, PeerId};
+use glueberry::crypto::{Identity, PeerId};
 use glueberry::testing::{establish, reestablish, wait_for_state};
-use glueberry::transport::{ConnState, Connection, ConnectionConfig};
+use glueberry::transport::ConnState;
 use glueberry::{ConnectionLimits, Node, NodeConfig};
 
 const NET: &str = "sybil-test";
@@ -25,14 +24,7 @@ fn config() -> NodeConfig {
 /// An authenticated client from `source` (any 127.x.y.z works on Linux loopback): the secure
 /// handshake done, its SETTINGS sent, nothing else.
 fn authenticated_from(node: &Node, source: Ipv4Addr, identity: &Identity) -> Option<TcpStream> {
-    let handshake = Arc::new(HandshakeConfig::new(identity, NET).unwrap());
-    let mut conn = Connection::outbound(
-        Arc::new(ConnectionConfig::default()),
-        handshake,
-        Some(node.peer_id()),
-        Instant::now(),
-    )
-    .unwrap();
+    let mut conn = common::client_connection(node, identity, NET);
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
         .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())

@@ -35,3 +35,40 @@ pub(crate) fn loopback_config(network: &str) -> glueberry::NodeConfig {
     )
     .shards(1)
 }
+
+/// The transport core of a client about to dial `node` as `identity` on `network`: run its
+/// secure handshake over any blocking socket with
+/// `glueberry::transport::testing::handshake_blocking`.
+pub(crate) fn client_connection(
+    node: &glueberry::Node,
+    identity: &glueberry::crypto::Identity,
+    network: &str,
+) -> glueberry::transport::Connection {
+    let handshake =
+        std::sync::Arc::new(glueberry::crypto::HandshakeConfig::new(identity, network).unwrap());
+    glueberry::transport::Connection::outbound(
+        std::sync::Arc::new(glueberry::transport::ConnectionConfig::default()),
+        handshake,
+        Some(node.peer_id()),
+        std::time::Instant::now(),
+    )
+    .unwrap()
+}
+
+/// The node still does its job: an honest peer on `network` connects and exchanges a message.
+pub(crate) fn still_serves(node: &glueberry::Node, network: &str) {
+    let timeout = std::time::Duration::from_secs(10);
+    let honest = glueberry::Node::start(loopback_config(network)).unwrap();
+    glueberry::testing::establish(&honest, node, &["consensus"], timeout)
+        .expect("an honest peer still connects");
+    honest
+        .try_send(
+            node.peer_id(),
+            &honest.stream("consensus"),
+            bytes::Bytes::from_static(b"ok"),
+        )
+        .unwrap();
+    let message = glueberry::testing::expect_message(node, timeout).unwrap();
+    assert_eq!(&message.data[..], b"ok");
+    honest.stop_blocking();
+}
