@@ -217,8 +217,8 @@ pub mod testing;
 
 #[doc(inline)]
 pub use api::{
-    ConnectError, Error, ErrorKind, Event, EventFilter, Handler, Health, HealthCheck, Message,
-    Node, NodeConfig, NodeError, NodeSendError, Route, StartError, StreamName, StreamRef,
+    Backend, ConnectError, Error, ErrorKind, Event, EventFilter, Handler, Health, HealthCheck,
+    Message, Node, NodeConfig, NodeError, NodeSendError, Route, StartError, StreamName, StreamRef,
     Subscription, TrySendError,
 };
 #[doc(inline)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glueberry::crypto::{Identity, PeerId};
 use glueberry::transport::{ConnState, ConnectionConfig};
-use glueberry::{Event, Node, NodeConfig};
+use glueberry::{Backend, Event, Node, NodeConfig};
 
 const NET: &str = "loopback-test";
 
@@ -404,12 +404,57 @@ fn a_node_that_cannot_get_io_uring_refuses_to_start_with_the_cause() {
     let result = Node::start(
         NodeConfig::new(Identity::generate().unwrap(), NET, listen())
             .shards(1)
+            .backend(Backend::IoUring)
             .ring_entries(0),
     );
     let error = result.expect_err("a ring of 0 entries cannot be set up");
     let text = error.to_string();
     assert!(text.contains("io_uring is unavailable"), "{text}");
     assert!(text.contains("kernel.io_uring_disabled"), "{text}");
+}
+
+#[test]
+fn auto_runs_on_the_poll_backend_where_io_uring_cannot_start_and_talks_to_an_io_uring_node() {
+    // A ring of 0 entries fails to set up (EINVAL) as a blocked io_uring would (EPERM): Auto
+    // falls back instead of refusing.
+    let fallback = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(2)
+            .backend(Backend::Auto)
+            .ring_entries(0),
+    )
+    .expect("Auto starts without io_uring");
+    assert_eq!(fallback.backend(), Backend::Poll);
+    let health = fallback.health();
+    let check = health.checks.iter().find(|c| c.name == "backend").unwrap();
+    assert_eq!(check.detail, "poll");
+    let uring = Node::start(
+        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+            .shards(2)
+            .backend(Backend::IoUring),
+    )
+    .expect("io_uring here");
+    assert_eq!(uring.backend(), Backend::IoUring);
+    mesh(&[fallback.clone(), uring.clone()], &["s"]);
+    for (from, to) in [(&fallback, &uring), (&uring, &fallback)] {
+        let s = from.stream("s");
+        for i in 0..2000u32 {
+            futures::executor::block_on(from.send(
+                to.peer_id(),
+                &s,
+                Bytes::from(i.to_be_bytes().to_vec()),
+            ))
+            .unwrap();
+        }
+        let got = receive(to, 2000, Duration::from_secs(10));
+        let order: Vec<u32> = got
+            .iter()
+            .map(|m| u32::from_be_bytes(m.data[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(order, (0..2000).collect::<Vec<_>>());
+    }
+    fallback.stop_blocking();
+    uring.stop_blocking();
 }
 
 #[test]
@@ -520,9 +565,11 @@ fn raise_fd_limit() {
 #[test]
 fn send_buffers_are_registered_and_shrink_under_a_small_memlock_limit() {
     // As root (CAP_IPC_LOCK) everything registers.
+    // Registered buffers are io_uring's.
     let node = Node::start(
         NodeConfig::new(Identity::generate().unwrap(), NET, listen())
             .shards(2)
+            .backend(Backend::IoUring)
             .send_buffers(16),
     )
     .unwrap();
@@ -538,6 +585,7 @@ fn send_buffers_are_registered_and_shrink_under_a_small_memlock_limit() {
             Node::start(
                 NodeConfig::new(Identity::generate().unwrap(), NET, listen())
                     .shards(2)
+                    .backend(Backend::IoUring)
                     .send_buffers(256),
             )
             .expect("start as nobody"),

@@ -25,6 +25,7 @@ pub struct NodeConfig {
     pub(super) pin_threads: bool,
     pub(super) cpus: Option<Vec<usize>>,
     pub(super) ring_entries: u32,
+    pub(super) backend: super::Backend,
     pub(super) send_buffers: usize,
     pub(super) provided_receive_buffers: u16,
     pub(super) address_book: Option<std::path::PathBuf>,
@@ -62,6 +63,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("pin_threads", &self.pin_threads)
             .field("cpus", &self.cpus)
             .field("ring_entries", &self.ring_entries)
+            .field("backend", &self.backend)
             .field("send_buffers", &self.send_buffers)
             .field("provided_receive_buffers", &self.provided_receive_buffers)
             .field("address_book", &self.address_book)
@@ -101,6 +103,7 @@ impl NodeConfig {
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
+            backend: super::Backend::from_env().unwrap_or_default(),
             send_buffers: 16,
             provided_receive_buffers: 0,
             address_book: None,
@@ -388,9 +391,18 @@ impl NodeConfig {
     }
 
     /// Submission queue entries per shard ring (default 4096). 0 makes io_uring unusable: for
-    /// testing the error a node gives when it cannot start.
+    /// testing what a node does when it cannot set io_uring up.
     pub fn ring_entries(mut self, entries: u32) -> Self {
         self.ring_entries = entries;
+        self
+    }
+
+    /// The I/O backend (default [`Backend::Auto`]: io_uring where it can run, epoll where it
+    /// cannot; the environment variable `GLUEBERRY_BACKEND` changes the default).
+    ///
+    /// [`Backend::Auto`]: super::Backend::Auto
+    pub fn backend(mut self, backend: super::Backend) -> Self {
+        self.backend = backend;
         self
     }
 }

@@ -93,6 +93,11 @@ impl Node {
                 ),
             },
             HealthCheck {
+                name: "backend",
+                ok: running,
+                detail: self.backend().name().to_string(),
+            },
+            HealthCheck {
                 name: "listening",
                 ok: running,
                 detail: self.listen_addr().to_string(),

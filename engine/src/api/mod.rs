@@ -1,5 +1,6 @@
 //! What applications touch: the `Node` handle and the types of its calls.
 
+mod backend;
 mod config;
 mod error;
 mod errors;
@@ -11,6 +12,7 @@ mod node;
 mod peers;
 mod route;
 
+pub use backend::Backend;
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind};
 pub use errors::{ConnectError, NodeError, NodeSendError, StartError, TrySendError};

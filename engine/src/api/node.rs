@@ -11,6 +11,7 @@ use glueberry_transport::{
     CloseReason, ConnState, Direction, NodeConfig as CoreConfig, NodeCore, Shard,
 };
 
+use super::Backend;
 use super::config::NodeConfig;
 use super::errors::{ConnectError, NodeSendError, StartError};
 use super::event::{Event, EventFilter, StreamName};
@@ -21,7 +22,8 @@ use crate::address_book::AddressBook;
 use crate::channel::Channel;
 use crate::shard::CommandQueue;
 use crate::shard::{self, Command, ShardHandle, Shared};
-use crate::sys::{ring::Ring, socket};
+use crate::sys::io::Io;
+use crate::sys::{poll::Poller, ring::Ring, socket};
 
 impl Node {
     /// Starts the shards and the listeners.
@@ -42,6 +44,8 @@ impl Node {
                 .map_err(|e| StartError::Config(e.to_string()))?;
         }
         let handshake = Arc::new(handshake);
+        let backend = super::backend::choose(config.backend, config.ring_entries)
+            .map_err(StartError::IoUringUnavailable)?;
         let book = match &config.address_book {
             Some(path) => Some(AddressBook::open(path)?),
             None => None,
@@ -87,6 +91,7 @@ impl Node {
             receivers.push(rx);
         }
         let shared = Arc::new(Shared {
+            backend,
             shards: handles,
             events: events_tx,
             stop: AtomicBool::new(false),
@@ -194,7 +199,11 @@ impl Node {
                         .as_deref()
                         .map(|r| ::metrics::set_default_local_recorder(r));
                     // The ring is made on its own thread: SINGLE_ISSUER ties it to its creator.
-                    let ring = match Ring::new(entries) {
+                    let made = match backend {
+                        Backend::Poll => Poller::new().map(Io::Poll),
+                        _ => Ring::new(entries).map(Io::Uring),
+                    };
+                    let ring = match made {
                         Ok(ring) => ring,
                         Err(e) => {
                             let error = io::Error::new(e.kind(), e.to_string());
@@ -295,7 +304,10 @@ impl Node {
         };
         if let Some(e) = failure {
             node.stop_blocking();
-            return Err(StartError::IoUringUnavailable(e));
+            return Err(match backend {
+                Backend::Poll => StartError::Io(e),
+                _ => StartError::IoUringUnavailable(e),
+            });
         }
         #[cfg(feature = "http")]
         if let (Some(addr), Some(recorder)) = (config.metrics, recorder) {
@@ -356,6 +368,12 @@ impl Node {
     /// The address the node listens on (the real port when 0 was asked for).
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen_addr
+    }
+
+    /// The I/O backend the shards run on: [`Backend::IoUring`] or [`Backend::Poll`] (what
+    /// [`Backend::Auto`] chose).
+    pub fn backend(&self) -> Backend {
+        self.inner.shared.backend
     }
 
     /// How many shards (threads) run the node.

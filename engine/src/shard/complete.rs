@@ -10,12 +10,12 @@ use bytes::{Bytes, BytesMut};
 use glueberry_transport::ConnId;
 
 use super::*;
-use crate::sys::ring::{Completion, Op, SendProgress, WAKE_TOKEN, received};
+use crate::sys::op::{Completion, Op, SendProgress, WAKE_TOKEN, received};
 use crate::sys::socket;
 
 impl Shard {
     pub(super) fn arm_recvs(&mut self) -> io::Result<()> {
-        let provided = self.ring.has_provided_buffers();
+        let provided = self.backend.has_provided_buffers();
         for (&id, io) in &mut self.conns {
             if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
                 continue;
@@ -24,7 +24,7 @@ impl Shard {
                 // One multishot receive per connection; the kernel takes a buffer from the
                 // shard's ring only when data arrives.
                 let key = self
-                    .ring
+                    .backend
                     .push(io.fd.as_raw_fd(), Op::RecvMulti { conn: id })?;
                 io.recv = Some(key);
                 continue;
@@ -35,7 +35,7 @@ impl Shard {
             let mut buf = Vec::with_capacity(RECV_BUF.max(pending.len() + RECV_BUF / 2));
             buf.extend_from_slice(&pending);
             let key = self
-                .ring
+                .backend
                 .push(io.fd.as_raw_fd(), Op::Recv { conn: id, buf })?;
             io.recv = Some(key);
         }
@@ -43,19 +43,20 @@ impl Shard {
     }
 
     pub(super) fn arm_accept(&mut self) -> io::Result<()> {
-        self.accept = Some(self.ring.push(self.listener.as_raw_fd(), Op::Accept)?);
+        self.accept = Some(self.backend.push(self.listener.as_raw_fd(), Op::Accept)?);
         Ok(())
     }
 
     pub(super) fn arm_wake(&mut self) -> io::Result<()> {
         let buf = Box::new([0u8; 8]);
-        self.ring.push(self.wake_fd.as_raw_fd(), Op::Wake { buf })?;
+        self.backend
+            .push(self.wake_fd.as_raw_fd(), Op::Wake { buf })?;
         Ok(())
     }
 
     pub(super) fn handle_completions(&mut self, now: Instant) -> io::Result<()> {
         let mut completions = std::mem::take(&mut self.completions);
-        self.ring.reap(&mut completions);
+        self.backend.reap(&mut completions);
         if !completions.is_empty() {
             self.last_work = now;
         }
@@ -77,7 +78,7 @@ impl Shard {
                 self.handle_accept(socket::own(c.result), now);
             }
             if !c.more {
-                self.ring.take(c.key);
+                self.backend.take(c.key);
                 self.accept = None;
                 if !self.shared.stop.load(Ordering::Acquire) {
                     self.arm_accept()?;
@@ -87,13 +88,13 @@ impl Shard {
         }
         if c.more {
             // A multishot operation that stays armed.
-            if let Some(Op::RecvMulti { conn }) = self.ring.get(c.key) {
+            if let Some(Op::RecvMulti { conn }) = self.backend.get(c.key) {
                 let conn = *conn;
                 self.handle_provided_recv(conn, c, now);
             }
             return Ok(());
         }
-        let Some(op) = self.ring.take(c.key) else {
+        let Some(op) = self.backend.take(c.key) else {
             return Ok(());
         };
         match op {
@@ -164,7 +165,7 @@ impl Shard {
             io.send = None;
             match SendProgress::of(result, start, end) {
                 SendProgress::Resubmit { start } => {
-                    io.send = Some(self.ring.push(io.fd.as_raw_fd(), op.resumed_at(start))?);
+                    io.send = Some(self.backend.push(io.fd.as_raw_fd(), op.resumed_at(start))?);
                     return Ok(());
                 }
                 SendProgress::Done => {}
@@ -179,6 +180,7 @@ impl Shard {
                 };
                 if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {
                     // The CLOSE frame went out: done.
+                    self.backend.release(io.fd.as_raw_fd());
                     self.conns.remove(&conn);
                 } else if self.core.has_pending_output(conn) {
                     io.send_buf = Some(buf);
@@ -211,15 +213,15 @@ impl Shard {
             .is_none_or(|io| io.handoff || io.closing.is_some());
         if c.result > 0 {
             if let Some(bid) = c.buffer {
-                let data = self.ring.provided_data(bid, c.result as usize);
+                let data = self.backend.provided_data(bid, c.result as usize);
                 self.core.handle_input(conn, data, now);
-                self.ring.recycle(bid);
+                self.backend.recycle(bid);
                 self.note_handshake(conn);
             }
             return;
         }
         if let Some(bid) = c.buffer {
-            self.ring.recycle(bid);
+            self.backend.recycle(bid);
         }
         let ended = c.result == 0
             || !matches!(

@@ -132,6 +132,8 @@ impl ShardHandle {
 /// State shared by all shards and the `Node` handles.
 pub(crate) struct Shared {
     pub shards: Vec<ShardHandle>,
+    /// The I/O backend the shards run on (never `Auto`).
+    pub backend: crate::Backend,
     pub events: async_channel::Sender<Event>,
     pub stop: AtomicBool,
     pub handler: Option<Handler>,

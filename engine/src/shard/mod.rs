@@ -1,4 +1,5 @@
-//! One shard: a thread pinned to a CPU, its io_uring, and the transport core of the peers it
+//! One shard: a thread pinned to a CPU, its I/O backend (io_uring, or epoll where io_uring is not
+//! allowed), and the transport core of the peers it
 //! owns. Nothing here is shared with other threads except the bounded queues in and out.
 
 use std::collections::{HashMap, VecDeque};
@@ -14,7 +15,8 @@ use glueberry_transport::{Action, CloseCode, ConnId, Connection, NodeCore, shard
 use crate::channel::Channel;
 use crate::metrics::{ShardMetrics, StreamMetrics};
 use crate::route::RouteShared;
-use crate::sys::ring::{Completion, Op, Ring};
+use crate::sys::io::Io;
+use crate::sys::op::{Completion, Op};
 use crate::sys::socket;
 use crate::{Event, StreamName};
 use outbox::Outbox;
@@ -95,7 +97,7 @@ impl ConnIo {
 
 pub(crate) struct Shard {
     index: usize,
-    ring: Ring,
+    backend: Io,
     core: NodeCore,
     listener: OwnedFd,
     accept: Option<usize>,
@@ -147,7 +149,7 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         index: usize,
-        ring: Ring,
+        backend: Io,
         core: NodeCore,
         listener: OwnedFd,
         wake_fd: Arc<OwnedFd>,
@@ -159,7 +161,7 @@ impl Shard {
         let message_buffer_bytes = shared.message_buffer_bytes;
         Self {
             index,
-            ring,
+            backend,
             core,
             listener,
             accept: None,
@@ -192,12 +194,13 @@ impl Shard {
     /// Receives through a provided-buffer ring of `entries` buffers of 64 KiB (multishot) instead
     /// of one buffer per connection.
     pub(crate) fn provide_receive_buffers(&mut self, entries: u16) -> io::Result<()> {
-        self.ring.provide_receive_buffers(entries, 64 * 1024)
+        self.backend.provide_receive_buffers(entries, 64 * 1024)
     }
 
-    /// This shard's ring descriptor (published for other shards' MSG_RING wake-ups).
+    /// This shard's ring descriptor (published for other shards' MSG_RING wake-ups), or -1 on
+    /// the poll backend.
     pub(crate) fn ring_fd(&self) -> std::os::fd::RawFd {
-        self.ring.fd()
+        self.backend.fd()
     }
 
     /// Registers the shard's send buffers (shrinking under a small memlock limit); returns how
@@ -213,7 +216,7 @@ impl Shard {
             }
             return 0;
         }
-        let registered = self.ring.register_send_buffers(count, SEND_BUF);
+        let registered = self.backend.register_send_buffers(count, SEND_BUF);
         self.fixed_free = (0..registered as u16).rev().collect();
         self.registered = registered;
         registered
@@ -241,21 +244,21 @@ impl Shard {
             let now = Instant::now();
             let busy = !self.commands.is_empty() || self.shared.stop.load(Ordering::Acquire);
             if busy {
-                self.ring.submit()?;
+                self.backend.submit()?;
             } else if now.saturating_duration_since(self.last_work) < self.shared.busy_poll {
                 // Work came moments ago: more is likely. Look for completions without
                 // sleeping (senders see the shard awake and skip the eventfd write).
-                self.ring.submit_and_wait(Some(Duration::ZERO))?;
+                self.backend.submit_and_wait(Some(Duration::ZERO))?;
             } else {
                 self.sleeping.store(true, Ordering::SeqCst);
                 if self.commands.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
-                    self.ring.submit_and_wait(timeout)?;
+                    self.backend.submit_and_wait(timeout)?;
                 } else {
-                    self.ring.submit()?;
+                    self.backend.submit()?;
                 }
                 self.sleeping.store(false, Ordering::SeqCst);
             }
-            self.metrics.submissions.absolute(self.ring.pushed());
+            self.metrics.submissions.absolute(self.backend.pushed());
             self.handle_completions(Instant::now())?;
         }
         self.shutdown()
@@ -295,7 +298,7 @@ impl Shard {
                 continue;
             }
             if let Some(key) = io.send {
-                self.ring.cancel(key)?;
+                self.backend.cancel(key)?;
                 io.closing = Some(Vec::new());
                 io.closing_since = None;
             }
@@ -410,7 +413,7 @@ impl Shard {
                         let raw = fd.as_raw_fd();
                         let mut io = ConnIo::new(fd, false);
                         let addr = Box::new(socket2::SockAddr::from(addr));
-                        io.connect = Some(self.ring.push(raw, Op::Connect { conn, addr })?);
+                        io.connect = Some(self.backend.push(raw, Op::Connect { conn, addr })?);
                         self.conns.insert(conn, io);
                     }
                     Err(e) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
@@ -423,10 +426,10 @@ impl Shard {
                         if let Some(key) = io.connect {
                             // Closed while still dialling: stop the connect; the socket closes
                             // when its completion arrives, not before.
-                            self.ring.cancel(key)?;
+                            self.backend.cancel(key)?;
                         }
                         if let Some(key) = io.recv {
-                            self.ring.cancel(key)?;
+                            self.backend.cancel(key)?;
                         }
                     }
                 }
@@ -434,7 +437,7 @@ impl Shard {
                     if let Some(io) = self.conns.get_mut(&conn) {
                         io.handoff = true;
                         if let Some(key) = io.recv {
-                            self.ring.cancel(key)?;
+                            self.backend.cancel(key)?;
                         }
                     }
                 }
@@ -455,12 +458,13 @@ impl Shard {
             let Some(mut io) = self.conns.remove(&id) else {
                 continue;
             };
+            self.backend.release(io.fd.as_raw_fd());
             if let Some(last) = io.closing.take() {
                 if !last.is_empty() && io.connected {
                     // One last send (the CLOSE frame); the socket closes when it completes.
                     let raw = io.fd.as_raw_fd();
                     let end = last.len();
-                    let key = self.ring.push(
+                    let key = self.backend.push(
                         raw,
                         Op::Send {
                             conn: id,
@@ -504,7 +508,7 @@ impl Shard {
                     // Shard to shard: a completion posted on the owner's ring (MSG_RING) wakes
                     // it without a system call of its own; the eventfd is the fallback.
                     let ring_fd = self.shared.ring_fds[owner].load(Ordering::Acquire);
-                    if ring_fd < 0 || self.ring.push(ring_fd, Op::MsgRing).is_err() {
+                    if ring_fd < 0 || self.backend.push(ring_fd, Op::MsgRing).is_err() {
                         handle.wake();
                     }
                 }
@@ -531,11 +535,11 @@ impl Shard {
         self.deliver_events();
         self.hand_back_waiting();
         if let Some(key) = self.accept {
-            self.ring.cancel(key)?;
+            self.backend.cancel(key)?;
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut cancelled = false;
-        while self.ring.in_flight() > 0 {
+        while self.backend.in_flight() > 0 {
             let now = Instant::now();
             if now >= deadline && cancelled {
                 break;
@@ -549,17 +553,18 @@ impl Shard {
                     .flatten()
                     .collect();
                 for key in keys {
-                    self.ring.cancel(key)?;
+                    self.backend.cancel(key)?;
                 }
-                self.ring.cancel_all_wakes()?;
+                self.backend.cancel_all_wakes()?;
                 cancelled = true;
             }
-            self.ring.submit_and_wait(Some(Duration::from_millis(50)))?;
+            self.backend
+                .submit_and_wait(Some(Duration::from_millis(50)))?;
             self.handle_completions(Instant::now())?;
         }
         self.shared
             .abandoned_operations
-            .fetch_add(self.ring.in_flight() as u64, Ordering::Relaxed);
+            .fetch_add(self.backend.in_flight() as u64, Ordering::Relaxed);
         self.conns.clear();
         // The ring's descriptor is closed only once no shard can post to it any more (every
         // shard past its shutdown): a wake-up posted to a closed descriptor could land in
@@ -569,7 +574,7 @@ impl Shard {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while self.shared.running_shards.load(Ordering::Acquire) > 0 {
             if Instant::now() >= deadline {
-                std::mem::forget(self.ring);
+                std::mem::forget(self.backend);
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(1));

@@ -13,7 +13,7 @@ use glueberry_transport::{ConnId, NodeCore};
 use super::*;
 use crate::metrics::ShardMetrics;
 use crate::route::{RouteShared, RouteState};
-use crate::sys::ring::Op;
+use crate::sys::op::Op;
 use crate::{Event, StreamName};
 use glueberry_transport::{ConnState, NodeError};
 
@@ -149,7 +149,7 @@ impl Shard {
                 continue;
             }
             if let Some(index) = self.fixed_free.pop() {
-                let Some(fixed) = self.ring.fixed_mut(index) else {
+                let Some(fixed) = self.backend.fixed_mut(index) else {
                     continue;
                 };
                 let n = self.core.poll_transmit(id, fixed);
@@ -165,7 +165,7 @@ impl Shard {
                     start: 0,
                     end: n,
                 };
-                io.send = Some(self.ring.push(io.fd.as_raw_fd(), op)?);
+                io.send = Some(self.backend.push(io.fd.as_raw_fd(), op)?);
                 continue;
             }
             let mut buf = io
@@ -185,7 +185,7 @@ impl Shard {
                 self.metrics.send_buffers_exhausted.increment(1);
             }
             record_batch(&self.metrics, self.core.last_records(id));
-            let key = self.ring.push(
+            let key = self.backend.push(
                 io.fd.as_raw_fd(),
                 Op::Send {
                     conn: id,

@@ -113,3 +113,21 @@ pub(crate) fn sigpipe_ignored() -> bool {
     let current = unsafe { current.assume_init() };
     current.sa_sigaction == libc::SIG_IGN
 }
+
+/// Makes `fd` non-blocking (the poll backend's system calls must never wait).
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number with integer arguments only; an invalid descriptor
+    // is reported as EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
