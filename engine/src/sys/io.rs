@@ -12,6 +12,7 @@ use super::poll::Poller;
 use super::ring::Ring;
 
 /// A shard's I/O backend.
+#[allow(clippy::large_enum_variant)] // one per shard, not moved once made: boxing would only add a hop
 pub(crate) enum Io {
     /// io_uring: operations complete in the kernel, submitted in batches.
     Uring(Ring),
