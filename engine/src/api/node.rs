@@ -154,6 +154,9 @@ impl Node {
             })
             .unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        // Every shard makes its ring before any registers send buffers: registration takes what
+        // the locked-memory limit leaves, and must not leave a later shard no room for its ring.
+        let rings_made = Arc::new(std::sync::Barrier::new(count));
         let mut threads = Vec::with_capacity(count);
         for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
@@ -183,6 +186,7 @@ impl Node {
             let provided = config.provided_receive_buffers;
             let blacklisted = blacklisted.clone();
             let exit = shard::ExitGuard::new(shared.clone(), index, commands.clone());
+            let rings_made = rings_made.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("glueberry-shard-{index}"))
                 .spawn(move || {
@@ -203,6 +207,7 @@ impl Node {
                         Backend::Poll => Poller::new().map(Io::Poll),
                         _ => Ring::new(entries).map(Io::Uring),
                     };
+                    rings_made.wait();
                     let ring = match made {
                         Ok(ring) => ring,
                         Err(e) => {

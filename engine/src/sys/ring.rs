@@ -37,7 +37,9 @@ impl Ring {
     /// `Err` says why not (EPERM from a seccomp profile or `kernel.io_uring_disabled`, ENOSYS
     /// without io_uring, EINVAL from an old kernel or a bad size).
     pub(crate) fn probe(entries: u32) -> io::Result<()> {
-        let ring = IoUring::new(entries)?;
+        // A small ring: its memory is freed by the kernel some time after it closes, and under
+        // a tight locked-memory limit the shards' rings need that room.
+        let ring = IoUring::new(entries.min(8))?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         let needed = [
