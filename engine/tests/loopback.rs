@@ -426,7 +426,7 @@ fn auto_runs_on_the_poll_backend_where_io_uring_cannot_start_and_talks_to_an_io_
     .expect("Auto starts without io_uring");
     assert_eq!(fallback.backend(), Backend::Poll);
     let health = fallback.health();
-    let check = health.checks.iter().find(|c| c.name == "backend").unwrap();
+    let check = health.check("backend").unwrap();
     assert_eq!(check.detail, "poll");
     let uring = Node::start(
         NodeConfig::new(Identity::generate().unwrap(), NET, listen())

@@ -277,7 +277,10 @@ fn a_panicking_handler_is_contained_and_a_dead_shard_is_reported_not_waited_for(
     });
     let health = receiver.health();
     println!("after a shard died: {}", health.to_json());
-    assert_eq!(health.checks[0].detail, "0 of 1 shards running");
+    assert_eq!(
+        health.check("started").unwrap().detail,
+        "0 of 1 shards running"
+    );
     let stats = std::thread::spawn({
         let receiver = receiver.clone();
         move || futures::executor::block_on(receiver.stats())

@@ -81,7 +81,7 @@ fn sybil_identities_fill_inbound_but_persistent_and_outbound_peers_stay() {
          outbound {outbound}; {}",
         sybils.len(),
         started.elapsed(),
-        validator.health().checks[3].detail
+        validator.health().check("connections").unwrap().detail
     );
     assert_eq!(inbound, limits.max_inbound, "inbound is full of sybils");
 
@@ -109,7 +109,7 @@ fn sybil_identities_fill_inbound_but_persistent_and_outbound_peers_stay() {
     // (The sybils already evicted each other: a newcomer from a smaller group takes the place
     // of the newest member of the largest, so the flood ends spread evenly over its groups.)
     let evicted = |node: &Node| {
-        let detail = node.health().checks[3].detail.clone();
+        let detail = node.health().check("connections").unwrap().detail.clone();
         let n = detail
             .rsplit(", ")
             .next()
@@ -126,7 +126,7 @@ fn sybil_identities_fill_inbound_but_persistent_and_outbound_peers_stay() {
     });
     println!(
         "after an honest inbound peer: {}",
-        validator.health().checks[3].detail
+        validator.health().check("connections").unwrap().detail
     );
     assert_eq!(
         evicted(&validator),
@@ -195,7 +195,12 @@ fn a_flood_from_one_network_group_cannot_evict_a_diverse_peer() {
     for (peer, _) in &honest {
         assert_eq!(validator.state(*peer), ConnState::Connected, "kept");
     }
-    let detail = validator.health().checks[3].detail.clone();
+    let detail = validator
+        .health()
+        .check("connections")
+        .unwrap()
+        .detail
+        .clone();
     println!("one group's flood against eight diverse peers: {detail}");
     assert!(detail.ends_with("0 evicted"), "{detail}");
     validator.stop_blocking();

@@ -27,6 +27,12 @@ pub struct Health {
 }
 
 impl Health {
+    /// The check called `name` (`started`, `backend`, `listening`, `address_book`,
+    /// `connections`).
+    pub fn check(&self, name: &str) -> Option<&HealthCheck> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
     /// The checks as a JSON object, for a 200/503 HTTP answer.
     pub fn to_json(&self) -> String {
         let checks: serde_json::Map<String, serde_json::Value> = self
