@@ -329,7 +329,7 @@ impl SimNetwork {
             while let Some(action) = self.nodes[i].core.poll_action() {
                 any = true;
                 match action {
-                    Action::Dial { conn, addr } => self.dial(i, conn, addr),
+                    Action::Dial { conn, addr, .. } => self.dial(i, conn, addr),
                     // Every simulated node is a single shard: it owns all its peers.
                     Action::Handoff { .. } => {}
                     Action::Close { conn, last_bytes } => {

@@ -1,11 +1,34 @@
 //! Glueberry: encrypted peer-to-peer messaging for blockchain validators.
 //!
-//! A [`Node`] runs one shard per CPU, each a pinned thread with its own io_uring, driving the
+//! A [`Node`] runs one shard per CPU, each a pinned thread with its own io_uring (or epoll where
+//! io_uring is not allowed), driving the
 //! sans-IO protocol core ([`transport`]) over real TCP sockets. Peers are split between shards by
 //! peer id; an inbound connection is handed to its peer's shard once the handshake names the
 //! peer. The application talks to the shards through bounded queues and receives messages and
 //! events on bounded channels; the `Node` handle is `Send + Sync + Clone` and its async methods
 //! work from any executor.
+//!
+//! # Where it runs
+//!
+//! Linux. io_uring needs Linux 5.19+ and must be allowed (`kernel.io_uring_disabled = 0`, no
+//! seccomp profile blocking `io_uring_setup`: Docker's default profile and containerd's
+//! `RuntimeDefault` block it). Where it is not, the default [`Backend::Auto`] runs the same
+//! shards on epoll and logs why; [`Backend::IoUring`] refuses to start instead, and
+//! [`Node::backend`] says which runs:
+//!
+//! ```no_run
+//! use glueberry::{Backend, Node, NodeConfig};
+//! use glueberry::crypto::Identity;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = NodeConfig::new(Identity::generate()?, "chain-1", "0.0.0.0:26656".parse()?)
+//!     .backend(Backend::Auto);
+//! let node = Node::start(config)?;
+//! println!("running on {}", node.backend()); // "io_uring", or "poll" in a default container
+//! # node.stop_blocking();
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -209,6 +232,7 @@ mod channel;
 mod limits;
 pub mod metrics;
 mod observe;
+mod resolve;
 mod route;
 mod shard;
 #[allow(unsafe_code)] // the system layer: io_uring, registered buffers, sockets
@@ -218,8 +242,8 @@ pub mod testing;
 #[doc(inline)]
 pub use api::{
     Backend, ConnectError, Error, ErrorKind, Event, EventFilter, Handler, Health, HealthCheck,
-    Message, Node, NodeConfig, NodeError, NodeSendError, Route, StartError, StreamName, StreamRef,
-    Subscription, TrySendError,
+    Host, Message, Node, NodeConfig, NodeError, NodeSendError, PeerAddr, PeerAddrError, Route,
+    StartError, StreamName, StreamRef, Subscription, TrySendError,
 };
 #[doc(inline)]
 pub use channel::Messages;

@@ -12,6 +12,8 @@ use crate::{Cipher, Scenario};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
     Glueberry(Cipher),
+    /// Glueberry with ChaCha20-Poly1305 on the poll (epoll) backend.
+    GlueberryPoll,
     Stream(Stack, Framing),
     /// iperf3 on loopback: the kernel's ceiling for one TCP stream (bulk only).
     Iperf3,
@@ -24,6 +26,7 @@ impl Peer {
             Peer::Glueberry(Cipher::ChaCha) => "glueberry-chacha",
             Peer::Glueberry(Cipher::Aes) => "glueberry-aes",
             Peer::Glueberry(Cipher::DangerNull) => "glueberry-null",
+            Peer::GlueberryPoll => "glueberry-chacha-poll",
             Peer::Stream(Stack::Tcp, B) => "tcp",
             Peer::Stream(Stack::Tcp, M) => "tcp-per-message",
             #[cfg(feature = "compare")]
@@ -47,6 +50,7 @@ impl Peer {
             Peer::Glueberry(Cipher::ChaCha) => "glueberry (ChaCha20-Poly1305)",
             Peer::Glueberry(Cipher::Aes) => "glueberry (AES-256-GCM)",
             Peer::Glueberry(Cipher::DangerNull) => "glueberry, null cipher (profiling)",
+            Peer::GlueberryPoll => "glueberry (ChaCha20-Poly1305), poll backend",
             Peer::Stream(Stack::Tcp, _) => "plain TCP (tokio)",
             #[cfg(feature = "compare")]
             Peer::Stream(Stack::Tls(Cipher::Aes), _) => "tokio + rustls (AES-256-GCM)",
@@ -90,6 +94,7 @@ fn peers() -> Vec<Peer> {
         Peer::Glueberry(Cipher::ChaCha),
         Peer::Glueberry(Cipher::Aes),
         Peer::Glueberry(Cipher::DangerNull),
+        Peer::GlueberryPoll,
     ]);
     peers
 }
@@ -108,6 +113,11 @@ fn pairs() -> Vec<(&'static str, &'static str)> {
         // What a user gets by default on a CPU with AES instructions, against what rustls
         // users pick for portability.
         ("glueberry-aes", "rustls-chacha"),
+        // The poll backend (containers that block io_uring) against io_uring, and against what
+        // a user would otherwise pick.
+        ("glueberry-chacha-poll", "glueberry-chacha"),
+        ("glueberry-chacha-poll", "rustls-chacha"),
+        ("glueberry-chacha-poll", "tcp"),
     ]
 }
 
@@ -218,7 +228,11 @@ fn iperf3(duration: Duration) -> Result<Figures, String> {
 fn run(peer: Peer, scenario: Scenario, length: Length) -> Option<Result<Figures, String>> {
     let quiet = |_: u64, _: u64| {};
     match peer {
-        Peer::Glueberry(cipher) => {
+        Peer::Glueberry(_) | Peer::GlueberryPoll => {
+            let (cipher, backend) = match peer {
+                Peer::Glueberry(cipher) => (cipher, glueberry::Backend::Auto),
+                _ => (Cipher::ChaCha, glueberry::Backend::Poll),
+            };
             let glueberry_only = matches!(
                 scenario,
                 Scenario::BulkStreams
@@ -226,11 +240,12 @@ fn run(peer: Peer, scenario: Scenario, length: Length) -> Option<Result<Figures,
                     | Scenario::Scale
                     | Scenario::LatencyUnderLoad
             );
-            if glueberry_only && cipher != Cipher::ChaCha {
+            if glueberry_only && (cipher != Cipher::ChaCha || backend == glueberry::Backend::Poll) {
                 return None;
             }
             let setup = Setup {
                 cipher,
+                backend,
                 ..Setup::default()
             };
             Some(crate::run_glueberry(scenario, &setup, length, None, &quiet))

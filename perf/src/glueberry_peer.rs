@@ -37,6 +37,8 @@ pub(crate) struct Setup {
     /// How long each shard polls after its last work before sleeping (`--busy-poll MICROS`;
     /// the node's default when not given).
     pub busy_poll: Option<Duration>,
+    /// The nodes' I/O backend (`--backend`; Auto unless given).
+    pub backend: glueberry::Backend,
 }
 
 impl Default for Setup {
@@ -51,6 +53,7 @@ impl Default for Setup {
             metrics: false,
             window: None,
             busy_poll: None,
+            backend: glueberry::Backend::Auto,
         }
     }
 }
@@ -89,6 +92,7 @@ impl Setup {
     ) -> NodeConfig {
         let config = NodeConfig::new(identity, "glueberry-perf", listen)
             .shards(shards)
+            .backend(self.backend)
             .suites(self.suites())
             .connection(self.connection())
             .command_queue(65_536)

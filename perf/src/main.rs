@@ -10,7 +10,7 @@
 //! glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 //!
 //! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
-//!          --busy-poll MICROS,
+//!          --busy-poll MICROS, --backend auto|io_uring|poll,
 //!          --cipher chacha|aes, --no-batching, --danger-null-cipher, --metrics
 //! scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
 //!            shard-scaling (--peers N; --danger-null-cipher to measure the engine alone),
@@ -153,7 +153,7 @@ glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 
 OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
-         --busy-poll MICROS, --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
+         --busy-poll MICROS, --backend auto|io_uring|poll, --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
          --metrics (each node records into its own Prometheus recorder)
 scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
            shard-scaling (--peers N; --danger-null-cipher to measure the engine alone), all";
@@ -221,6 +221,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     Some("aes") => Cipher::Aes,
                     _ => return Err("--cipher is chacha or aes".into()),
                 }
+            }
+            "--backend" => {
+                options.setup.backend = rest
+                    .next()
+                    .ok_or("--backend needs auto, io_uring or poll")?
+                    .parse()?
             }
             "--no-batching" => options.setup.batching = false,
             "--metrics" => options.setup.metrics = true,

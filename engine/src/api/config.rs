@@ -14,6 +14,7 @@ pub struct NodeConfig {
     pub(super) identity: Identity,
     pub(super) network_id: String,
     pub(super) listen: SocketAddr,
+    pub(super) also_listen: Vec<SocketAddr>,
     pub(super) shards: usize,
     pub(super) connection: ConnectionConfig,
     pub(super) message_buffer: usize,
@@ -52,6 +53,7 @@ impl std::fmt::Debug for NodeConfig {
         out.field("identity", &self.identity)
             .field("network_id", &self.network_id)
             .field("listen", &self.listen)
+            .field("also_listen", &self.also_listen)
             .field("shards", &self.shards)
             .field("connection", &self.connection)
             .field("message_buffer", &self.message_buffer)
@@ -92,6 +94,7 @@ impl NodeConfig {
             identity,
             network_id: network_id.to_string(),
             listen,
+            also_listen: Vec::new(),
             shards: 0,
             connection: ConnectionConfig::default(),
             message_buffer: 1000,
@@ -394,6 +397,16 @@ impl NodeConfig {
     /// testing what a node does when it cannot set io_uring up.
     pub fn ring_entries(mut self, entries: u32) -> Self {
         self.ring_entries = entries;
+        self
+    }
+
+    /// Also listen on `addr`: IPv4 and IPv6 at once, e.g. `[::]:26656` beside `0.0.0.0:26656`
+    /// (an IPv6 listener takes IPv6 only, so the two do not collide). Port 0 picks a port for
+    /// that address; [`Node::listen_addrs`] has them all.
+    ///
+    /// [`Node::listen_addrs`]: crate::Node::listen_addrs
+    pub fn listen_also(mut self, addr: SocketAddr) -> Self {
+        self.also_listen.push(addr);
         self
     }
 

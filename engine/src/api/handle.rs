@@ -28,7 +28,8 @@ pub(crate) fn push_command(handle: &ShardHandle, command: Command) -> Result<(),
 /// The state behind every `Node` handle.
 pub(super) struct Inner {
     pub(super) peer_id: PeerId,
-    pub(super) listen_addr: SocketAddr,
+    /// Never empty: the configured listen address first.
+    pub(super) listen_addrs: Vec<SocketAddr>,
     pub(super) shared: Arc<Shared>,
     pub(super) events: async_channel::Receiver<Event>,
     /// Each shard's channel of messages for the default destination.
@@ -58,7 +59,7 @@ impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Node")
             .field("peer_id", &self.inner.peer_id)
-            .field("listen_addr", &self.inner.listen_addr)
+            .field("listen_addrs", &self.inner.listen_addrs)
             .finish_non_exhaustive()
     }
 }

@@ -164,6 +164,9 @@ impl Node {
         serde_json::json!({
             "peer_id": self.peer_id().to_string(),
             "listen_addr": self.listen_addr().to_string(),
+            "listen_addrs": self.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "backend": self.backend().name(),
+            "names_resolved": shared.resolver.resolved(),
             "protocol_version": glueberry_crypto::handshake::PROTOCOL_VERSION.to_string(),
             "shards": shared.shards.len(),
             "events_dropped": self.events_dropped(),

@@ -1,5 +1,6 @@
 //! What applications touch: the `Node` handle and the types of its calls.
 
+mod address;
 mod backend;
 mod config;
 mod error;
@@ -12,6 +13,7 @@ mod node;
 mod peers;
 mod route;
 
+pub use address::{Host, PeerAddr, PeerAddrError};
 pub use backend::Backend;
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind};
@@ -19,5 +21,6 @@ pub use errors::{ConnectError, NodeError, NodeSendError, StartError, TrySendErro
 pub(crate) use event::Subscribers;
 pub use event::{Event, EventFilter, Handler, Message, StreamName, Subscription};
 pub use handle::Node;
+pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
 pub use route::{Route, StreamRef};

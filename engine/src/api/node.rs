@@ -64,16 +64,19 @@ impl Node {
         } else {
             NEXT_CPU.fetch_add(count, Ordering::Relaxed)
         };
-        // The first listener fixes the port; the others share it (SO_REUSEPORT).
-        let listen_err = |source| StartError::Listen {
-            addr: config.listen,
-            source,
-        };
-        let first = socket::listener(config.listen).map_err(listen_err)?;
-        let listen_addr = socket::local_addr(&first)?;
-        let mut listeners = vec![first];
-        for _ in 1..count {
-            listeners.push(socket::listener(listen_addr).map_err(listen_err)?);
+        // Per listen address, every shard has a listener: the first fixes the port, the others
+        // share it (SO_REUSEPORT).
+        let mut listeners: Vec<Vec<_>> = (0..count).map(|_| Vec::new()).collect();
+        let mut listen_addrs = Vec::new();
+        for &addr in std::iter::once(&config.listen).chain(&config.also_listen) {
+            let listen_err = |source| StartError::Listen { addr, source };
+            let first = socket::listener(addr).map_err(listen_err)?;
+            let bound = socket::local_addr(&first)?;
+            listeners[0].push(first);
+            for shard in listeners.iter_mut().skip(1) {
+                shard.push(socket::listener(bound).map_err(listen_err)?);
+            }
+            listen_addrs.push(bound);
         }
 
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
@@ -92,6 +95,7 @@ impl Node {
         }
         let shared = Arc::new(Shared {
             backend,
+            resolver: crate::resolve::Resolver::default(),
             shards: handles,
             events: events_tx,
             stop: AtomicBool::new(false),
@@ -158,7 +162,7 @@ impl Node {
         // the locked-memory limit leaves, and must not leave a later shard no room for its ring.
         let rings_made = Arc::new(std::sync::Barrier::new(count));
         let mut threads = Vec::with_capacity(count);
-        for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
+        for (index, (listeners, commands)) in listeners.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
             let messages = messages_tx
                 .next()
@@ -225,7 +229,7 @@ impl Node {
                         index,
                         ring,
                         core,
-                        listener,
+                        listeners,
                         handle.wake_fd.clone(),
                         handle.sleeping.clone(),
                         commands,
@@ -274,7 +278,7 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 peer_id: handshake.peer_id(),
-                listen_addr,
+                listen_addrs,
                 shared,
                 events: events_rx,
                 messages: channels,
@@ -372,7 +376,13 @@ impl Node {
 
     /// The address the node listens on (the real port when 0 was asked for).
     pub fn listen_addr(&self) -> SocketAddr {
-        self.inner.listen_addr
+        self.inner.listen_addrs[0]
+    }
+
+    /// Every address the node listens on (the first is [`Node::listen_addr`]), with the real
+    /// ports.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.inner.listen_addrs
     }
 
     /// The I/O backend the shards run on: [`Backend::IoUring`] or [`Backend::Poll`] (what
@@ -402,6 +412,29 @@ impl Node {
     /// Dials `peer` at `addr` (and redials it with backoff when the connection drops).
     pub fn connect(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
         self.command(peer, Command::Connect { peer, addr })
+    }
+
+    /// Dials `addr.peer` at `addr`: an IP address at once, as [`Node::connect`]; a host name
+    /// is resolved first on the node's resolver thread (never on the caller's thread or a
+    /// shard), and again before every later dial, reconnections included. The resolved
+    /// addresses are tried in turn. A name that does not resolve ends the attempt like an
+    /// unreachable address (`Event::CommandFailed` for the first dial).
+    pub fn connect_to(&self, addr: &crate::PeerAddr) -> Result<(), NodeSendError> {
+        match &addr.host {
+            crate::Host::Ip(ip) => self.connect(addr.peer, SocketAddr::new(*ip, addr.port)),
+            crate::Host::Name(name) => {
+                let request = crate::resolve::Request {
+                    peer: addr.peer,
+                    conn: None,
+                    host: name.as_str().into(),
+                    port: addr.port,
+                };
+                self.inner
+                    .shared
+                    .resolver
+                    .resolve(&self.inner.shared, request)
+            }
+        }
     }
 
     /// Dials a persistent peer (a validator this node must stay connected to) at `addr`: see
@@ -757,6 +790,7 @@ impl super::handle::Inner {
             return None;
         }
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.resolver.stop();
         self.shared.routes.close_all();
         for handle in &self.shared.shards {
             handle.commands.close();

@@ -42,8 +42,10 @@ impl Shard {
         Ok(())
     }
 
-    pub(super) fn arm_accept(&mut self) -> io::Result<()> {
-        self.accept = Some(self.backend.push(self.listener.as_raw_fd(), Op::Accept)?);
+    /// Arms the accept of listener `index`.
+    pub(super) fn arm_accept(&mut self, index: usize) -> io::Result<()> {
+        let fd = self.listeners[index].as_raw_fd();
+        self.accepts[index] = Some(self.backend.push(fd, Op::Accept)?);
         Ok(())
     }
 
@@ -73,15 +75,15 @@ impl Shard {
             // Another shard woke us (MSG_RING): its command is taken in the next turn.
             return Ok(());
         }
-        if Some(c.key) == self.accept {
+        if let Some(index) = self.accepts.iter().position(|&a| a == Some(c.key)) {
             if c.result >= 0 {
                 self.handle_accept(socket::own(c.result), now);
             }
             if !c.more {
                 self.backend.take(c.key);
-                self.accept = None;
+                self.accepts[index] = None;
                 if !self.shared.stop.load(Ordering::Acquire) {
-                    self.arm_accept()?;
+                    self.arm_accept(index)?;
                 }
             }
             return Ok(());
@@ -107,6 +109,14 @@ impl Shard {
             Op::Connect { conn, .. } => {
                 if let Some(io) = self.conns.get_mut(&conn) {
                     io.connect = None;
+                    if c.result != 0 && io.closing.is_none() && !io.alternatives.is_empty() {
+                        // The next address the name resolved to, on a new socket.
+                        let rest = std::mem::take(&mut io.alternatives);
+                        self.backend.release(io.fd.as_raw_fd());
+                        self.conns.remove(&conn);
+                        self.dial(conn, rest, now);
+                        return Ok(());
+                    }
                 }
                 let result = if c.result == 0 {
                     if let Some(io) = self.conns.get_mut(&conn) {

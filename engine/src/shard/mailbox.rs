@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use glueberry_crypto::PeerId;
-use glueberry_transport::Connection;
+use glueberry_transport::{ConnId, Connection};
 
 use crate::channel::Channel;
 use crate::route::RouteShared;
@@ -23,6 +23,15 @@ pub(crate) enum Command {
     Connect {
         peer: PeerId,
         addr: SocketAddr,
+    },
+    /// A host name resolved for `peer`: for its first dial (`conn: None`: dial it and resolve
+    /// the name again before every later dial) or for the dial `conn`.
+    Resolved {
+        peer: PeerId,
+        conn: Option<ConnId>,
+        host: std::sync::Arc<str>,
+        port: u16,
+        result: crate::resolve::Resolved,
     },
     CompleteHandshake {
         peer: PeerId,
@@ -134,6 +143,8 @@ pub(crate) struct Shared {
     pub shards: Vec<ShardHandle>,
     /// The I/O backend the shards run on (never `Auto`).
     pub backend: crate::Backend,
+    /// Host names, resolved off the shards.
+    pub resolver: crate::resolve::Resolver,
     pub events: async_channel::Sender<Event>,
     pub stop: AtomicBool,
     pub handler: Option<Handler>,

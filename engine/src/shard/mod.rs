@@ -72,6 +72,8 @@ struct ConnIo {
     handoff: bool,
     /// For an inbound socket: its place in its IP's count, given back when this drops.
     ip_slot: Option<crate::limits::IpSlot>,
+    /// For a dial: the addresses still to try if this one fails (a name resolved to several).
+    alternatives: Vec<std::net::SocketAddr>,
 }
 
 impl ConnIo {
@@ -87,6 +89,7 @@ impl ConnIo {
             closing_since: None,
             handoff: false,
             ip_slot: None,
+            alternatives: Vec::new(),
         }
     }
 
@@ -99,8 +102,9 @@ pub(crate) struct Shard {
     index: usize,
     backend: Io,
     core: NodeCore,
-    listener: OwnedFd,
-    accept: Option<usize>,
+    /// This shard's listeners (one per listen address) and the accept armed on each.
+    listeners: Vec<OwnedFd>,
+    accepts: Vec<Option<usize>>,
     wake_fd: Arc<OwnedFd>,
     sleeping: Arc<AtomicBool>,
     commands: Arc<CommandQueue<Command>>,
@@ -121,6 +125,12 @@ pub(crate) struct Shard {
         Option<crate::limits::IpSlot>,
     )>,
     names: HashMap<Box<str>, StreamName>,
+    /// Peers dialled by host name: resolved again before each dial.
+    hosts: HashMap<PeerId, (Arc<str>, u16)>,
+    /// Addresses just resolved for a peer's first dial (no second lookup for it).
+    fresh: HashMap<PeerId, Vec<std::net::SocketAddr>>,
+    /// Dials waiting for their name to resolve.
+    resolving: HashMap<ConnId, PeerId>,
     /// Streams of each Established peer, and their sum (the `streams_active` gauge).
     streams_open: HashMap<PeerId, usize>,
     streams_active: usize,
@@ -151,7 +161,7 @@ impl Shard {
         index: usize,
         backend: Io,
         core: NodeCore,
-        listener: OwnedFd,
+        listeners: Vec<OwnedFd>,
         wake_fd: Arc<OwnedFd>,
         sleeping: Arc<AtomicBool>,
         commands: Arc<CommandQueue<Command>>,
@@ -163,8 +173,8 @@ impl Shard {
             index,
             backend,
             core,
-            listener,
-            accept: None,
+            accepts: vec![None; listeners.len()],
+            listeners,
             wake_fd,
             sleeping,
             commands,
@@ -176,6 +186,9 @@ impl Shard {
             outbox: Outbox::new(messages, message_buffer_bytes),
             handoffs: VecDeque::new(),
             names: HashMap::new(),
+            hosts: HashMap::new(),
+            fresh: HashMap::new(),
+            resolving: HashMap::new(),
             streams_open: HashMap::new(),
             streams_active: 0,
             send_pool: Vec::with_capacity(SEND_POOL),
@@ -224,7 +237,9 @@ impl Shard {
 
     /// The event loop; returns when the node stops.
     pub(crate) fn run(mut self) -> io::Result<()> {
-        self.arm_accept()?;
+        for index in 0..self.listeners.len() {
+            self.arm_accept(index)?;
+        }
         self.arm_wake()?;
         while !self.shared.stop.load(Ordering::Acquire) {
             let now = Instant::now();
@@ -329,6 +344,13 @@ impl Shard {
                     self.core.add_peer(peer, Some(addr), true);
                     let _ = self.core.connect(peer, now);
                 }
+                Command::Resolved {
+                    peer,
+                    conn,
+                    host,
+                    port,
+                    result,
+                } => self.resolved(peer, conn, (host, port), result, now),
                 Command::CompleteHandshake { peer, streams } => {
                     let names: Vec<&str> = streams.iter().map(String::as_str).collect();
                     if let Err(e) = self.core.complete_handshake(peer, &names, now) {
@@ -397,7 +419,7 @@ impl Shard {
     fn perform_actions(&mut self, now: Instant) -> io::Result<()> {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Dial { conn, addr } if self.shared.dialer.is_some() => {
+                Action::Dial { conn, addr, .. } if self.shared.dialer.is_some() => {
                     let dialer = self.shared.dialer.as_ref().map(|d| d.dial(addr));
                     match dialer {
                         Some(Ok(fd)) => {
@@ -408,16 +430,30 @@ impl Shard {
                         None => {}
                     }
                 }
-                Action::Dial { conn, addr } => match socket::connecting(addr) {
-                    Ok(fd) => {
-                        let raw = fd.as_raw_fd();
-                        let mut io = ConnIo::new(fd, false);
-                        let addr = Box::new(socket2::SockAddr::from(addr));
-                        io.connect = Some(self.backend.push(raw, Op::Connect { conn, addr })?);
-                        self.conns.insert(conn, io);
+                Action::Dial { conn, peer, addr } => {
+                    if let Some(addrs) = self.fresh.remove(&peer) {
+                        self.dial(conn, addrs, now);
+                    } else if let Some((host, port)) = self.hosts.get(&peer).cloned() {
+                        let request = crate::resolve::Request {
+                            peer,
+                            conn: Some(conn),
+                            host,
+                            port,
+                        };
+                        match self.shared.resolver.resolve(&self.shared, request) {
+                            Ok(()) => {
+                                self.resolving.insert(conn, peer);
+                            }
+                            Err(e) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
+                        }
+                    } else {
+                        self.dial(conn, vec![addr], now);
                     }
-                    Err(e) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
-                },
+                }
+                Action::Close { conn, .. } if self.resolving.remove(&conn).is_some() => {
+                    // Closed (timed out, disconnected) while its name was being resolved: the
+                    // answer will be ignored.
+                }
                 Action::Close { conn, last_bytes } => {
                     if let Some(io) = self.conns.get_mut(&conn) {
                         io.closing = Some(last_bytes);
@@ -444,6 +480,73 @@ impl Shard {
             }
         }
         self.settle_idle_conns()
+    }
+
+    /// Dials `conn` at the first of `addrs`, keeping the rest to try in turn if it fails.
+    fn dial(&mut self, conn: ConnId, mut addrs: Vec<std::net::SocketAddr>, now: Instant) {
+        let mut error = String::from("no address to dial");
+        while !addrs.is_empty() {
+            let addr = addrs.remove(0);
+            let fd = match socket::connecting(addr) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    error = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            let raw = fd.as_raw_fd();
+            let mut io = ConnIo::new(fd, false);
+            let target = Box::new(socket2::SockAddr::from(addr));
+            match self.backend.push(raw, Op::Connect { conn, addr: target }) {
+                Ok(key) => {
+                    io.connect = Some(key);
+                    io.alternatives = addrs;
+                    self.conns.insert(conn, io);
+                    return;
+                }
+                Err(e) => {
+                    self.backend.release(raw);
+                    error = format!("{addr}: {e}");
+                }
+            }
+        }
+        self.core.handle_dial_result(conn, Err(error), now);
+    }
+
+    /// A name resolved for `peer`'s first dial (`conn: None`) or for the dial `conn`.
+    fn resolved(
+        &mut self,
+        peer: PeerId,
+        conn: Option<ConnId>,
+        host: (Arc<str>, u16),
+        result: crate::resolve::Resolved,
+        now: Instant,
+    ) {
+        match (conn, result) {
+            (None, Ok(addrs)) => {
+                let first = addrs.first().copied();
+                self.hosts.insert(peer, host);
+                self.fresh.insert(peer, addrs);
+                self.core.add_peer(peer, first, true);
+                if let Err(e) = self.core.connect(peer, now) {
+                    self.fresh.remove(&peer);
+                    self.emit(Event::CommandFailed {
+                        peer,
+                        error: e.to_string(),
+                    });
+                }
+            }
+            (None, Err(error)) => self.emit(Event::CommandFailed { peer, error }),
+            (Some(conn), result) => {
+                if self.resolving.remove(&conn).is_none() {
+                    return; // The dial ended meanwhile.
+                }
+                match result {
+                    Ok(addrs) => self.dial(conn, addrs, now),
+                    Err(error) => self.core.handle_dial_result(conn, Err(error), now),
+                }
+            }
+        }
     }
 
     /// Closes or hands off connections that asked for it once no I/O is in flight on them.
@@ -534,7 +637,7 @@ impl Shard {
         self.perform_actions(now)?;
         self.deliver_events();
         self.hand_back_waiting();
-        if let Some(key) = self.accept {
+        for key in self.accepts.clone().into_iter().flatten() {
             self.backend.cancel(key)?;
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;

@@ -10,6 +10,10 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 /// incoming connections over the shards' listeners.
 pub(crate) fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // IPv6 only: an IPv4 listener on the same port is a separate socket.
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;

@@ -131,6 +131,9 @@ pub enum Action {
     Dial {
         /// The connection.
         conn: ConnId,
+        /// The peer it is meant to reach (a runtime that dials by host name resolves the
+        /// peer's name again for each dial).
+        peer: PeerId,
         /// Where to.
         addr: SocketAddr,
     },

@@ -41,7 +41,11 @@ impl NodeCore {
             p.deadline = Some(now + self.config.dial_timeout);
         }
         self.set_state(peer, ConnState::Connecting, None);
-        self.actions.push_back(Action::Dial { conn: id, addr });
+        self.actions.push_back(Action::Dial {
+            conn: id,
+            peer,
+            addr,
+        });
     }
 
     /// Takes a connection's events and turns them into peer state changes and node events.
