@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
 
 mod common;
-use common::rss_kib;
+use common::{alone, rss_kib};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,13 +51,6 @@ fn closed_by_node(socket: &mut TcpStream) -> bool {
         }
     }
     false
-}
-
-/// One test at a time in this binary: the memory each attack costs is read from the whole
-/// process, so another test's nodes must not be running meanwhile.
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ALONE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `attack` and reports the node's memory before and after.

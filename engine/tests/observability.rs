@@ -81,6 +81,7 @@ fn establish(a: &Node, b: &Node, streams: &[&str]) {
 
 #[test]
 fn metrics_are_scraped_over_http_and_move_with_traffic() {
+    let _alone = common::alone();
     let a = Node::start(
         config()
             .metrics("127.0.0.1:0".parse().unwrap())
@@ -272,6 +273,7 @@ fn promtool_check(metrics: &str) {
 
 #[test]
 fn the_endpoint_is_off_by_default_and_a_taken_port_fails_start() {
+    let _alone = common::alone();
     let a = Node::start(config()).expect("start");
     assert_eq!(a.metrics_addr(), None);
     assert_eq!(a.render_metrics(), None, "not recording by default");
@@ -319,6 +321,7 @@ fn healthz_answers(addr: SocketAddr) -> Duration {
 
 #[test]
 fn slowloris_huge_headers_and_unread_pipelined_requests_leave_healthz_answering() {
+    let _alone = common::alone();
     let node = Node::start(config().metrics("127.0.0.1:0".parse().unwrap())).expect("start");
     let addr = node.metrics_addr().unwrap();
     let threads = common::thread_count();
@@ -340,7 +343,7 @@ fn slowloris_huge_headers_and_unread_pipelined_requests_leave_healthz_answering(
     println!(
         "300 idle connections: /healthz answered in {took:?}; threads {threads} -> {threads_now}"
     );
-    // (Other tests of this binary start and stop nodes meanwhile: the count can only fall.)
+    // (The other tests of this binary wait: the count is this test's alone.)
     assert!(threads_now <= threads, "no thread per connection");
 
     // A 20 MiB header line: refused at 16 KiB, memory unchanged.

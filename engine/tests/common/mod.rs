@@ -12,6 +12,13 @@ pub(crate) fn vm_data_kib() -> u64 {
     status_field("VmData:")
 }
 
+/// Runs the calling test alone among the tests of its binary that also call it (they measure
+/// the whole process: threads, memory).
+pub(crate) fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Threads of this process.
 pub(crate) fn thread_count() -> u64 {
     status_field("Threads:")
