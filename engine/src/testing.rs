@@ -8,7 +8,8 @@
 //! reconnection — runs over it as over TCP. [`TestNetwork::partition`] cuts the relays between
 //! two nodes (both ends see the connection lost, as when a cable is pulled) and refuses dials
 //! between them until [`TestNetwork::heal`]. A dial to an address that is not a node of the
-//! network is refused like a closed port. The engine still needs io_uring (Linux 5.19+).
+//! network is refused like a closed port. It runs on either backend: io_uring where it can,
+//! epoll where it cannot ([`crate::Backend`]).
 //!
 //! ```
 //! use glueberry::testing::{TestNetwork, establish, expect_message};
