@@ -117,3 +117,39 @@ fn a_name_that_does_not_resolve_fails_the_dial_without_blocking_the_caller() {
     assert!(failed.1.contains("no-such-host.invalid"), "{}", failed.1);
     node.stop_blocking();
 }
+
+#[test]
+fn a_peer_with_several_addresses_is_reached_at_the_one_that_answers_on_every_dial() {
+    let server = Node::start(config("127.0.0.1:0")).unwrap();
+    // A port nothing listens on (a listener bound and closed).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let client = Node::start(config("127.0.0.1:0")).unwrap();
+    client
+        .add_peer(
+            server.peer_id(),
+            vec![dead, server.listen_addr()],
+            Default::default(),
+        )
+        .unwrap();
+    reestablish(&client, &server, &["s"], T).expect("the second address answers");
+    exchange(&client, &server);
+
+    // The server drops the connection: the client's redial tries both again, the dead one
+    // first, and is back.
+    server.disconnect(client.peer_id()).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while client.state(server.peer_id()) == glueberry::transport::ConnState::Established {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drop was not seen"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    reestablish(&client, &server, &["s"], T).expect("redialled");
+    exchange(&client, &server);
+    client.stop_blocking();
+    server.stop_blocking();
+}

@@ -350,10 +350,8 @@ impl Node {
         for entry in node.peers() {
             let result = if entry.blacklisted {
                 Ok(())
-            } else if let Some(addr) = entry.addresses.first() {
-                node.connect(entry.peer_id, *addr)
             } else {
-                Ok(())
+                node.connect_any(entry.peer_id, entry.addresses.clone())
             };
             if let Err(e) = result {
                 node.stop_blocking();
@@ -411,7 +409,16 @@ impl Node {
 
     /// Dials `peer` at `addr` (and redials it with backoff when the connection drops).
     pub fn connect(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
-        self.command(peer, Command::Connect { peer, addr })
+        self.connect_any(peer, vec![addr])
+    }
+
+    /// Dials `peer` at any of `addrs`: each dial (the first and every redial) tries them in
+    /// turn until one connects. Nothing happens for an empty list.
+    pub fn connect_any(&self, peer: PeerId, addrs: Vec<SocketAddr>) -> Result<(), NodeSendError> {
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        self.command(peer, Command::Connect { peer, addrs })
     }
 
     /// Dials `addr.peer` at `addr`: an IP address at once, as [`Node::connect`]; a host name

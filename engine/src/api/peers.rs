@@ -30,8 +30,8 @@ impl Node {
         Ok(())
     }
 
-    /// Adds (or updates) a peer in the address book and dials it. Without an address book the
-    /// peer is only dialled.
+    /// Adds (or updates) a peer in the address book and dials it, at each of `addresses` in
+    /// turn (on every redial too). Without an address book the peer is only dialled.
     pub fn add_peer(
         &self,
         peer: PeerId,
@@ -45,9 +45,7 @@ impl Node {
                 return Ok(());
             }
         }
-        if let Some(addr) = addresses.first() {
-            self.connect(peer, *addr)?;
-        }
+        self.connect_any(peer, addresses)?;
         Ok(())
     }
 

@@ -20,9 +20,10 @@ use crate::{Event, Handler};
 
 /// What other threads ask of a shard.
 pub(crate) enum Command {
+    /// Dial `peer` at `addrs` (never empty), tried in turn on every dial.
     Connect {
         peer: PeerId,
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
     },
     /// A host name resolved for `peer`: for its first dial (`conn: None`: dial it and resolve
     /// the name again before every later dial) or for the dial `conn`.

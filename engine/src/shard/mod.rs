@@ -125,6 +125,8 @@ pub(crate) struct Shard {
         Option<crate::limits::IpSlot>,
     )>,
     names: HashMap<Box<str>, StreamName>,
+    /// Peers with several addresses: each dial tries them in turn.
+    addresses: HashMap<PeerId, Vec<std::net::SocketAddr>>,
     /// Peers dialled by host name: resolved again before each dial.
     hosts: HashMap<PeerId, (Arc<str>, u16)>,
     /// Addresses just resolved for a peer's first dial (no second lookup for it).
@@ -186,6 +188,7 @@ impl Shard {
             outbox: Outbox::new(messages, message_buffer_bytes),
             handoffs: VecDeque::new(),
             names: HashMap::new(),
+            addresses: HashMap::new(),
             hosts: HashMap::new(),
             fresh: HashMap::new(),
             resolving: HashMap::new(),
@@ -340,8 +343,15 @@ impl Shard {
                         self.send(&route, data);
                     }
                 }
-                Command::Connect { peer, addr } => {
-                    self.core.add_peer(peer, Some(addr), true);
+                Command::Connect { peer, addrs } => {
+                    // Addresses given now replace a host name given before.
+                    self.hosts.remove(&peer);
+                    self.core.add_peer(peer, addrs.first().copied(), true);
+                    if addrs.len() > 1 {
+                        self.addresses.insert(peer, addrs);
+                    } else {
+                        self.addresses.remove(&peer);
+                    }
                     let _ = self.core.connect(peer, now);
                 }
                 Command::Resolved {
@@ -433,6 +443,8 @@ impl Shard {
                 Action::Dial { conn, peer, addr } => {
                     if let Some(addrs) = self.fresh.remove(&peer) {
                         self.dial(conn, addrs, now);
+                    } else if let Some(addrs) = self.addresses.get(&peer) {
+                        self.dial(conn, addrs.clone(), now);
                     } else if let Some((host, port)) = self.hosts.get(&peer).cloned() {
                         let request = crate::resolve::Request {
                             peer,
@@ -525,6 +537,7 @@ impl Shard {
         match (conn, result) {
             (None, Ok(addrs)) => {
                 let first = addrs.first().copied();
+                self.addresses.remove(&peer);
                 self.hosts.insert(peer, host);
                 self.fresh.insert(peer, addrs);
                 self.core.add_peer(peer, first, true);
