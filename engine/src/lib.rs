@@ -242,8 +242,8 @@ pub mod testing;
 #[doc(inline)]
 pub use api::{
     Backend, ConnectError, Error, ErrorKind, Event, EventFilter, Handler, Health, HealthCheck,
-    Host, Message, Node, NodeConfig, NodeError, NodeSendError, PeerAddr, PeerAddrError, Route,
-    StartError, StreamName, StreamRef, Subscription, TrySendError,
+    Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr,
+    PeerAddrError, Route, StartError, StreamName, StreamRef, Subscription, TrySendError,
 };
 #[doc(inline)]
 pub use channel::Messages;

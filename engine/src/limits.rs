@@ -19,7 +19,8 @@ use glueberry_transport::{Admission, CloseCode, Direction};
 
 /// Connection limits. The defaults keep room for 50 outbound connections that inbound peers
 /// cannot take (400 in all, Glueberry's high watermark, of which at most 350 inbound).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConnectionLimits {
     /// Authenticated inbound connections (default 350). When inbound is full a new inbound
     /// peer may evict one (ARCHITECTURE.md, "Inbound eviction"); persistent peers are never counted.

@@ -12,6 +12,7 @@ mod messaging;
 mod node;
 mod peers;
 mod route;
+mod settings;
 
 pub use address::{Host, PeerAddr, PeerAddrError};
 pub use backend::Backend;
@@ -24,3 +25,4 @@ pub use handle::Node;
 pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
 pub use route::{Route, StreamRef};
+pub use settings::NodeSettings;
