@@ -82,8 +82,10 @@ impl NodeSettings {
         if self.network_id.is_empty() {
             return Err("network_id is required".into());
         }
-        let mut connection = glueberry_transport::ConnectionConfig::default();
-        connection.max_message_size = self.max_message_size;
+        let connection = glueberry_transport::ConnectionConfig {
+            max_message_size: self.max_message_size,
+            ..Default::default()
+        };
         let mut config = NodeConfig::new(identity, &self.network_id, self.listen)
             .shards(self.shards)
             .backend(self.backend)

@@ -1,0 +1,102 @@
+//! `glueberry ping`: round trips to a node over an authenticated connection, from a throwaway
+//! identity.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glueberry::transport::ConnState;
+use glueberry::{Event, EventFilter, Identity, Node, NodeConfig, PeerAddr};
+
+use crate::PING_STREAM;
+
+pub(crate) fn ping(
+    peer: &PeerAddr,
+    network: &str,
+    count: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    let identity = Identity::generate().map_err(|e| e.to_string())?;
+    let listen = match peer.socket_addr() {
+        Some(addr) if addr.is_ipv6() => "[::]:0",
+        _ => "0.0.0.0:0",
+    };
+    let config =
+        NodeConfig::new(identity, network, listen.parse().map_err(|_| "listen")?).shards(1);
+    let node = Node::start(config).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = runtime.block_on(run(&node, peer, count, timeout));
+    node.stop_blocking();
+    result
+}
+
+async fn run(node: &Node, peer: &PeerAddr, count: u32, timeout: Duration) -> Result<(), String> {
+    let events = node.subscribe(
+        EventFilter {
+            peers: Some(vec![peer.peer]),
+            states: None,
+        },
+        64,
+    );
+    let mut replies = node.messages_on(PING_STREAM).map_err(|e| e.to_string())?;
+    node.connect_to(peer).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let connected = async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::State {
+                    state: ConnState::Connected,
+                    ..
+                } => node
+                    .complete_handshake(peer.peer, &[PING_STREAM])
+                    .map_err(|e| e.to_string())?,
+                Event::State {
+                    state: ConnState::Established,
+                    ..
+                } => return Ok(()),
+                Event::CommandFailed { error, .. } => return Err(format!("{peer}: {error}")),
+                _ => {}
+            }
+        }
+        Err("the node stopped".to_string())
+    };
+    tokio::time::timeout(timeout, connected)
+        .await
+        .map_err(|_| format!("{peer}: not connected within {timeout:?}"))??;
+    println!("connected to {peer} in {:?}", started.elapsed());
+    let mut rtts = Vec::with_capacity(count as usize);
+    for seq in 0..count {
+        let sent = Instant::now();
+        let request = Bytes::copy_from_slice(&seq.to_be_bytes());
+        node.send(peer.peer, PING_STREAM, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = tokio::time::timeout(timeout, replies.recv())
+            .await
+            .map_err(|_| format!("no reply to ping {seq} within {timeout:?}"))?
+            .ok_or("the node stopped")?;
+        if reply.data[..] != seq.to_be_bytes() {
+            return Err(format!("ping {seq}: the reply does not match"));
+        }
+        let rtt = sent.elapsed();
+        println!(
+            "reply from {}: seq={seq} time={:.1} µs",
+            peer.peer,
+            rtt.as_secs_f64() * 1e6
+        );
+        rtts.push(rtt);
+    }
+    rtts.sort();
+    if let (Some(min), Some(max)) = (rtts.first(), rtts.last()) {
+        println!(
+            "{} replies: min {:.1} µs, median {:.1} µs, max {:.1} µs",
+            rtts.len(),
+            min.as_secs_f64() * 1e6,
+            rtts[rtts.len() / 2].as_secs_f64() * 1e6,
+            max.as_secs_f64() * 1e6
+        );
+    }
+    Ok(())
+}

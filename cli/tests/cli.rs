@@ -1,0 +1,151 @@
+//! The `glueberry` command end to end, as a user runs it: two keys, two nodes from TOML files
+//! (the second dials the first by name), the first's status, a ping, SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_glueberry");
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `glueberry node --config file` and reads its first line: "ID ADDR BACKEND".
+fn start_node(dir: &Path, file: &str) -> (Child, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .current_dir(dir)
+        .args(["node", "--config", file])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.split_whitespace().map(String::from).collect())
+}
+
+fn terminate(mut child: Child) {
+    // SAFETY: sends SIGTERM to our own child process, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "a node exits cleanly on SIGTERM: {status}"
+    );
+}
+
+#[test]
+fn keygen_two_nodes_from_toml_status_and_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let a = stdout(&run(dir, &["keygen", "--out", "a.key"]))
+        .trim()
+        .to_string();
+    let b = stdout(&run(dir, &["keygen", "--out", "b.key"]))
+        .trim()
+        .to_string();
+    assert!(a.starts_with("gbp1") && b.starts_with("gbp1") && a != b);
+    assert_eq!(stdout(&run(dir, &["id", "--key", "a.key"])).trim(), a);
+    assert!(
+        !run(dir, &["keygen", "--out", "a.key"]).status.success(),
+        "an existing key is not overwritten"
+    );
+
+    let (port_a, port_b, metrics) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("a.toml"),
+        format!(
+            "key = \"a.key\"\nstreams = [\"consensus\"]\n\n[node]\nnetwork_id = \"cli-test\"\n\
+             listen = \"127.0.0.1:{port_a}\"\nshards = 1\nmetrics = \"127.0.0.1:{metrics}\"\n\
+             debug_state_endpoint = true\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b.toml"),
+        format!(
+            "key = \"b.key\"\nstreams = [\"consensus\"]\n\n[node]\nnetwork_id = \"cli-test\"\n\
+             listen = \"127.0.0.1:{port_b}\"\nshards = 1\npeers = [\"{a}@localhost:{port_a}\"]\n"
+        ),
+    )
+    .unwrap();
+    let (node_a, line_a) = start_node(dir, "a.toml");
+    assert_eq!(line_a[0], a);
+    assert_eq!(line_a[1], format!("127.0.0.1:{port_a}"));
+    let (node_b, line_b) = start_node(dir, "b.toml");
+    assert_eq!(line_b[0], b);
+
+    // A's status shows B, which dialled it by name, Established.
+    let endpoint = format!("127.0.0.1:{metrics}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let output = run(dir, &["status", "--endpoint", &endpoint]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        if output.status.success() && text.contains(&b) && text.contains("Established") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "B never Established: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.contains("health (200)"), "{status}");
+
+    // A ping from a throwaway identity, by IP this time.
+    let ping = stdout(&run(
+        dir,
+        &[
+            "ping",
+            &format!("{a}@127.0.0.1:{port_a}"),
+            "--network",
+            "cli-test",
+            "--count",
+            "3",
+        ],
+    ));
+    assert!(ping.contains("seq=2"), "{ping}");
+    assert!(ping.contains("3 replies"), "{ping}");
+    // The wrong network is refused, and ping says so instead of hanging.
+    let wrong = run(
+        dir,
+        &[
+            "ping",
+            &format!("{a}@127.0.0.1:{port_a}"),
+            "--network",
+            "other-chain",
+            "--count",
+            "1",
+            "--timeout",
+            "3",
+        ],
+    );
+    assert!(!wrong.status.success());
+
+    terminate(node_b);
+    terminate(node_a);
+    println!("{ping}");
+}
