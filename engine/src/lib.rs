@@ -234,6 +234,7 @@ pub mod metrics;
 mod observe;
 mod resolve;
 mod route;
+mod rpc;
 mod shard;
 #[allow(unsafe_code)] // the system layer: io_uring, registered buffers, sockets
 mod sys;
@@ -243,7 +244,8 @@ pub mod testing;
 pub use api::{
     Backend, ConnectError, Error, ErrorKind, Event, EventFilter, Handler, Health, HealthCheck,
     Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr,
-    PeerAddrError, Route, StartError, StreamName, StreamRef, Subscription, TrySendError,
+    PeerAddrError, Request, RequestError, Requests, Route, StartError, StreamName, StreamRef,
+    Subscription, TrySendError,
 };
 #[doc(inline)]
 pub use channel::Messages;

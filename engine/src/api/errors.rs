@@ -135,3 +135,26 @@ impl From<TrySendError> for NodeSendError {
         e.error
     }
 }
+
+/// Why a [`Node::request`](crate::Node::request) got no response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No response within the timeout.
+    #[error("no response within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The peer's connection ended before it responded.
+    #[error("the peer disconnected before responding")]
+    Disconnected,
+    /// The peer will not respond: nothing serves requests on that stream there, or the
+    /// responder refused this one.
+    #[error("the peer refused the request")]
+    Refused,
+    /// Too many requests to this peer wait for their response.
+    #[error("{0} requests to this peer already wait for a response")]
+    TooManyInFlight(usize),
+    /// The request could not be sent (the peer is not Established with the stream open, the
+    /// node stopped, the message is too large).
+    #[error(transparent)]
+    Send(#[from] NodeSendError),
+}

@@ -40,6 +40,8 @@ pub(super) struct Inner {
     pub(super) threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
     pub(super) names: Mutex<HashMap<String, StreamName>>,
     pub(super) prepared: Mutex<HashMap<PeerId, Vec<String>>>,
+    /// Streams used for requests: with each shard's channel where this node serves them.
+    pub(super) request_streams: Mutex<HashMap<String, Option<Vec<Channel>>>>,
     pub(super) max_message_size: usize,
     pub(super) stopped: AtomicBool,
     #[cfg(feature = "http")]

@@ -167,6 +167,7 @@ impl Node {
             "listen_addrs": self.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "backend": self.backend().name(),
             "names_resolved": shared.resolver.resolved(),
+            "requests_waiting": shared.rpc.len(),
             "protocol_version": glueberry_crypto::handshake::PROTOCOL_VERSION.to_string(),
             "shards": shared.shards.len(),
             "events_dropped": self.events_dropped(),

@@ -96,6 +96,7 @@ impl Node {
         let shared = Arc::new(Shared {
             backend,
             resolver: crate::resolve::Resolver::default(),
+            rpc: crate::rpc::Pending::default(),
             shards: handles,
             events: events_tx,
             stop: AtomicBool::new(false),
@@ -287,6 +288,7 @@ impl Node {
                 threads: Mutex::new(threads),
                 names: Mutex::new(HashMap::new()),
                 prepared: Mutex::new(HashMap::new()),
+                request_streams: Mutex::new(HashMap::new()),
                 max_message_size: config.connection.max_message_size,
                 stopped: AtomicBool::new(false),
                 #[cfg(feature = "http")]
@@ -751,6 +753,20 @@ impl Node {
                 channel.close();
             }
         }
+        for channels in self
+            .inner
+            .request_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flatten()
+        {
+            for channel in channels {
+                channel.close();
+            }
+        }
+        // Requests still waiting for a response end now, not at their timeout.
+        self.inner.shared.rpc.fail_all();
         // Subscriptions end too, once their last events are taken.
         self.inner
             .shared

@@ -35,6 +35,12 @@ impl Shard {
                     counters.messages_received.increment(1);
                     counters.bytes_received.increment(data.len() as u64);
                     tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
+                    if let Some(kind) = self.outbox.request_stream(name.shared())
+                        && self.take_rpc(kind, peer, &name, &data)
+                    {
+                        self.core.release(conn, stream, data.len());
+                        continue;
+                    }
                     if let Some(handler) = &self.shared.handler {
                         // The application's code on our thread: a panic in it is contained (the
                         // message counts as taken), never the end of the shard.
@@ -72,6 +78,14 @@ impl Shard {
                             states.insert(peer, (state, direction))
                         }
                     };
+                    if !matches!(
+                        state,
+                        glueberry_transport::ConnState::Connected
+                            | glueberry_transport::ConnState::Established
+                    ) {
+                        // The connection ended: no response can come on it.
+                        self.shared.rpc.fail_peer(peer);
+                    }
                     self.observe_state(
                         peer,
                         previous.map(|p| p.0),

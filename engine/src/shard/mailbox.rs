@@ -25,6 +25,12 @@ pub(crate) enum Command {
         peer: PeerId,
         addrs: Vec<SocketAddr>,
     },
+    /// Stream `name` carries requests and responses: its requests go to `channel` (this node
+    /// serves them), or are refused (`None`: it only sends requests).
+    RequestOutlet {
+        name: String,
+        channel: Option<Channel>,
+    },
     /// A host name resolved for `peer`: for its first dial (`conn: None`: dial it and resolve
     /// the name again before every later dial) or for the dial `conn`.
     Resolved {
@@ -146,6 +152,8 @@ pub(crate) struct Shared {
     pub backend: crate::Backend,
     /// Host names, resolved off the shards.
     pub resolver: crate::resolve::Resolver,
+    /// Requests this node waits on (`Node::request`).
+    pub rpc: crate::rpc::Pending,
     pub events: async_channel::Sender<Event>,
     pub stop: AtomicBool,
     pub handler: Option<Handler>,

@@ -27,6 +27,7 @@ mod events;
 mod mailbox;
 mod outbox;
 mod queue;
+mod requests;
 mod send;
 
 pub(crate) use events::RateLimit;
@@ -404,6 +405,9 @@ impl Shard {
                     self.core.set_blacklisted(peer, blacklisted, now);
                 }
                 Command::Outlet { name, channel } => self.outbox.add(&name, channel),
+                Command::RequestOutlet { name, channel } => {
+                    self.outbox.add_requests(&name, channel)
+                }
                 Command::Accepted { fd } => match self.core.handle_accepted(None, now) {
                     Some(id) => {
                         self.conns.insert(id, ConnIo::new(fd, true));

@@ -56,8 +56,21 @@ impl Outlet {
     }
 }
 
+/// What a request stream's messages are for on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestStream {
+    /// This node sends requests on it: responses are matched, requests refused.
+    Call,
+    /// This node also serves requests on it: they go to its destination.
+    Serve,
+}
+
 /// A shard's destinations.
 pub(crate) struct Outbox {
+    /// Streams used for requests (none in most nodes: then no message looks here).
+    requests: HashMap<Box<str>, RequestStream>,
+    /// The last stream looked up there, by pointer.
+    last_request: Option<(Arc<str>, Option<RequestStream>)>,
     /// Index 0 is the default destination ([`crate::Node::messages`]).
     outlets: Vec<Outlet>,
     by_name: HashMap<Box<str>, usize>,
@@ -79,6 +92,8 @@ impl Outbox {
             }],
             by_name: HashMap::new(),
             last: None,
+            requests: HashMap::new(),
+            last_request: None,
             held: 0,
             max_bytes,
         }
@@ -97,6 +112,37 @@ impl Outbox {
                 });
             }
         }
+    }
+
+    /// Stream `name` carries requests: served here through `channel`, or only called.
+    pub(crate) fn add_requests(&mut self, name: &str, channel: Option<Channel>) {
+        self.last_request = None;
+        match channel {
+            Some(channel) => {
+                self.add(name, channel);
+                self.requests.insert(name.into(), RequestStream::Serve);
+            }
+            None => {
+                self.requests
+                    .entry(name.into())
+                    .or_insert(RequestStream::Call);
+            }
+        }
+    }
+
+    /// Whether stream `name` carries requests, and for what.
+    pub(crate) fn request_stream(&mut self, name: &Arc<str>) -> Option<RequestStream> {
+        if self.requests.is_empty() {
+            return None;
+        }
+        if let Some((last, kind)) = &self.last_request
+            && Arc::ptr_eq(last, name)
+        {
+            return *kind;
+        }
+        let kind = self.requests.get(&**name).copied();
+        self.last_request = Some((name.clone(), kind));
+        kind
     }
 
     fn outlet_of(&mut self, name: &Arc<str>) -> usize {
