@@ -27,6 +27,18 @@ fn exchange(from: &Node, to: &Node) {
     assert_eq!(&message.data[..], b"hello");
 }
 
+/// Waits until `node` no longer has `peer` Established (a dropped connection is seen).
+fn left_established(node: &Node, peer: &Node) {
+    let deadline = std::time::Instant::now() + T;
+    while node.state(peer.peer_id()) == glueberry::transport::ConnState::Established {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drop was not seen"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_node_on_ipv4_and_ipv6_is_reached_over_both_and_by_name() {
     let server = Node::start(config("127.0.0.1:0").listen_also("[::1]:0".parse().unwrap()))
@@ -72,14 +84,7 @@ fn a_node_on_ipv4_and_ipv6_is_reached_over_both_and_by_name() {
     };
     assert_eq!(resolved(), 1);
     server.disconnect(named.peer_id()).unwrap();
-    let deadline = std::time::Instant::now() + T;
-    while named.state(server.peer_id()) == glueberry::transport::ConnState::Established {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the drop was not seen"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    left_established(&named, &server);
     reestablish(&named, &server, &["s"], T).expect("redialled by name");
     assert!(resolved() >= 2, "resolved again for the reconnection");
     exchange(&named, &server);
@@ -140,14 +145,7 @@ fn a_peer_with_several_addresses_is_reached_at_the_one_that_answers_on_every_dia
     // The server drops the connection: the client's redial tries both again, the dead one
     // first, and is back.
     server.disconnect(client.peer_id()).unwrap();
-    let deadline = std::time::Instant::now() + T;
-    while client.state(server.peer_id()) == glueberry::transport::ConnState::Established {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the drop was not seen"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    left_established(&client, &server);
     reestablish(&client, &server, &["s"], T).expect("redialled");
     exchange(&client, &server);
     client.stop_blocking();

@@ -300,22 +300,29 @@ impl Poller {
             return;
         };
         let fd = pending.fd;
-        let attempt = match &mut pending.op {
+        let (attempt, short) = match &mut pending.op {
             Op::Recv { buf, .. } => recv(fd, buf),
             Op::Send {
                 buf, start, end, ..
             } => send(fd, &buf[*start..*end]),
-            Op::Wake { buf } => read(fd, &mut buf[..]),
+            Op::Wake { buf } => (read(fd, &mut buf[..]), false),
             Op::Connect { addr, .. } => {
                 let first = !pending.started;
                 pending.started = true;
-                connect(fd, addr, first)
+                (connect(fd, addr, first), false)
             }
             // Not waited for (cancel completes at once; the rest are refused at push).
-            _ => Attempt::Done(-libc::EINVAL),
+            _ => (Attempt::Done(-libc::EINVAL), false),
         };
         match attempt {
-            Attempt::Done(result) => self.complete(key, result),
+            Attempt::Done(result) => {
+                if short {
+                    // Drained (or full): the next edge says when to try again, so the next
+                    // operation on it waits without a system call.
+                    self.not_ready(key);
+                }
+                self.complete(key, result);
+            }
             Attempt::Wait => {
                 self.not_ready(key);
                 self.park(key);
@@ -428,15 +435,12 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// Receives into the spare capacity of `buf`; a short read means the socket is drained.
-fn recv(fd: RawFd, buf: &mut Vec<u8>) -> Attempt {
+/// Makes a non-blocking system call (again if interrupted): its result, or `Wait`.
+fn nonblocking(mut call: impl FnMut() -> isize) -> Attempt {
     loop {
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: the kernel writes at most `spare.len()` bytes into memory `buf` owns and
-        // does not otherwise touch; `received` marks only what it wrote as initialised.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
+        let n = call();
         if n >= 0 {
-            return Attempt::Done(n as i32);
+            return Attempt::Done(i32::try_from(n).unwrap_or(i32::MAX));
         }
         match errno() {
             libc::EINTR => continue,
@@ -446,36 +450,37 @@ fn recv(fd: RawFd, buf: &mut Vec<u8>) -> Attempt {
     }
 }
 
-/// Sends `data` (never raising SIGPIPE).
-fn send(fd: RawFd, data: &[u8]) -> Attempt {
-    loop {
-        // SAFETY: reads `data.len()` bytes of a live slice.
-        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Attempt::Done(n as i32);
-        }
-        match errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Attempt::Wait,
-            e => return Attempt::Done(-e),
-        }
-    }
+/// Whether an attempt moved fewer bytes than asked (the socket is drained, or full).
+fn short(attempt: &Attempt, asked: usize) -> bool {
+    matches!(*attempt, Attempt::Done(n) if n >= 0 && (n as usize) < asked)
+}
+
+/// Receives into the spare capacity of `buf`; also whether the read was short.
+fn recv(fd: RawFd, buf: &mut Vec<u8>) -> (Attempt, bool) {
+    let spare = buf.spare_capacity_mut();
+    let (ptr, len) = (spare.as_mut_ptr(), spare.len());
+    // SAFETY: the kernel writes at most `len` bytes at `ptr`, the spare capacity of a buffer
+    // this operation owns and nothing else touches; `received` marks only what it wrote as
+    // initialised.
+    let attempt = nonblocking(|| unsafe { libc::recv(fd, ptr.cast(), len, 0) });
+    let short = short(&attempt, len);
+    (attempt, short)
+}
+
+/// Sends `data` (never raising SIGPIPE); also whether the write was short.
+fn send(fd: RawFd, data: &[u8]) -> (Attempt, bool) {
+    // SAFETY: the kernel reads `data.len()` bytes of a live slice.
+    let attempt = nonblocking(|| unsafe {
+        libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL)
+    });
+    let short = short(&attempt, data.len());
+    (attempt, short)
 }
 
 /// Reads an eventfd's counter.
 fn read(fd: RawFd, buf: &mut [u8]) -> Attempt {
-    loop {
-        // SAFETY: the kernel writes at most `buf.len()` bytes into a live, owned buffer.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Attempt::Done(n as i32);
-        }
-        match errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Attempt::Wait,
-            e => return Attempt::Done(-e),
-        }
-    }
+    // SAFETY: the kernel writes at most `buf.len()` bytes into a live, owned buffer.
+    nonblocking(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// Starts a connect (`first`), or learns how the one started ended.
