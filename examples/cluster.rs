@@ -130,7 +130,7 @@ async fn say(
     let mut got = vec![0usize; nodes.len()];
     got[from] = 1; // the sender has it
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while got.iter().any(|&n| n == 0) && tokio::time::Instant::now() < deadline {
+    while got.contains(&0) && tokio::time::Instant::now() < deadline {
         if let Ok(Some((node, message))) =
             tokio::time::timeout(Duration::from_millis(100), delivered.recv()).await
             && message == data
