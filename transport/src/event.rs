@@ -30,6 +30,7 @@ impl StreamId {
 
 /// Who opened the connection. Fixed when the connection is made; never changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Direction {
     /// We dialled.
     Outbound,

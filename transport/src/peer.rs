@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// Where a peer stands, as Glueberry applications see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ConnState {
     /// No connection and none planned.
     Disconnected,

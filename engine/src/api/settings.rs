@@ -171,3 +171,34 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod serialize_tests {
+    use glueberry_transport::{ConnState, Direction, PeerStats};
+
+    #[test]
+    fn statistics_serialize_with_the_peer_as_text_and_peer_ids_round_trip() {
+        let peer = glueberry_crypto::Identity::from_seed(&[4; 32]).peer_id();
+        let stats = PeerStats {
+            peer,
+            state: ConnState::Established,
+            direction: Some(Direction::Outbound),
+            connected_for: Some(std::time::Duration::from_millis(1500)),
+            total_connected: std::time::Duration::from_secs(2),
+            connections: 1,
+            failures: 0,
+            since_last_message: None,
+            rtt: None,
+            streams: Vec::new(),
+        };
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["peer"], peer.to_string());
+        assert_eq!(json["state"], "Established");
+        assert_eq!(json["direction"], "Outbound");
+        assert_eq!(json["connected_for"]["secs"], 1);
+        let back: glueberry_crypto::PeerId =
+            serde_json::from_value(serde_json::Value::String(peer.to_string())).unwrap();
+        assert_eq!(back, peer);
+        assert!(serde_json::from_str::<glueberry_crypto::PeerId>("\"gbp1nope\"").is_err());
+    }
+}

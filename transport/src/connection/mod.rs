@@ -25,6 +25,7 @@ mod send;
 
 /// Traffic on one stream of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StreamStats {
     /// The stream's name.
     pub name: String,

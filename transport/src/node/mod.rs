@@ -269,8 +269,10 @@ struct Peer {
     last_message_at: Option<Instant>,
 }
 
-/// What a node knows about one peer's traffic and history.
+/// What a node knows about one peer's traffic and history (`Serialize` with the `serde`
+/// feature: durations as seconds and nanoseconds, the peer as its text form).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PeerStats {
     /// The peer.
     pub peer: PeerId,
