@@ -74,6 +74,9 @@ struct Validator {
     said: HashMap<PeerId, u64>,
     /// Blocks and transactions stored, by all validators (for `main` to wait on).
     stored: Arc<AtomicUsize>,
+    /// Events and hellos, asked for as soon as the node runs: what arrives before anyone
+    /// listens goes elsewhere (events are not replayed; hellos would go to `messages()`).
+    listening: Option<(glueberry::Subscription, glueberry::Messages)>,
 }
 
 impl Validator {
@@ -87,10 +90,14 @@ impl Validator {
             .stream_priority("consensus", 7)
             .stream_priority("blocksync", 3)
             .stream_priority("mempool", 0);
+        let node = Node::start(config)?;
+        let events = node.subscribe(EventFilter::default(), 1024);
+        let hellos = node.messages_on("handshake")?;
         Ok(Self {
+            listening: Some((events, hellos)),
             name,
             chain,
-            node: Node::start(config)?,
+            node,
             blocks: HashMap::new(),
             mempool: HashSet::new(),
             peers: HashSet::new(),
@@ -119,8 +126,9 @@ impl Validator {
         mut propose: tokio::sync::mpsc::Receiver<(&'static str, Bytes)>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<Self, glueberry::NodeSendError> {
-        let events = self.node.subscribe(EventFilter::default(), 1024);
-        let mut handshake = self.node.messages_on("handshake")?;
+        let Some((events, mut handshake)) = self.listening.take() else {
+            return Ok(self);
+        };
         let mut messages = self.node.messages();
         loop {
             tokio::select! {

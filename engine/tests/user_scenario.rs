@@ -33,12 +33,30 @@ fn start(name: &str) -> Node {
     node
 }
 
+/// What the application listens to on a node, asked for before it connects to anyone (an
+/// event or a hello that comes earlier would go elsewhere).
+struct Listening {
+    events: glueberry::Subscription,
+    hellos: glueberry::Messages,
+    requests: glueberry::Requests,
+}
+
+fn listen(node: &Node) -> Listening {
+    Listening {
+        events: node.subscribe(EventFilter::default(), 1024),
+        hellos: node.messages_on("handshake").unwrap(),
+        requests: node.requests("rpc").unwrap(),
+    }
+}
+
 /// The application's side of a node: hellos, the handshake, RPC answers. Runs until the node
 /// stops.
-async fn run_app(node: Node, height: u64) {
-    let events = node.subscribe(EventFilter::default(), 1024);
-    let mut hellos = node.messages_on("handshake").unwrap();
-    let mut requests = node.requests("rpc").unwrap();
+async fn run_app(node: Node, height: u64, listening: Listening) {
+    let Listening {
+        events,
+        mut hellos,
+        mut requests,
+    } = listening;
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -97,7 +115,7 @@ async fn three_nodes_hello_rpc_gossip_a_20_mb_file_blacklist_drain_and_stop() {
     let mut mempool = [a.messages(), b.messages(), c.messages()];
     let apps: Vec<_> = [(&a, 7), (&b, 8), (&c, 9)]
         .into_iter()
-        .map(|(node, height)| tokio::spawn(run_app(node.clone(), height)))
+        .map(|(node, height)| tokio::spawn(run_app(node.clone(), height, listen(node))))
         .collect();
 
     // A full mesh.
