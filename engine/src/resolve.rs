@@ -4,13 +4,10 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use glueberry_crypto::PeerId;
-use glueberry_transport::{ConnId, shard_of};
-
-use crate::NodeSendError;
-use crate::shard::{Command, Shared};
+use glueberry_transport::ConnId;
 
 /// Names waiting to be resolved, per node. A full queue fails the dial (it is retried like any
 /// failed dial) rather than grow.
@@ -27,6 +24,27 @@ pub(crate) struct Request {
 /// What came of it, for the peer's shard.
 pub(crate) type Resolved = Result<Vec<SocketAddr>, String>;
 
+/// Where the thread hands each answer (the peer's shard, as a command).
+pub(crate) type Deliver = Box<dyn Fn(Request, Resolved) + Send>;
+
+/// Why a name was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Too many names wait.
+    Full,
+    /// The node is stopping (or no thread could be started).
+    Stopped,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refused::Full => "too many names waiting to be resolved",
+            Refused::Stopped => "the node is stopping",
+        })
+    }
+}
+
 /// A node's resolver thread, started on first use.
 #[derive(Default)]
 pub(crate) struct Resolver {
@@ -37,34 +55,34 @@ pub(crate) struct Resolver {
 }
 
 impl Resolver {
-    /// Queues `request`: refused as `BufferFull` when too many names wait, `Stopped` when the
-    /// node stops (or no thread can be started).
+    /// Queues `request`; the thread (started on first use with `deliver`) hands the answer to
+    /// `deliver`.
     pub(crate) fn resolve(
         &self,
-        shared: &Arc<Shared>,
         request: Request,
-    ) -> Result<(), NodeSendError> {
+        deliver: impl FnOnce() -> Deliver,
+    ) -> Result<(), Refused> {
         if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(NodeSendError::Stopped);
+            return Err(Refused::Stopped);
         }
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if queue.is_none() {
             let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-            let shared = Arc::downgrade(shared);
+            let deliver = deliver();
             let resolved = self.resolved.clone();
             std::thread::Builder::new()
                 .name("glueberry-resolver".into())
-                .spawn(move || run(&rx, &shared, &resolved))
-                .map_err(|_| NodeSendError::Stopped)?;
+                .spawn(move || run(&rx, &deliver, &resolved))
+                .map_err(|_| Refused::Stopped)?;
             *queue = Some(tx);
         }
         let Some(tx) = queue.as_ref() else {
-            return Err(NodeSendError::Stopped);
+            return Err(Refused::Stopped);
         };
         match tx.try_send(request) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(NodeSendError::BufferFull),
-            Err(TrySendError::Disconnected(_)) => Err(NodeSendError::Stopped),
+            Err(TrySendError::Full(_)) => Err(Refused::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
         }
     }
 
@@ -83,7 +101,7 @@ impl Resolver {
 
 fn run(
     requests: &std::sync::mpsc::Receiver<Request>,
-    shared: &Weak<Shared>,
+    deliver: &Deliver,
     resolved: &std::sync::atomic::AtomicU64,
 ) {
     while let Ok(request) = requests.recv() {
@@ -99,19 +117,6 @@ fn run(
                 }
             });
         resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let owner = shard_of(&request.peer, shared.shards.len());
-        let command = Command::Resolved {
-            peer: request.peer,
-            conn: request.conn,
-            host: request.host,
-            port: request.port,
-            result,
-        };
-        // A shard whose queue is full drops it: the dial then ends by its timeout and is
-        // retried like any other.
-        let _ = crate::api::push_command(&shared.shards[owner], command);
+        deliver(request, result);
     }
 }

@@ -23,7 +23,6 @@ pub use errors::{ConnectError, NodeError, NodeSendError, RequestError, StartErro
 pub(crate) use event::Subscribers;
 pub use event::{Event, EventFilter, Handler, Message, StreamName, Subscription};
 pub use handle::Node;
-pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};

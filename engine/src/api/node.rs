@@ -438,10 +438,14 @@ impl Node {
                     host: name.as_str().into(),
                     port: addr.port,
                 };
-                self.inner
-                    .shared
+                let shared = &self.inner.shared;
+                shared
                     .resolver
-                    .resolve(&self.inner.shared, request)
+                    .resolve(request, || shard::deliver_resolved(shared))
+                    .map_err(|refused| match refused {
+                        crate::resolve::Refused::Full => NodeSendError::BufferFull,
+                        crate::resolve::Refused::Stopped => NodeSendError::Stopped,
+                    })
             }
         }
     }

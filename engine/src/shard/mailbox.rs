@@ -145,6 +145,29 @@ impl ShardHandle {
     }
 }
 
+/// Where the resolver thread hands a name it resolved: the peer's shard, as a command (a
+/// shard whose queue is full drops it; the dial then ends by its timeout and is retried).
+pub(crate) fn deliver_resolved(shared: &Arc<Shared>) -> crate::resolve::Deliver {
+    let weak = Arc::downgrade(shared);
+    Box::new(move |request, result| {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let owner = glueberry_transport::shard_of(&request.peer, shared.shards.len());
+        let handle = &shared.shards[owner];
+        let command = Command::Resolved {
+            peer: request.peer,
+            conn: request.conn,
+            host: request.host,
+            port: request.port,
+            result,
+        };
+        if handle.commands.try_push_control(command).is_ok() {
+            handle.wake();
+        }
+    })
+}
+
 /// State shared by all shards and the `Node` handles.
 pub(crate) struct Shared {
     pub shards: Vec<ShardHandle>,

@@ -31,7 +31,7 @@ mod requests;
 mod send;
 
 pub(crate) use events::RateLimit;
-pub(crate) use mailbox::{Command, ExitGuard, ShardHandle, Shared};
+pub(crate) use mailbox::{Command, ExitGuard, ShardHandle, Shared, deliver_resolved};
 pub(crate) use queue::{CommandQueue, Refused};
 
 /// Size of a receive buffer (a fresh one per receive: it becomes the connection's receive
@@ -456,7 +456,11 @@ impl Shard {
                             host,
                             port,
                         };
-                        match self.shared.resolver.resolve(&self.shared, request) {
+                        let shared = &self.shared;
+                        match shared
+                            .resolver
+                            .resolve(request, || deliver_resolved(shared))
+                        {
                             Ok(()) => {
                                 self.resolving.insert(conn, peer);
                             }
