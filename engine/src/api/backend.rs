@@ -71,10 +71,18 @@ impl std::str::FromStr for Backend {
 /// The backend the shards will run on for `asked` (never `Auto`): io_uring is probed with a
 /// ring of `entries` entries. `Err` only when io_uring was asked for and cannot run.
 pub(super) fn choose(asked: Backend, entries: u32) -> Result<Backend, io::Error> {
+    // The probe ring is made and closed on a thread of its own: the kernel tears a ring down
+    // with task work on the thread that made it, which interrupts that thread's next blocking
+    // system call (EINTR) — it must not be the application's.
+    let probe = || {
+        std::thread::spawn(move || crate::sys::ring::Ring::probe(entries))
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the io_uring probe panicked")))
+    };
     match asked {
         Backend::Poll => Ok(Backend::Poll),
-        Backend::IoUring => crate::sys::ring::Ring::probe(entries).map(|()| Backend::IoUring),
-        Backend::Auto => match crate::sys::ring::Ring::probe(entries) {
+        Backend::IoUring => probe().map(|()| Backend::IoUring),
+        Backend::Auto => match probe() {
             Ok(()) => Ok(Backend::IoUring),
             Err(e) => {
                 tracing::warn!(
