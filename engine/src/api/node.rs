@@ -746,29 +746,21 @@ impl Node {
         for channel in &self.inner.messages {
             channel.close();
         }
-        for channels in self
-            .inner
-            .outlets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            for channel in channels {
-                channel.close();
-            }
-        }
-        for channels in self
+        // Every destination of its own: per-stream receivers and request receivers.
+        let outlets = self.inner.outlets.lock().unwrap_or_else(|p| p.into_inner());
+        let requests = self
             .inner
             .request_streams
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|p| p.into_inner());
+        for channel in outlets
             .values()
+            .chain(requests.values().flatten())
             .flatten()
         {
-            for channel in channels {
-                channel.close();
-            }
+            channel.close();
         }
+        drop((outlets, requests));
         // Requests still waiting for a response end now, not at their timeout.
         self.inner.shared.rpc.fail_all();
         // Subscriptions end too, once their last events are taken.
