@@ -74,6 +74,8 @@ pub struct SimNode {
     pub received: Vec<Received>,
     /// Every state change, in order: (time, peer, state).
     pub states: Vec<(Duration, PeerId, ConnState)>,
+    /// When each peer answered every stream this node opened (both sides Established).
+    pub ready: Vec<(Duration, PeerId)>,
     /// Messages reported undeliverable because the peer did not open the stream.
     pub rejected: u64,
     /// Messages handed back when a connection closed, in report order.
@@ -172,6 +174,7 @@ impl SimNetwork {
             app,
             received: Vec::new(),
             states: Vec::new(),
+            ready: Vec::new(),
             rejected: 0,
             undelivered: Vec::new(),
         });
@@ -494,6 +497,7 @@ impl SimNetwork {
                             at: elapsed,
                         });
                     }
+                    NodeEvent::Ready { peer } => node.ready.push((elapsed, peer)),
                     NodeEvent::StreamRejected { unsent, .. } => node.rejected += unsent,
                     NodeEvent::Undelivered {
                         peer,

@@ -33,13 +33,7 @@ pub(crate) fn ping(
 }
 
 async fn run(node: &Node, peer: &PeerAddr, count: u32, timeout: Duration) -> Result<(), String> {
-    let events = node.subscribe(
-        EventFilter {
-            peers: Some(vec![peer.peer]),
-            states: None,
-        },
-        64,
-    );
+    let events = node.subscribe(EventFilter::all().peer(peer.peer), 64);
     let mut replies = node.messages_on(PING_STREAM).map_err(|e| e.to_string())?;
     node.connect_to(peer).map_err(|e| e.to_string())?;
     let started = Instant::now();

@@ -242,10 +242,10 @@ pub mod testing;
 
 #[doc(inline)]
 pub use api::{
-    Backend, ConnectError, Error, ErrorKind, Event, EventFilter, Handler, Health, HealthCheck,
-    Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr,
-    PeerAddrError, Request, RequestError, Requests, Route, StartError, StreamName, StreamRef,
-    Subscription, TrySendError,
+    Backend, ConnectError, Error, ErrorKind, Event, EventFilter, EventKind, Handler, Health,
+    HealthCheck, Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr,
+    PeerAddrError, Refusal, Request, RequestError, Requests, ResolveError, Route, StartError,
+    StreamName, StreamRef, Subscription, TrySendError,
 };
 #[doc(inline)]
 pub use channel::Messages;

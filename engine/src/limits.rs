@@ -142,13 +142,12 @@ pub(crate) enum AcceptRefusal {
 }
 
 impl AcceptRefusal {
-    pub(crate) fn reason(self) -> &'static str {
+    /// As the application is told.
+    pub(crate) fn refusal(self) -> crate::Refusal {
         match self {
-            AcceptRefusal::Sockets => "too many inbound connections from this network group",
-            AcceptRefusal::Rate => {
-                "too many connection attempts per second from this network group"
-            }
-            AcceptRefusal::Pending => "too many pending handshakes from this network group",
+            AcceptRefusal::Sockets => crate::Refusal::GroupSockets,
+            AcceptRefusal::Rate => crate::Refusal::GroupRate,
+            AcceptRefusal::Pending => crate::Refusal::GroupPending,
         }
     }
 }
@@ -246,11 +245,11 @@ impl Limits {
             || total.saturating_sub(*in_flight) >= self.limits.max_total;
         if full {
             if *in_flight >= MAX_EVICTIONS_IN_FLIGHT {
-                return Err(CloseCode::TOO_MANY_CONNECTIONS);
+                return Err(CloseCode::TooManyConnections);
             }
-            let victim = choose_victim(peers, group).ok_or(CloseCode::TOO_MANY_CONNECTIONS)?;
+            let victim = choose_victim(peers, group).ok_or(CloseCode::TooManyConnections)?;
             let Some(evictor) = self.evictor.get() else {
-                return Err(CloseCode::TOO_MANY_CONNECTIONS);
+                return Err(CloseCode::TooManyConnections);
             };
             peers.remove(&victim);
             *in_flight += 1;
@@ -332,7 +331,7 @@ impl Admission for Limits {
         let total = now_mine + self.inbound.load(Ordering::Acquire);
         if now_mine > self.limits.max_outbound || total > self.limits.max_total {
             self.outbound.fetch_sub(1, Ordering::AcqRel);
-            return Err(CloseCode::TOO_MANY_CONNECTIONS);
+            return Err(CloseCode::TooManyConnections);
         }
         Ok(())
     }

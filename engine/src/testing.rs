@@ -254,10 +254,7 @@ pub fn reestablish(a: &Node, b: &Node, streams: &[&str], timeout: Duration) -> R
 /// Each node's events about the other (their own subscriptions: the application's `events()`
 /// receivers lose nothing to the helper).
 fn subscriptions(a: &Node, b: &Node) -> (Subscription, Subscription) {
-    let about = |peer| EventFilter {
-        peers: Some(vec![peer]),
-        states: None,
-    };
+    let about = |peer| EventFilter::all().peer(peer);
     (
         a.subscribe(about(b.peer_id()), 1024),
         b.subscribe(about(a.peer_id()), 1024),

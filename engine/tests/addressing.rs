@@ -119,7 +119,12 @@ fn a_name_that_does_not_resolve_fails_the_dial_without_blocking_the_caller() {
         }
     };
     assert_eq!(failed.0, other);
-    assert!(failed.1.contains("no-such-host.invalid"), "{}", failed.1);
+    assert!(
+        failed.1.to_string().contains("no-such-host.invalid"),
+        "{}",
+        failed.1
+    );
+    assert_eq!(failed.1.kind(), glueberry::ErrorKind::ConnectionFailed);
     node.stop_blocking();
 }
 

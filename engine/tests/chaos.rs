@@ -41,7 +41,7 @@ fn auto_handshake(node: &Node, peer: PeerId, stop: Arc<AtomicBool>) -> std::thre
     std::thread::spawn(move || {
         let events = node.events();
         while !stop.load(Ordering::Relaxed) {
-            while events.try_recv().is_ok() {}
+            while events.try_recv().is_some() {}
             if node.state(peer) == ConnState::Connected {
                 let _ = node.complete_handshake(peer, &STREAMS);
                 std::thread::sleep(Duration::from_millis(20));

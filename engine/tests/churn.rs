@@ -26,7 +26,7 @@ fn handshakes(node: &Node, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()>
     std::thread::spawn(move || {
         let events = node.events();
         while !stop.load(Ordering::Relaxed) {
-            while events.try_recv().is_ok() {}
+            while events.try_recv().is_some() {}
             for (peer, state) in node.connected_peers() {
                 if state == ConnState::Connected {
                     let _ = node.complete_handshake(peer, &["s"]);

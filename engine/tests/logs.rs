@@ -42,7 +42,7 @@ fn wait_state(node: &Node, want: impl Fn(ConnState) -> bool) -> ConnState {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         match events.try_recv() {
-            Ok(Event::State { peer, state, .. }) => {
+            Some(Event::State { peer, state, .. }) => {
                 if state == ConnState::Connected {
                     node.complete_handshake(peer, &["consensus"]).unwrap();
                 }
@@ -50,8 +50,8 @@ fn wait_state(node: &Node, want: impl Fn(ConnState) -> bool) -> ConnState {
                     return state;
                 }
             }
-            Ok(_) => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
         }
     }
     panic!("no such state in time");

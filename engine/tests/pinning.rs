@@ -195,7 +195,7 @@ fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
             cut += 1;
         }
     }
-    let flow_control = std::iter::from_fn(|| events.try_recv().ok())
+    let flow_control = std::iter::from_fn(|| events.try_recv())
         .filter(|e| {
             matches!(
                 e,
@@ -295,18 +295,18 @@ fn fill(node: &Node, peer: PeerId, stream: &str) -> usize {
 }
 
 /// Waits until the node reports `peer` closed with `code` (by us), and returns when.
-fn closed_with(events: &async_channel::Receiver<Event>, peer: PeerId, code: CloseCode) -> Instant {
+fn closed_with(events: &glueberry::Subscription, peer: PeerId, code: CloseCode) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "not closed with {code}");
         match events.try_recv() {
-            Ok(Event::State {
+            Some(Event::State {
                 peer: p,
                 reason: Some(CloseReason::Local(c)),
                 ..
             }) if p == peer && c == code => return Instant::now(),
-            Ok(_) => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(5)),
         }
     }
 }
@@ -334,16 +334,16 @@ fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
         raw.drain();
         ping += 1;
         if raw.send(&[Frame::Ping(ping)]).is_err() {
-            break closed_with(&events, raw.peer, CloseCode::SEND_STALLED);
+            break closed_with(&events, raw.peer, CloseCode::SendStalled);
         }
-        if let Ok(Event::State {
+        if let Some(Event::State {
             peer,
             reason: Some(CloseReason::Local(c)),
             ..
         }) = events.try_recv()
             && peer == raw.peer
         {
-            assert_eq!(c, CloseCode::SEND_STALLED);
+            assert_eq!(c, CloseCode::SendStalled);
             break Instant::now();
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -391,14 +391,14 @@ fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
     let at = loop {
         ping += 1;
         let _ = raw.send(&[Frame::Ping(ping)]);
-        if let Ok(Event::State {
+        if let Some(Event::State {
             peer,
             reason: Some(CloseReason::Local(c)),
             ..
         }) = events.try_recv()
             && peer == raw.peer
         {
-            assert_eq!(c, CloseCode::SEND_STALLED);
+            assert_eq!(c, CloseCode::SendStalled);
             break Instant::now();
         }
         std::thread::sleep(Duration::from_millis(100));

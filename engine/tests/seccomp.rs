@@ -57,7 +57,7 @@ fn first_established(node: &Node, streams: &[&str]) -> PeerId {
     let events = node.events();
     loop {
         assert!(Instant::now() < deadline, "not Established within {T:?}");
-        while let Ok(event) = events.try_recv() {
+        while let Some(event) = events.try_recv() {
             match event {
                 Event::State {
                     peer,

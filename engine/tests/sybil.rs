@@ -207,8 +207,8 @@ fn a_flood_from_one_network_group_cannot_evict_a_diverse_peer() {
 }
 
 /// `Event::Refused` events about `peer` received so far.
-fn refusals_of(events: &async_channel::Receiver<glueberry::Event>, peer: PeerId) -> usize {
-    std::iter::from_fn(|| events.try_recv().ok())
+fn refusals_of(events: &glueberry::Subscription, peer: PeerId) -> usize {
+    std::iter::from_fn(|| events.try_recv())
         .filter(|e| matches!(e, glueberry::Event::Refused { peer: Some(p), .. } if *p == peer))
         .count()
 }
@@ -242,7 +242,7 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
     };
     match refused(&node) {
         Err(ConnectError::Refused { code }) => {
-            assert_eq!(code, CloseCode::BLACKLISTED);
+            assert_eq!(code, CloseCode::Blacklisted);
             println!("the blacklisted peer's connect_and_wait: Refused {{ code: {code} }}");
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -260,7 +260,7 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
     let node = start();
     assert!(matches!(
         refused(&node),
-        Err(ConnectError::Refused { code }) if code == CloseCode::BLACKLISTED
+        Err(ConnectError::Refused { code }) if code == CloseCode::Blacklisted
     ));
 
     // The disk write fails (the book's directory is gone): the error is returned, and the
@@ -274,7 +274,7 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
     let result =
         futures::executor::block_on(other.connect_and_wait(node.peer_id(), node.listen_addr()));
     assert!(
-        matches!(result, Err(ConnectError::Refused { code }) if code == CloseCode::BLACKLISTED),
+        matches!(result, Err(ConnectError::Refused { code }) if code == CloseCode::Blacklisted),
         "{result:?}"
     );
     for n in [&node, &attacker, &other] {

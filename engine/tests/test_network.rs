@@ -101,7 +101,7 @@ fn a_dial_outside_the_network_is_refused_like_a_closed_port() {
     let deadline = std::time::Instant::now() + T;
     loop {
         assert!(std::time::Instant::now() < deadline, "no failure reported");
-        if let Ok(glueberry::Event::State { peer, state, .. }) = events.try_recv()
+        if let Some(glueberry::Event::State { peer, state, .. }) = events.try_recv()
             && peer == stranger
             && matches!(state, ConnState::Reconnecting | ConnState::Disconnected)
         {

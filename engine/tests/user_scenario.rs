@@ -197,7 +197,7 @@ async fn three_nodes_hello_rpc_gossip_a_20_mb_file_blacklist_drain_and_stop() {
     }
     let refused = c.connect_and_wait(b.peer_id(), b.listen_addr()).await;
     assert!(
-        matches!(refused, Err(ConnectError::Refused { code }) if code == CloseCode::BLACKLISTED),
+        matches!(refused, Err(ConnectError::Refused { code }) if code == CloseCode::Blacklisted),
         "{refused:?}"
     );
     let to_blacklisted = c

@@ -161,7 +161,7 @@ fn establish(
     let events = node.events();
     let mut left = peers.len();
     while left > 0 {
-        match events.recv_blocking().map_err(|e| e.to_string())? {
+        match events.recv_blocking().ok_or("node stopped")? {
             Event::State {
                 peer,
                 state: ConnState::Connected,

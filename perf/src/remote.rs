@@ -47,7 +47,7 @@ pub(crate) fn server(
         let node = node.clone();
         std::thread::spawn(move || {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            while let Ok(event) = events.recv_blocking() {
+            while let Some(event) = events.recv_blocking() {
                 if let Event::State {
                     peer,
                     state: ConnState::Connected,

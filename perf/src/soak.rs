@@ -231,7 +231,7 @@ fn handshakes(node: Node, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
         // half a second later).
         let mut asked: HashMap<PeerId, Instant> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
-            while events.try_recv().is_ok() {}
+            while events.try_recv().is_some() {}
             for (peer, state) in node.connected_peers() {
                 if state != ConnState::Connected {
                     asked.remove(&peer);

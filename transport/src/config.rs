@@ -56,7 +56,7 @@ pub struct ConnectionConfig {
     pub idle_timeout: Duration,
     /// How long messages may wait queued while the peer takes none of our data (it withholds
     /// credit, or its TCP window is zero) before the connection is closed with
-    /// [`crate::CloseCode::SEND_STALLED`] (default 60 s). A peer that keeps the connection alive
+    /// [`crate::CloseCode::SendStalled`] (default 60 s). A peer that keeps the connection alive
     /// with pings but never drains cannot pin what we queued for it.
     pub send_stall_timeout: Duration,
     /// Send priority per stream name, 0 (lowest) to [`MAX_PRIORITY`]; streams not listed get

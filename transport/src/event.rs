@@ -53,6 +53,11 @@ pub enum Event {
     Established,
     /// The peer opened one of our streams too: messages queued on it start flowing.
     StreamAccepted(StreamId),
+    /// The peer has answered every stream we opened (each one [`Event::StreamAccepted`] or
+    /// [`Event::StreamRejected`] before this): it answers only once its own application has
+    /// completed the handshake, so both sides are now Established. Comes once, after
+    /// [`Event::Established`] (right after it when we opened no named stream).
+    Ready,
     /// The peer has not opened this stream: its queued messages were not sent (`unsent` of them),
     /// and sends on it fail from now on.
     StreamRejected {
@@ -93,60 +98,108 @@ pub enum Event {
     },
 }
 
-/// Close codes carried in CLOSE frames (`PROTOCOL.md` §5).
+/// Close codes carried in CLOSE frames (`PROTOCOL.md` §5.8), by name. A code this version does
+/// not define is kept as [`CloseCode::Other`]; [`CloseCode::from_u16`] never puts a defined code
+/// there, so equal codes compare equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CloseCode(pub u16);
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// 0: orderly close by the application.
+    Normal,
+    /// 1: the other side broke the protocol.
+    ProtocolError,
+    /// 2: the other side sent more than its credit.
+    FlowControl,
+    /// 3: the other side sent a message above the announced limit.
+    MessageTooLarge,
+    /// 4: nothing was heard for the idle timeout.
+    IdleTimeout,
+    /// 5: the node is shutting down.
+    Shutdown,
+    /// 6: another connection to the same peer won (simultaneous dial), or replaced this one.
+    Duplicate,
+    /// 7: the peer is blacklisted.
+    Blacklisted,
+    /// 8: the application handshake did not complete in time.
+    HandshakeTimeout,
+    /// 9: connection limits were reached (or this inbound peer was evicted to make room).
+    TooManyConnections,
+    /// 10: the peer took none of our data (zero TCP window, or credit withheld while we had
+    /// data for it) for the send-stall timeout.
+    SendStalled,
+    /// A code this version does not define (received from a newer peer).
+    Other(u16),
+}
 
 impl CloseCode {
-    /// Orderly close by the application.
-    pub const NORMAL: CloseCode = CloseCode(0);
-    /// The other side broke the protocol.
-    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1);
-    /// The other side sent more than its credit.
-    pub const FLOW_CONTROL: CloseCode = CloseCode(2);
-    /// The other side sent a message above the announced limit.
-    pub const MESSAGE_TOO_LARGE: CloseCode = CloseCode(3);
-    /// Nothing was heard for the idle timeout.
-    pub const IDLE_TIMEOUT: CloseCode = CloseCode(4);
-    /// The node is shutting down.
-    pub const SHUTDOWN: CloseCode = CloseCode(5);
-    /// Another connection to the same peer won (simultaneous dial).
-    pub const DUPLICATE: CloseCode = CloseCode(6);
-    /// The peer is blacklisted.
-    pub const BLACKLISTED: CloseCode = CloseCode(7);
-    /// The application handshake did not complete in time.
-    pub const HANDSHAKE_TIMEOUT: CloseCode = CloseCode(8);
-    /// Connection limits were reached (or this inbound peer was evicted to make room).
-    pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(9);
-    /// The peer took none of our data (zero TCP window, or credit withheld while we had data
-    /// for it) for the send-stall timeout.
-    pub const SEND_STALLED: CloseCode = CloseCode(10);
+    /// The code's number on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            CloseCode::Normal => 0,
+            CloseCode::ProtocolError => 1,
+            CloseCode::FlowControl => 2,
+            CloseCode::MessageTooLarge => 3,
+            CloseCode::IdleTimeout => 4,
+            CloseCode::Shutdown => 5,
+            CloseCode::Duplicate => 6,
+            CloseCode::Blacklisted => 7,
+            CloseCode::HandshakeTimeout => 8,
+            CloseCode::TooManyConnections => 9,
+            CloseCode::SendStalled => 10,
+            CloseCode::Other(code) => code,
+        }
+    }
 
-    /// The code's name, as PROTOCOL.md §5 lists it; `None` for a code this version does not
+    /// The code a number on the wire names.
+    pub fn from_u16(code: u16) -> Self {
+        match code {
+            0 => CloseCode::Normal,
+            1 => CloseCode::ProtocolError,
+            2 => CloseCode::FlowControl,
+            3 => CloseCode::MessageTooLarge,
+            4 => CloseCode::IdleTimeout,
+            5 => CloseCode::Shutdown,
+            6 => CloseCode::Duplicate,
+            7 => CloseCode::Blacklisted,
+            8 => CloseCode::HandshakeTimeout,
+            9 => CloseCode::TooManyConnections,
+            10 => CloseCode::SendStalled,
+            other => CloseCode::Other(other),
+        }
+    }
+
+    /// The code's name, as PROTOCOL.md §5.8 lists it; `None` for a code this version does not
     /// define.
     pub fn name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            0 => "Normal",
-            1 => "ProtocolError",
-            2 => "FlowControl",
-            3 => "MessageTooLarge",
-            4 => "IdleTimeout",
-            5 => "Shutdown",
-            6 => "Duplicate",
-            7 => "Blacklisted",
-            8 => "HandshakeTimeout",
-            9 => "TooManyConnections",
-            10 => "SendStalled",
-            _ => return None,
+        Some(match self {
+            CloseCode::Normal => "Normal",
+            CloseCode::ProtocolError => "ProtocolError",
+            CloseCode::FlowControl => "FlowControl",
+            CloseCode::MessageTooLarge => "MessageTooLarge",
+            CloseCode::IdleTimeout => "IdleTimeout",
+            CloseCode::Shutdown => "Shutdown",
+            CloseCode::Duplicate => "Duplicate",
+            CloseCode::Blacklisted => "Blacklisted",
+            CloseCode::HandshakeTimeout => "HandshakeTimeout",
+            CloseCode::TooManyConnections => "TooManyConnections",
+            CloseCode::SendStalled => "SendStalled",
+            CloseCode::Other(_) => return None,
         })
+    }
+}
+
+impl From<u16> for CloseCode {
+    fn from(code: u16) -> Self {
+        Self::from_u16(code)
     }
 }
 
 impl std::fmt::Display for CloseCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.name() {
-            Some(name) => write!(f, "{name} ({})", self.0),
-            None => write!(f, "code {}", self.0),
+            Some(name) => write!(f, "{name} ({})", self.to_u16()),
+            None => write!(f, "code {}", self.to_u16()),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::fmt;
 use glueberry_crypto::{HandshakeError, PeerId};
 use glueberry_transport::{ConnectionError, SendError, StreamError};
 
-use super::errors::{ConnectError, NodeError, NodeSendError, StartError, TrySendError};
+use super::errors::{
+    ConnectError, NodeError, NodeSendError, ResolveError, StartError, TrySendError,
+};
 use crate::address_book::BookError;
 
 /// What went wrong, as Glueberry's error codes name it.
@@ -50,13 +52,13 @@ pub enum ErrorKind {
     Io,
 }
 
-/// An error from Glueberry.
-#[derive(Debug)]
+/// An error from Glueberry. Cloning it shares its cause.
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     peer: Option<PeerId>,
     stream: Option<String>,
-    source: Box<dyn std::error::Error + Send + Sync>,
+    source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
 }
 
 impl Error {
@@ -65,7 +67,7 @@ impl Error {
             kind,
             peer: None,
             stream: None,
-            source: Box::new(source),
+            source: std::sync::Arc::new(source),
         }
     }
 
@@ -199,6 +201,25 @@ impl From<SendError> for Error {
             _ => ErrorKind::StreamClosed,
         };
         Error::new(kind, e)
+    }
+}
+
+impl From<glueberry_transport::NodeError> for Error {
+    fn from(e: glueberry_transport::NodeError) -> Self {
+        use glueberry_transport::NodeError as E;
+        match e {
+            E::Send(e) => e.into(),
+            E::Stream(e) => e.into(),
+            E::UnknownPeer => Error::new(ErrorKind::PeerNotFound, e),
+            E::Blacklisted => Error::new(ErrorKind::PeerBlacklisted, e),
+            _ => Error::new(ErrorKind::ConnectionFailed, e),
+        }
+    }
+}
+
+impl From<ResolveError> for Error {
+    fn from(e: ResolveError) -> Self {
+        Error::new(ErrorKind::ConnectionFailed, e)
     }
 }
 

@@ -63,6 +63,16 @@ pub enum ConnectError {
     Send(#[from] NodeSendError),
 }
 
+/// A host name did not resolve (`Node::connect_to` with a DNS name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot resolve {host}: {message}")]
+pub struct ResolveError {
+    /// The name.
+    pub host: String,
+    /// What the resolver said.
+    pub message: String,
+}
+
 /// Why an address book command failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

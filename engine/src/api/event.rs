@@ -3,11 +3,12 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use glueberry_crypto::PeerId;
-use glueberry_transport::{CloseReason, ConnState, Direction};
+use glueberry_transport::{CloseCode, CloseReason, ConnState, Direction};
 
 /// A stream name, interned: cloning it is a reference-count increment, so naming the stream of
 /// every message costs no allocation. Get one with [`Node::stream`](crate::Node::stream).
@@ -85,14 +86,22 @@ pub enum Event {
         /// Why a connection ended, when one did.
         reason: Option<CloseReason>,
     },
+    /// The peer answered every stream we opened: its application completed the handshake too,
+    /// so both sides are Established and messages on the streams it accepted flow (those it
+    /// rejected were reported with [`Event::StreamRejected`] first). Once per connection, after
+    /// the `State` event into `Established`.
+    Ready {
+        /// The peer.
+        peer: PeerId,
+    },
     /// A message accepted by `send` could not be queued on the connection; it comes back.
     SendFailed {
         /// The peer.
         peer: PeerId,
         /// The stream.
         stream: StreamName,
-        /// Why.
-        error: String,
+        /// Why (its [`kind`](crate::Error::kind) says what to do).
+        error: crate::Error,
         /// The message.
         data: Bytes,
     },
@@ -134,15 +143,80 @@ pub enum Event {
         /// The remote address, when refused at accept.
         address: Option<SocketAddr>,
         /// Why.
-        reason: String,
+        reason: Refusal,
     },
-    /// A command (such as `complete_handshake`) failed on the shard.
+    /// A command (such as `complete_handshake`, or resolving the name `connect_to` was given)
+    /// failed on the shard.
     CommandFailed {
         /// The peer.
         peer: PeerId,
         /// Why.
-        error: String,
+        error: crate::Error,
     },
+}
+
+/// The kinds of [`Event`], to filter on ([`EventFilter::kinds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// [`Event::State`].
+    State,
+    /// [`Event::Ready`].
+    Ready,
+    /// [`Event::SendFailed`].
+    SendFailed,
+    /// [`Event::Undelivered`].
+    Undelivered,
+    /// [`Event::StreamRejected`].
+    StreamRejected,
+    /// [`Event::Missed`] (always delivered: it cannot be filtered out).
+    Missed,
+    /// [`Event::Refused`].
+    Refused,
+    /// [`Event::CommandFailed`].
+    CommandFailed,
+}
+
+/// Why a connection was refused before it could carry messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// An authenticated peer, refused by our connection limits (or its handshake cooldown):
+    /// `code` is what it was told.
+    Limits {
+        /// Who dialled.
+        direction: Direction,
+        /// The close code sent to the peer.
+        code: CloseCode,
+    },
+    /// Too many open sockets from the source's network group (`ConnectionLimits::max_per_group`).
+    GroupSockets,
+    /// Too many connection attempts a second from the source's network group.
+    GroupRate,
+    /// Too many unfinished handshakes from the source's network group.
+    GroupPending,
+    /// Too many unfinished handshakes on the node.
+    Handshakes,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Limits { direction, code } => {
+                write!(f, "{direction:?} connection refused: {code}")
+            }
+            Refusal::GroupSockets => {
+                f.write_str("too many inbound connections from this network group")
+            }
+            Refusal::GroupRate => {
+                f.write_str("too many connection attempts per second from this network group")
+            }
+            Refusal::GroupPending => {
+                f.write_str("too many pending handshakes from this network group")
+            }
+            Refusal::Handshakes => f.write_str("too many pending handshakes"),
+        }
+    }
 }
 
 impl Event {
@@ -150,6 +224,7 @@ impl Event {
     pub fn peer(&self) -> Option<PeerId> {
         match self {
             Event::State { peer, .. }
+            | Event::Ready { peer }
             | Event::SendFailed { peer, .. }
             | Event::Undelivered { peer, .. }
             | Event::StreamRejected { peer, .. }
@@ -158,28 +233,75 @@ impl Event {
             Event::Missed { .. } => None,
         }
     }
+
+    /// Its kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::State { .. } => EventKind::State,
+            Event::Ready { .. } => EventKind::Ready,
+            Event::SendFailed { .. } => EventKind::SendFailed,
+            Event::Undelivered { .. } => EventKind::Undelivered,
+            Event::StreamRejected { .. } => EventKind::StreamRejected,
+            Event::Missed { .. } => EventKind::Missed,
+            Event::Refused { .. } => EventKind::Refused,
+            Event::CommandFailed { .. } => EventKind::CommandFailed,
+        }
+    }
 }
 
-/// Which events a subscription wants: by peer and/or by state (`None` = all).
+/// Which events a subscription wants. Each field left `None` lets everything through; the
+/// three combine (an event must pass each one that is set). Nothing is dropped that the filter
+/// does not exclude: a subscriber that falls behind is told how many it lost
+/// ([`Event::Missed`]).
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
-    /// Only events about these peers.
+    /// Only events about these peers ([`Event::Missed`] and refusals of unauthenticated
+    /// sources have no peer: `Missed` always passes, those refusals do not pass this filter).
     pub peers: Option<Vec<PeerId>>,
-    /// Only state changes into these states (other kinds of events pass when `None`).
+    /// Only these kinds.
+    pub kinds: Option<Vec<EventKind>>,
+    /// Only changes into these states. Applies to [`Event::State`] alone: other kinds pass it.
     pub states: Option<Vec<ConnState>>,
 }
 
 impl EventFilter {
+    /// Everything.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only events about `peer`.
+    pub fn peer(mut self, peer: PeerId) -> Self {
+        self.peers.get_or_insert_with(Vec::new).push(peer);
+        self
+    }
+
+    /// Only events of `kind` (call again to add more kinds).
+    pub fn kind(mut self, kind: EventKind) -> Self {
+        self.kinds.get_or_insert_with(Vec::new).push(kind);
+        self
+    }
+
+    /// Only state changes into `state` (call again to add more); other kinds still pass.
+    pub fn state(mut self, state: ConnState) -> Self {
+        self.states.get_or_insert_with(Vec::new).push(state);
+        self
+    }
+
     pub(crate) fn matches(&self, event: &Event) -> bool {
         if let Some(peers) = &self.peers
             && !event.peer().is_some_and(|p| peers.contains(&p))
         {
             return false;
         }
+        if let Some(kinds) = &self.kinds
+            && !kinds.contains(&event.kind())
+        {
+            return false;
+        }
         match (&self.states, event) {
             (Some(states), Event::State { state, .. }) => states.contains(state),
-            (Some(_), _) => false,
-            (None, _) => true,
+            _ => true,
         }
     }
 }
@@ -191,38 +313,68 @@ pub(crate) struct Subscriber {
     pub missed: u64,
 }
 
-/// A filtered stream of events; unsubscribes when dropped. A subscriber that does not keep up loses
-/// events (never the node's time): it is told how many with
-/// [`Event::Missed`](crate::Event::Missed).
+/// A filtered stream of events ([`Node::subscribe`](crate::Node::subscribe), or every event
+/// with [`Node::events`](crate::Node::events)); a [`futures::Stream`] and `Unpin`. A subscriber
+/// that does not keep up loses events (never the node's time): it is told how many with
+/// [`Event::Missed`](crate::Event::Missed) before its next event. Clones share the queue (each
+/// event goes to one of them); it unsubscribes when the last is dropped, and ends when the node
+/// stops.
+#[derive(Clone)]
 pub struct Subscription {
-    id: u64,
-    rx: async_channel::Receiver<Event>,
-    subscribers: Subscribers,
+    rx: Pin<Box<async_channel::Receiver<Event>>>,
+    _membership: Arc<Membership>,
 }
 
 /// The node's subscriptions, shared by its shards (which deliver to them) and each
-/// [`Subscription`] (which leaves the list when dropped).
+/// [`Subscription`] (which leaves the list when its last clone is dropped).
 pub(crate) type Subscribers = Arc<std::sync::Mutex<Vec<Subscriber>>>;
 
+/// Leaves the list when dropped.
+struct Membership {
+    id: u64,
+    subscribers: Subscribers,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|s| s.id != self.id);
+    }
+}
+
 impl Subscription {
-    pub(crate) fn new(
+    /// Joins `subscribers` with `filter`, in a queue of `capacity`.
+    pub(crate) fn join(
+        subscribers: &Subscribers,
         id: u64,
-        rx: async_channel::Receiver<Event>,
-        subscribers: Subscribers,
+        filter: EventFilter,
+        capacity: usize,
     ) -> Self {
+        let (tx, rx) = async_channel::bounded(capacity.max(1));
+        subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Subscriber {
+                id,
+                filter,
+                tx,
+                missed: 0,
+            });
         Self {
-            id,
-            rx,
-            subscribers,
+            rx: Box::pin(rx),
+            _membership: Arc::new(Membership {
+                id,
+                subscribers: subscribers.clone(),
+            }),
         }
     }
 
-    /// The next event, waiting for it.
+    /// The next event, waiting for it; `None` once the node stopped and every event was taken.
     pub async fn recv(&self) -> Option<Event> {
         self.rx.recv().await.ok()
     }
 
-    /// The next event, blocking the thread.
+    /// The next event, blocking the thread (for code outside async; never in it).
     pub fn recv_blocking(&self) -> Option<Event> {
         self.rx.recv_blocking().ok()
     }
@@ -231,11 +383,34 @@ impl Subscription {
     pub fn try_recv(&self) -> Option<Event> {
         self.rx.try_recv().ok()
     }
+
+    /// Events waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// No event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
 }
 
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subscribers.retain(|s| s.id != self.id);
+impl futures::Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        self.rx.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self._membership.id)
+            .field("waiting", &self.rx.len())
+            .finish()
     }
 }

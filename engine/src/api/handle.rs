@@ -14,7 +14,7 @@ use glueberry_crypto::PeerId;
 use glueberry_transport::shard_of;
 
 use super::errors::NodeSendError;
-use super::event::{Event, StreamName};
+use super::event::{StreamName, Subscription};
 use crate::channel::Channel;
 use crate::shard::{Command, ShardHandle, Shared};
 
@@ -31,7 +31,8 @@ pub(super) struct Inner {
     /// Never empty: the configured listen address first.
     pub(super) listen_addrs: Vec<SocketAddr>,
     pub(super) shared: Arc<Shared>,
-    pub(super) events: async_channel::Receiver<Event>,
+    /// Every event since the start (`Node::events`).
+    pub(super) events: Subscription,
     /// Each shard's channel of messages for the default destination.
     pub(super) messages: Vec<Channel>,
     /// Destinations of their own, per stream name: each shard's channel.

@@ -8,7 +8,7 @@ use glueberry_crypto::PeerId;
 use glueberry_transport::shard_of;
 
 use super::errors::{NodeSendError, TrySendError};
-use super::event::{EventFilter, Subscriber, Subscription};
+use super::event::{EventFilter, Subscription};
 use super::handle::{Node, push_command};
 use super::route::{Route, StreamRef};
 use crate::channel::{Channel, Messages};
@@ -299,31 +299,23 @@ impl Node {
 }
 
 impl Node {
-    /// Peer events (a bounded channel; see [`Node::events_dropped`](crate::Node::events_dropped)).
-    pub fn events(&self) -> async_channel::Receiver<crate::Event> {
+    /// Every event since the node started, in a queue of `NodeConfig::event_buffer`: the
+    /// node's own [`Subscription`] with no filter (clones share it: each event goes to one
+    /// taker). Events it cannot hold are counted, and announced with
+    /// [`Event::Missed`](crate::Event::Missed).
+    pub fn events(&self) -> Subscription {
         self.inner.events.clone()
     }
 
-    /// Subscribes to the events that pass `filter`, in a channel of `capacity`.
+    /// Subscribes to the events that pass `filter`, from now on, in a queue of `capacity`.
+    /// Subscribe before connecting to see a connection's first events.
     pub fn subscribe(&self, filter: EventFilter, capacity: usize) -> Subscription {
-        let (tx, rx) = async_channel::bounded(capacity.max(1));
         let id = self
             .inner
             .shared
             .next_subscriber
             .fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .shared
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Subscriber {
-                id,
-                filter,
-                tx,
-                missed: 0,
-            });
-        Subscription::new(id, rx, self.inner.shared.subscribers.clone())
+        Subscription::join(&self.inner.shared.subscribers, id, filter, capacity)
     }
 
     /// Live subscriptions.
@@ -336,7 +328,7 @@ impl Node {
             .len()
     }
 
-    /// Events dropped because the event channel was full.
+    /// Events lost by subscribers that did not keep up (each subscription counts its own).
     pub fn events_dropped(&self) -> u64 {
         self.inner.shared.events_dropped.load(Ordering::Relaxed)
     }

@@ -19,9 +19,13 @@ pub use address::{Host, PeerAddr, PeerAddrError};
 pub use backend::Backend;
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind};
-pub use errors::{ConnectError, NodeError, NodeSendError, RequestError, StartError, TrySendError};
+pub use errors::{
+    ConnectError, NodeError, NodeSendError, RequestError, ResolveError, StartError, TrySendError,
+};
 pub(crate) use event::Subscribers;
-pub use event::{Event, EventFilter, Handler, Message, StreamName, Subscription};
+pub use event::{
+    Event, EventFilter, EventKind, Handler, Message, Refusal, StreamName, Subscription,
+};
 pub use handle::Node;
 pub use health::{Health, HealthCheck};
 pub use request::{Request, Requests};

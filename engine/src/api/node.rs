@@ -14,7 +14,7 @@ use glueberry_transport::{
 use super::Backend;
 use super::config::NodeConfig;
 use super::errors::{ConnectError, NodeSendError, StartError};
-use super::event::{Event, EventFilter, StreamName};
+use super::event::{Event, EventFilter, EventKind, StreamName, Subscription};
 use super::handle::{Inner, Node, push_command};
 #[cfg(feature = "http")]
 use super::health::EndpointSource;
@@ -80,7 +80,9 @@ impl Node {
         }
 
         let limits = Arc::new(crate::limits::Limits::new(config.limits));
-        let (events_tx, events_rx) = async_channel::bounded(config.event_buffer);
+        let subscribers: crate::api::Subscribers = Arc::new(Mutex::new(Vec::new()));
+        // Every event, kept from the start: what `Node::events` hands out.
+        let events = Subscription::join(&subscribers, 0, EventFilter::all(), config.event_buffer);
         let channels: Vec<Channel> = (0..count)
             .map(|_| Channel::bounded(config.message_buffer))
             .collect();
@@ -98,7 +100,6 @@ impl Node {
             resolver: crate::resolve::Resolver::default(),
             rpc: crate::rpc::Pending::default(),
             shards: handles,
-            events: events_tx,
             stop: AtomicBool::new(false),
             handler: config.handler.clone(),
             events_dropped: AtomicU64::new(0),
@@ -117,7 +118,7 @@ impl Node {
                 .map(|_| std::sync::atomic::AtomicI32::new(-1))
                 .collect(),
             book: Mutex::new(book),
-            subscribers: Arc::new(Mutex::new(Vec::new())),
+            subscribers,
             states: Mutex::new(HashMap::new()),
             limits: limits.clone(),
             next_subscriber: AtomicU64::new(1),
@@ -281,7 +282,7 @@ impl Node {
                 peer_id: handshake.peer_id(),
                 listen_addrs,
                 shared,
-                events: events_rx,
+                events,
                 messages: channels,
                 outlets: Mutex::new(HashMap::new()),
                 message_buffer: config.message_buffer,
@@ -498,6 +499,7 @@ impl Node {
     ) -> Result<(), ConnectError> {
         let filter = EventFilter {
             peers: Some(vec![peer]),
+            kinds: Some(vec![EventKind::State]),
             states: Some(vec![
                 ConnState::Connected,
                 ConnState::Established,
@@ -742,7 +744,6 @@ impl Node {
         tracing::info!(peer_id = %self.peer_id(), listen_addr = %self.listen_addr(), "glueberry node stopped");
         // Batched last-seen updates are not lost on stop; the book's lock is released.
         flush_book(&self.inner.shared);
-        self.inner.events.close();
         for channel in &self.inner.messages {
             channel.close();
         }
@@ -763,7 +764,7 @@ impl Node {
         drop((outlets, requests));
         // Requests still waiting for a response end now, not at their timeout.
         self.inner.shared.rpc.fail_all();
-        // Subscriptions end too, once their last events are taken.
+        // Subscriptions (`events()` too) end, once their last events are taken.
         self.inner
             .shared
             .subscribers

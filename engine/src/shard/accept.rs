@@ -25,7 +25,7 @@ impl Shard {
                     self.emit(Event::Refused {
                         peer: None,
                         address: Some(addr),
-                        reason: refusal.reason().into(),
+                        reason: refusal.refusal(),
                     });
                     return;
                 }
@@ -38,7 +38,7 @@ impl Shard {
             self.emit(Event::Refused {
                 peer: None,
                 address: peer_addr,
-                reason: "too many pending handshakes".into(),
+                reason: crate::Refusal::Handshakes,
             });
             return;
         };

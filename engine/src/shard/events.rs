@@ -119,6 +119,10 @@ impl Shard {
                         reason,
                     });
                 }
+                NodeEvent::Ready { peer } => {
+                    tracing::debug!(peer = %peer, "peer's streams answered: both sides established");
+                    self.emit(Event::Ready { peer });
+                }
                 NodeEvent::StreamRejected {
                     peer,
                     stream,
@@ -166,7 +170,7 @@ impl Shard {
                     self.emit(Event::Refused {
                         peer: Some(peer),
                         address: None,
-                        reason: format!("{direction:?} connection refused: {code}"),
+                        reason: crate::Refusal::Limits { direction, code },
                     });
                 }
                 NodeEvent::Writable { .. } => {}
@@ -215,7 +219,7 @@ impl Shard {
                     self.metrics.failed.increment(1);
                 }
                 let failed = matches!(reason, Some(CloseReason::Error(_)))
-                    || matches!(reason, Some(CloseReason::Local(code)) if *code == CloseCode::HANDSHAKE_TIMEOUT);
+                    || matches!(reason, Some(CloseReason::Local(code)) if *code == CloseCode::HandshakeTimeout);
                 if let Some(CloseReason::Error(ConnectionError::Record(e))) = reason {
                     use glueberry_crypto::RecordError as R;
                     match e {
@@ -292,10 +296,6 @@ impl Shard {
                     self.metrics.events_dropped.increment(1);
                 }
             }
-        }
-        if self.shared.events.try_send(event).is_err() {
-            self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
-            self.metrics.events_dropped.increment(1);
         }
     }
 }

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use glueberry_crypto::PeerId;
 use glueberry_transport::{ConnId, Connection};
 
+use crate::Handler;
 use crate::channel::Channel;
 use crate::route::RouteShared;
 use crate::shard::CommandQueue;
 use crate::sys::socket;
-use crate::{Event, Handler};
 
 /// What other threads ask of a shard.
 pub(crate) enum Command {
@@ -177,7 +177,6 @@ pub(crate) struct Shared {
     pub resolver: crate::resolve::Resolver,
     /// Requests this node waits on (`Node::request`).
     pub rpc: crate::rpc::Pending,
-    pub events: async_channel::Sender<Event>,
     pub stop: AtomicBool,
     pub handler: Option<Handler>,
     pub events_dropped: AtomicU64,

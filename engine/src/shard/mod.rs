@@ -367,7 +367,7 @@ impl Shard {
                     if let Err(e) = self.core.complete_handshake(peer, &names, now) {
                         self.emit(Event::CommandFailed {
                             peer,
-                            error: e.to_string(),
+                            error: crate::Error::from(e).with_peer(peer),
                         });
                     }
                 }
@@ -415,7 +415,7 @@ impl Shard {
                     None => self.emit(Event::Refused {
                         peer: None,
                         address: None,
-                        reason: "too many pending handshakes".into(),
+                        reason: crate::Refusal::Handshakes,
                     }),
                 },
                 Command::Adopt { fd, conn, ip_slot } => {
@@ -553,11 +553,18 @@ impl Shard {
                     self.fresh.remove(&peer);
                     self.emit(Event::CommandFailed {
                         peer,
-                        error: e.to_string(),
+                        error: crate::Error::from(e).with_peer(peer),
                     });
                 }
             }
-            (None, Err(error)) => self.emit(Event::CommandFailed { peer, error }),
+            (None, Err(message)) => self.emit(Event::CommandFailed {
+                peer,
+                error: crate::Error::from(crate::ResolveError {
+                    host: host.0.to_string(),
+                    message,
+                })
+                .with_peer(peer),
+            }),
             (Some(conn), result) => {
                 if self.resolving.remove(&conn).is_none() {
                     return; // The dial ended meanwhile.
@@ -654,7 +661,7 @@ impl Shard {
         // No more MSG_RING wake-ups to this ring: its descriptor closes when the shard ends.
         self.shared.ring_fds[self.index].store(-1, Ordering::Release);
         let now = Instant::now();
-        self.core.close_all(CloseCode::SHUTDOWN, now);
+        self.core.close_all(CloseCode::Shutdown, now);
         self.perform_actions(now)?;
         self.deliver_events();
         self.hand_back_waiting();

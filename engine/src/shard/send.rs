@@ -36,7 +36,7 @@ impl Shard {
                 result = self.send_bound(route, data);
             }
         }
-        let (error, data) = match result {
+        let (error, data): (crate::Error, Bytes) = match result {
             Ok(()) => {
                 let counters = match &self.last_sent {
                     Some((name, counters)) if StreamName::same(name, &route.name) => counters,
@@ -50,12 +50,12 @@ impl Shard {
                 tracing::trace!(peer = %route.peer, stream = %route.name, size = len, "message sent");
                 return;
             }
-            Err((NodeError::NotConnected, data)) => (
-                "the peer is not Established with this stream open".to_string(),
-                data,
-            ),
-            Err((e, data)) => (e.to_string(), data),
+            Err((NodeError::NotConnected, data)) => {
+                (crate::NodeSendError::NotEstablished.into(), data)
+            }
+            Err((e, data)) => (e.into(), data),
         };
+        let error = error.with_peer(route.peer).with_stream(&route.name);
         route.release(1, len as u64);
         self.metrics.messages_dropped.increment(1);
         self.emit(Event::SendFailed {

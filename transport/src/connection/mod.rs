@@ -129,6 +129,8 @@ pub struct Connection {
     close_frame: Option<CloseCode>,
     close_reason: Option<CloseReason>,
     rtt: Option<Duration>,
+    /// [`Event::Ready`] was emitted: the peer answered every stream we opened.
+    ready: bool,
 }
 
 impl Connection {
@@ -236,6 +238,7 @@ impl Connection {
             close_frame: None,
             close_reason: None,
             rtt: None,
+            ready: false,
             config,
         }
     }
@@ -343,7 +346,7 @@ impl Connection {
         }
         let since = *self.stalled_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.config.send_stall_timeout {
-            self.close(CloseCode::SEND_STALLED);
+            self.close(CloseCode::SendStalled);
         }
     }
 

@@ -155,7 +155,7 @@ impl Connection {
                     }
                 }
                 Frame::Close(code) => {
-                    self.finish(CloseReason::Peer(CloseCode(code)));
+                    self.finish(CloseReason::Peer(CloseCode::from_u16(code)));
                     return Ok(());
                 }
             }
@@ -303,7 +303,7 @@ impl Connection {
             .ok_or(ConnectionError::Protocol(
                 "CREDIT for a stream we did not open",
             ))?;
-        match local.state {
+        let accepted = match local.state {
             SendState::Rejected => {
                 return Err(ConnectionError::Protocol("CREDIT for a rejected stream"));
             }
@@ -314,15 +314,22 @@ impl Connection {
                     self.events
                         .push_back(Event::StreamAccepted(StreamId(stream)));
                 }
+                true
             }
             // Credit given back: the peer took what it covers (§5.4).
-            SendState::Open => local.confirm(u64::from(increment)),
-        }
+            SendState::Open => {
+                local.confirm(u64::from(increment));
+                false
+            }
+        };
         local.credit = local
             .credit
             .checked_add(u64::from(increment))
             .filter(|c| *c <= u64::from(u32::MAX) * 4)
             .ok_or(ConnectionError::Protocol("credit overflow"))?;
+        if accepted {
+            self.check_ready();
+        }
         Ok(())
     }
 
@@ -361,6 +368,7 @@ impl Connection {
                 );
             }
         }
+        self.check_ready();
         Ok(())
     }
 
@@ -409,7 +417,24 @@ impl Connection {
             &mut self.events,
             &mut self.queued_bytes,
         );
+        self.check_ready();
         Ok(())
+    }
+
+    /// Emits [`Event::Ready`] once we are Established and the peer has answered (accepted or
+    /// rejected) every stream we opened: it answers only once its own application has completed
+    /// the handshake (§5.2), so from then on both sides are Established.
+    pub(super) fn check_ready(&mut self) {
+        if self.ready || self.phase != Phase::Established {
+            return;
+        }
+        if self.streams[1..]
+            .iter()
+            .all(|s| s.state != SendState::AwaitingPeer)
+        {
+            self.ready = true;
+            self.events.push_back(Event::Ready);
+        }
     }
 
     pub(super) fn reject_local(

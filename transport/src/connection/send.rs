@@ -59,6 +59,7 @@ impl Connection {
         for peer_id in 1..self.peer_streams.len() {
             self.decide(peer_id as u16);
         }
+        self.check_ready();
         Ok(())
     }
 
@@ -176,10 +177,10 @@ impl Connection {
 
     pub(super) fn fail(&mut self, error: ConnectionError) {
         let code = match &error {
-            ConnectionError::FlowControl => CloseCode::FLOW_CONTROL,
-            ConnectionError::MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_LARGE,
-            ConnectionError::IdleTimeout => CloseCode::IDLE_TIMEOUT,
-            _ => CloseCode::PROTOCOL_ERROR,
+            ConnectionError::FlowControl => CloseCode::FlowControl,
+            ConnectionError::MessageTooLarge { .. } => CloseCode::MessageTooLarge,
+            ConnectionError::IdleTimeout => CloseCode::IdleTimeout,
+            _ => CloseCode::ProtocolError,
         };
         if self.phase != Phase::Closed {
             self.finish(CloseReason::Error(error));
@@ -242,7 +243,7 @@ impl Connection {
                 .min(available - HEADER_LEN - TAG_LEN);
             let body = &mut out[pos + HEADER_LEN..pos + HEADER_LEN + capacity];
             let written = if let Some(code) = self.close_frame.take() {
-                Frame::Close(code.0).encode(body).unwrap_or(0)
+                Frame::Close(code.to_u16()).encode(body).unwrap_or(0)
             } else if self.phase == Phase::Closed {
                 0
             } else {

@@ -487,6 +487,49 @@ fn simultaneous_open_and_rejected_streams_are_reported() {
 }
 
 #[test]
+fn ready_comes_once_the_peer_answered_every_stream_we_opened() {
+    let mut p = Pair::connected();
+    events(&mut p.a);
+    events(&mut p.b);
+    // a completes; b's application holds its decision: a's OPENs wait unanswered.
+    p.a.complete_handshake(&["consensus", "only-a"]).expect("a");
+    p.pump();
+    let a_events = events(&mut p.a);
+    assert!(a_events.contains(&Event::Established));
+    assert!(!a_events.contains(&Event::Ready), "{a_events:?}");
+    assert!(!events(&mut p.b).contains(&Event::Ready));
+    // b completes: it accepts one stream, rejects the other, and both sides are ready.
+    p.b.complete_handshake(&["consensus", "only-b"]).expect("b");
+    p.pump();
+    let a_events = events(&mut p.a);
+    let ready = a_events.iter().position(|e| *e == Event::Ready);
+    let accepted = a_events
+        .iter()
+        .position(|e| matches!(e, Event::StreamAccepted(_)));
+    let rejected = a_events
+        .iter()
+        .position(|e| matches!(e, Event::StreamRejected { .. }));
+    assert!(ready > accepted && ready > rejected, "{a_events:?}");
+    assert_eq!(a_events.iter().filter(|e| **e == Event::Ready).count(), 1);
+    assert!(events(&mut p.b).contains(&Event::Ready));
+    // Credit given back later is not a second answer.
+    let s = p.a.stream_id("consensus").expect("consensus");
+    p.a.send(s, Bytes::from_static(b"m")).expect("send");
+    p.pump();
+    drain_messages(&mut p.b);
+    p.pump();
+    assert!(!events(&mut p.a).contains(&Event::Ready));
+}
+
+#[test]
+fn ready_follows_established_when_we_open_no_named_stream() {
+    let mut p = Pair::connected();
+    events(&mut p.a);
+    p.a.complete_handshake(&[]).expect("a");
+    assert_eq!(events(&mut p.a), vec![Event::Established, Event::Ready]);
+}
+
+#[test]
 fn keepalive_measures_rtt_and_idle_timeout_detects_a_silent_peer() {
     let mut p = Pair::established(&["s"]);
     events(&mut p.a);
@@ -511,11 +554,11 @@ fn close_is_explicit_and_eof_without_it_is_a_lost_connection() {
     let mut p = Pair::established(&["s"]);
     events(&mut p.b);
     let s = p.a.stream_id("s").expect("s");
-    p.a.close(CloseCode::SHUTDOWN);
+    p.a.close(CloseCode::Shutdown);
     assert_eq!(p.a.send(s, Bytes::new()), Err(SendError::Closed));
     p.pump();
     assert!(events(&mut p.b).contains(&Event::Closed {
-        reason: CloseReason::Peer(CloseCode::SHUTDOWN),
+        reason: CloseReason::Peer(CloseCode::Shutdown),
         unsent: 0
     }));
 
@@ -907,7 +950,7 @@ fn a_peer_that_withholds_credit_while_pinging_is_closed_at_the_send_stall_timeou
     assert!(p.a.is_closed(), "closed");
     assert_eq!(
         p.a.close_reason(),
-        Some(&CloseReason::Local(CloseCode::SEND_STALLED))
+        Some(&CloseReason::Local(CloseCode::SendStalled))
     );
     // The queued messages came back to the application, none lost silently.
     let undelivered: usize = events(&mut p.a)

@@ -45,7 +45,7 @@ impl NodeCore {
         if self.direction(peer) != Some(Direction::Inbound) {
             return;
         }
-        let code = CloseCode::TOO_MANY_CONNECTIONS;
+        let code = CloseCode::TooManyConnections;
         if let Some(id) = self.detach_conn(peer, now) {
             self.close_conn(id, code);
         }
@@ -81,11 +81,11 @@ impl NodeCore {
             p.deadline = None;
         }
         if let Some(id) = self.detach_conn(peer, now) {
-            self.close_conn(id, CloseCode::BLACKLISTED);
+            self.close_conn(id, CloseCode::Blacklisted);
         }
         // Connections still in their handshake for this peer are refused when it completes.
         if self.state(peer) != ConnState::Disconnected {
-            let reason = Some(CloseReason::Local(CloseCode::BLACKLISTED));
+            let reason = Some(CloseReason::Local(CloseCode::Blacklisted));
             self.set_state(peer, ConnState::Disconnected, reason);
         }
         while let Some(closed) = self.closing.pop() {
@@ -122,7 +122,7 @@ impl NodeCore {
         p.deadline = None;
         if let Some(id) = self.detach_conn(peer, now) {
             if let Some(conn) = self.conns.get_mut(&id) {
-                conn.conn.close(CloseCode::NORMAL);
+                conn.conn.close(CloseCode::Normal);
             }
             self.settle_at(id, now);
         }

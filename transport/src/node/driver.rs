@@ -111,7 +111,7 @@ impl NodeCore {
             .collect();
         for id in stalled {
             if let Some(c) = self.conns.get_mut(&id) {
-                c.conn.close(CloseCode::HANDSHAKE_TIMEOUT);
+                c.conn.close(CloseCode::HandshakeTimeout);
                 self.settle_at(id, now);
             }
         }
@@ -152,7 +152,7 @@ impl NodeCore {
                 if let Some(id) = p.conn
                     && let Some(c) = self.conns.get_mut(&id)
                 {
-                    c.conn.close(CloseCode::HANDSHAKE_TIMEOUT);
+                    c.conn.close(CloseCode::HandshakeTimeout);
                     self.settle_at(id, now);
                 }
             }

@@ -184,6 +184,12 @@ pub enum NodeEvent {
         /// Its bytes. Call [`NodeCore::release`] with `conn` once consumed.
         data: Bytes,
     },
+    /// The peer answered every stream we opened: both sides are Established (see
+    /// [`crate::Event::Ready`]).
+    Ready {
+        /// The peer.
+        peer: PeerId,
+    },
     /// The peer did not open one of our streams; `unsent` queued messages were not delivered.
     StreamRejected {
         /// The peer.

@@ -145,6 +145,11 @@ impl NodeCore {
                     });
                 }
             }
+            Event::Ready => {
+                if let Some(peer) = attached_peer {
+                    self.events.push_back(NodeEvent::Ready { peer });
+                }
+            }
             Event::StreamAccepted(_) | Event::Rtt(_) => {}
             Event::Closed { reason, .. } => self.handle_closed(id, attached_peer, reason, now),
         }
@@ -159,7 +164,7 @@ impl NodeCore {
     ) {
         if self.blacklist.contains(&peer) {
             // Refused before the application sees the peer or any of its bytes; reported.
-            let code = CloseCode::BLACKLISTED;
+            let code = CloseCode::Blacklisted;
             self.close_conn(id, code);
             self.events.push_back(NodeEvent::Refused {
                 peer,
@@ -182,7 +187,7 @@ impl NodeCore {
             .or_insert_with(|| Peer::new(None, false));
         if p.state == ConnState::Cooldown {
             // It timed out its handshake with us recently: not before the cooldown ends.
-            self.close_conn(id, CloseCode::HANDSHAKE_TIMEOUT);
+            self.close_conn(id, CloseCode::HandshakeTimeout);
             return;
         }
         if let Some(other) = p.conn.filter(|other| *other != id) {
@@ -197,16 +202,16 @@ impl NodeCore {
                 _ => true,
             };
             if !keep_new {
-                self.close_conn(id, CloseCode::DUPLICATE);
+                self.close_conn(id, CloseCode::Duplicate);
                 return;
             }
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.conn = Some(id);
             }
-            self.close_conn(other, CloseCode::DUPLICATE);
+            self.close_conn(other, CloseCode::Duplicate);
             if self.state(peer) == ConnState::Established {
                 // The peer came back on a new connection: the old session is over.
-                let reason = Some(CloseReason::Local(CloseCode::DUPLICATE));
+                let reason = Some(CloseReason::Local(CloseCode::Duplicate));
                 self.set_state(peer, ConnState::Disconnected, reason);
             }
         }
@@ -316,7 +321,7 @@ impl NodeCore {
             p.failures += 1;
         }
         match p.state {
-            ConnState::Connecting if reason == CloseReason::Peer(CloseCode::BLACKLISTED) => {
+            ConnState::Connecting if reason == CloseReason::Peer(CloseCode::Blacklisted) => {
                 // The peer blacklisted us: permanent. Not redialled; a persistent peer is
                 // tried again only at the longest backoff.
                 if p.persistent {
@@ -331,12 +336,12 @@ impl NodeCore {
                 let attempts = p.attempts;
                 self.schedule_retry(peer, attempts, Some(reason), now);
             }
-            ConnState::Connected if reason == CloseReason::Local(CloseCode::HANDSHAKE_TIMEOUT) => {
+            ConnState::Connected if reason == CloseReason::Local(CloseCode::HandshakeTimeout) => {
                 p.deadline = Some(now + self.config.cooldown);
                 self.set_state(peer, ConnState::Cooldown, Some(reason));
             }
             ConnState::Connected | ConnState::Established => {
-                let manual = reason == CloseReason::Local(CloseCode::NORMAL);
+                let manual = reason == CloseReason::Local(CloseCode::Normal);
                 self.set_state(peer, ConnState::Disconnected, Some(reason));
                 if !manual {
                     self.schedule_reconnect(peer, now);

@@ -28,7 +28,7 @@ impl Admission for TestLimits {
     ) -> Result<(), CloseCode> {
         self.asked.lock().unwrap().push((*peer, direction));
         if direction == Direction::Outbound && self.refuse_outbound.load(Ordering::Relaxed) {
-            return Err(CloseCode::TOO_MANY_CONNECTIONS);
+            return Err(CloseCode::TooManyConnections);
         }
         self.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
