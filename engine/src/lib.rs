@@ -42,14 +42,17 @@
 //! a.connect(b.peer_id(), b.listen_addr())?;
 //! // Each side completes the application handshake when the peer is Connected.
 //! for (node, peer) in [(&a, b.peer_id()), (&b, a.peer_id())] {
-//!     while let Ok(event) = node.events().recv_blocking() {
-//!         if matches!(event, Event::State { state: ConnState::Connected, .. }) {
-//!             node.complete_handshake(peer, &["consensus"])?;
-//!             break;
+//!     while let Some(event) = node.events().recv_blocking() {
+//!         match event {
+//!             Event::State { state: ConnState::Connected, .. } => {
+//!                 node.complete_handshake(peer, &["consensus"])?;
+//!             }
+//!             // Both sides Established: the peer answered our streams.
+//!             Event::Ready { .. } => break,
+//!             _ => {}
 //!         }
 //!     }
 //! }
-//! // (wait for Established on both sides in real code)
 //! futures::executor::block_on(a.send(b.peer_id(), "consensus", Bytes::from_static(b"vote")))?;
 //! let message = b.messages().recv_blocking().ok_or("node stopped")?;
 //! assert_eq!(&message.data[..], b"vote");
@@ -100,11 +103,18 @@
 //! **Application handshake** — on `Connected`, open the streams:
 //! ```no_run
 //! # use glueberry::{Event, Node}; use glueberry::transport::ConnState;
+//! # use futures::StreamExt;
 //! # async fn f(node: &Node) -> Result<(), glueberry::Error> {
-//! while let Ok(event) = node.events().recv().await {
-//!     if let Event::State { peer, state: ConnState::Connected, .. } = event {
-//!         // (exchange hellos on the "handshake" stream here if the application has any)
-//!         node.complete_handshake(peer, &["consensus", "mempool"])?; // → Established
+//! let mut events = node.events(); // a `futures::Stream` too
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         Event::State { peer, state: ConnState::Connected, .. } => {
+//!             // (exchange hellos on the "handshake" stream here if the application has any)
+//!             node.complete_handshake(peer, &["consensus", "mempool"])?; // → Established
+//!         }
+//!         // The peer completed its side too: what we send on the streams it opened flows.
+//!         Event::Ready { peer } => println!("{peer} ready"),
+//!         _ => {}
 //!     }
 //! }
 //! # Ok(()) }
@@ -152,13 +162,14 @@
 //! ```no_run
 //! # use glueberry::{Event, Node};
 //! # fn f(node: &Node) {
-//! while let Ok(event) = node.events().recv_blocking() {
+//! while let Some(event) = node.events().recv_blocking() {
 //!     match event {
 //!         // The connection closed first: `unsent` never left, `unconfirmed` may have arrived.
 //!         Event::Undelivered { peer, stream, unsent, unconfirmed } => {
 //!             println!("{peer} {stream}: {} unsent, {} unconfirmed", unsent.len(), unconfirmed.len());
 //!         }
 //!         // Refused at the shard (not connected, stream not open, too large).
+//!         // `error` is a `glueberry::Error`: its `kind()` says what to do.
 //!         Event::SendFailed { peer, error, data, .. } => println!("{peer}: {error} ({} B)", data.len()),
 //!         _ => {}
 //!     }
@@ -169,13 +180,24 @@
 //! # }
 //! ```
 //!
-//! **Events** — filtered subscriptions that never slow the node:
+//! **Events** — one mechanism: `events()` (everything since the start) and filtered
+//! subscriptions, all `futures::Stream`s that never slow the node; a filter drops only what it
+//! names (filtering states leaves the other kinds), and a subscriber that falls behind is told
+//! how many it lost:
 //! ```no_run
-//! # use glueberry::{Event, EventFilter, Node}; use glueberry::transport::ConnState;
+//! # use glueberry::{Event, EventFilter, EventKind, Node}; use glueberry::transport::ConnState;
 //! # async fn f(node: &Node) {
-//! let lost = node.subscribe(EventFilter { states: Some(vec![ConnState::Disconnected]), ..Default::default() }, 100);
+//! let lost = node.subscribe(
+//!     EventFilter::all().kind(EventKind::State).state(ConnState::Disconnected),
+//!     100,
+//! );
 //! while let Some(event) = lost.recv().await {
-//!     if let Event::Missed { count } = event { eprintln!("fell behind by {count} events"); }
+//!     match event {
+//!         // The close code has a name: `Peer(Blacklisted)`, `Local(IdleTimeout)`, ...
+//!         Event::State { peer, reason, .. } => eprintln!("{peer} lost: {reason:?}"),
+//!         Event::Missed { count } => eprintln!("fell behind by {count} events"),
+//!         _ => {}
+//!     }
 //! }
 //! # }
 //! ```
