@@ -318,14 +318,17 @@ impl Node {
         Subscription::join(&self.inner.shared.subscribers, id, filter, capacity)
     }
 
-    /// Live subscriptions.
+    /// Live subscriptions made with [`Node::subscribe`] (not counting the node's own, which
+    /// [`Node::events`] hands out).
     pub fn subscription_count(&self) -> usize {
         self.inner
             .shared
             .subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len()
+            .iter()
+            .filter(|s| s.id != 0)
+            .count()
     }
 
     /// Events lost by subscribers that did not keep up (each subscription counts its own).
