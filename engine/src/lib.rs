@@ -267,7 +267,7 @@ pub use api::{
     Backend, ConnectError, Error, ErrorKind, Event, EventFilter, EventKind, Handler, Health,
     HealthCheck, Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr,
     PeerAddrError, Refusal, Request, RequestError, Requests, ResolveError, Route, StartError,
-    StreamName, StreamRef, Subscription, TrySendError,
+    StreamName, StreamRef, StreamSink, Subscription, TrySendError,
 };
 #[doc(inline)]
 pub use channel::Messages;

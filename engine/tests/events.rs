@@ -190,3 +190,34 @@ fn close_codes_print_their_names() {
     assert_eq!(CloseCode::from_u16(99), CloseCode::Other(99));
     assert_eq!(CloseCode::from_u16(99).to_string(), "code 99");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_sink_sends_everything_in_order_waiting_when_the_stream_is_full() {
+    use futures::{SinkExt, StreamExt};
+    // A stream queue of 4 messages: the sink has to wait for room most of the time.
+    let (a, b) = (node(|c| c.stream_queue(4, 1 << 20)), node(|c| c));
+    let mut received = b.messages_on("s").unwrap();
+    glueberry::testing::establish(&a, &b, &["s"], T).unwrap();
+    let mut sink = a.sink(b.peer_id(), "s");
+    let mut messages =
+        futures::stream::iter((0..2000u32).map(|i| Ok(Bytes::from(i.to_be_bytes().to_vec()))));
+    let sending = async {
+        sink.send_all(&mut messages).await.unwrap();
+        sink.close().await.unwrap();
+    };
+    let receiving = async {
+        for i in 0..2000u32 {
+            let message = received.next().await.unwrap();
+            assert_eq!(&message.data[..], &i.to_be_bytes(), "message {i}");
+        }
+    };
+    tokio::time::timeout(T, futures::future::join(sending, receiving))
+        .await
+        .unwrap();
+    // A sink to a peer that is not connected refuses at once, with the reason.
+    let mut nowhere = a.sink(glueberry::Identity::generate().unwrap().peer_id(), "s");
+    let refused = nowhere.send(Bytes::from_static(b"x")).await.unwrap_err();
+    assert_eq!(refused, glueberry::NodeSendError::NotEstablished);
+    a.stop().await;
+    b.stop().await;
+}

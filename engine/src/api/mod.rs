@@ -14,6 +14,7 @@ mod peers;
 mod request;
 mod route;
 mod settings;
+mod sink;
 
 pub use address::{Host, PeerAddr, PeerAddrError};
 pub use backend::Backend;
@@ -31,3 +32,4 @@ pub use health::{Health, HealthCheck};
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};
 pub use settings::NodeSettings;
+pub use sink::StreamSink;
