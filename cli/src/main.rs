@@ -71,6 +71,9 @@ enum Command {
         /// The node's metrics endpoint (`metrics` in its file).
         #[arg(long)]
         endpoint: SocketAddr,
+        /// One JSON object (`health_code`, `health`, `state`) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Measures round trips to a node (a `glueberry node`, which answers on "ping").
     Ping {
@@ -85,6 +88,10 @@ enum Command {
         /// How long to wait for the connection and for each reply, in seconds.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// One JSON object at the end (`peer`, `connect_us`, `rtt_us`, `min_us`, `median_us`,
+        /// `max_us`) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -96,17 +103,19 @@ fn main() -> ExitCode {
             .map(|identity| println!("{}", identity.peer_id()))
             .map_err(|e| format!("{}: {e}", key.display())),
         Command::Node { config } => run::node(&config),
-        Command::Status { endpoint } => status(endpoint),
+        Command::Status { endpoint, json } => status(endpoint, json),
         Command::Ping {
             peer,
             network,
             count,
             timeout,
+            json,
         } => ping::ping(
             &peer,
             &network,
             count,
             std::time::Duration::from_secs(timeout),
+            json,
         ),
     };
     match result {
@@ -159,9 +168,8 @@ fn get(endpoint: SocketAddr, path: &str) -> Result<(u16, String), String> {
     Ok((code, body.to_string()))
 }
 
-fn status(endpoint: SocketAddr) -> Result<(), String> {
-    let (code, health) = get(endpoint, "/healthz")?;
-    println!("health ({code}): {health}");
+fn status(endpoint: SocketAddr, json: bool) -> Result<(), String> {
+    let (health_code, health) = get(endpoint, "/healthz")?;
     let (code, state) = get(endpoint, "/debug/state")?;
     if code != 200 {
         return Err(format!(
@@ -170,6 +178,17 @@ fn status(endpoint: SocketAddr) -> Result<(), String> {
     }
     let state: serde_json::Value =
         serde_json::from_str(&state).map_err(|e| format!("/debug/state: {e}"))?;
+    if json {
+        let health = serde_json::from_str(&health).unwrap_or(serde_json::Value::String(health));
+        let out = serde_json::json!({
+            "health_code": health_code,
+            "health": health,
+            "state": state,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("health ({health_code}): {health}");
     println!(
         "{}",
         serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?

@@ -14,6 +14,7 @@ pub(crate) fn ping(
     network: &str,
     count: u32,
     timeout: Duration,
+    json: bool,
 ) -> Result<(), String> {
     let identity = Identity::generate().map_err(|e| e.to_string())?;
     let listen = match peer.socket_addr() {
@@ -27,12 +28,18 @@ pub(crate) fn ping(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let result = runtime.block_on(run(&node, peer, count, timeout));
+    let result = runtime.block_on(run(&node, peer, count, timeout, json));
     node.stop_blocking();
     result
 }
 
-async fn run(node: &Node, peer: &PeerAddr, count: u32, timeout: Duration) -> Result<(), String> {
+async fn run(
+    node: &Node,
+    peer: &PeerAddr,
+    count: u32,
+    timeout: Duration,
+    json: bool,
+) -> Result<(), String> {
     let events = node.subscribe(EventFilter::all().peer(peer.peer), 64);
     let mut replies = node.messages_on(PING_STREAM).map_err(|e| e.to_string())?;
     node.connect_to(peer).map_err(|e| e.to_string())?;
@@ -46,10 +53,11 @@ async fn run(node: &Node, peer: &PeerAddr, count: u32, timeout: Duration) -> Res
                 } => node
                     .complete_handshake(peer.peer, &[PING_STREAM])
                     .map_err(|e| e.to_string())?,
-                Event::State {
-                    state: ConnState::Established,
-                    ..
-                } => return Ok(()),
+                // The node answered our streams: its side is Established too.
+                Event::Ready { .. } => return Ok(()),
+                Event::StreamRejected { .. } => {
+                    return Err(format!("{peer} does not answer on {PING_STREAM:?}"));
+                }
                 Event::CommandFailed { error, .. } => return Err(format!("{peer}: {error}")),
                 _ => {}
             }
@@ -59,7 +67,10 @@ async fn run(node: &Node, peer: &PeerAddr, count: u32, timeout: Duration) -> Res
     tokio::time::timeout(timeout, connected)
         .await
         .map_err(|_| format!("{peer}: not connected within {timeout:?}"))??;
-    println!("connected to {peer} in {:?}", started.elapsed());
+    let connect = started.elapsed();
+    if !json {
+        println!("connected to {peer} in {connect:?}");
+    }
     let mut rtts = Vec::with_capacity(count as usize);
     for seq in 0..count {
         let sent = Instant::now();
@@ -75,12 +86,30 @@ async fn run(node: &Node, peer: &PeerAddr, count: u32, timeout: Duration) -> Res
             return Err(format!("ping {seq}: the reply does not match"));
         }
         let rtt = sent.elapsed();
+        rtts.push(rtt);
+        if json {
+            continue;
+        }
         println!(
             "reply from {}: seq={seq} time={:.1} µs",
             peer.peer,
             rtt.as_secs_f64() * 1e6
         );
-        rtts.push(rtt);
+    }
+    let micros = |d: &Duration| d.as_secs_f64() * 1e6;
+    if json {
+        let mut sorted = rtts.clone();
+        sorted.sort();
+        let out = serde_json::json!({
+            "peer": peer.to_string(),
+            "connect_us": micros(&connect),
+            "rtt_us": rtts.iter().map(micros).collect::<Vec<_>>(),
+            "min_us": sorted.first().map(micros),
+            "median_us": sorted.get(sorted.len() / 2).map(micros),
+            "max_us": sorted.last().map(micros),
+        });
+        println!("{out}");
+        return Ok(());
     }
     rtts.sort();
     if let (Some(min), Some(max)) = (rtts.first(), rtts.last()) {

@@ -114,6 +114,14 @@ fn keygen_two_nodes_from_toml_status_and_ping() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.contains("health (200)"), "{status}");
+    // The same as one JSON object, for scripts.
+    let json: serde_json::Value = serde_json::from_str(&stdout(&run(
+        dir,
+        &["status", "--endpoint", &endpoint, "--json"],
+    )))
+    .unwrap();
+    assert_eq!(json["health_code"], 200, "{json}");
+    assert!(json["state"].to_string().contains(&b), "{json}");
 
     // A ping from a throwaway identity, by IP this time.
     let ping = stdout(&run(
@@ -129,6 +137,25 @@ fn keygen_two_nodes_from_toml_status_and_ping() {
     ));
     assert!(ping.contains("seq=2"), "{ping}");
     assert!(ping.contains("3 replies"), "{ping}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&run(
+        dir,
+        &[
+            "ping",
+            &format!("{a}@127.0.0.1:{port_a}"),
+            "--network",
+            "cli-test",
+            "--count",
+            "4",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(json["rtt_us"].as_array().unwrap().len(), 4, "{json}");
+    let (min, max) = (
+        json["min_us"].as_f64().unwrap(),
+        json["max_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= max, "{json}");
     // The wrong network is refused, and ping says so instead of hanging.
     let wrong = run(
         dir,
