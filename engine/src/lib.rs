@@ -43,15 +43,15 @@
 //! // Each side completes the application handshake when the peer is Connected.
 //! for (node, peer) in [(&a, b.peer_id()), (&b, a.peer_id())] {
 //!     while let Some(event) = node.events().recv_blocking() {
-//!         match event {
-//!             Event::State { state: ConnState::Connected, .. } => {
-//!                 node.complete_handshake(peer, &["consensus"])?;
-//!             }
-//!             // Both sides Established: the peer answered our streams.
-//!             Event::Ready { .. } => break,
-//!             _ => {}
+//!         if matches!(event, Event::State { state: ConnState::Connected, .. }) {
+//!             node.complete_handshake(peer, &["consensus"])?;
+//!             break;
 //!         }
 //!     }
+//! }
+//! // Both sides Established once each peer answered the other's streams.
+//! for node in [&a, &b] {
+//!     while !matches!(node.events().recv_blocking(), Some(Event::Ready { .. }) | None) {}
 //! }
 //! futures::executor::block_on(a.send(b.peer_id(), "consensus", Bytes::from_static(b"vote")))?;
 //! let message = b.messages().recv_blocking().ok_or("node stopped")?;
