@@ -83,15 +83,17 @@ async fn run_app(node: Node, height: u64, listening: Listening) {
     }
 }
 
-/// Waits until `node` has `peer` Established.
-async fn established(node: &Node, peer: PeerId) {
-    let deadline = tokio::time::Instant::now() + T;
-    while node.state(peer) != ConnState::Established {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{peer} not Established"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// Waits for `node`'s `Ready` about each of `peers`: both sides Established, streams answered.
+async fn ready(node: &Node, peers: &[PeerId]) {
+    let events = node.events();
+    let mut waiting = peers.to_vec();
+    while !waiting.is_empty() {
+        match tokio::time::timeout(T, events.recv()).await {
+            Ok(Some(Event::Ready { peer })) => waiting.retain(|p| *p != peer),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the node stopped"),
+            Err(_) => panic!("not ready with {waiting:?}"),
+        }
     }
 }
 
@@ -122,8 +124,8 @@ async fn three_nodes_hello_rpc_gossip_a_20_mb_file_blacklist_drain_and_stop() {
     a.connect(b.peer_id(), b.listen_addr()).unwrap();
     b.connect(c.peer_id(), c.listen_addr()).unwrap();
     c.connect(a.peer_id(), a.listen_addr()).unwrap();
-    for (x, y) in [(&a, &b), (&b, &c), (&c, &a), (&b, &a), (&c, &b), (&a, &c)] {
-        established(x, y.peer_id()).await;
+    for (x, y, z) in [(&a, &b, &c), (&b, &c, &a), (&c, &a, &b)] {
+        ready(x, &[y.peer_id(), z.peer_id()]).await;
     }
 
     // RPC: an answer, matched to its request.
