@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glueberry::crypto::handshake::Handshake;
-use glueberry::crypto::record::{HEADER_LEN, RecordSealer, TAG_LEN};
+use glueberry::crypto::record::{HEADER_LEN, RecordHeader, RecordOpener, RecordSealer, TAG_LEN};
 use glueberry::crypto::{HandshakeConfig, Identity, PeerId};
 use glueberry::transport::frame::{DATA_FIRST, DATA_LAST, Frame, Settings};
 use glueberry::transport::{CloseCode, CloseReason, ConnState, ConnectionConfig};
@@ -28,6 +28,7 @@ struct Raw {
     peer: PeerId,
     socket: TcpStream,
     sealer: RecordSealer,
+    opener: RecordOpener,
 }
 
 impl Raw {
@@ -55,11 +56,12 @@ impl Raw {
         out.clear();
         handshake.poll_transmit(&mut out);
         socket.write_all(&out).unwrap();
-        let (sealer, _opener) = handshake.into_session().unwrap().into_channel();
+        let (sealer, opener) = handshake.into_session().unwrap().into_channel();
         let mut raw = Raw {
             peer: identity.peer_id(),
             socket,
             sealer,
+            opener,
         };
         let defaults = ConnectionConfig::default();
         let mut frames = vec![Frame::Settings(Settings {
@@ -90,6 +92,39 @@ impl Raw {
         self.socket.write_all(&record[..n])
     }
 
+    /// Reads the node's records until it has accepted streams 1..=`count` (a CREDIT for each):
+    /// DATA may go on them from then on (PROTOCOL.md §5.2).
+    fn wait_accepted(&mut self, count: u16) {
+        let mut inbox = Vec::new();
+        let mut accepted = vec![false; usize::from(count)];
+        let mut buf = vec![0u8; 64 * 1024];
+        self.socket.set_read_timeout(Some(T)).unwrap();
+        while accepted.contains(&false) {
+            let n = self.socket.read(&mut buf).unwrap();
+            assert!(n > 0, "the node closed before accepting the streams");
+            inbox.extend_from_slice(&buf[..n]);
+            while inbox.len() >= HEADER_LEN {
+                let header = RecordHeader::decode(inbox[..HEADER_LEN].try_into().unwrap()).unwrap();
+                let len = header.record_len();
+                if inbox.len() < len {
+                    break;
+                }
+                let mut record: Vec<u8> = inbox.drain(..len).collect();
+                let mut plain = &*self.opener.open_in_place(&mut record).unwrap();
+                while !plain.is_empty() {
+                    let (frame, used) = Frame::decode(plain).unwrap();
+                    if let Frame::Credit { stream, .. } = frame
+                        && (1..=count).contains(&stream)
+                    {
+                        accepted[usize::from(stream - 1)] = true;
+                    }
+                    plain = &plain[used..];
+                }
+            }
+        }
+        self.socket.set_read_timeout(None).unwrap();
+    }
+
     /// Answers nothing, reads and drops whatever the node sends (keeps its window open).
     fn drain(&mut self) {
         self.socket.set_nonblocking(true).unwrap();
@@ -103,8 +138,9 @@ impl Raw {
     }
 }
 
-/// Accepts `raw`'s streams on `node` (the application handshake) and waits for Established.
-fn accept(node: &Node, raw: &Raw, streams: &[&str]) {
+/// Accepts `raw`'s streams on `node` (the application handshake), waits for Established and
+/// for the acceptances to reach `raw`.
+fn accept(node: &Node, raw: &mut Raw, streams: &[&str]) {
     let deadline = Instant::now() + T;
     while node.state(raw.peer) != ConnState::Connected {
         assert!(
@@ -119,6 +155,7 @@ fn accept(node: &Node, raw: &Raw, streams: &[&str]) {
         assert!(Instant::now() < deadline, "not Established");
         std::thread::sleep(Duration::from_millis(2));
     }
+    raw.wait_accepted(streams.len() as u16);
 }
 
 fn node(config: NodeConfig) -> Node {
@@ -146,7 +183,7 @@ fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
     let mut attackers = Vec::new();
     for n in 0..ATTACKERS {
         let mut raw = Raw::connect(&node, &streams);
-        accept(&node, &raw, &streams);
+        accept(&node, &mut raw, &streams);
         // On every stream (and `handshake`, id 0) a 1 MiB message begun and never finished.
         // Half of them send what the protocol lets them (together the connection's window);
         // the other half ignore credit and send all but the last byte of each (18 MiB).
@@ -233,7 +270,7 @@ fn tiny_records_one_per_segment_do_not_pin_receive_buffers() {
     // connection whole: the case where a message sliced out of one would keep it alive.
     let node = node(config().message_buffer(100_000).provided_receive_buffers(0));
     let mut raw = Raw::connect(&node, &["tiny"]);
-    accept(&node, &raw, &["tiny"]);
+    accept(&node, &mut raw, &["tiny"]);
     let (before, data_before) = (rss_kib(), vm_data_kib());
     const MESSAGES: usize = 1000;
     for i in 0..MESSAGES {
@@ -323,7 +360,7 @@ fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
     let node = node(stall_config());
     let events = node.events();
     let mut raw = Raw::connect(&node, &["blocks"]);
-    accept(&node, &raw, &["blocks"]);
+    accept(&node, &mut raw, &["blocks"]);
     let before = rss_kib();
     let queued = fill(&node, raw.peer, "blocks");
     let start = Instant::now();
@@ -369,7 +406,7 @@ fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
     let node = node(stall_config());
     let events = node.events();
     let mut raw = Raw::connect(&node, &["blocks"]);
-    accept(&node, &raw, &["blocks"]);
+    accept(&node, &mut raw, &["blocks"]);
     let fds = glueberry::open_fd_count();
     // It gives all the credit the node could want (so the node's sends fill the socket), then
     // never reads (its TCP window falls to zero) but keeps pinging.

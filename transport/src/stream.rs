@@ -251,6 +251,9 @@ pub(crate) struct PeerStream {
     pub released: u64,
     /// A message being reassembled from fragments, and its announced length.
     pub partial: Option<(BytesMut, usize)>,
+    /// Our acceptance (the stream's first CREDIT) was written out: from then on the peer may
+    /// send DATA on it (PROTOCOL.md §5.2). The handshake stream is accepted from the start.
+    pub announced: bool,
 }
 
 impl PeerStream {
@@ -261,6 +264,7 @@ impl PeerStream {
             window,
             released: 0,
             partial: None,
+            announced: matches!(state, RecvState::Accepted { .. }),
         }
     }
 }

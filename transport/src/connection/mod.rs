@@ -514,4 +514,6 @@ impl std::fmt::Debug for Connection {
 }
 
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 mod tests;

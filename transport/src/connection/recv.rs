@@ -180,8 +180,18 @@ impl Connection {
             .ok_or(ConnectionError::Protocol(
                 "DATA on a stream that was not opened",
             ))?;
-        let RecvState::Accepted { local } = peer_stream.state else {
-            return Err(ConnectionError::FlowControl);
+        // DATA only once the opener could have our acceptance (PROTOCOL.md §5.2): never on a
+        // stream we rejected or have not answered, nor in the input that carried its OPEN.
+        let local = match peer_stream.state {
+            RecvState::Accepted { local } if peer_stream.announced => local,
+            RecvState::Accepted { .. } | RecvState::Pending => {
+                return Err(ConnectionError::Protocol(
+                    "DATA on a stream before its acceptance was sent",
+                ));
+            }
+            RecvState::Rejected => {
+                return Err(ConnectionError::Protocol("DATA on a stream we rejected"));
+            }
         };
         let overhead = if flags & DATA_FIRST != 0 {
             MESSAGE_CREDIT_OVERHEAD

@@ -295,6 +295,11 @@ impl Connection {
             };
             written += n;
             self.control.pop_front();
+            if let Control::Credit { stream, .. } = control
+                && let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(stream))
+            {
+                peer_stream.announced = true;
+            }
         }
         // OPEN frames go out once the peer's limits are known (ids must be below them).
         if self.peer_settings.is_some() {

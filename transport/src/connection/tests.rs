@@ -12,10 +12,10 @@ use crate::frame::{DATA_FIRST, DATA_LAST, Frame};
 use crate::stream::MESSAGE_CREDIT_OVERHEAD;
 use glueberry_crypto::record::{HEADER_LEN, TAG_LEN};
 
-struct Pair {
-    a: Connection,
-    b: Connection,
-    now: Instant,
+pub(super) struct Pair {
+    pub(super) a: Connection,
+    pub(super) b: Connection,
+    pub(super) now: Instant,
     buf: Vec<u8>,
 }
 
@@ -31,7 +31,7 @@ fn handshake_config(seed: u8) -> Arc<HandshakeConfig> {
 
 impl Pair {
     /// Two connections that ran the real handshake through `handle_input`/`poll_transmit`.
-    fn connected_with(ca: Arc<ConnectionConfig>, cb: Arc<ConnectionConfig>) -> Self {
+    pub(super) fn connected_with(ca: Arc<ConnectionConfig>, cb: Arc<ConnectionConfig>) -> Self {
         let now = Instant::now();
         let a = Connection::outbound(ca, handshake_config(1), None, now).expect("outbound");
         let b = Connection::inbound(cb, handshake_config(2), now);
@@ -47,11 +47,11 @@ impl Pair {
         pair
     }
 
-    fn connected() -> Self {
+    pub(super) fn connected() -> Self {
         Self::connected_with(config(), config())
     }
 
-    fn established(streams: &[&str]) -> Self {
+    pub(super) fn established(streams: &[&str]) -> Self {
         let mut pair = Self::connected();
         pair.a.complete_handshake(streams).expect("a");
         pair.b.complete_handshake(streams).expect("b");
@@ -60,7 +60,7 @@ impl Pair {
     }
 
     /// Moves bytes both ways until neither side has anything to send.
-    fn pump(&mut self) {
+    pub(super) fn pump(&mut self) {
         for _ in 0..100_000 {
             let n = self.a.poll_transmit(&mut self.buf);
             self.b.handle_input(self.now, &self.buf[..n]);
@@ -83,7 +83,7 @@ impl Pair {
     }
 }
 
-fn events(conn: &mut Connection) -> Vec<Event> {
+pub(super) fn events(conn: &mut Connection) -> Vec<Event> {
     std::iter::from_fn(|| conn.poll_event()).collect()
 }
 
@@ -191,8 +191,37 @@ fn message_sizes_zero_one_max_and_max_plus_one() {
     }
 }
 
-/// Seals hand-made frames from a's side, as a peer that ignores the rules would.
-fn rogue_records(frames: &[Frame<'_>]) -> (Connection, Vec<u8>) {
+/// Seals hand-made frames from a's side, as a peer that ignores the rules would: one record
+/// per frame.
+pub(super) fn rogue_records(frames: &[Frame<'_>]) -> (Connection, Vec<Vec<u8>>) {
+    let groups: Vec<&[Frame<'_>]> = frames.iter().map(std::slice::from_ref).collect();
+    rogue_grouped(&groups)
+}
+
+/// Gives `victim` one record at a time, letting it answer between them (as when records arrive
+/// in separate reads): what it sends (acceptances, credit) is written before the next arrives.
+/// What it has to say after the last is left for the caller.
+pub(super) fn answering(victim: &mut Connection, records: &[Vec<u8>]) {
+    let mut out = vec![0u8; 1 << 20];
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            victim.poll_transmit(&mut out);
+        }
+        victim.handle_input(Instant::now(), record);
+    }
+}
+
+/// [`rogue_records`] with several frames in one record: one record per group.
+fn rogue_grouped(groups: &[&[Frame<'_>]]) -> (Connection, Vec<Vec<u8>>) {
+    rogue_session(Some(&["data", "more"]), groups)
+}
+
+/// [`rogue_grouped`] against a victim whose application completed the handshake with
+/// `streams`, or (with `None`) holds its decision.
+pub(super) fn rogue_session(
+    streams: Option<&[&str]>,
+    groups: &[&[Frame<'_>]],
+) -> (Connection, Vec<Vec<u8>>) {
     let (ia, ib) = (handshake_config(1), handshake_config(2));
     let (sa, sb) = complete_in_memory(
         Handshake::initiator(ia, None).expect("i"),
@@ -201,21 +230,26 @@ fn rogue_records(frames: &[Frame<'_>]) -> (Connection, Vec<u8>) {
     .expect("handshake");
     let now = Instant::now();
     let mut victim = Connection::from_session(config(), sb, Direction::Inbound, now);
-    victim
-        .complete_handshake(&["data", "more"])
-        .expect("complete");
+    if let Some(streams) = streams {
+        victim.complete_handshake(streams).expect("complete");
+    }
     let (mut sealer, _) = sa.into_channel();
     let mut wire = Vec::new();
-    for frame in frames {
-        let mut record = vec![0u8; HEADER_LEN + frame.encoded_len() + TAG_LEN];
-        let n = frame.encode(&mut record[HEADER_LEN..]).expect("fits");
+    for group in groups {
+        let body: usize = group.iter().map(Frame::encoded_len).sum();
+        let mut record = vec![0u8; HEADER_LEN + body + TAG_LEN];
+        let mut n = 0;
+        for frame in *group {
+            n += frame.encode(&mut record[HEADER_LEN + n..]).expect("fits");
+        }
         let len = sealer.seal_in_place(&mut record, n).expect("seal");
-        wire.extend_from_slice(&record[..len]);
+        record.truncate(len);
+        wire.push(record);
     }
     (victim, wire)
 }
 
-fn settings() -> Frame<'static> {
+pub(super) fn settings() -> Frame<'static> {
     Frame::Settings(Settings {
         max_message_size: 1 << 29,
         max_streams: 32,
@@ -250,7 +284,7 @@ fn oversized_message_is_refused_on_receive_before_buffering() {
             payload: &[0; 600],
         },
     ]);
-    victim.handle_input(Instant::now(), &wire);
+    answering(&mut victim, &wire);
     assert_eq!(
         close_error(&mut victim),
         Some(ConnectionError::MessageTooLarge {
@@ -269,7 +303,7 @@ fn oversized_message_is_refused_on_receive_before_buffering() {
             payload: &[0; 600],
         },
     ]);
-    victim.handle_input(Instant::now(), &wire);
+    answering(&mut victim, &wire);
     assert_eq!(
         close_error(&mut victim),
         Some(ConnectionError::MessageTooLarge {
@@ -364,7 +398,7 @@ fn protocol_violations_close_with_typed_errors() {
     ];
     for (frames, expected) in cases {
         let (mut victim, wire) = rogue_records(&frames);
-        victim.handle_input(Instant::now(), &wire);
+        answering(&mut victim, &wire);
         assert_eq!(close_error(&mut victim), Some(expected));
         assert!(victim.is_closed());
     }
@@ -385,7 +419,7 @@ fn protocol_violations_close_with_typed_errors() {
         }))
         .collect();
     let (mut victim, wire) = rogue_records(&frames);
-    victim.handle_input(Instant::now(), &wire);
+    answering(&mut victim, &wire);
     assert_eq!(close_error(&mut victim), Some(ConnectionError::FlowControl));
 }
 
@@ -1023,6 +1057,6 @@ fn more_than_the_connection_window_over_several_streams_is_a_flow_control_violat
         }));
     }
     let (mut victim, wire) = rogue_records(&frames);
-    victim.handle_input(Instant::now(), &wire);
+    answering(&mut victim, &wire);
     assert_eq!(close_error(&mut victim), Some(ConnectionError::FlowControl));
 }
