@@ -579,3 +579,47 @@ fn every_accepted_message_is_received_or_handed_back_under_drops() {
         "the drops never caught a message in flight"
     );
 }
+
+#[test]
+fn a_peer_that_never_answers_our_streams_is_cut_at_the_handshake_timeout() {
+    // b authenticates and answers PINGs but its application never completes: a's streams wait
+    // unanswered. a is Established on its side, never Ready, and cuts b with code 8 at its 5 s
+    // application handshake timeout (it used to stay forever).
+    let mut net = SimNetwork::new(17, LinkConfig::default());
+    let a = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    let b = net.add_node_with(fast_connection(), AppConfig::default(), |c| NodeConfig {
+        handshake_timeout: Duration::from_secs(600),
+        ..fast_timers(c)
+    });
+    net.connect(a, b);
+    net.run_for(Duration::from_secs(7), 10 * MS);
+    let b_id = net.nodes[b].peer_id;
+    let seen: Vec<(u64, ConnState)> = net.nodes[a]
+        .states
+        .iter()
+        .filter(|(_, p, _)| *p == b_id)
+        .map(|(t, _, s)| (t.as_secs(), *s))
+        .collect();
+    use ConnState::*;
+    let states: Vec<ConnState> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        &states[..4],
+        &[Connecting, Connected, Established, Cooldown],
+        "{seen:?}"
+    );
+    assert_eq!(seen[3].0, 5, "cut at the handshake timeout: {seen:?}");
+    assert!(net.nodes[a].ready.is_empty());
+}
+
+#[test]
+fn ready_clears_the_handshake_deadline() {
+    let mut net = SimNetwork::new(18, LinkConfig::default());
+    let a = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    let b = net.add_node_with(fast_connection(), app(&["s"]), fast_timers);
+    net.connect(a, b);
+    net.run_for(Duration::from_secs(8), 10 * MS);
+    assert_eq!(net.state(a, b), ConnState::Established);
+    assert_eq!(net.state(b, a), ConnState::Established);
+    assert_eq!(net.nodes[a].ready.len(), 1);
+    assert_eq!(net.nodes[b].ready.len(), 1);
+}

@@ -16,7 +16,8 @@ pub enum ConnState {
     Established,
     /// Waiting for the next dial attempt.
     Reconnecting,
-    /// The application handshake timed out; no dial until the cooldown ends.
+    /// The application handshake timed out (ours, or the peer's: it never answered our
+    /// streams); no dial until the cooldown ends.
     Cooldown,
 }
 
@@ -30,7 +31,7 @@ impl ConnState {
             (Disconnected, Connecting | Connected | Reconnecting)
                 | (Connecting, Connected | Reconnecting | Disconnected)
                 | (Connected, Established | Cooldown | Disconnected)
-                | (Established, Disconnected)
+                | (Established, Disconnected | Cooldown)
                 | (Reconnecting, Connecting | Connected | Disconnected)
                 | (Cooldown, Disconnected | Connecting)
         )
@@ -167,17 +168,19 @@ mod tests {
             .flat_map(|&a| ConnState::ALL.iter().map(move |&b| (a, b)))
             .filter(|(a, b)| a.can_transition_to(*b))
             .count();
-        assert_eq!(allowed, 15);
+        assert_eq!(allowed, 16);
         // The Go bugs: a reconnect must be able to finish, and Cooldown can be left by connect.
         assert!(Reconnecting.can_transition_to(Connecting));
         assert!(Reconnecting.can_transition_to(Connected));
         assert!(Cooldown.can_transition_to(Connecting));
         assert!(!Established.can_transition_to(Connected));
+        // A peer that never answered our streams times out from Established.
+        assert_eq!(Established.transition(Cooldown), Ok(Cooldown));
         assert_eq!(
-            Established.transition(Cooldown),
+            Established.transition(Reconnecting),
             Err(InvalidTransition {
                 from: Established,
-                to: Cooldown
+                to: Reconnecting
             })
         );
     }

@@ -154,3 +154,40 @@ fn the_acceptance_increment_is_the_whole_initial_credit_of_a_stream() {
     assert_eq!(received, u64::from(window) / per_message);
     assert!(p.a.queued_messages() > 0, "the rest waits for credit");
 }
+
+/// §4.3: an empty record (the tag alone) is valid and carries nothing.
+#[test]
+fn an_empty_record_is_accepted_and_carries_nothing() {
+    let (mut victim, wire) =
+        rogue_session(Some(&["data"]), &[&[settings()], &[], &[open(1, b"data")]]);
+    answering(&mut victim, &wire);
+    assert_eq!(closed_with(&mut victim), None);
+    assert_eq!(victim.phase(), Phase::Established);
+}
+
+/// §6: any `max_streams` from 1 to 65535 is valid in a peer's SETTINGS (this implementation
+/// only announces at most 1024 itself); 0 is out of range.
+#[test]
+fn a_peer_may_announce_more_than_1024_streams_but_not_zero() {
+    let with = |max_streams: u16| {
+        Frame::Settings(crate::frame::Settings {
+            max_message_size: 1 << 20,
+            max_streams,
+            initial_window: 1 << 21,
+            connection_window: 1 << 22,
+        })
+    };
+    for max in [1, 1025, u16::MAX] {
+        let (mut victim, wire) = rogue_session(Some(&["data"]), &[&[with(max)]]);
+        answering(&mut victim, &wire);
+        assert_eq!(closed_with(&mut victim), None, "max_streams {max}");
+    }
+    let (mut victim, wire) = rogue_session(Some(&["data"]), &[&[with(0)]]);
+    answering(&mut victim, &wire);
+    assert_eq!(
+        closed_with(&mut victim),
+        Some(CloseReason::Error(ConnectionError::Protocol(
+            "SETTINGS out of range"
+        )))
+    );
+}

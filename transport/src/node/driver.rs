@@ -148,7 +148,8 @@ impl NodeCore {
                     self.settle_at(id, now);
                 }
             }
-            ConnState::Connected => {
+            // Our side or the peer's has not completed the application handshake in time.
+            ConnState::Connected | ConnState::Established => {
                 if let Some(id) = p.conn
                     && let Some(c) = self.conns.get_mut(&id)
                 {

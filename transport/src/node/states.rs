@@ -104,11 +104,10 @@ impl NodeCore {
             .filter(|p| self.peers.get(p).is_some_and(|peer| peer.conn == Some(id)));
         match event {
             Event::Connected { peer, .. } => self.handle_connected(id, peer, direction, now),
+            // The application handshake's deadline runs until the peer has answered our
+            // streams (Ready), not only until we opened them: a peer that never answers is cut.
             Event::Established => {
                 if let Some(peer) = attached_peer {
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.deadline = None;
-                    }
                     self.set_state(peer, ConnState::Established, None);
                 }
             }
@@ -147,6 +146,9 @@ impl NodeCore {
             }
             Event::Ready => {
                 if let Some(peer) = attached_peer {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.deadline = None;
+                    }
                     self.events.push_back(NodeEvent::Ready { peer });
                 }
             }
@@ -336,7 +338,9 @@ impl NodeCore {
                 let attempts = p.attempts;
                 self.schedule_retry(peer, attempts, Some(reason), now);
             }
-            ConnState::Connected if reason == CloseReason::Local(CloseCode::HandshakeTimeout) => {
+            ConnState::Connected | ConnState::Established
+                if reason == CloseReason::Local(CloseCode::HandshakeTimeout) =>
+            {
                 p.deadline = Some(now + self.config.cooldown);
                 self.set_state(peer, ConnState::Cooldown, Some(reason));
             }
