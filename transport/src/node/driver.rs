@@ -165,7 +165,7 @@ impl NodeCore {
                 self.forget_if_unknown(peer);
             }
             ConnState::Reconnecting => self.start_dial(peer, now),
-            ConnState::Disconnected | ConnState::Established => {}
+            ConnState::Disconnected => {}
         }
     }
 
