@@ -51,6 +51,7 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod file;
 pub mod handshake;

@@ -411,6 +411,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_another_format_version_is_refused() {
+        let ours = AddressBook::encode([]);
+        assert!(AddressBook::decode(&ours).is_ok());
+        let text = String::from_utf8(ours).expect("utf-8");
+        let other = text.replace(
+            &format!("\"version\": {FORMAT_VERSION}"),
+            &format!("\"version\": {}", FORMAT_VERSION + 1),
+        );
+        assert_ne!(
+            other, text,
+            "the version field is where the test expects it"
+        );
+        assert_eq!(
+            AddressBook::decode(other.as_bytes()),
+            Err(format!("unknown version {}", FORMAT_VERSION + 1))
+        );
+    }
+
+    #[test]
     fn entries_persist_with_glueberrys_fields_and_mode_0600() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("book.json");

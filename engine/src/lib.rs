@@ -247,6 +247,7 @@
 //! ```
 
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod address_book;
 mod api;

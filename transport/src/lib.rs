@@ -51,6 +51,7 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod config;
 mod connection;
