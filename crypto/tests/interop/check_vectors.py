@@ -6,7 +6,11 @@ It recomputes every message, the handshake hash and the records of the published
 from their fixed inputs and fails loudly on the first byte that differs. It shares no code with
 the Rust implementation: if PROTOCOL.md is wrong or incomplete, this fails.
 
-Usage: check_vectors.py crypto/tests/vectors/handshake-v1.txt
+It also re-encodes, from the frame table of PROTOCOL.md §5, every frame of the published
+exchange after the handshake (SETTINGS, OPEN, CREDIT, DATA whole and fragmented, PING, PONG,
+REJECT, CLOSE) and checks the fragments add up as §5.3 requires.
+
+Usage: check_vectors.py crypto/tests/vectors/handshake-v1.txt [transport/tests/vectors/exchange-v1.txt]
 """
 
 import hashlib
@@ -236,5 +240,68 @@ def main(path):
     print("all vectors reproduced from PROTOCOL.md")
 
 
+FRAME_TYPES = {"DATA": 0x01, "CREDIT": 0x02, "SETTINGS": 0x03, "OPEN": 0x04, "REJECT": 0x05,
+               "PING": 0x06, "PONG": 0x07, "CLOSE": 0x08}
+FIRST, LAST = 0x01, 0x02
+
+
+def encode_frame(kind, f):
+    """One frame, as the table of PROTOCOL.md §5 lays it out (big-endian integers)."""
+    out = bytes([FRAME_TYPES[kind]])
+    if kind == "SETTINGS":
+        return out + struct.pack(">IHII", int(f["max_message_size"]), int(f["max_streams"]),
+                                 int(f["initial_window"]), int(f["connection_window"]))
+    if kind == "OPEN":
+        name = bytes.fromhex(f["name"])
+        assert 1 <= len(name) <= 64 and name != b"handshake"
+        return out + struct.pack(">HB", int(f["stream"]), len(name)) + name
+    if kind == "CREDIT":
+        return out + struct.pack(">HI", int(f["stream"]), int(f["increment"]))
+    if kind == "REJECT":
+        return out + struct.pack(">H", int(f["stream"]))
+    if kind in ("PING", "PONG"):
+        return out + struct.pack(">Q", int(f["opaque"]))
+    if kind == "CLOSE":
+        return out + struct.pack(">H", int(f["code"]))
+    if kind == "DATA":
+        flags, payload = int(f["flags"]), bytes.fromhex(f["payload"])
+        out += struct.pack(">HBH", int(f["stream"]), flags, len(payload))
+        if flags == FIRST:  # the total only for FIRST without LAST
+            out += struct.pack(">I", int(f["total"]))
+        else:
+            assert f["total"] == "-"
+        return out + payload
+    raise ValueError(kind)
+
+
+def check_exchange(path):
+    v = load(path)
+    n = 0
+    partial = {}  # (sender, stream) -> (total, bytes so far)
+    while f"frame_{n:02}" in v:
+        sender, kind, *fields = v[f"frame_{n:02}"].split(" ")
+        f = dict(field.split("=", 1) for field in fields)
+        check(f"frame_{n:02} {sender} {kind}", v[f"frame_{n:02}_bytes"], encode_frame(kind, f))
+        if kind == "DATA":
+            key, flags = (sender, f["stream"]), int(f["flags"])
+            payload = bytes.fromhex(f["payload"])
+            if flags == FIRST:
+                partial[key] = (int(f["total"]), payload)
+            elif flags in (0, LAST):
+                total, got = partial[key]
+                got += payload
+                assert len(got) <= total, "fragments overrun the total"
+                if flags == LAST:
+                    assert len(got) == total, "LAST leaves the message short"
+                    del partial[key]
+                else:
+                    partial[key] = (total, got)
+        n += 1
+    assert n >= 10 and not partial, "the exchange ends every message it begins"
+    print(f"all {n} exchange frames re-encoded from PROTOCOL.md")
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    if len(sys.argv) > 2:
+        check_exchange(sys.argv[2])

@@ -517,3 +517,5 @@ impl std::fmt::Debug for Connection {
 mod conformance;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectors;
