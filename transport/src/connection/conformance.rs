@@ -191,3 +191,41 @@ fn a_peer_may_announce_more_than_1024_streams_but_not_zero() {
         )))
     );
 }
+
+/// §5.5: CLOSE is not answered: the side that receives it sends nothing back.
+#[test]
+fn a_close_is_not_answered() {
+    let (mut victim, wire) = rogue_records(&[settings(), Frame::Close(0)]);
+    answering(&mut victim, &wire);
+    assert_eq!(
+        closed_with(&mut victim),
+        Some(CloseReason::Peer(CloseCode::Normal))
+    );
+    let mut buf = vec![0u8; 1024];
+    assert_eq!(victim.poll_transmit(&mut buf), 0, "no CLOSE goes back");
+}
+
+/// §5.5: a peer that authenticates and then sends nothing, not even SETTINGS, is cut by the
+/// idle timeout (45 s by default; PINGed at 15 s), with CLOSE(4).
+#[test]
+fn a_peer_that_never_sends_settings_is_cut_by_the_idle_timeout() {
+    let (mut victim, _) = rogue_session(Some(&["data"]), &[]);
+    let start = Instant::now();
+    let config = ConnectionConfig::default();
+    let mut buf = vec![0u8; 4096];
+    victim.poll_transmit(&mut buf); // its SETTINGS
+    victim.handle_timeout(start + config.idle_timeout - Duration::from_secs(1));
+    assert_eq!(
+        closed_with(&mut victim),
+        None,
+        "not before the idle timeout"
+    );
+    victim.handle_timeout(start + config.idle_timeout + Duration::from_millis(1));
+    assert_eq!(
+        closed_with(&mut victim),
+        Some(CloseReason::Error(ConnectionError::IdleTimeout))
+    );
+    assert!(victim.poll_transmit(&mut buf) > 0, "CLOSE(4) goes out");
+    assert_eq!(config.idle_timeout, Duration::from_secs(45));
+    assert_eq!(config.keepalive_interval, Duration::from_secs(15));
+}
