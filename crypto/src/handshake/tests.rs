@@ -657,3 +657,23 @@ fn session_is_only_handed_out_when_complete() {
         Err(HandshakeError::UnsentOutput)
     ));
 }
+
+/// PROTOCOL.md §3.4: a HelloFinalize refused from its 3-byte header alone (a body over 8192
+/// bytes) still gets HelloReject(3), as any failure at that step does; another kind there too.
+#[test]
+fn a_finalize_refused_from_its_header_gets_a_hello_reject() {
+    for header in [[0x03, 0x20, 0x01], [0x01, 0x00, 0x10]] {
+        let (mut i, mut r) = pair();
+        let mut request = Vec::new();
+        i.poll_transmit(&mut request);
+        r.handle_input(&request).expect("request");
+        let mut response = Vec::new();
+        r.poll_transmit(&mut response);
+        assert!(r.handle_input(&header).is_err(), "{header:?}");
+        let mut reject = Vec::new();
+        r.poll_transmit(&mut reject);
+        assert_eq!(reject.first(), Some(&wire::KIND_REJECT), "{header:?}");
+        let parsed = wire::decode_reject(&reject[3..]).expect("a HelloReject");
+        assert_eq!(parsed.reason, RejectReason::HandshakeFailed);
+    }
+}
