@@ -236,6 +236,17 @@ fn remote_close_is_noticed_and_the_peer_reconnects() {
     assert!(net.run_until(Duration::from_secs(2), MS, |n| all_established(n, &[a, b])));
 }
 
+/// The states node `a` reported for node `b`, with the second (of simulated time) of each.
+fn states_seen(net: &SimNetwork, a: usize, b: usize) -> Vec<(u64, ConnState)> {
+    let b_id = net.nodes[b].peer_id;
+    net.nodes[a]
+        .states
+        .iter()
+        .filter(|(_, p, _)| *p == b_id)
+        .map(|(t, _, s)| (t.as_secs(), *s))
+        .collect()
+}
+
 #[test]
 fn handshake_timeout_cooldown_then_reconnect() {
     let mut net = SimNetwork::new(14, LinkConfig::default());
@@ -247,13 +258,7 @@ fn handshake_timeout_cooldown_then_reconnect() {
     });
     net.connect(a, b);
     net.run_for(Duration::from_secs(17), 10 * MS);
-    let b_id = net.nodes[b].peer_id;
-    let seen: Vec<(u64, ConnState)> = net.nodes[a]
-        .states
-        .iter()
-        .filter(|(_, p, _)| *p == b_id)
-        .map(|(t, _, s)| (t.as_secs(), *s))
-        .collect();
+    let seen = states_seen(&net, a, b);
     let states: Vec<ConnState> = seen.iter().map(|(_, s)| *s).collect();
     use ConnState::*;
     assert_eq!(
@@ -593,13 +598,7 @@ fn a_peer_that_never_answers_our_streams_is_cut_at_the_handshake_timeout() {
     });
     net.connect(a, b);
     net.run_for(Duration::from_secs(7), 10 * MS);
-    let b_id = net.nodes[b].peer_id;
-    let seen: Vec<(u64, ConnState)> = net.nodes[a]
-        .states
-        .iter()
-        .filter(|(_, p, _)| *p == b_id)
-        .map(|(t, _, s)| (t.as_secs(), *s))
-        .collect();
+    let seen = states_seen(&net, a, b);
     use ConnState::*;
     let states: Vec<ConnState> = seen.iter().map(|(_, s)| *s).collect();
     assert_eq!(
