@@ -312,3 +312,42 @@ fn a_congested_peer_does_not_make_senders_to_another_peer_wait() {
     stuck.stop_blocking();
     healthy.stop_blocking();
 }
+
+#[test]
+fn send_batch_goes_in_parts_through_a_small_stream_queue_in_order() {
+    // A stream queue of 16 messages: a batch of 1,000 goes in parts, each waiting for room.
+    let (a, b) = (
+        Node::start(config().stream_queue(16, MIB)).unwrap(),
+        Node::start(config()).unwrap(),
+    );
+    let mut received = b.messages_on("bulk").unwrap();
+    establish(&a, &b, &["bulk"], T).unwrap();
+    let route = a.route(b.peer_id(), "bulk");
+    let messages: Vec<Bytes> = (0..1000u32)
+        .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
+        .collect();
+    runtime().block_on(async {
+        let sending = a.send_batch(&route, messages);
+        let receiving = async {
+            for i in 0..1000u32 {
+                let message = received.recv().await.unwrap();
+                assert_eq!(&message.data[..], &i.to_be_bytes(), "message {i}");
+            }
+        };
+        let (sent, ()) = tokio::time::timeout(T, futures::future::join(sending, receiving))
+            .await
+            .unwrap();
+        sent.unwrap();
+        // A batch with a message over the limit is refused with the reason.
+        let too_large = vec![Bytes::new(), Bytes::from(vec![0u8; 2 * MIB])];
+        assert_eq!(
+            a.send_batch(&route, too_large).await,
+            Err(NodeSendError::MessageTooLarge {
+                len: 2 * MIB,
+                max: MIB
+            })
+        );
+    });
+    a.stop_blocking();
+    b.stop_blocking();
+}
