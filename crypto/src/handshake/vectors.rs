@@ -18,6 +18,20 @@ const VECTORS_PATH: &str = concat!(
     "/tests/vectors/handshake-v1.txt"
 );
 
+/// The frames of a full exchange after the handshake (written by the transport crate's
+/// vectors test): sealed here, in order, each by its sender, as the records that carry them.
+const EXCHANGE_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../transport/tests/vectors/exchange-v1.txt"
+);
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -120,6 +134,26 @@ fn generate() -> String {
     }
     line("responder_record_0_plaintext", "\"reply\"".to_string());
     line("responder_record_0", seal(&mut b_seal, b"reply"));
+
+    // The exchange's frames, one record each, continuing both directions' counters and keys
+    // (the initiator's key updates every 2 records).
+    let exchange = std::fs::read_to_string(EXCHANGE_PATH).expect("read exchange vectors");
+    let mut from_initiator = true;
+    for entry in exchange.lines().filter(|l| l.starts_with("frame_")) {
+        let (key, value) = entry.split_once(" = ").expect("key = value");
+        match key.strip_suffix("_bytes") {
+            None => from_initiator = value.starts_with("initiator "),
+            Some(frame) => {
+                let sealer = if from_initiator {
+                    &mut a_seal
+                } else {
+                    &mut b_seal
+                };
+                let n = frame.trim_start_matches("frame_");
+                line(&format!("exchange_record_{n}"), seal(sealer, &unhex(value)));
+            }
+        }
+    }
     out
 }
 

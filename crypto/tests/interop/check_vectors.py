@@ -162,7 +162,7 @@ def check(name, expected_hex, actual):
     print(f"ok {name} ({len(actual)} bytes)")
 
 
-def main(path):
+def main(path, exchange_path=None):
     v = load(path)
     network = v["network_id"].encode()
     i_seed = bytes.fromhex(v["initiator_identity_seed"])
@@ -237,6 +237,18 @@ def main(path):
     assert n >= 3, "vectors should cover a key update"
     check("responder_record_0", v["responder_record_0"],
           r_sealer.seal(quoted(v["responder_record_0_plaintext"])))
+
+    # The exchange after the handshake: each frame sealed by its sender, continuing the
+    # counters and keys above (the initiator updates its key every 2 records).
+    if exchange_path:
+        x = load(exchange_path)
+        n = 0
+        while f"frame_{n:02}" in x:
+            sealer = i_sealer if x[f"frame_{n:02}"].startswith("initiator ") else r_sealer
+            plaintext = bytes.fromhex(x[f"frame_{n:02}_bytes"])
+            check(f"exchange_record_{n:02}", v[f"exchange_record_{n:02}"], sealer.seal(plaintext))
+            n += 1
+        assert n >= 10
     print("all vectors reproduced from PROTOCOL.md")
 
 
@@ -302,6 +314,7 @@ def check_exchange(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
-    if len(sys.argv) > 2:
-        check_exchange(sys.argv[2])
+    exchange = sys.argv[2] if len(sys.argv) > 2 else None
+    main(sys.argv[1], exchange)
+    if exchange:
+        check_exchange(exchange)
