@@ -109,7 +109,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Close { side, code } => {
-                sides[usize::from(side)].conn.close(CloseCode(u16::from(code % 12)));
+                sides[usize::from(side)]
+                    .conn
+                    .close(CloseCode::from_u16(u16::from(code % 12)));
             }
             Op::Eof { side } => {
                 sides[usize::from(side)].conn.handle_eof();
