@@ -98,6 +98,17 @@ fn pair() -> (Handshake, Handshake) {
     )
 }
 
+/// A fresh pair after HelloRequest and HelloResponse: the responder awaits HelloFinalize.
+fn request_and_response() -> (Handshake, Handshake, Vec<u8>, Vec<u8>) {
+    let (mut i, mut r) = pair();
+    let mut request = Vec::new();
+    i.poll_transmit(&mut request);
+    r.handle_input(&request).expect("request");
+    let mut response = Vec::new();
+    r.poll_transmit(&mut response);
+    (i, r, request, response)
+}
+
 fn sessions(outcome: Outcome) -> (Session, Session) {
     assert_eq!(outcome.initiator_error, None);
     assert_eq!(outcome.responder_error, None);
@@ -328,12 +339,7 @@ fn replayed_and_reflected_messages_fail() {
     );
 
     // The responder's HelloResponse reflected back, as is and relabelled as a HelloFinalize.
-    let (mut i, mut r) = pair();
-    let mut request = Vec::new();
-    i.poll_transmit(&mut request);
-    r.handle_input(&request).expect("request");
-    let mut response = Vec::new();
-    r.poll_transmit(&mut response);
+    let (_, mut r, request, mut response) = request_and_response();
     let mut r2 = Handshake::responder(config(2));
     r2.handle_input(&request).expect("request");
     assert_eq!(
@@ -663,12 +669,7 @@ fn session_is_only_handed_out_when_complete() {
 #[test]
 fn a_finalize_refused_from_its_header_gets_a_hello_reject() {
     for header in [[0x03, 0x20, 0x01], [0x01, 0x00, 0x10]] {
-        let (mut i, mut r) = pair();
-        let mut request = Vec::new();
-        i.poll_transmit(&mut request);
-        r.handle_input(&request).expect("request");
-        let mut response = Vec::new();
-        r.poll_transmit(&mut response);
+        let (_, mut r, _, _) = request_and_response();
         assert!(r.handle_input(&header).is_err(), "{header:?}");
         let mut reject = Vec::new();
         r.poll_transmit(&mut reject);
