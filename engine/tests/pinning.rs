@@ -348,6 +348,37 @@ fn closed_with(events: &glueberry::Subscription, peer: PeerId, code: CloseCode) 
     }
 }
 
+/// Calls `tick` every 100 ms until the node closes `peer` with `SendStalled`, and returns when
+/// it did. `tick` (the peer's side of the test) returns false once its socket is gone.
+fn until_send_stalled(
+    events: &glueberry::Subscription,
+    peer: PeerId,
+    mut tick: impl FnMut() -> bool,
+) -> Instant {
+    let start = Instant::now();
+    loop {
+        if !tick() {
+            return closed_with(events, peer, CloseCode::SendStalled);
+        }
+        if let Some(Event::State {
+            peer: p,
+            reason: Some(CloseReason::Local(c)),
+            ..
+        }) = events.try_recv()
+            && p == peer
+        {
+            assert_eq!(c, CloseCode::SendStalled);
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            start.elapsed() < T,
+            "still connected after {:?}",
+            start.elapsed()
+        );
+    }
+}
+
 fn stall_config() -> NodeConfig {
     config().connection(ConnectionConfig {
         send_stall_timeout: Duration::from_secs(2),
@@ -367,29 +398,12 @@ fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
     // It reads everything (its TCP window stays open), answers with PINGs, and never returns
     // a byte of credit.
     let mut ping = 0;
-    let at = loop {
+    let peer = raw.peer;
+    let at = until_send_stalled(&events, peer, || {
         raw.drain();
         ping += 1;
-        if raw.send(&[Frame::Ping(ping)]).is_err() {
-            break closed_with(&events, raw.peer, CloseCode::SendStalled);
-        }
-        if let Some(Event::State {
-            peer,
-            reason: Some(CloseReason::Local(c)),
-            ..
-        }) = events.try_recv()
-            && peer == raw.peer
-        {
-            assert_eq!(c, CloseCode::SendStalled);
-            break Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            start.elapsed() < T,
-            "still connected after {:?}",
-            start.elapsed()
-        );
-    };
+        raw.send(&[Frame::Ping(ping)]).is_ok()
+    });
     let after = rss_kib();
     println!(
         "credit withheld, pinging: {queued} x 16 KiB queued for it; cut with SendStalled after \
@@ -425,26 +439,12 @@ fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
     let queued = fill(&node, raw.peer, "blocks");
     let start = Instant::now();
     let mut ping = 0;
-    let at = loop {
+    let peer = raw.peer;
+    let at = until_send_stalled(&events, peer, || {
         ping += 1;
         let _ = raw.send(&[Frame::Ping(ping)]);
-        if let Some(Event::State {
-            peer,
-            reason: Some(CloseReason::Local(c)),
-            ..
-        }) = events.try_recv()
-            && peer == raw.peer
-        {
-            assert_eq!(c, CloseCode::SendStalled);
-            break Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            start.elapsed() < T,
-            "still connected after {:?}",
-            start.elapsed()
-        );
-    };
+        true
+    });
     // The send stuck behind the zero window is cancelled and the socket closed.
     let deadline = Instant::now() + T;
     while glueberry::open_fd_count() >= fds {
