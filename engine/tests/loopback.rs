@@ -12,6 +12,10 @@ use glueberry::crypto::{Identity, PeerId};
 use glueberry::transport::{ConnState, ConnectionConfig};
 use glueberry::{Backend, Event, Node, NodeConfig};
 
+mod common;
+
+use common::{established, wait_for};
+
 const NET: &str = "loopback-test";
 
 fn listen() -> SocketAddr {
@@ -19,47 +23,7 @@ fn listen() -> SocketAddr {
 }
 
 fn start(shards: usize) -> Node {
-    Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
-            .shards(shards)
-            .message_buffer(100_000)
-            .event_buffer(10_000),
-    )
-    .expect("start")
-}
-
-/// Waits for an event matching `want` on `node`, answering Connected with complete_handshake.
-fn wait_for(
-    node: &Node,
-    streams: &[&str],
-    timeout: Duration,
-    mut want: impl FnMut(&Event) -> bool,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    let events = node.events();
-    while Instant::now() < deadline {
-        match events.try_recv() {
-            Some(event) => {
-                if let Event::State {
-                    peer,
-                    state: ConnState::Connected,
-                    ..
-                } = &event
-                {
-                    node.complete_handshake(*peer, streams).unwrap();
-                }
-                if want(&event) {
-                    return true;
-                }
-            }
-            None => std::thread::sleep(Duration::from_millis(1)),
-        }
-    }
-    false
-}
-
-fn established(peer: PeerId) -> impl FnMut(&Event) -> bool {
-    move |e| matches!(e, Event::State { peer: p, state: ConnState::Established, .. } if *p == peer)
+    common::start_node(NET, shards)
 }
 
 /// Connects every pair (lower index dials) and waits until all are Established.
@@ -760,128 +724,6 @@ fn node_handle_is_send_sync_clone() {
     node.stop_blocking();
 }
 
-mod address_book {
-    use super::*;
-    use glueberry::address_book::AddressBook;
-    use glueberry::transport::{CloseCode, CloseReason};
-    use std::collections::BTreeMap;
-
-    fn node_with_book(path: &std::path::Path) -> Result<Node, glueberry::StartError> {
-        Node::start(
-            NodeConfig::new(Identity::generate().unwrap(), NET, listen())
-                .shards(2)
-                .event_buffer(10_000)
-                .address_book(path),
-        )
-    }
-
-    #[test]
-    fn start_dials_the_book_and_stop_flushes_last_seen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("book.json");
-        let b = start(1);
-        let banned = Identity::generate().unwrap().peer_id();
-        {
-            let mut book = AddressBook::open(&path).unwrap();
-            book.add(b.peer_id(), vec![b.listen_addr()], BTreeMap::new())
-                .unwrap();
-            book.add(
-                banned,
-                vec!["127.0.0.1:9".parse().unwrap()],
-                BTreeMap::new(),
-            )
-            .unwrap();
-            book.set_blacklisted(banned, true).unwrap();
-        }
-        let a = node_with_book(&path).unwrap();
-        // No connect call: the node dials its book.
-        let ok = wait_for(
-            &b,
-            &["s"],
-            Duration::from_secs(10),
-            established(a.peer_id()),
-        );
-        assert!(
-            ok && wait_for(
-                &a,
-                &["s"],
-                Duration::from_secs(10),
-                established(b.peer_id())
-            )
-        );
-        assert!(a.peer(banned).unwrap().blacklisted);
-        a.stop_blocking();
-        b.stop_blocking();
-        let book = AddressBook::open(&path).unwrap();
-        assert!(
-            book.get(&b.peer_id()).unwrap().last_seen.is_some(),
-            "last-seen lost on stop"
-        );
-        assert!(book.get(&banned).unwrap().last_seen.is_none());
-    }
-
-    #[test]
-    fn a_corrupt_book_refuses_to_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("book.json");
-        std::fs::write(&path, b"{\"version\":1,\"peers\":").unwrap();
-        let error = node_with_book(&path).expect_err("corrupt book");
-        assert!(
-            matches!(error, glueberry::StartError::AddressBook(_)),
-            "{error}"
-        );
-        assert!(error.to_string().contains("corrupt"), "{error}");
-    }
-
-    #[test]
-    fn blacklisting_disconnects_at_once_and_refuses_before_any_application_byte() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = node_with_book(&dir.path().join("book.json")).unwrap();
-        let b = start(1);
-        b.connect(a.peer_id(), a.listen_addr()).unwrap();
-        assert!(wait_for(
-            &a,
-            &["s"],
-            Duration::from_secs(10),
-            established(b.peer_id())
-        ));
-        assert!(wait_for(
-            &b,
-            &["s"],
-            Duration::from_secs(10),
-            established(a.peer_id())
-        ));
-        a.blacklist(b.peer_id()).unwrap();
-        // b is cut off at once, told why.
-        let told = wait_for(&b, &["s"], Duration::from_secs(10), |e| {
-            matches!(
-                e,
-                Event::State {
-                    state: ConnState::Disconnected,
-                    reason: Some(CloseReason::Peer(CloseCode::Blacklisted)),
-                    ..
-                }
-            )
-        });
-        assert!(told, "b was not disconnected as blacklisted");
-        // b keeps redialling (it is in its book); a never reports it Connected again and
-        // never delivers a byte from it.
-        let s = b.stream("s");
-        let _ = b.try_send(a.peer_id(), &s, Bytes::from_static(b"let me in"));
-        let seen = wait_for(
-            &a,
-            &["s"],
-            Duration::from_secs(3),
-            |e| matches!(e, Event::State { peer, state: ConnState::Connected, .. } if *peer == b.peer_id()),
-        );
-        assert!(!seen, "a blacklisted peer reached Connected");
-        assert!(a.messages().try_recv().is_none());
-        assert!(a.peer(b.peer_id()).unwrap().blacklisted);
-        a.stop_blocking();
-        b.stop_blocking();
-    }
-}
-
 #[test]
 fn broadcast_reaches_every_peer_from_one_buffer() {
     let nodes: Vec<Node> = (0..4).map(|_| start(1)).collect();
@@ -1136,128 +978,6 @@ fn statistics_and_dump_state_reflect_traffic() {
     assert_eq!(dump["peers"][0]["state"], "Established");
     a.stop_blocking();
     b.stop_blocking();
-}
-
-mod limits {
-    use super::*;
-    use glueberry::ConnectionLimits;
-    use glueberry::transport::{CloseCode, CloseReason};
-    use std::io::Read;
-
-    #[test]
-    fn inbound_sockets_per_ip_are_capped_at_accept() {
-        let server = Node::start(
-            NodeConfig::new(Identity::generate().unwrap(), NET, listen())
-                .shards(1)
-                .event_buffer(1000)
-                .limits(ConnectionLimits {
-                    max_inbound_per_group: 3,
-                    ..Default::default()
-                }),
-        )
-        .unwrap();
-        let sockets: Vec<std::net::TcpStream> = (0..5)
-            .map(|_| std::net::TcpStream::connect(server.listen_addr()).unwrap())
-            .collect();
-        let mut closed = 0;
-        for mut s in sockets {
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let mut buf = [0u8; 16];
-            // A refused socket is closed by the server at once; an admitted one waits for a
-            // handshake (and times out here).
-            if matches!(s.read(&mut buf), Ok(0) | Err(_)) && s.read(&mut buf).is_ok_and(|n| n == 0)
-            {
-                closed += 1;
-            }
-        }
-        assert_eq!(
-            closed, 2,
-            "two sockets over the per-IP limit should have been closed"
-        );
-        let refused = (0..50)
-            .filter_map(|_| server.events().try_recv())
-            .filter(|e| {
-                matches!(
-                    e,
-                    Event::Refused {
-                        address: Some(_),
-                        ..
-                    }
-                )
-            })
-            .count();
-        assert_eq!(refused, 2);
-        server.stop_blocking();
-    }
-
-    #[test]
-    fn inbound_limit_refuses_with_an_event_and_frees_the_slot_on_disconnect() {
-        let server = Node::start(
-            NodeConfig::new(Identity::generate().unwrap(), NET, listen())
-                .shards(2)
-                .event_buffer(1000)
-                .limits(ConnectionLimits {
-                    max_inbound: 2,
-                    ..Default::default()
-                }),
-        )
-        .unwrap();
-        let clients: Vec<Node> = (0..3).map(|_| start(1)).collect();
-        for c in &clients[..2] {
-            c.connect(server.peer_id(), server.listen_addr()).unwrap();
-            assert!(wait_for(
-                c,
-                &["s"],
-                Duration::from_secs(10),
-                established(server.peer_id())
-            ));
-        }
-        let third = &clients[2];
-        third
-            .connect(server.peer_id(), server.listen_addr())
-            .unwrap();
-        let told = wait_for(third, &["s"], Duration::from_secs(10), |e| {
-            matches!(
-                e,
-                Event::State {
-                    // Refused before it was Connected: a failed attempt, retried.
-                    state: ConnState::Reconnecting,
-                    reason: Some(CloseReason::Peer(CloseCode::TooManyConnections)),
-                    ..
-                }
-            )
-        });
-        assert!(told, "the third client was not told it was refused");
-        let refused = wait_for(
-            &server,
-            &["s"],
-            Duration::from_secs(5),
-            |e| matches!(e, Event::Refused { peer: Some(p), .. } if *p == third.peer_id()),
-        );
-        assert!(refused, "no Refused event on the server");
-        assert_eq!(server.connection_counts(), (2, 0));
-        // One leaves: its slot comes back, and the third gets in on its next attempt.
-        clients[0].disconnect(server.peer_id()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.state(third.peer_id()) != ConnState::Connected
-            && server.state(third.peer_id()) != ConnState::Established
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-            while server.events().try_recv().is_some() {}
-        }
-        assert!(matches!(
-            server.state(third.peer_id()),
-            ConnState::Connected | ConnState::Established
-        ));
-        assert_eq!(server.connection_counts(), (2, 0));
-        for c in clients {
-            c.stop_blocking();
-        }
-        server.stop_blocking();
-        assert_eq!(server.connection_counts(), (0, 0));
-    }
 }
 
 #[test]

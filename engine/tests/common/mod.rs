@@ -1,4 +1,4 @@
-//! What the integration tests measure of their own process.
+//! What the integration tests share: measures of their own process, nodes on loopback, waits.
 #![allow(dead_code, clippy::unwrap_used)] // each test binary uses a part
 
 /// Resident memory of this process, in KiB.
@@ -78,4 +78,52 @@ pub(crate) fn still_serves(node: &glueberry::Node, network: &str) {
     let message = glueberry::testing::expect_message(node, timeout).unwrap();
     assert_eq!(&message.data[..], b"ok");
     honest.stop_blocking();
+}
+
+/// A node on loopback with `shards` shards and room for many messages and events.
+pub(crate) fn start_node(network: &str, shards: usize) -> glueberry::Node {
+    glueberry::Node::start(
+        loopback_config(network)
+            .shards(shards)
+            .message_buffer(100_000)
+            .event_buffer(10_000),
+    )
+    .expect("start")
+}
+
+/// Waits for an event matching `want` on `node`, answering Connected with complete_handshake.
+pub(crate) fn wait_for(
+    node: &glueberry::Node,
+    streams: &[&str],
+    timeout: std::time::Duration,
+    mut want: impl FnMut(&glueberry::Event) -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let events = node.events();
+    while std::time::Instant::now() < deadline {
+        match events.try_recv() {
+            Some(event) => {
+                if let glueberry::Event::State {
+                    peer,
+                    state: glueberry::transport::ConnState::Connected,
+                    ..
+                } = &event
+                {
+                    node.complete_handshake(*peer, streams).unwrap();
+                }
+                if want(&event) {
+                    return true;
+                }
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+    false
+}
+
+/// Matches `peer` becoming Established.
+pub(crate) fn established(
+    peer: glueberry::crypto::PeerId,
+) -> impl FnMut(&glueberry::Event) -> bool {
+    move |e| matches!(e, glueberry::Event::State { peer: p, state: glueberry::transport::ConnState::Established, .. } if *p == peer)
 }
