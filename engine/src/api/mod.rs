@@ -15,6 +15,7 @@ mod request;
 mod route;
 mod settings;
 mod sink;
+mod start;
 
 pub use address::{Host, PeerAddr, PeerAddrError};
 pub use backend::Backend;
