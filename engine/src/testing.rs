@@ -235,8 +235,9 @@ impl TestNetwork {
 #[error("{0}")]
 pub struct Timeout(String);
 
-/// Dials `b` from `a` and waits until both have each other Established, completing the
-/// application handshake on both sides with `streams` when they reach Connected.
+/// Dials `b` from `a` and waits until both have each other Established and Ready (the other
+/// side answered every stream: messages flow both ways at once), completing the application
+/// handshake on both sides with `streams` when they reach Connected.
 pub fn establish(a: &Node, b: &Node, streams: &[&str], timeout: Duration) -> Result<(), Timeout> {
     let events = subscriptions(a, b);
     a.connect(b.peer_id(), b.listen_addr())
@@ -245,7 +246,8 @@ pub fn establish(a: &Node, b: &Node, streams: &[&str], timeout: Duration) -> Res
 }
 
 /// Waits until `a` and `b` (already dialling, or reconnecting by themselves) have each other
-/// Established, completing the application handshake on both sides with `streams`.
+/// Established and Ready, completing the application handshake on both sides with `streams`
+/// (a side already Established when it is called is not waited for).
 pub fn reestablish(a: &Node, b: &Node, streams: &[&str], timeout: Duration) -> Result<(), Timeout> {
     let events = subscriptions(a, b);
     wait_established(a, b, events, streams, timeout)
@@ -279,13 +281,18 @@ fn wait_established(
         a.state(b.peer_id()) == ConnState::Established,
         b.state(a.peer_id()) == ConnState::Established,
     ];
+    // A side Established before we listened may have had its Ready too: not waited for.
+    let mut ready = done;
     let deadline = Instant::now() + timeout;
-    while !(done[0] && done[1]) {
+    while !(done[0] && done[1] && ready[0] && ready[1]) {
         if Instant::now() >= deadline {
             return Err(Timeout(format!(
-                "not Established within {timeout:?} (a: {:?}, b: {:?})",
+                "not Established and Ready within {timeout:?} (a: {:?}, ready {}; b: {:?}, \
+                 ready {})",
                 a.state(b.peer_id()),
-                b.state(a.peer_id())
+                ready[0],
+                b.state(a.peer_id()),
+                ready[1]
             )));
         }
         let mut idle = true;
@@ -295,16 +302,16 @@ fn wait_established(
         {
             while let Some(event) = events.try_recv() {
                 idle = false;
-                if let Event::State { peer: p, state, .. } = event
-                    && p == peer
-                {
-                    match state {
+                match event {
+                    Event::State { peer: p, state, .. } if p == peer => match state {
                         ConnState::Connected => node
                             .complete_handshake(peer, streams)
                             .map_err(|e| Timeout(format!("complete_handshake: {e}")))?,
                         ConnState::Established => done[i] = true,
                         _ => {}
-                    }
+                    },
+                    Event::Ready { peer: p } if p == peer => ready[i] = true,
+                    _ => {}
                 }
             }
         }
