@@ -23,102 +23,13 @@ impl Shard {
                     stream,
                     name,
                     data,
-                } => {
-                    let name = StreamName::from_shared(name);
-                    let counters = match &self.last_received {
-                        Some((last, counters)) if StreamName::same(last, &name) => counters,
-                        _ => {
-                            let counters = self.metrics.stream(&name).clone();
-                            &self.last_received.insert((name.clone(), counters)).1
-                        }
-                    };
-                    counters.messages_received.increment(1);
-                    counters.bytes_received.increment(data.len() as u64);
-                    tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
-                    if let Some(kind) = self.outbox.request_stream(name.shared())
-                        && self.take_rpc(kind, peer, &name, &data)
-                    {
-                        self.core.release(conn, stream, data.len());
-                        continue;
-                    }
-                    if let Some(handler) = &self.shared.handler {
-                        // The application's code on our thread: a panic in it is contained (the
-                        // message counts as taken), never the end of the shard.
-                        let call = std::panic::AssertUnwindSafe(|| handler(&peer, &name, &data));
-                        if std::panic::catch_unwind(call).is_err() {
-                            let n = self.shared.handler_panics.fetch_add(1, Ordering::Relaxed);
-                            if n.is_power_of_two() || n == 0 {
-                                tracing::error!(panics = n + 1, stream = %name, "the message handler panicked");
-                            }
-                        }
-                        self.core.release(conn, stream, data.len());
-                        continue;
-                    }
-                    let message = Message {
-                        peer,
-                        stream: name,
-                        data,
-                    };
-                    let name = message.stream.shared().clone();
-                    self.outbox
-                        .deliver(&mut self.core, &name, message, conn, stream);
-                }
+                } => self.on_message(peer, conn, stream, StreamName::from_shared(name), data),
                 NodeEvent::State {
                     peer,
                     state,
                     direction,
                     reason,
-                } => {
-                    let previous = {
-                        let mut states =
-                            self.shared.states.lock().unwrap_or_else(|p| p.into_inner());
-                        if state == glueberry_transport::ConnState::Disconnected {
-                            states.remove(&peer)
-                        } else {
-                            states.insert(peer, (state, direction))
-                        }
-                    };
-                    if !matches!(
-                        state,
-                        glueberry_transport::ConnState::Connected
-                            | glueberry_transport::ConnState::Established
-                    ) {
-                        // The connection ended: no response can come on it.
-                        self.shared.rpc.fail_peer(peer);
-                    }
-                    self.observe_state(
-                        peer,
-                        previous.map(|p| p.0),
-                        state,
-                        direction,
-                        reason.as_ref(),
-                    );
-                    if state == glueberry_transport::ConnState::Connected {
-                        // Not on the data path: once per connection.
-                        let mut guard = self.shared.book.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Some(book) = guard.as_mut() {
-                            book.touch(&peer);
-                            if let Err(e) = book.flush_if_due() {
-                                tracing::warn!(error = %e, "address book write failed");
-                            }
-                        }
-                    }
-                    // Routes open before the application hears of the state, so that it can
-                    // send as soon as it sees Connected or Established.
-                    match state {
-                        ConnState::Connected | ConnState::Established => self.bind_routes(peer),
-                        _ => {
-                            let forget = state == ConnState::Disconnected && !self.core.knows(peer);
-                            self.unbind_routes(peer, forget);
-                        }
-                    }
-                    self.emit(Event::State {
-                        peer,
-                        state,
-                        direction,
-                        reason,
-                    });
-                }
+                } => self.on_state(peer, state, direction, reason),
                 NodeEvent::Ready { peer } => {
                     tracing::debug!(peer = %peer, "peer's streams answered: both sides established");
                     self.emit(Event::Ready { peer });
@@ -176,6 +87,111 @@ impl Shard {
                 NodeEvent::Writable { .. } => {}
             }
         }
+    }
+
+    /// A whole message received: counted, then to a waiting request, the application's handler
+    /// or its channel. Its credit goes back once it is taken.
+    #[inline]
+    fn on_message(
+        &mut self,
+        peer: PeerId,
+        conn: glueberry_transport::ConnId,
+        stream: StreamId,
+        name: StreamName,
+        data: bytes::Bytes,
+    ) {
+        let counters = match &self.last_received {
+            Some((last, counters)) if StreamName::same(last, &name) => counters,
+            _ => {
+                let counters = self.metrics.stream(&name).clone();
+                &self.last_received.insert((name.clone(), counters)).1
+            }
+        };
+        counters.messages_received.increment(1);
+        counters.bytes_received.increment(data.len() as u64);
+        tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
+        if let Some(kind) = self.outbox.request_stream(name.shared())
+            && self.take_rpc(kind, peer, &name, &data)
+        {
+            self.core.release(conn, stream, data.len());
+            return;
+        }
+        if let Some(handler) = &self.shared.handler {
+            // The application's code on our thread: a panic in it is contained (the message
+            // counts as taken), never the end of the shard.
+            let call = std::panic::AssertUnwindSafe(|| handler(&peer, &name, &data));
+            if std::panic::catch_unwind(call).is_err() {
+                let n = self.shared.handler_panics.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() || n == 0 {
+                    tracing::error!(panics = n + 1, stream = %name, "the message handler panicked");
+                }
+            }
+            self.core.release(conn, stream, data.len());
+            return;
+        }
+        let shared_name = name.shared().clone();
+        let message = Message {
+            peer,
+            stream: name,
+            data,
+        };
+        self.outbox
+            .deliver(&mut self.core, &shared_name, message, conn, stream);
+    }
+
+    /// A peer's state changed: the shared table, pending requests, metrics and logs, the
+    /// address book, its routes, then the application's event.
+    fn on_state(
+        &mut self,
+        peer: PeerId,
+        state: ConnState,
+        direction: Option<glueberry_transport::Direction>,
+        reason: Option<CloseReason>,
+    ) {
+        let previous = {
+            let mut states = self.shared.states.lock().unwrap_or_else(|p| p.into_inner());
+            if state == ConnState::Disconnected {
+                states.remove(&peer)
+            } else {
+                states.insert(peer, (state, direction))
+            }
+        };
+        if !matches!(state, ConnState::Connected | ConnState::Established) {
+            // The connection ended: no response can come on it.
+            self.shared.rpc.fail_peer(peer);
+        }
+        self.observe_state(
+            peer,
+            previous.map(|p| p.0),
+            state,
+            direction,
+            reason.as_ref(),
+        );
+        if state == ConnState::Connected {
+            // Not on the data path: once per connection.
+            let mut guard = self.shared.book.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(book) = guard.as_mut() {
+                book.touch(&peer);
+                if let Err(e) = book.flush_if_due() {
+                    tracing::warn!(error = %e, "address book write failed");
+                }
+            }
+        }
+        // Routes open before the application hears of the state, so that it can send as soon
+        // as it sees Connected or Established.
+        match state {
+            ConnState::Connected | ConnState::Established => self.bind_routes(peer),
+            _ => {
+                let forget = state == ConnState::Disconnected && !self.core.knows(peer);
+                self.unbind_routes(peer, forget);
+            }
+        }
+        self.emit(Event::State {
+            peer,
+            state,
+            direction,
+            reason,
+        });
     }
 
     /// Metrics and logs of a peer's state change.
