@@ -9,7 +9,8 @@
 //! glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 //! glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
 //!
-//! OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
+//! OPTIONS (local, server, client; `glueberry-perf help COMMAND` describes each):
+//!          --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
 //!          --busy-poll MICROS, --backend auto|io_uring|poll,
 //!          --cipher chacha|aes, --no-batching, --danger-null-cipher, --metrics
 //! scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
@@ -28,6 +29,7 @@
 //! `--danger-null-cipher` runs Glueberry's records without encryption, for profiling only: it is
 //! a local setting of both ends, never negotiated on the wire.
 
+mod args;
 mod compare;
 mod figures;
 mod glueberry_peer;
@@ -41,8 +43,8 @@ mod tls;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
 
+use args::{Command, Options};
 use figures::{Figures, Length};
 use glueberry_peer::Setup;
 
@@ -105,214 +107,8 @@ impl Scenario {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Command {
-    Local,
-    Server {
-        listen: SocketAddr,
-    },
-    Client {
-        connect: SocketAddr,
-        peer: String,
-    },
-    Compare {
-        out: Option<String>,
-        save: Option<String>,
-        trials: usize,
-    },
-    Regress {
-        baseline: String,
-        trials: usize,
-    },
-    Soak {
-        seed: u64,
-    },
-}
-
-#[derive(Debug, Clone)]
-struct Options {
-    command: Command,
-    length: Length,
-    seconds_given: bool,
-    size: Option<usize>,
-    json: bool,
-    scenarios: Vec<Scenario>,
-    setup: Setup,
-    /// Streams or peers for the bulk-streams, bulk-peers and scale scenarios.
-    count: Option<usize>,
-    /// `compare` with `--scenario`: only these.
-    only: Option<Vec<Scenario>>,
-}
-
-const HELP: &str = "\
-glueberry-perf local   [OPTIONS] [--scenario NAME] [--json]    both ends on loopback, vs plain TCP
-glueberry-perf server  --listen ADDR [OPTIONS] [--seconds N]   one end, for two machines
-glueberry-perf client  --connect ADDR --peer ID [OPTIONS] [--scenario bulk|small|latency] [--json]
-glueberry-perf compare [--seconds N] [--trials N] [--scenario NAME] [--out FILE.md] [--save FILE.json]
-glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
-glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
-
-OPTIONS: --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
-         --busy-poll MICROS, --backend auto|io_uring|poll, --cipher chacha|aes, --no-batching, --danger-null-cipher (profiling only),
-         --metrics (each node records into its own Prometheus recorder)
-scenarios: bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale,
-           shard-scaling (--peers N; --danger-null-cipher to measure the engine alone), all";
-
-const USAGE: &str =
-    "usage: glueberry-perf local|server|client|compare|regress|soak [options] (see --help)";
-
-fn number<T: std::str::FromStr + PartialOrd + Default>(
-    value: Option<&String>,
-    flag: &str,
-) -> Result<T, String> {
-    value
-        .and_then(|s| s.parse().ok())
-        .filter(|n: &T| *n > T::default())
-        .ok_or_else(|| format!("{flag} needs a positive number"))
-}
-
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut rest = args.iter();
-    let command = rest.next().ok_or(USAGE)?.clone();
-    let mut options = Options {
-        command: Command::Local,
-        length: Length::Time(Duration::from_secs(3)),
-        seconds_given: false,
-        size: None,
-        json: false,
-        scenarios: Vec::new(),
-        setup: Setup::default(),
-        count: None,
-        only: None,
-    };
-    let (mut listen, mut connect, mut peer, mut out, mut save) = (None, None, None, None, None);
-    let mut baseline = "perf/baseline.json".to_string();
-    let mut seed = 1u64;
-    let mut trials = 3usize;
-    let mut scenario = "all".to_string();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--seconds" => {
-                options.length = Length::Time(Duration::from_secs_f64(number(rest.next(), arg)?));
-                options.seconds_given = true;
-            }
-            "--bytes" => options.length = Length::Bytes(number(rest.next(), arg)?),
-            "--size" => options.size = Some(number(rest.next(), arg)?),
-            "--peers" => {
-                options.setup.peers = number(rest.next(), arg)?;
-                options.count = Some(options.setup.peers);
-            }
-            "--streams" => {
-                options.setup.streams = number(rest.next(), arg)?;
-                options.count = Some(options.setup.streams);
-            }
-            "--shards" => options.setup.shards = number(rest.next(), arg)?,
-            "--window" => options.setup.window = Some(number(rest.next(), arg)?),
-            "--busy-poll" => {
-                let micros: u64 = rest
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--busy-poll needs microseconds (0 turns it off)")?;
-                options.setup.busy_poll = Some(Duration::from_micros(micros));
-            }
-            "--cipher" => {
-                options.setup.cipher = match rest.next().map(String::as_str) {
-                    Some("chacha") => Cipher::ChaCha,
-                    Some("aes") => Cipher::Aes,
-                    _ => return Err("--cipher is chacha or aes".into()),
-                }
-            }
-            "--backend" => {
-                options.setup.backend = rest
-                    .next()
-                    .ok_or("--backend needs auto, io_uring or poll")?
-                    .parse()?
-            }
-            "--no-batching" => options.setup.batching = false,
-            "--metrics" => options.setup.metrics = true,
-            "--danger-null-cipher" => options.setup.cipher = Cipher::DangerNull,
-            "--json" => options.json = true,
-            "--scenario" => scenario = rest.next().ok_or("--scenario needs a name")?.clone(),
-            "--listen" => listen = Some(rest.next().ok_or("--listen needs an address")?),
-            "--connect" => connect = Some(rest.next().ok_or("--connect needs an address")?),
-            "--peer" => peer = Some(rest.next().ok_or("--peer needs a peer id")?.clone()),
-            "--out" => out = Some(rest.next().ok_or("--out needs a file")?.clone()),
-            "--save" => save = Some(rest.next().ok_or("--save needs a file")?.clone()),
-            "--seed" => seed = number(rest.next(), arg)?,
-            "--trials" => trials = number(rest.next(), arg)?,
-            "--baseline" => baseline = rest.next().ok_or("--baseline needs a file")?.clone(),
-            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
-        }
-    }
-    let addr = |a: Option<&String>, flag: &str| -> Result<SocketAddr, String> {
-        a.ok_or(format!("{command} needs {flag} ADDR"))?
-            .parse()
-            .map_err(|e| format!("{flag}: {e}"))
-    };
-    options.command = match command.as_str() {
-        "local" => Command::Local,
-        "server" => Command::Server {
-            listen: addr(listen, "--listen")?,
-        },
-        "client" => Command::Client {
-            connect: addr(connect, "--connect")?,
-            peer: peer.ok_or("client needs --peer ID (the server prints it)")?,
-        },
-        "compare" => Command::Compare { out, save, trials },
-        "regress" => Command::Regress { baseline, trials },
-        "soak" => Command::Soak { seed },
-        other => return Err(format!("unknown command {other:?}\n{USAGE}")),
-    };
-    let small = match options.size {
-        Some(size) => vec![Scenario::Small(size)],
-        None => vec![Scenario::Small(64), Scenario::Small(1024)],
-    };
-    options.scenarios = match scenario.as_str() {
-        "bulk" => vec![Scenario::Bulk],
-        "bulk-streams" => vec![Scenario::BulkStreams],
-        "bulk-peers" => vec![Scenario::BulkPeers],
-        "small" => small,
-        "latency" => vec![Scenario::Latency],
-        "latency-under-load" => vec![Scenario::LatencyUnderLoad],
-        "handshake" => vec![Scenario::Handshake],
-        "scale" => vec![Scenario::Scale],
-        "shard-scaling" => vec![Scenario::ShardScaling],
-        "all" => {
-            let mut all = vec![Scenario::Bulk, Scenario::BulkStreams, Scenario::BulkPeers];
-            all.extend(small);
-            all.extend([
-                Scenario::Latency,
-                Scenario::LatencyUnderLoad,
-                Scenario::Handshake,
-                Scenario::Scale,
-            ]);
-            all
-        }
-        other => {
-            return Err(format!(
-                "unknown scenario {other:?} (bulk, bulk-streams, bulk-peers, small, latency, latency-under-load, handshake, scale, shard-scaling, all)"
-            ));
-        }
-    };
-    if scenario != "all" {
-        options.only = Some(options.scenarios.clone());
-    }
-    Ok(options)
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
-        println!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    let options = match parse(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let options = args::from_env();
     let result = match &options.command {
         Command::Local => local(&options),
         Command::Server { listen } => remote::server(
@@ -339,15 +135,7 @@ fn main() -> ExitCode {
         Command::Regress { baseline, trials } => {
             compare::regress(baseline, options.length.time(), *trials)
         }
-        Command::Soak { seed } => {
-            // The default length of the other commands is for one measurement: a soak is longer.
-            let length = if options.seconds_given {
-                options.length.time()
-            } else {
-                Duration::from_secs(60)
-            };
-            soak::soak(length, *seed)
-        }
+        Command::Soak { seed } => soak::soak(options.length.time(), *seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

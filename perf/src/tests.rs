@@ -1,36 +1,5 @@
 use super::*;
-
-fn args(s: &str) -> Vec<String> {
-    s.split_whitespace().map(String::from).collect()
-}
-
-#[test]
-fn options_parse_and_nonsense_is_refused() {
-    let o = parse(&args(
-        "local --seconds 0.5 --json --scenario small --cipher aes --no-batching",
-    ))
-    .expect("parse");
-    assert_eq!(o.length, Length::Time(Duration::from_millis(500)));
-    assert!(o.json && !o.setup.batching && o.setup.cipher == Cipher::Aes);
-    assert_eq!(
-        o.scenarios,
-        vec![Scenario::Small(64), Scenario::Small(1024)]
-    );
-    let o = parse(&args("local --scenario small --size 200 --bytes 1000")).expect("parse");
-    assert_eq!(o.scenarios, vec![Scenario::Small(200)]);
-    assert_eq!(o.length, Length::Bytes(1000));
-    let o = parse(&args("client --connect 10.0.0.1:9000 --peer gbp1x")).expect("parse");
-    assert!(matches!(o.command, Command::Client { .. }));
-    assert!(parse(&args("local --seconds -1")).is_err());
-    assert!(parse(&args("local --scenario nope")).is_err());
-    assert!(parse(&args("local --cipher rot13")).is_err());
-    assert!(parse(&args("server")).is_err(), "server needs --listen");
-    assert!(
-        parse(&args("client --connect 1.2.3.4:5")).is_err(),
-        "client needs --peer"
-    );
-    assert!(parse(&[]).is_err());
-}
+use std::time::Duration;
 
 fn check(scenario: Scenario, figures: &Figures, peer: &str) {
     let line = figures.final_json(&scenario.id(), peer);
