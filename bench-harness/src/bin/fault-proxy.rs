@@ -9,13 +9,51 @@
 //! The faults apply to both directions. `--cut-every` closes every open connection on that
 //! period. Runs until `--seconds` pass (forever without), printing its counters each second.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use glueberry_bench_harness::proxy::{Direction, FaultProxy, Faults};
 
+/// The fault-injecting TCP proxy: faults apply to both directions; prints its counters.
+#[derive(Debug, Parser)]
+#[command(name = "fault-proxy", version)]
+struct Args {
+    /// The address to accept on.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Where to forward each connection.
+    #[arg(long, value_name = "ADDR")]
+    upstream: SocketAddr,
+    /// Added to every chunk, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    latency: u64,
+    /// Up to this much more, uniformly at random (seeded), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    jitter: u64,
+    /// Bytes per second each way.
+    #[arg(long, value_name = "BYTES_PER_S")]
+    bandwidth: Option<u64>,
+    /// Flips one byte in every this many bytes (at a seeded position).
+    #[arg(long, value_name = "BYTES")]
+    corrupt_every: Option<u64>,
+    /// Closes a connection after this many bytes in a direction.
+    #[arg(long, value_name = "BYTES")]
+    truncate_after: Option<u64>,
+    /// Closes every open connection on this period, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    cut_every: Option<u64>,
+    /// The seed of the faults' random choices.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Stops after this many seconds (runs until killed without).
+    #[arg(long, value_name = "N")]
+    seconds: Option<u64>,
+}
+
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fault-proxy: {e}");
@@ -24,48 +62,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Vec<String>) -> Result<(), String> {
-    let (mut listen, mut upstream, mut seed, mut seconds, mut cut_every) =
-        (None, None, 1u64, None, None);
-    let mut faults = Faults::default();
-    let mut it = args.iter();
-    let num = |v: Option<&String>, flag: &str| -> Result<u64, String> {
-        v.and_then(|s| s.parse().ok())
-            .ok_or(format!("{flag} needs a number"))
+fn run(args: Args) -> Result<(), String> {
+    let faults = Faults {
+        latency: Duration::from_millis(args.latency),
+        jitter: Duration::from_millis(args.jitter),
+        bandwidth: args.bandwidth,
+        corrupt_every: args.corrupt_every,
+        truncate_after: args.truncate_after,
+        ..Faults::default()
     };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--listen" => {
-                listen = it
-                    .next()
-                    .map(|s| s.parse().map_err(|e| format!("--listen: {e}")))
-                    .transpose()?
-            }
-            "--upstream" => {
-                upstream = it
-                    .next()
-                    .map(|s| s.parse().map_err(|e| format!("--upstream: {e}")))
-                    .transpose()?
-            }
-            "--latency" => faults.latency = Duration::from_millis(num(it.next(), arg)?),
-            "--jitter" => faults.jitter = Duration::from_millis(num(it.next(), arg)?),
-            "--bandwidth" => faults.bandwidth = Some(num(it.next(), arg)?),
-            "--corrupt-every" => faults.corrupt_every = Some(num(it.next(), arg)?),
-            "--truncate-after" => faults.truncate_after = Some(num(it.next(), arg)?),
-            "--cut-every" => cut_every = Some(Duration::from_millis(num(it.next(), arg)?)),
-            "--seed" => seed = num(it.next(), arg)?,
-            "--seconds" => seconds = Some(Duration::from_secs(num(it.next(), arg)?)),
-            "--help" | "-h" => {
-                println!(
-                    "fault-proxy --listen ADDR --upstream ADDR [--latency MS] [--jitter MS] [--bandwidth B/S] [--corrupt-every N] [--truncate-after N] [--cut-every MS] [--seed N] [--seconds N]"
-                );
-                return Ok(());
-            }
-            other => return Err(format!("unknown option {other:?} (see --help)")),
-        }
-    }
-    let listen = listen.ok_or("--listen ADDR is required")?;
-    let upstream = upstream.ok_or("--upstream ADDR is required")?;
+    let (listen, upstream, seed) = (args.listen, args.upstream, args.seed);
+    let seconds = args.seconds.map(Duration::from_secs);
+    let cut_every = args.cut_every.map(Duration::from_millis);
     let proxy = FaultProxy::start(listen, upstream, seed).map_err(|e| e.to_string())?;
     proxy.set(Direction::Up, faults.clone());
     proxy.set(Direction::Down, faults);
@@ -92,4 +100,28 @@ fn run(args: Vec<String>) -> Result<(), String> {
     }
     eprintln!();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent_and_refuses_nonsense() {
+        Args::command().debug_assert();
+        let parse = |s: &str| Args::try_parse_from(s.split_whitespace());
+        let args = parse("fault-proxy --listen 127.0.0.1:7000 --upstream 127.0.0.1:26656 --latency 20 --cut-every 500")
+            .expect("parse");
+        assert_eq!(
+            (args.latency, args.cut_every, args.seed),
+            (20, Some(500), 1)
+        );
+        assert!(parse("fault-proxy --listen 127.0.0.1:7000").is_err());
+        assert!(parse("fault-proxy --listen x --upstream 127.0.0.1:1").is_err());
+        assert!(
+            parse("fault-proxy --listen 127.0.0.1:7000 --upstream 127.0.0.1:1 --latency -5")
+                .is_err()
+        );
+    }
 }
