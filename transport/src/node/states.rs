@@ -192,7 +192,29 @@ impl NodeCore {
             self.close_conn(id, CloseCode::HandshakeTimeout);
             return;
         }
-        if let Some(other) = p.conn.filter(|other| *other != id) {
+        if !self.keeps_new_connection(id, peer, direction) || !self.admits(id, peer, direction, now)
+        {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.conn = Some(id);
+        p.direction = Some(direction);
+        p.attempts = 0;
+        p.connections += 1;
+        p.connected_at = Some(now);
+        p.deadline = Some(now + self.config.handshake_timeout);
+        if p.state != ConnState::Connected {
+            self.set_state(peer, ConnState::Connected, None);
+        }
+    }
+
+    /// Another connection to `peer` exists: which one stays (PROTOCOL.md §5.6). False when the
+    /// new one `id` was closed as the duplicate.
+    fn keeps_new_connection(&mut self, id: ConnId, peer: PeerId, direction: Direction) -> bool {
+        let current = self.peers.get(&peer).and_then(|p| p.conn);
+        if let Some(other) = current.filter(|other| *other != id) {
             let other_direction = self.conns.get(&other).map(|c| c.conn.direction());
             let keep_new = match other_direction {
                 // Both ends dialled: keep the connection dialled by the smaller peer id, which
@@ -205,7 +227,7 @@ impl NodeCore {
             };
             if !keep_new {
                 self.close_conn(id, CloseCode::Duplicate);
-                return;
+                return false;
             }
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.conn = Some(id);
@@ -217,6 +239,12 @@ impl NodeCore {
                 self.set_state(peer, ConnState::Disconnected, reason);
             }
         }
+        true
+    }
+
+    /// Admission by the connection limits (persistent peers are not asked). False when `id`
+    /// was refused and closed (an own dial refused counts as a failed attempt).
+    fn admits(&mut self, id: ConnId, peer: PeerId, direction: Direction, now: Instant) -> bool {
         // A replaced connection gives its slot back (if it held one); the new one must be
         // admitted, unless the peer is persistent: those never count against the limits.
         if let Some(p) = self.peers.get_mut(&peer)
@@ -251,24 +279,13 @@ impl NodeCore {
                     self.schedule_retry(peer, attempts, Some(CloseReason::Local(code)), now);
                 }
                 self.forget_if_unknown(peer);
-                return;
+                return false;
             }
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.admitted = Some(direction);
             }
         }
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        p.conn = Some(id);
-        p.direction = Some(direction);
-        p.attempts = 0;
-        p.connections += 1;
-        p.connected_at = Some(now);
-        p.deadline = Some(now + self.config.handshake_timeout);
-        if p.state != ConnState::Connected {
-            self.set_state(peer, ConnState::Connected, None);
-        }
+        true
     }
 
     pub(super) fn initiator(&self, direction: Direction, peer: PeerId) -> PeerId {
