@@ -253,6 +253,23 @@ impl Options {
         }
     }
 
+    /// A command that measures scenarios (`local`, `client`).
+    fn measuring(
+        command: Command,
+        length: LengthArgs,
+        setup: SetupArgs,
+        pick: Pick,
+        json: bool,
+    ) -> Self {
+        let mut o = Self::new(command);
+        o.length(length);
+        let size = setup.size;
+        o.setup(setup);
+        o.json = json;
+        o.pick(pick, size);
+        o
+    }
+
     fn length(&mut self, length: LengthArgs) {
         if let Some(seconds) = length.seconds {
             self.length = Length::Time(Duration::from_secs_f64(seconds));
@@ -346,15 +363,7 @@ fn options(command: Cmd) -> Options {
             setup,
             pick,
             json,
-        } => {
-            let mut o = Options::new(Command::Local);
-            o.length(length);
-            let size = setup.size;
-            o.setup(setup);
-            o.json = json;
-            o.pick(pick, size);
-            o
-        }
+        } => Options::measuring(Command::Local, length, setup, pick, json),
         Cmd::Server {
             listen,
             length,
@@ -372,15 +381,7 @@ fn options(command: Cmd) -> Options {
             setup,
             pick,
             json,
-        } => {
-            let mut o = Options::new(Command::Client { connect, peer });
-            o.length(length);
-            let size = setup.size;
-            o.setup(setup);
-            o.json = json;
-            o.pick(pick, size);
-            o
-        }
+        } => Options::measuring(Command::Client { connect, peer }, length, setup, pick, json),
         Cmd::Compare {
             seconds,
             trials,
