@@ -14,10 +14,6 @@ use glueberry::{Event, Node, NodeConfig};
 
 const NET: &str = "address-book-test";
 
-fn listen() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
 fn start(shards: usize) -> Node {
     common::start_node(NET, shards)
 }
@@ -27,7 +23,7 @@ use std::collections::BTreeMap;
 
 fn node_with_book(path: &std::path::Path) -> Result<Node, glueberry::StartError> {
     Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(2)
             .event_buffer(10_000)
             .address_book(path),

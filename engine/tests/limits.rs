@@ -13,10 +13,6 @@ use glueberry::{Event, Node, NodeConfig};
 
 const NET: &str = "limits-test";
 
-fn listen() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
 fn start(shards: usize) -> Node {
     common::start_node(NET, shards)
 }
@@ -27,7 +23,7 @@ use std::io::Read;
 #[test]
 fn inbound_sockets_per_ip_are_capped_at_accept() {
     let server = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .event_buffer(1000)
             .limits(ConnectionLimits {
@@ -73,7 +69,7 @@ fn inbound_sockets_per_ip_are_capped_at_accept() {
 #[test]
 fn inbound_limit_refuses_with_an_event_and_frees_the_slot_on_disconnect() {
     let server = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(2)
             .event_buffer(1000)
             .limits(ConnectionLimits {

@@ -18,10 +18,6 @@ use common::{established, wait_for};
 
 const NET: &str = "loopback-test";
 
-fn listen() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
 fn start(shards: usize) -> Node {
     common::start_node(NET, shards)
 }
@@ -366,7 +362,7 @@ fn a_killed_peer_is_seen_as_disconnected() {
 #[test]
 fn a_node_that_cannot_get_io_uring_refuses_to_start_with_the_cause() {
     let result = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .backend(Backend::IoUring)
             .ring_entries(0),
@@ -382,7 +378,7 @@ fn auto_runs_on_the_poll_backend_where_io_uring_cannot_start_and_talks_to_an_io_
     // A ring of 0 entries fails to set up (EINVAL) as a blocked io_uring would (EPERM): Auto
     // falls back instead of refusing.
     let fallback = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(2)
             .backend(Backend::Auto)
             .ring_entries(0),
@@ -393,7 +389,7 @@ fn auto_runs_on_the_poll_backend_where_io_uring_cannot_start_and_talks_to_an_io_
     let check = health.check("backend").unwrap();
     assert_eq!(check.detail, "poll");
     let uring = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(2)
             .backend(Backend::IoUring),
     )
@@ -436,7 +432,7 @@ fn many_idle_peers_on_one_node() {
             inbound_attempts_per_group_per_sec: 1_000_000,
             ..Default::default()
         };
-        let mut config = NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        let mut config = NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(2)
             .event_buffer(10_000)
             .limits(many);
@@ -531,7 +527,7 @@ fn send_buffers_are_registered_and_shrink_under_a_small_memlock_limit() {
     // As root (CAP_IPC_LOCK) everything registers.
     // Registered buffers are io_uring's.
     let node = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(2)
             .backend(Backend::IoUring)
             .send_buffers(16),
@@ -547,7 +543,7 @@ fn send_buffers_are_registered_and_shrink_under_a_small_memlock_limit() {
         // 2 × 64 MiB of registered buffers must shrink (or fall back) and still work.
         let (a, b) = (
             Node::start(
-                NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+                NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
                     .shards(2)
                     .backend(Backend::IoUring)
                     .send_buffers(256),
@@ -616,7 +612,7 @@ fn is_root() -> bool {
 fn a_peer_that_stops_reading_does_not_hold_up_the_others() {
     // a (one shard) sends to b, whose application never reads, and to c, which does.
     let a = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .connection(ConnectionConfig {
                 max_message_size: 60 * 1024,
@@ -628,7 +624,7 @@ fn a_peer_that_stops_reading_does_not_hold_up_the_others() {
     )
     .unwrap();
     let slow = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .message_buffer(10),
     )
@@ -665,7 +661,7 @@ fn a_peer_that_stops_reading_does_not_hold_up_the_others() {
 #[test]
 fn provided_receive_buffers_carry_traffic_in_order() {
     let config = |shards| {
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(shards)
             .provided_receive_buffers(64)
             .message_buffer(100_000)
@@ -796,7 +792,7 @@ fn subscriptions_filter_lose_rather_than_block_and_end_on_drop() {
 
 #[test]
 fn config_validation_rejects_nonsense_with_a_clear_message() {
-    let base = || NodeConfig::new(Identity::generate().unwrap(), NET, listen()).shards(1);
+    let base = || NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port()).shards(1);
     let cases = [
         (
             base().reconnect(Duration::from_secs(10), Duration::from_secs(1), 3),
@@ -891,7 +887,7 @@ fn state_and_direction_are_queryable_and_direction_never_flips() {
 #[test]
 fn cancelling_reconnection_emits_disconnected() {
     let a = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .reconnect(Duration::from_millis(200), Duration::from_secs(1), 0),
     )
@@ -1059,11 +1055,11 @@ fn go_bugs_remote_close_unlimited_reconnect_and_freed_state() {
             .shards(1)
             .event_buffer(1000)
     };
-    let b = Node::start(b_config(listen())).unwrap();
+    let b = Node::start(b_config(common::any_port())).unwrap();
     let b_addr = b.listen_addr();
     let b_id = b.peer_id();
     let a = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .event_buffer(10_000)
             // At most 20 attempts would be spent in the second b is down: 0 must not stop.
@@ -1119,7 +1115,7 @@ fn go_bugs_remote_close_unlimited_reconnect_and_freed_state() {
 fn stalled_handshakes_are_capped_and_cut_off() {
     use std::io::Read;
     let server = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .event_buffer(1000)
             .pending_handshakes(4, Duration::from_secs(1)),
@@ -1175,7 +1171,7 @@ fn stalled_handshakes_are_capped_and_cut_off() {
 #[test]
 fn go_bugs_cooldown_after_handshake_timeout_is_left_by_connect() {
     let a = Node::start(
-        NodeConfig::new(Identity::generate().unwrap(), NET, listen())
+        NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
             .shards(1)
             .event_buffer(1000)
             .handshake_timeout(Duration::from_millis(200))

@@ -23,18 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Both ends on loopback, measured against plain TCP in the same run.
-    Local {
-        #[command(flatten)]
-        length: LengthArgs,
-        #[command(flatten)]
-        setup: SetupArgs,
-        #[command(flatten)]
-        pick: Pick,
-        /// One JSON line a second and one per measurement (the libp2p perf runner's
-        /// convention, plus the scenario's own figures).
-        #[arg(long)]
-        json: bool,
-    },
+    Local(Measure),
     /// One end, for two machines: prints the `client` command for the other.
     Server {
         /// The address to listen on.
@@ -54,14 +43,7 @@ enum Cmd {
         #[arg(long, value_name = "ID")]
         peer: String,
         #[command(flatten)]
-        length: LengthArgs,
-        #[command(flatten)]
-        setup: SetupArgs,
-        #[command(flatten)]
-        pick: Pick,
-        /// JSON lines, as `local --json`.
-        #[arg(long)]
-        json: bool,
+        measure: Measure,
     },
     /// Every scenario against every peer (plain TCP, tokio + rustls, rust-libp2p, iperf3),
     /// trials interleaved, a Markdown table of figures and ratios.
@@ -103,6 +85,21 @@ enum Cmd {
         #[arg(long, value_name = "N", value_parser = positive::<u64>, default_value_t = 1)]
         seed: u64,
     },
+}
+
+/// What `local` and `client` measure, and how.
+#[derive(Debug, Args)]
+struct Measure {
+    #[command(flatten)]
+    length: LengthArgs,
+    #[command(flatten)]
+    setup: SetupArgs,
+    #[command(flatten)]
+    pick: Pick,
+    /// One JSON line a second and one per measurement (the libp2p perf runner's convention,
+    /// plus the scenario's own figures).
+    #[arg(long)]
+    json: bool,
 }
 
 /// How long a measurement lasts.
@@ -254,19 +251,13 @@ impl Options {
     }
 
     /// A command that measures scenarios (`local`, `client`).
-    fn measuring(
-        command: Command,
-        length: LengthArgs,
-        setup: SetupArgs,
-        pick: Pick,
-        json: bool,
-    ) -> Self {
+    fn measuring(command: Command, measure: Measure) -> Self {
         let mut o = Self::new(command);
-        o.length(length);
-        let size = setup.size;
-        o.setup(setup);
-        o.json = json;
-        o.pick(pick, size);
+        o.length(measure.length);
+        let size = measure.setup.size;
+        o.setup(measure.setup);
+        o.json = measure.json;
+        o.pick(measure.pick, size);
         o
     }
 
@@ -358,12 +349,7 @@ pub(crate) fn from_env() -> Options {
 
 fn options(command: Cmd) -> Options {
     match command {
-        Cmd::Local {
-            length,
-            setup,
-            pick,
-            json,
-        } => Options::measuring(Command::Local, length, setup, pick, json),
+        Cmd::Local(measure) => Options::measuring(Command::Local, measure),
         Cmd::Server {
             listen,
             length,
@@ -377,11 +363,8 @@ fn options(command: Cmd) -> Options {
         Cmd::Client {
             connect,
             peer,
-            length,
-            setup,
-            pick,
-            json,
-        } => Options::measuring(Command::Client { connect, peer }, length, setup, pick, json),
+            measure,
+        } => Options::measuring(Command::Client { connect, peer }, measure),
         Cmd::Compare {
             seconds,
             trials,

@@ -33,12 +33,17 @@ fn status_field(name: &str) -> u64 {
         .unwrap()
 }
 
+/// Any free port on 127.0.0.1.
+pub(crate) fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
 /// A one-shard node's config on loopback (any free port) with a fresh identity.
 pub(crate) fn loopback_config(network: &str) -> glueberry::NodeConfig {
     glueberry::NodeConfig::new(
         glueberry::crypto::Identity::generate().unwrap(),
         network,
-        "127.0.0.1:0".parse().unwrap(),
+        any_port(),
     )
     .shards(1)
 }
