@@ -513,7 +513,7 @@ impl SimNetwork {
                     }),
                     // Simulated nodes have no connection limits.
                     NodeEvent::Refused { .. } => {}
-                    NodeEvent::Writable { .. } => {}
+                    NodeEvent::Writable { .. } | NodeEvent::Confirmed { .. } => {}
                 }
             }
         }

@@ -4,8 +4,12 @@
 //! peer. It carries the two things a send needs without asking the shard: whether the stream is
 //! open, and how much room its send queue has. The bound a sender sees is the bound that holds:
 //! a sender reserves room for its message (one compare-and-swap) before the message enters the
-//! shard's command queue, and the shard gives the room back when the message has been written
-//! into a record, or when it hands the message back because the connection ended. So the shard
+//! shard's command queue, and the shard gives the room back when the peer has confirmed the
+//! message (returned its credit), or when it hands the message back because the connection
+//! ended. Written-but-unconfirmed messages are memory we hold for the peer, so they count
+//! against the same bound as queued ones: whatever window the peer advertises, what one
+//! stream of one peer makes us hold is this bound, and a peer that reads and never confirms
+//! makes only its own senders wait (until the send-stall deadline cuts it). So the shard
 //! can always take what was reserved, never refuses a message while the connection lives, and a
 //! full stream makes only its own senders wait — not another stream of the same peer, and not
 //! another peer.

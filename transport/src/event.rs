@@ -87,6 +87,18 @@ pub enum Event {
         /// Written, but the peer had not returned their credit: it may or may not have them.
         unconfirmed: Vec<Bytes>,
     },
+    /// The peer returned credit that confirms `messages` of our messages on `stream` (`bytes` of
+    /// payload) whole: they are let go. A driver that counts what it accepted and not yet had
+    /// confirmed (a send bound that covers written-but-unconfirmed messages) gives their room
+    /// back here. Comes at most once per CREDIT frame, so it is rare (credit is batched).
+    Confirmed {
+        /// Our stream.
+        stream: StreamId,
+        /// Messages confirmed.
+        messages: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
     /// A keepalive round trip completed.
     Rtt(Duration),
     /// The connection is over; nothing more will happen on it.

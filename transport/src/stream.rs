@@ -59,8 +59,18 @@ pub(crate) struct LocalStream {
     /// Payload bytes of the messages in `queue`.
     pub queued_bytes: u64,
     /// Messages written whose receipt the peer has not yet confirmed by returning their credit,
-    /// oldest first. Bounded by the window: each costs at least `MESSAGE_CREDIT_OVERHEAD`.
+    /// oldest first. Bounded by *our* send-ahead cap (`cap`), whatever window the peer grants.
     pub in_flight: VecDeque<Bytes>,
+    /// The most credit this stream may have written and not had confirmed: our own
+    /// `initial_window`, so that what we hold for a peer is bounded by our budget, not by the
+    /// window it advertises (PROTOCOL.md §5.4).
+    pub cap: u64,
+    /// Credit written (message bytes plus overhead, fragments included) and not yet confirmed.
+    pub unconfirmed: u64,
+    /// When the stall check first saw messages written: `(messages written by then, time)`,
+    /// oldest first. The front of `in_flight` was written no later than the time of the first
+    /// checkpoint whose count exceeds its sequence number, so its age is never overestimated.
+    pub checkpoints: VecDeque<(u64, std::time::Instant)>,
     /// Confirmed credit not yet matched to a whole message of `in_flight` (credit comes back
     /// in batches that need not end on a message).
     pub confirmed: u64,
@@ -86,10 +96,6 @@ pub(crate) struct LocalStream {
     pub priority: u8,
     /// Bytes the stream may still write in the scheduler's current round.
     pub deficit: usize,
-    /// Messages and payload bytes taken out of `queue` (fully written) since the driver last
-    /// asked ([`crate::Connection::take_written`]).
-    pub written_messages: u64,
-    pub written_bytes: u64,
 }
 
 impl LocalStream {
@@ -97,14 +103,15 @@ impl LocalStream {
         Self {
             priority,
             deficit: quantum(priority),
-            written_messages: 0,
-            written_bytes: 0,
             name: name.into(),
             state,
             credit: 0,
             queue: VecDeque::with_capacity(queue_capacity),
             queued_bytes: 0,
             in_flight: VecDeque::new(),
+            cap: u64::MAX,
+            unconfirmed: 0,
+            checkpoints: VecDeque::new(),
             confirmed: 0,
             front_offset: 0,
             reserved: 0,
@@ -119,21 +126,75 @@ impl LocalStream {
     }
 
     /// The peer returned `increment` bytes of credit for what it received: the messages it
-    /// covers whole are confirmed and let go.
-    pub(crate) fn confirm(&mut self, increment: u64) {
-        self.confirmed += increment;
+    /// covers whole are confirmed and let go. Returns the messages, their payload bytes and
+    /// the credit cost they free.
+    pub(crate) fn confirm(&mut self, increment: u64) -> (u64, u64, u64) {
+        // Credit beyond what is outstanding confirms nothing yet to be written.
+        self.confirmed = (self.confirmed + increment).min(self.unconfirmed);
+        let (mut messages, mut bytes, mut cost) = (0, 0, 0);
         while let Some(message) = self.in_flight.front() {
-            let cost = message.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
-            if cost > self.confirmed {
+            let message_cost = message.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
+            if message_cost > self.confirmed {
                 break;
             }
-            self.confirmed -= cost;
+            self.confirmed -= message_cost;
+            messages += 1;
+            bytes += message.len() as u64;
+            cost += message_cost;
             self.in_flight.pop_front();
         }
+        self.unconfirmed -= cost;
+        (messages, bytes, cost)
+    }
+
+    /// Sequence number (messages written on the stream before it) of the oldest unconfirmed
+    /// message.
+    fn oldest_sequence(&self) -> u64 {
+        self.sent_messages - self.in_flight.len() as u64
+    }
+
+    /// The stall check runs at `now`: notes messages written since it last ran, and returns no
+    /// later than when the oldest unconfirmed message was written (`None` if none is).
+    pub(crate) fn oldest_unconfirmed(
+        &mut self,
+        now: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        /// Checkpoints kept per stream; past it, the newest is moved forward (later times only
+        /// make ages shorter, so a stall is never declared early).
+        const MAX_CHECKPOINTS: usize = 32;
+        if self.in_flight.is_empty() {
+            self.checkpoints.clear();
+            return None;
+        }
+        if self
+            .checkpoints
+            .back()
+            .is_none_or(|&(count, _)| count < self.sent_messages)
+        {
+            if self.checkpoints.len() >= MAX_CHECKPOINTS {
+                self.checkpoints.pop_back();
+            }
+            self.checkpoints.push_back((self.sent_messages, now));
+        }
+        let oldest = self.oldest_sequence();
+        while self
+            .checkpoints
+            .front()
+            .is_some_and(|&(count, _)| count <= oldest)
+        {
+            self.checkpoints.pop_front();
+        }
+        self.checkpoints.front().map(|&(_, at)| at)
+    }
+
+    /// Credit the stream may still spend: the peer's grant, and our cap on what is written and
+    /// not yet confirmed.
+    pub(crate) fn available_credit(&self) -> u64 {
+        self.credit.min(self.cap.saturating_sub(self.unconfirmed))
     }
 
     pub(crate) fn sendable(&self) -> bool {
-        self.state == SendState::Open && !self.queue.is_empty() && self.credit > 0
+        self.state == SendState::Open && !self.queue.is_empty() && self.available_credit() > 0
     }
 
     /// Writes as many queued messages (or fragments) as fit in `out`, the stream's credit, the
@@ -157,7 +218,11 @@ impl LocalStream {
             let remaining = message.len() - self.front_offset;
             let space = out.len() - written;
             let overhead = if first { MESSAGE_CREDIT_OVERHEAD } else { 0 };
-            let Some(credit) = self.credit.min(*connection_credit).checked_sub(overhead) else {
+            let Some(credit) = self
+                .available_credit()
+                .min(*connection_credit)
+                .checked_sub(overhead)
+            else {
                 break;
             };
             let credit = usize::try_from(credit).unwrap_or(usize::MAX);
@@ -176,13 +241,12 @@ impl LocalStream {
                 out[at..at + remaining].copy_from_slice(&message[self.front_offset..]);
                 written = at + remaining;
                 self.credit -= overhead + remaining as u64;
+                self.unconfirmed += overhead + remaining as u64;
                 *connection_credit -= overhead + remaining as u64;
                 self.reserved = 0;
                 self.sent_messages += 1;
                 self.sent_bytes += message.len() as u64;
                 self.queued_bytes -= message.len() as u64;
-                self.written_messages += 1;
-                self.written_bytes += message.len() as u64;
                 if let Some(message) = self.queue.pop_front() {
                     // Kept (moved, not copied) until the peer confirms it.
                     self.in_flight.push_back(message);
@@ -220,6 +284,7 @@ impl LocalStream {
             out[at..at + len].copy_from_slice(&message[self.front_offset..self.front_offset + len]);
             written = at + len;
             self.credit -= overhead + len as u64;
+            self.unconfirmed += overhead + len as u64;
             *connection_credit -= overhead + len as u64;
             self.front_offset += len;
             self.reserved = (message.len() - self.front_offset) as u64;

@@ -319,8 +319,9 @@ impl NodeConfig {
         self
     }
 
-    /// How many messages, and bytes, one stream of one peer may have accepted and not yet written
-    /// (default 16,384 and 16 MiB). At the bound `send` waits and `try_send` refuses with
+    /// How many messages, and bytes, one stream of one peer may have accepted and not yet had
+    /// confirmed by the peer — queued, or written and awaiting the peer's credit — (default
+    /// 16,384 and 16 MiB). At the bound `send` waits and `try_send` refuses with
     /// [`NodeSendError::BufferFull`](crate::NodeSendError::BufferFull), for that stream only;
     /// nothing accepted is handed back while the connection lives. A message always fits an empty
     /// queue.

@@ -60,10 +60,12 @@ impl Shard {
                     self.metrics
                         .messages_undelivered
                         .increment((unsent.len() + unconfirmed.len()) as u64);
-                    // Unsent messages still held their room; written ones gave it back.
+                    // Unsent and unconfirmed messages both still held their room (a route's
+                    // bound covers what is accepted and not yet confirmed).
                     if let Some(route) = self.route_named(peer, &name) {
-                        let bytes = unsent.iter().map(|m| m.len() as u64).sum();
-                        route.release(unsent.len() as u64, bytes);
+                        let held = unsent.iter().chain(&unconfirmed);
+                        let bytes = held.map(|m| m.len() as u64).sum();
+                        route.release((unsent.len() + unconfirmed.len()) as u64, bytes);
                     }
                     self.emit(Event::Undelivered {
                         peer,
@@ -83,6 +85,17 @@ impl Shard {
                         address: None,
                         reason: crate::Refusal::Limits { direction, code },
                     });
+                }
+                NodeEvent::Confirmed {
+                    peer,
+                    name,
+                    messages,
+                    bytes,
+                } => {
+                    // The peer has them: their room goes back to the senders.
+                    if let Some(route) = self.route_named(peer, &name) {
+                        route.release(messages, bytes);
+                    }
                 }
                 NodeEvent::Writable { .. } => {}
             }

@@ -1,14 +1,13 @@
 //! The send path inside a shard: a message reaches its route's connection, the connections
-//! with output get a send buffer each, and written messages give their room back.
+//! with output get a send buffer each. (Messages give their room back when the peer confirms
+//! them: `events.rs`, `NodeEvent::Confirmed`.)
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use glueberry_crypto::PeerId;
-use glueberry_transport::{ConnId, NodeCore};
 
 use super::*;
 use crate::metrics::ShardMetrics;
@@ -153,7 +152,6 @@ impl Shard {
                     continue;
                 };
                 let n = self.core.poll_transmit(id, fixed);
-                release_written(&mut self.core, &self.conn_routes, id);
                 if n == 0 {
                     self.fixed_free.push(index);
                     continue;
@@ -174,7 +172,6 @@ impl Shard {
                 .or_else(|| self.send_pool.pop())
                 .unwrap_or_else(|| vec![0u8; SEND_BUF]);
             let n = self.core.poll_transmit(id, &mut buf);
-            release_written(&mut self.core, &self.conn_routes, id);
             if n == 0 {
                 if self.send_pool.len() < SEND_POOL {
                     self.send_pool.push(buf);
@@ -250,21 +247,6 @@ impl Shard {
             unconfirmed: Vec::new(),
         });
     }
-}
-
-/// Gives back the room of the messages `poll_transmit` just wrote into records, to their
-/// routes: a stream's queue bound counts what is accepted and not yet written.
-fn release_written(
-    core: &mut NodeCore,
-    routes: &HashMap<ConnId, Vec<Option<Arc<RouteShared>>>>,
-    conn: ConnId,
-) {
-    let routes = routes.get(&conn);
-    core.take_written(conn, |stream, messages, bytes| {
-        if let Some(Some(route)) = routes.and_then(|r| r.get(usize::from(stream.index()))) {
-            route.release(messages, bytes);
-        }
-    });
 }
 
 /// Records how many records went out in one send (handshake messages are not records).

@@ -95,8 +95,6 @@ pub struct Connection {
     rx: BytesMut,
     /// Stream indices, highest priority first: the order the record scheduler visits them.
     order: Vec<u16>,
-    /// Some stream wrote messages the driver has not yet collected with `take_written`.
-    written: bool,
     /// Records sealed by the last `poll_transmit`.
     last_records: usize,
     /// The input being processed fills less than 1/[`COPY_OUT_RATIO`] of its buffer: single
@@ -118,6 +116,12 @@ pub struct Connection {
     /// Connection credit reserved for the rest of messages already begun (the sum of the
     /// streams' `reserved`): a message once started can always finish.
     send_reserved: u64,
+    /// Credit written on all streams and not yet confirmed (the sum of the streams'
+    /// `unconfirmed`): at most our own `connection_window`, whatever the peer grants.
+    unconfirmed: u64,
+    /// When the oldest unconfirmed message was written (no later than), as the last stall
+    /// check found it.
+    oldest_unconfirmed: Option<Instant>,
     /// What the peer may still send us on all streams together.
     recv_window: u64,
     /// Connection credit the application released and we have not yet granted back.
@@ -206,6 +210,7 @@ impl Connection {
             u64::from(config.initial_window),
         )));
         streams[0].peer_id = Some(0);
+        streams[0].cap = u64::from(config.initial_window);
         Self {
             direction,
             phase: Phase::Handshaking,
@@ -221,7 +226,6 @@ impl Connection {
             events: VecDeque::with_capacity(INITIAL_QUEUE),
             rx: BytesMut::new(),
             order: vec![0],
-            written: false,
             last_records: 0,
             copy_out: false,
             send_progress: false,
@@ -230,6 +234,8 @@ impl Connection {
             credit_owed: false,
             send_window: 0,
             send_reserved: 0,
+            unconfirmed: 0,
+            oldest_unconfirmed: None,
             recv_window: u64::from(config.connection_window),
             recv_released: 0,
             queued_bytes: 0,
@@ -332,11 +338,25 @@ impl Connection {
         len.saturating_mul(COPY_OUT_RATIO) < capacity
     }
 
-    /// Closes the connection if messages have waited `send_stall_timeout` with none of their
-    /// bytes written. Run on every input and timeout: a peer that pings us but withholds
-    /// credit, or lets its TCP window fall to zero, is noticed even though it is not silent.
+    /// Closes the connection with [`CloseCode::SendStalled`] if messages have waited
+    /// `send_stall_timeout` with none of their bytes written, or if the oldest message written
+    /// and not confirmed was written `send_stall_timeout` ago. Run on every input and timeout:
+    /// a peer that pings us but withholds credit, lets its TCP window fall to zero, or returns
+    /// credit a few bytes at a time is noticed even though it is not silent.
     pub(super) fn check_send_stall(&mut self, now: Instant) {
         if self.phase == Phase::Closed {
+            return;
+        }
+        self.oldest_unconfirmed = self
+            .streams
+            .iter_mut()
+            .filter_map(|s| s.oldest_unconfirmed(now))
+            .min();
+        if self
+            .oldest_unconfirmed
+            .is_some_and(|at| now.saturating_duration_since(at) >= self.config.send_stall_timeout)
+        {
+            self.close(CloseCode::SendStalled);
             return;
         }
         let waiting = self.queued_messages() > 0;
@@ -392,6 +412,9 @@ impl Connection {
         if let Some(since) = self.stalled_since {
             at = at.min(since + self.config.send_stall_timeout);
         }
+        if let Some(oldest) = self.oldest_unconfirmed {
+            at = at.min(oldest + self.config.send_stall_timeout);
+        }
         Some(at)
     }
 
@@ -405,7 +428,7 @@ impl Connection {
                 && self.channel.is_some()
                 && (!self.control.is_empty()
                     || self.streams.iter().any(|s| {
-                        (s.sendable() && self.send_window > 0)
+                        (s.sendable() && self.connection_credit() > 0)
                             || (s.open_pending && self.peer_settings.is_some())
                     })))
     }
@@ -487,6 +510,25 @@ impl Connection {
         self.streams.iter().map(|s| s.in_flight.len()).sum()
     }
 
+    /// Credit (message bytes plus 6 per message) written on all streams and not yet confirmed:
+    /// what this connection holds in sent messages. At most our `connection_window` (plus, on
+    /// each stream, the rest of one message begun), whatever the peer advertised.
+    pub fn unconfirmed_bytes(&self) -> u64 {
+        self.unconfirmed
+    }
+
+    /// Payload bytes accepted by `send` and not yet written, over all streams.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// Connection credit we may still spend: the peer's grant, and our cap on what is written
+    /// and not yet confirmed.
+    pub(super) fn connection_credit(&self) -> u64 {
+        self.send_window
+            .min(u64::from(self.config.connection_window).saturating_sub(self.unconfirmed))
+    }
+
     /// Whether `send` on `stream` would be refused with [`SendError::Full`].
     pub fn is_blocked(&self, stream: StreamId) -> bool {
         self.streams
@@ -513,6 +555,8 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+#[cfg(test)]
+mod budget;
 #[cfg(test)]
 mod conformance;
 #[cfg(test)]

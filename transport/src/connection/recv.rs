@@ -328,7 +328,15 @@ impl Connection {
             }
             // Credit given back: the peer took what it covers (§5.4).
             SendState::Open => {
-                local.confirm(u64::from(increment));
+                let (messages, bytes, cost) = local.confirm(u64::from(increment));
+                self.unconfirmed -= cost;
+                if messages > 0 {
+                    self.events.push_back(Event::Confirmed {
+                        stream: StreamId(stream),
+                        messages,
+                        bytes,
+                    });
+                }
                 false
             }
         };
@@ -359,6 +367,9 @@ impl Connection {
             return Err(ConnectionError::Protocol("SETTINGS out of range"));
         }
         self.peer_settings = Some(settings);
+        // The peer's windows say what it will take; what we send ahead of its confirmation is
+        // capped by our own windows as well (the streams' `cap`, `connection_cap`), so a peer
+        // advertising 2^32 - 1 cannot make us hold more than we would hold for it (§5.4).
         self.send_window = u64::from(settings.connection_window);
         if let Some(connected) = self.connected_event.take() {
             self.events.push_back(connected);

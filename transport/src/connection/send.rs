@@ -46,6 +46,7 @@ impl Connection {
                 INITIAL_QUEUE.min(self.config.high_watermark),
                 self.config.priority_of(name),
             );
+            stream.cap = u64::from(self.config.initial_window);
             stream.open_pending = true;
             self.streams.push(stream);
         }
@@ -196,12 +197,16 @@ impl Connection {
         self.control.clear();
         let unsent = self.queued_messages() as u64;
         self.queued_bytes = 0;
+        self.unconfirmed = 0;
+        self.oldest_unconfirmed = None;
         for (index, stream) in self.streams.iter_mut().enumerate() {
             if stream.queue.is_empty() && stream.in_flight.is_empty() {
                 continue;
             }
             stream.front_offset = 0;
             stream.confirmed = 0;
+            stream.unconfirmed = 0;
+            stream.checkpoints.clear();
             stream.queued_bytes = 0;
             self.events.push_back(Event::Undelivered {
                 stream: StreamId(index as u16),
@@ -349,15 +354,19 @@ impl Connection {
                 if written >= out.len() {
                     return written;
                 }
-                if self.send_window == 0 {
-                    // The connection's credit is spent: every stream waits for the peer.
+                let connection_credit = self
+                    .send_window
+                    .min(u64::from(self.config.connection_window).saturating_sub(self.unconfirmed));
+                if connection_credit == 0 {
+                    // The connection's credit is spent (the peer's grant, or our cap on what
+                    // it has not confirmed): every stream waits for the peer.
                     return written;
                 }
                 // What this stream may take of the connection's credit: all of it but what
                 // other streams' unfinished messages have reserved (PROTOCOL.md §5.4).
                 let reserved_before = stream.reserved;
                 let others = self.send_reserved - reserved_before;
-                let available = self.send_window.saturating_sub(others);
+                let available = connection_credit.saturating_sub(others);
                 let mut credit = available;
                 let queued = stream.queued_bytes;
                 let (n, completed) = stream.write_data(
@@ -369,13 +378,13 @@ impl Connection {
                     min_fragment,
                 );
                 self.send_window -= available - credit;
+                self.unconfirmed += available - credit;
                 self.send_reserved = others + stream.reserved;
                 stream.deficit = stream.deficit.saturating_sub(n);
                 written += n;
                 self.send_progress |= n > 0;
                 self.queued_bytes -= queued - stream.queued_bytes;
                 if completed > 0 {
-                    self.written = true;
                     if stream.blocked && stream.queue.len() <= self.config.low_watermark {
                         stream.blocked = false;
                         self.events.push_back(Event::Writable(StreamId(index)));
@@ -408,23 +417,6 @@ impl Connection {
                 }
             } else {
                 new_round = false;
-            }
-        }
-    }
-
-    /// Reports, per stream, the messages and payload bytes fully written into records since the
-    /// last call (the driver's queue accounting), and resets the counts.
-    pub fn take_written(&mut self, mut report: impl FnMut(StreamId, u64, u64)) {
-        if !std::mem::take(&mut self.written) {
-            return;
-        }
-        for (index, stream) in self.streams.iter_mut().enumerate() {
-            if stream.written_messages > 0 {
-                report(
-                    StreamId(index as u16),
-                    std::mem::take(&mut stream.written_messages),
-                    std::mem::take(&mut stream.written_bytes),
-                );
             }
         }
     }

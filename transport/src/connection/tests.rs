@@ -940,16 +940,6 @@ fn a_high_priority_message_overtakes_a_queued_bulk_transfer_within_one_record() 
         "the urgent stream is still busy"
     );
     assert!(p.a.send_credit(bulk) < credit, "the bulk stream starved");
-    let mut written = Vec::new();
-    p.a.take_written(|stream, messages, bytes| written.push((stream, messages, bytes)));
-    assert!(
-        written
-            .iter()
-            .any(|&(s, m, b)| s == urgent && m > 0 && b >= 4)
-    );
-    let mut again = Vec::new();
-    p.a.take_written(|stream, messages, bytes| again.push((stream, messages, bytes)));
-    assert!(again.is_empty(), "counts are reset when taken");
 }
 
 #[test]
@@ -1011,16 +1001,19 @@ fn a_slow_but_draining_peer_is_not_a_stall() {
     }
     let stall = ConnectionConfig::default().send_stall_timeout;
     let start = p.now;
-    // b releases one message every 30 s (slower than anyone would like, but progress).
+    // b's application wakes every 30 s and takes what arrived (a window's worth, 2 MiB: slower
+    // than anyone would like, but everything we wrote is confirmed within the deadline). One
+    // that takes longer than the deadline to consume its window is a stall (the oldest
+    // unconfirmed message's age: `budget.rs`).
     for step in 1..=8u32 {
         p.now = start + Duration::from_secs(30) * step;
         p.b.handle_timeout(p.now);
         p.a.handle_timeout(p.now);
         p.pump();
-        if let Some(Event::Message { stream, data }) =
-            std::iter::from_fn(|| p.b.poll_event()).find(|e| matches!(e, Event::Message { .. }))
-        {
-            p.b.release(stream, data.len());
+        for event in events(&mut p.b) {
+            if let Event::Message { stream, data } = event {
+                p.b.release(stream, data.len());
+            }
         }
         p.b.handle_timeout(p.now + Duration::from_millis(100)); // owed credit goes out
         p.pump();

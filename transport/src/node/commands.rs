@@ -247,13 +247,6 @@ impl NodeCore {
         }
     }
 
-    /// See [`Connection::take_written`].
-    pub fn take_written(&mut self, conn: ConnId, report: impl FnMut(StreamId, u64, u64)) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.conn.take_written(report);
-        }
-    }
-
     /// A peer's live connection and its streams (id and name), for resolving names once.
     pub fn streams_of(&self, peer: PeerId) -> Option<(ConnId, StreamNames)> {
         let id = self.peers.get(&peer)?.conn?;

@@ -213,6 +213,18 @@ pub enum NodeEvent {
         /// Written, not confirmed: the peer may or may not have them.
         unconfirmed: Vec<Bytes>,
     },
+    /// The peer confirmed messages on one of our streams (see [`crate::Event::Confirmed`]),
+    /// reported for replaced connections too.
+    Confirmed {
+        /// The peer.
+        peer: PeerId,
+        /// The stream's name.
+        name: std::sync::Arc<str>,
+        /// Messages confirmed.
+        messages: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
     /// An authenticated connection was refused by the connection limits (or the cooldown).
     Refused {
         /// The peer.

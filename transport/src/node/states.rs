@@ -144,6 +144,21 @@ impl NodeCore {
                     });
                 }
             }
+            Event::Confirmed {
+                stream,
+                messages,
+                bytes,
+            } => {
+                if let (Some(peer), Some(name)) = (c.conn.peer(), c.conn.stream_name_shared(stream))
+                {
+                    self.events.push_back(NodeEvent::Confirmed {
+                        peer,
+                        name,
+                        messages,
+                        bytes,
+                    });
+                }
+            }
             Event::Ready => {
                 if let Some(peer) = attached_peer {
                     if let Some(p) = self.peers.get_mut(&peer) {

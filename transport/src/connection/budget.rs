@@ -1,0 +1,163 @@
+//! What a peer can make us hold in messages we sent: our own windows, not the ones it
+//! advertises, and not for longer than the send-stall deadline (issue 24).
+
+use super::tests::{Pair, events};
+use super::*;
+use crate::stream::MESSAGE_CREDIT_OVERHEAD;
+
+/// A peer whose SETTINGS grant the largest windows the wire allows.
+fn greedy_peer() -> Arc<ConnectionConfig> {
+    Arc::new(ConnectionConfig {
+        initial_window: u32::MAX,
+        connection_window: u32::MAX,
+        ..ConnectionConfig::default()
+    })
+}
+
+/// Queues `count` messages of `len` bytes on `stream` (all accepted: the queue bounds are
+/// larger).
+fn queue(p: &mut Pair, stream: StreamId, count: usize, len: usize) {
+    for _ in 0..count {
+        p.a.send(stream, Bytes::from(vec![1u8; len]))
+            .expect("queued");
+    }
+}
+
+fn undelivered(conn: &mut Connection) -> usize {
+    events(conn)
+        .iter()
+        .map(|e| match e {
+            Event::Undelivered {
+                unsent,
+                unconfirmed,
+                ..
+            } => unsent.len() + unconfirmed.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_peer_granting_the_largest_windows_gets_only_our_windows_ahead_of_confirmation() {
+    let ours = ConnectionConfig::default();
+    let mut p = Pair::connected_with(Arc::new(ours.clone()), greedy_peer());
+    p.a.complete_handshake(&["s", "t"]).expect("a");
+    p.b.complete_handshake(&["s", "t"]).expect("b");
+    p.pump();
+    let (s, t) = (
+        p.a.stream_id("s").expect("s"),
+        p.a.stream_id("t").expect("t"),
+    );
+    // 12 MiB on two streams, far more than our windows; the peer reads it all and confirms none.
+    queue(&mut p, s, 1000, 6000);
+    queue(&mut p, t, 1000, 6000);
+    p.pump();
+    events(&mut p.b);
+    let held = p.a.unconfirmed_bytes();
+    let cost = 6000 + MESSAGE_CREDIT_OVERHEAD;
+    // Both streams took what our windows allow (each its 2 MiB, but for a message that did not
+    // fit), and no more.
+    assert!(
+        held <= u64::from(ours.connection_window)
+            && held + 2 * cost > u64::from(ours.connection_window),
+        "written ahead of confirmation: {held} bytes (our connection window {})",
+        ours.connection_window
+    );
+    // Each stream alone stays within our stream window too.
+    for stream in [s, t] {
+        let local = &p.a.streams[usize::from(stream.0)];
+        assert!(local.unconfirmed <= u64::from(ours.initial_window));
+    }
+    assert!(p.a.queued_messages() > 0, "the rest waits, queued");
+    // The peer's grant is not what stopped us: it still has almost all of its credit.
+    assert!(p.a.send_credit(s) > u64::from(u32::MAX) / 2);
+}
+
+#[test]
+fn confirmations_free_what_they_cover_and_are_reported_per_stream() {
+    let mut p = Pair::established(&["s"]);
+    let s = p.a.stream_id("s").expect("s");
+    queue(&mut p, s, 10, 100);
+    p.pump();
+    // b takes and releases every message; its credit comes back after the delay.
+    for event in events(&mut p.b) {
+        if let Event::Message { stream, data } = event {
+            p.b.release(stream, data.len());
+        }
+    }
+    p.now += Duration::from_millis(20);
+    p.b.handle_timeout(p.now);
+    p.pump();
+    let confirmed: Vec<(StreamId, u64, u64)> = events(&mut p.a)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Confirmed {
+                stream,
+                messages,
+                bytes,
+            } => Some((stream, messages, bytes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirmed.iter().map(|c| c.1).sum::<u64>(), 10);
+    assert_eq!(confirmed.iter().map(|c| c.2).sum::<u64>(), 1000);
+    assert!(confirmed.iter().all(|c| c.0 == s));
+    assert_eq!(p.a.unconfirmed_bytes(), 0);
+    assert_eq!(p.a.unconfirmed_messages(), 0);
+}
+
+/// Credit returned a few bytes at a time (one message every 20 s) does not reset the
+/// send-stall deadline: the oldest unconfirmed message's age does, and it keeps growing.
+#[test]
+fn credit_trickled_back_does_not_keep_a_stalled_connection_alive() {
+    let mut p = Pair::connected_with(config_default(), greedy_peer());
+    p.a.complete_handshake(&["s"]).expect("a");
+    p.b.complete_handshake(&["s"]).expect("b");
+    p.pump();
+    let s = p.a.stream_id("s").expect("s");
+    queue(&mut p, s, 900, 4000);
+    p.pump();
+    let mut held: VecDeque<(StreamId, usize)> = events(&mut p.b)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { stream, data } => Some((stream, data.len())),
+            _ => None,
+        })
+        .collect();
+    assert!(held.len() > 100);
+    let stall = ConnectionConfig::default().send_stall_timeout;
+    let start = p.now;
+    while !p.a.is_closed() {
+        p.now += Duration::from_secs(20);
+        assert!(
+            p.now <= start + stall + Duration::from_secs(20),
+            "still open after {:?}",
+            p.now - start
+        );
+        // One message's worth of credit: the oldest unconfirmed is let go, the next is as old.
+        if let Some((stream, len)) = held.pop_front() {
+            p.b.release(stream, len);
+        }
+        p.b.handle_timeout(p.now); // flushes the owed credit, and pings
+        p.pump();
+        p.a.handle_timeout(p.now);
+        for event in events(&mut p.b) {
+            if let Event::Message { stream, data } = event {
+                held.push_back((stream, data.len()));
+            }
+        }
+    }
+    assert_eq!(
+        p.a.close_reason(),
+        Some(&CloseReason::Local(CloseCode::SendStalled))
+    );
+    assert!(p.now - start >= stall, "not before the deadline");
+    // Nothing accepted is lost silently: queued and unconfirmed come back.
+    let sent = p.a.streams[usize::from(s.0)].sent_messages as usize;
+    let confirmed_before_close = 900 - undelivered(&mut p.a);
+    assert!(confirmed_before_close <= sent);
+}
+
+fn config_default() -> Arc<ConnectionConfig> {
+    Arc::new(ConnectionConfig::default())
+}
