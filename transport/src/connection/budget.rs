@@ -161,3 +161,68 @@ fn credit_trickled_back_does_not_keep_a_stalled_connection_alive() {
 fn config_default() -> Arc<ConnectionConfig> {
     Arc::new(ConnectionConfig::default())
 }
+
+/// Padding (PINGs, which cost no credit) around 1-byte messages in one large receive buffer:
+/// each message is copied out, so a held one does not keep the buffer alive; a message that is
+/// a good part of the buffer is still a slice of it (no copy).
+#[test]
+fn a_held_small_message_does_not_pin_the_receive_buffer_it_arrived_in() {
+    use super::tests::{answering, rogue_session, settings};
+    use crate::frame::{DATA_FIRST, DATA_LAST, Frame};
+    fn data(payload: &'static [u8]) -> Frame<'static> {
+        Frame::Data {
+            stream: 1,
+            flags: DATA_FIRST | DATA_LAST,
+            total_len: None,
+            payload,
+        }
+    }
+    let big: &'static [u8] = Box::leak(vec![9u8; 40 * 1024].into_boxed_slice());
+    let padded: Vec<Frame<'static>> = (0..2000).map(Frame::Ping).chain([data(b"x")]).collect();
+    let mut groups: Vec<&[Frame<'_>]> = vec![&[], &[]];
+    let head = [settings()];
+    let open = [Frame::Open {
+        stream: 1,
+        name: b"data",
+    }];
+    groups[0] = &head;
+    groups[1] = &open;
+    for _ in 0..8 {
+        groups.push(&padded);
+    }
+    let tail = [data(big)];
+    groups.push(&tail);
+    let (mut victim, wire) = rogue_session(Some(&["data", "more"]), &groups);
+    answering(&mut victim, &wire[..2]);
+    let mut out = vec![0u8; 1 << 16];
+    victim.poll_transmit(&mut out); // the acceptance goes out: DATA may follow
+    events(&mut victim);
+    let mut input = BytesMut::with_capacity(256 * 1024);
+    for record in &wire[2..] {
+        input.extend_from_slice(record);
+    }
+    assert!(input.len() > 160 * 1024, "mostly padding: {}", input.len());
+    let start = input.as_ptr() as usize;
+    let inside = start..start + input.capacity();
+    victim.handle_input_buf(Instant::now(), input);
+    let messages: Vec<Bytes> = events(&mut victim)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), 9, "{:?}", victim.close_reason());
+    for small in &messages[..8] {
+        assert_eq!(small.as_ref(), b"x");
+        assert!(
+            !inside.contains(&(small.as_ptr() as usize)),
+            "a small one was sliced"
+        );
+    }
+    assert_eq!(messages[8].len(), big.len());
+    assert!(
+        inside.contains(&(messages[8].as_ptr() as usize)),
+        "a large one is a slice, not a copy"
+    );
+}

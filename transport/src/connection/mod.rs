@@ -48,9 +48,14 @@ const CREDIT_DELAY: Duration = Duration::from_millis(10);
 
 /// Receive buffer growth step: one allocation per this many bytes received, not per message.
 const RX_CHUNK: usize = 64 * 1024;
-/// Initial capacity of a connection's event queue and of each stream's send queue.
-/// Received input filling less than this fraction of its buffer has its messages copied out.
+/// A received message smaller than this fraction of the buffer it arrived in is copied out of
+/// it (into `small`) rather than sliced, so that a held message keeps at most about
+/// `COPY_OUT_RATIO` times its own size alive, never a whole receive buffer.
 const COPY_OUT_RATIO: usize = 8;
+/// The chunk that small received messages are copied into, back to back: one allocation per
+/// this many bytes of them, not one per message.
+const SMALL_CHUNK: usize = 16 * 1024;
+/// Initial capacity of a connection's event queue and of each stream's send queue.
 const INITIAL_QUEUE: usize = 16;
 
 /// Where a connection stands.
@@ -97,10 +102,14 @@ pub struct Connection {
     order: Vec<u16>,
     /// Records sealed by the last `poll_transmit`.
     last_records: usize,
-    /// The input being processed fills less than 1/[`COPY_OUT_RATIO`] of its buffer: single
-    /// messages are copied out of it rather than sliced, so that what the application holds
-    /// does not keep a mostly empty receive buffer alive.
-    copy_out: bool,
+    /// Capacity of the buffer the input being processed lies in: a message smaller than
+    /// 1/[`COPY_OUT_RATIO`] of it is copied out (see [`Connection::message_data`]), so that
+    /// what the application holds, or a reply it sends that is a slice of it, does not keep a
+    /// mostly unrelated receive buffer alive. Decided per message: padding a peer puts around
+    /// small messages cannot make each of them pin the whole buffer.
+    rx_capacity: usize,
+    /// Where small received messages are copied, back to back.
+    small: BytesMut,
     /// Message bytes were written since the send-stall check last ran.
     send_progress: bool,
     /// Since when messages have waited with no byte of them written (see
@@ -227,7 +236,8 @@ impl Connection {
             rx: BytesMut::new(),
             order: vec![0],
             last_records: 0,
-            copy_out: false,
+            rx_capacity: 0,
+            small: BytesMut::new(),
             send_progress: false,
             stalled_since: None,
             last_recv: now,
@@ -332,10 +342,18 @@ impl Connection {
         self.credit_owed |= self.recv_released > 0;
     }
 
-    /// Whether input of `len` bytes in a buffer of `capacity` is too sparse to slice messages
-    /// out of (see `copy_out`).
-    pub(super) fn sparse(len: usize, capacity: usize) -> bool {
-        len.saturating_mul(COPY_OUT_RATIO) < capacity
+    /// A received message's bytes: a slice of the receive buffer when the message is a good
+    /// part of it, otherwise a copy into the connection's chunk of small messages (so a held
+    /// message pins about its own size, at most 1/[`COPY_OUT_RATIO`] of a receive buffer).
+    pub(super) fn message_data(&mut self, record: &Bytes, payload: &[u8]) -> Bytes {
+        if payload.len().saturating_mul(COPY_OUT_RATIO) >= self.rx_capacity {
+            return record.slice_ref(payload);
+        }
+        if self.small.capacity() < payload.len() {
+            self.small = BytesMut::with_capacity(SMALL_CHUNK.max(payload.len()));
+        }
+        self.small.extend_from_slice(payload);
+        self.small.split().freeze()
     }
 
     /// Closes the connection with [`CloseCode::SendStalled`] if messages have waited

@@ -54,7 +54,7 @@ impl Connection {
             self.rx.reserve(data.len().max(RX_CHUNK));
         }
         self.rx.extend_from_slice(data);
-        self.copy_out = Self::sparse(self.rx.len(), self.rx.capacity());
+        self.rx_capacity = self.rx.capacity();
         if let Err(e) = self.process_records(now) {
             self.fail(e);
         }
@@ -74,7 +74,7 @@ impl Connection {
             return;
         }
         self.last_recv = now;
-        self.copy_out = Self::sparse(data.len(), data.capacity());
+        self.rx_capacity = data.capacity();
         self.rx = data;
         if let Err(e) = self.process_records(now) {
             self.fail(e);
@@ -225,13 +225,8 @@ impl Connection {
                     s.received_messages += 1;
                     s.received_bytes += payload.len() as u64;
                 }
-                // A slice of the receive buffer, unless that buffer is mostly empty: then a
-                // copy, so that a small message does not keep a large buffer alive.
-                let data = if self.copy_out {
-                    Bytes::copy_from_slice(payload)
-                } else {
-                    record.slice_ref(payload)
-                };
+                // A slice of the receive buffer, or, for a message small beside it, a copy.
+                let data = self.message_data(record, payload);
                 self.events.push_back(Event::Message { stream, data });
             }
             DATA_FIRST => {
