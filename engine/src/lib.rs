@@ -267,8 +267,8 @@ pub mod testing;
 pub use api::{
     Backend, ConnectError, Error, ErrorKind, Event, EventFilter, EventKind, Handler, Health,
     HealthCheck, Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr,
-    PeerAddrError, Refusal, Request, RequestError, Requests, ResolveError, Route, StartError,
-    StreamName, StreamRef, StreamSink, Subscription, TrySendError,
+    PeerAddrError, Refusal, Request, RequestError, Requests, ResolveError, Route,
+    SUBSCRIPTION_BYTES, StartError, StreamName, StreamRef, StreamSink, Subscription, TrySendError,
 };
 #[doc(inline)]
 pub use channel::Messages;

@@ -158,6 +158,14 @@ fn accept(node: &Node, raw: &mut Raw, streams: &[&str]) {
     raw.wait_accepted(streams.len() as u16);
 }
 
+/// The memory these tests measure is the whole process's: they run one at a time, so one
+/// test's queues are not counted as another's.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn node(config: NodeConfig) -> Node {
     Node::start(config.shards(1).event_buffer(100_000)).unwrap()
 }
@@ -168,6 +176,7 @@ fn config() -> NodeConfig {
 
 #[test]
 fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
+    let _serial = one_at_a_time();
     // Sixteen peers from one address: the per-group socket limit is not what is tested here.
     let node = node(config().limits(glueberry::ConnectionLimits {
         max_inbound_per_group: 64,
@@ -265,6 +274,7 @@ fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
 
 #[test]
 fn tiny_records_one_per_segment_do_not_pin_receive_buffers() {
+    let _serial = one_at_a_time();
     // The application does not read: every message stays in the node's channel. Receives go
     // into the node's own 256 KiB buffers (not the kernel-provided ring), each handed to the
     // connection whole: the case where a message sliced out of one would keep it alive.
@@ -388,6 +398,7 @@ fn stall_config() -> NodeConfig {
 
 #[test]
 fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
+    let _serial = one_at_a_time();
     let node = node(stall_config());
     let events = node.events();
     let mut raw = Raw::connect(&node, &["blocks"]);
@@ -417,6 +428,7 @@ fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
 
 #[test]
 fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
+    let _serial = one_at_a_time();
     let node = node(stall_config());
     let events = node.events();
     let mut raw = Raw::connect(&node, &["blocks"]);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use glueberry_crypto::PeerId;
@@ -115,11 +116,12 @@ pub enum Event {
         /// The stream.
         stream: StreamName,
         /// Never written to the connection: the peer did not get them. In `send` order.
-        unsent: Vec<Bytes>,
+        /// (Shared: every subscriber that gets the event gets the same list, not a copy.)
+        unsent: Arc<[Bytes]>,
         /// Written, but not confirmed by the peer (by returning their credit) before the
         /// connection closed: the peer may or may not have them. In `send` order, all before
         /// `unsent`.
-        unconfirmed: Vec<Bytes>,
+        unconfirmed: Arc<[Bytes]>,
     },
     /// The peer did not open a stream we opened; `unsent` queued messages were not delivered.
     StreamRejected {
@@ -311,6 +313,50 @@ pub(crate) struct Subscriber {
     pub filter: EventFilter,
     pub tx: async_channel::Sender<Event>,
     pub missed: u64,
+    /// Message bytes in events queued and not yet taken (shared with the [`Subscription`]).
+    pub held: Arc<AtomicU64>,
+}
+
+/// Message bytes (in [`Event::Undelivered`] and [`Event::SendFailed`]) one subscription may
+/// hold in events it has not taken: past it, such events are counted as missed for that
+/// subscriber, so one that never reads keeps at most this (plus the one event an empty queue
+/// always takes) alive, whatever the node hands back. Its slots are bounded too (`capacity`).
+pub const SUBSCRIPTION_BYTES: u64 = 16 * 1024 * 1024;
+
+impl Event {
+    /// Message bytes the event carries (what a subscriber's queue holds alive for it).
+    pub(crate) fn held_bytes(&self) -> u64 {
+        match self {
+            Event::Undelivered {
+                unsent,
+                unconfirmed,
+                ..
+            } => unsent
+                .iter()
+                .chain(unconfirmed.iter())
+                .map(|m| m.len() as u64)
+                .sum(),
+            Event::SendFailed { data, .. } => data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+impl Subscriber {
+    /// Queues `event` (carrying `bytes` of messages) unless the slots or the byte bound are
+    /// full; `false` when it was not queued.
+    pub(crate) fn offer(&self, event: Event, bytes: u64) -> bool {
+        let held = self.held.load(Ordering::Acquire);
+        if bytes > 0 && held > 0 && held + bytes > SUBSCRIPTION_BYTES {
+            return false;
+        }
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+        if self.tx.try_send(event).is_err() {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
 }
 
 /// A filtered stream of events ([`Node::subscribe`](crate::Node::subscribe), or every event
@@ -322,6 +368,8 @@ pub(crate) struct Subscriber {
 #[derive(Clone)]
 pub struct Subscription {
     rx: Pin<Box<async_channel::Receiver<Event>>>,
+    /// Message bytes in the events queued for it (see [`SUBSCRIPTION_BYTES`]).
+    held: Arc<AtomicU64>,
     _membership: Arc<Membership>,
 }
 
@@ -351,6 +399,7 @@ impl Subscription {
         capacity: usize,
     ) -> Self {
         let (tx, rx) = async_channel::bounded(capacity.max(1));
+        let held = Arc::new(AtomicU64::new(0));
         subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -359,9 +408,11 @@ impl Subscription {
                 filter,
                 tx,
                 missed: 0,
+                held: held.clone(),
             });
         Self {
             rx: Box::pin(rx),
+            held,
             _membership: Arc::new(Membership {
                 id,
                 subscribers: subscribers.clone(),
@@ -371,17 +422,28 @@ impl Subscription {
 
     /// The next event, waiting for it; `None` once the node stopped and every event was taken.
     pub async fn recv(&self) -> Option<Event> {
-        self.rx.recv().await.ok()
+        self.taken(self.rx.recv().await.ok())
     }
 
     /// The next event, blocking the thread (for code outside async; never in it).
     pub fn recv_blocking(&self) -> Option<Event> {
-        self.rx.recv_blocking().ok()
+        self.taken(self.rx.recv_blocking().ok())
     }
 
     /// The next event if one is ready.
     pub fn try_recv(&self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        self.taken(self.rx.try_recv().ok())
+    }
+
+    /// An event left the queue: the bytes it held are no longer the queue's.
+    fn taken(&self, event: Option<Event>) -> Option<Event> {
+        if let Some(event) = &event {
+            let bytes = event.held_bytes();
+            if bytes > 0 {
+                self.held.fetch_sub(bytes, Ordering::AcqRel);
+            }
+        }
+        event
     }
 
     /// Events waiting to be taken.
@@ -402,7 +464,8 @@ impl futures::Stream for Subscription {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Event>> {
-        self.rx.as_mut().poll_next(cx)
+        let polled = self.rx.as_mut().poll_next(cx);
+        polled.map(|event| self.taken(event))
     }
 }
 

@@ -26,7 +26,8 @@ pub use errors::{
 };
 pub(crate) use event::Subscribers;
 pub use event::{
-    Event, EventFilter, EventKind, Handler, Message, Refusal, StreamName, Subscription,
+    Event, EventFilter, EventKind, Handler, Message, Refusal, SUBSCRIPTION_BYTES, StreamName,
+    Subscription,
 };
 pub use handle::Node;
 pub use health::{Health, HealthCheck};

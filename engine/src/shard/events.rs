@@ -70,8 +70,8 @@ impl Shard {
                     self.emit(Event::Undelivered {
                         peer,
                         stream: StreamName::from_shared(name),
-                        unsent,
-                        unconfirmed,
+                        unsent: unsent.into(),
+                        unconfirmed: unconfirmed.into(),
                     });
                 }
                 NodeEvent::Refused {
@@ -307,6 +307,7 @@ impl Shard {
                 .subscribers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            let bytes = event.held_bytes();
             for sub in subscribers.iter_mut().filter(|s| s.filter.matches(&event)) {
                 if sub.missed > 0 {
                     match sub.tx.try_send(Event::Missed { count: sub.missed }) {
@@ -319,7 +320,8 @@ impl Shard {
                         }
                     }
                 }
-                if sub.tx.try_send(event.clone()).is_err() {
+                // A clone is O(1): the messages an event carries are shared, not copied.
+                if !sub.offer(event.clone(), bytes) {
                     sub.missed += 1;
                     self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
                     self.metrics.events_dropped.increment(1);

@@ -243,8 +243,8 @@ impl Shard {
         self.emit(Event::Undelivered {
             peer,
             stream,
-            unsent,
-            unconfirmed: Vec::new(),
+            unsent: unsent.into(),
+            unconfirmed: Arc::new([]),
         });
     }
 }
