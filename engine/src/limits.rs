@@ -270,48 +270,35 @@ impl Limits {
 
 /// Which inbound peer makes room for a newcomer from `newcomer` (its network group), or none
 /// (the newcomer is refused). Bitcoin Core's policy, reduced to what a node without
-/// application scores knows:
-/// 1. protect the longest-connected member of every network group (diversity), then
-/// 2. protect the longest-connected half of the rest (peers that stayed are worth more than
-///    peers that just came: an attacker must outlast honest peers to be safe);
-/// 3. of the rest, take the network group with the most inbound peers and evict its newest;
-/// 4. but only if the newcomer's group has fewer inbound peers than that group: a group cannot
-///    evict its way past the largest one, so a Sybil flood from few groups only churns itself.
+/// application scores knows, with age first:
+/// 1. protect the longest-connected half of all inbound peers: peers that stayed are worth more
+///    than peers that just came, and identities and addresses are free, so an attacker must
+///    outlast honest peers to be safe — and however many network groups it comes from, it can
+///    never evict a peer in the older half;
+/// 2. of the younger half, take the network group with the most inbound peers (counted over all
+///    inbound peers) and evict its newest;
+/// 3. but only if the newcomer's group has fewer inbound peers than that group less one: a
+///    group cannot evict its way past the largest one, so a Sybil flood from few groups only
+///    churns itself, and a flood of one identity per group (where every group has one peer)
+///    evicts no one.
 fn choose_victim(peers: &HashMap<PeerId, Inbound>, newcomer: Option<IpAddr>) -> Option<PeerId> {
-    let mut per_group: HashMap<Option<IpAddr>, Vec<(Instant, PeerId)>> = HashMap::new();
-    for (peer, entry) in peers {
-        per_group
-            .entry(entry.group)
-            .or_default()
-            .push((entry.since, *peer));
+    let mut group_sizes: HashMap<Option<IpAddr>, usize> = HashMap::new();
+    for entry in peers.values() {
+        *group_sizes.entry(entry.group).or_default() += 1;
     }
-    let mut rest: Vec<(Instant, PeerId, Option<IpAddr>)> = Vec::new();
-    for (group, members) in &mut per_group {
-        members.sort();
-        // The oldest of each group is protected.
-        rest.extend(
-            members
-                .iter()
-                .skip(1)
-                .map(|(since, peer)| (*since, *peer, *group)),
-        );
-    }
-    rest.sort();
-    let protected_old = rest.len() / 2;
-    let candidates = &rest[protected_old..];
-    let mut sizes: HashMap<Option<IpAddr>, (usize, Instant, PeerId)> = HashMap::new();
-    for &(since, peer, group) in candidates {
-        let entry = sizes.entry(group).or_insert((0, since, peer));
-        entry.0 += 1;
-        if since >= entry.1 {
-            (entry.1, entry.2) = (since, peer);
-        }
-    }
-    let (group, (_, _, victim)) = sizes
-        .into_iter()
-        .max_by_key(|(_, (count, newest, _))| (*count, *newest))?;
-    let group_size = per_group.get(&group).map_or(0, Vec::len);
-    let newcomer_size = per_group.get(&newcomer).map_or(0, Vec::len);
+    let mut by_age: Vec<(Instant, PeerId, Option<IpAddr>)> = peers
+        .iter()
+        .map(|(peer, entry)| (entry.since, *peer, entry.group))
+        .collect();
+    by_age.sort();
+    // The older half (rounded up) is protected.
+    let candidates = &by_age[by_age.len().div_ceil(2)..];
+    let (victim_group, victim) = candidates
+        .iter()
+        .max_by_key(|(since, _, group)| (group_sizes[group], *since))
+        .map(|&(_, peer, group)| (group, peer))?;
+    let group_size = group_sizes[&victim_group];
+    let newcomer_size = group_sizes.get(&newcomer).copied().unwrap_or(0);
     (newcomer_size + 1 < group_size).then_some(victim)
 }
 
@@ -455,5 +442,74 @@ mod tests {
             })
             .collect();
         assert_eq!(choose_victim(&diverse, ip("10.7.0.0")), None);
+    }
+
+    /// Issue 24: inbound filled with one identity per /24 beside two honest peers that share a
+    /// /24 and came first. The younger honest peer used to be evicted (the oldest of every
+    /// group was protected, so it was the only candidate); now the older half is protected
+    /// first, and no peer older than every attacker is evicted, at any fill.
+    #[test]
+    fn a_flood_of_one_identity_per_group_never_evicts_a_peer_older_than_it() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let peer = |n: u32| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&n.to_be_bytes());
+            glueberry_crypto::Identity::from_seed(&seed).peer_id()
+        };
+        let group = |a: u32| Some(IpAddr::from([10, (a >> 8) as u8, a as u8, 0]));
+        let mut peers = HashMap::new();
+        let honest = [peer(1_000_000), peer(1_000_001)];
+        for (n, p) in honest.iter().enumerate() {
+            peers.insert(
+                *p,
+                Inbound {
+                    group: group(9999),
+                    since: at(n as u64),
+                },
+            );
+        }
+        // Inbound holds 100: the victim is chosen once it is full.
+        const FULL: usize = 100;
+        for a in 0..346u32 {
+            if peers.len() >= FULL
+                && let Some(victim) = choose_victim(&peers, group(a))
+            {
+                assert!(
+                    !honest.contains(&victim),
+                    "an honest peer was evicted at {a}"
+                );
+                peers.remove(&victim);
+            } else if peers.len() >= FULL {
+                continue; // refused
+            }
+            peers.insert(
+                peer(a),
+                Inbound {
+                    group: group(a),
+                    since: at(10 + u64::from(a)),
+                },
+            );
+        }
+        assert!(honest.iter().all(|p| peers.contains_key(p)));
+        assert_eq!(peers.len(), FULL);
+        // Attackers from one group evict only their own group's newest, never the honest.
+        for n in 0..50u32 {
+            let newcomer = group(7);
+            match choose_victim(&peers, newcomer) {
+                Some(victim) => {
+                    assert!(!honest.contains(&victim));
+                    peers.remove(&victim);
+                }
+                None => continue,
+            }
+            peers.insert(
+                peer(2_000_000 + n),
+                Inbound {
+                    group: newcomer,
+                    since: at(1000 + u64::from(n)),
+                },
+            );
+        }
     }
 }
