@@ -315,13 +315,17 @@ pub(crate) struct Subscriber {
     pub missed: u64,
     /// Message bytes in events queued and not yet taken (shared with the [`Subscription`]).
     pub held: Arc<AtomicU64>,
+    /// The most `held` may reach (see [`SUBSCRIPTION_BYTES_PER_SLOT`]).
+    pub max_held: u64,
 }
 
-/// Message bytes (in [`Event::Undelivered`] and [`Event::SendFailed`]) one subscription may
-/// hold in events it has not taken: past it, such events are counted as missed for that
-/// subscriber, so one that never reads keeps at most this (plus the one event an empty queue
-/// always takes) alive, whatever the node hands back. Its slots are bounded too (`capacity`).
-pub const SUBSCRIPTION_BYTES: u64 = 16 * 1024 * 1024;
+/// Message bytes (in [`Event::Undelivered`] and [`Event::SendFailed`]) a subscription may
+/// hold in events it has not taken, per slot of its capacity: a queue of `capacity` events holds
+/// at most `capacity` × 64 KiB of messages (6.25 MiB for the node's own queue of 100). Past it,
+/// such events count as missed for that subscriber (as when its slots are full), so one that
+/// never reads keeps at most that (plus the one event an empty queue always takes) alive,
+/// whatever the node hands back.
+pub const SUBSCRIPTION_BYTES_PER_SLOT: u64 = 64 * 1024;
 
 impl Event {
     /// Message bytes the event carries (what a subscriber's queue holds alive for it).
@@ -347,7 +351,7 @@ impl Subscriber {
     /// full; `false` when it was not queued.
     pub(crate) fn offer(&self, event: Event, bytes: u64) -> bool {
         let held = self.held.load(Ordering::Acquire);
-        if bytes > 0 && held > 0 && held + bytes > SUBSCRIPTION_BYTES {
+        if bytes > 0 && held > 0 && held + bytes > self.max_held {
             return false;
         }
         self.held.fetch_add(bytes, Ordering::AcqRel);
@@ -368,7 +372,7 @@ impl Subscriber {
 #[derive(Clone)]
 pub struct Subscription {
     rx: Pin<Box<async_channel::Receiver<Event>>>,
-    /// Message bytes in the events queued for it (see [`SUBSCRIPTION_BYTES`]).
+    /// Message bytes in the events queued for it (see [`SUBSCRIPTION_BYTES_PER_SLOT`]).
     held: Arc<AtomicU64>,
     _membership: Arc<Membership>,
 }
@@ -409,6 +413,7 @@ impl Subscription {
                 tx,
                 missed: 0,
                 held: held.clone(),
+                max_held: (capacity.max(1) as u64).saturating_mul(SUBSCRIPTION_BYTES_PER_SLOT),
             });
         Self {
             rx: Box::pin(rx),
@@ -475,5 +480,47 @@ impl fmt::Debug for Subscription {
             .field("id", &self._membership.id)
             .field("waiting", &self.rx.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn undelivered(bytes: usize) -> Event {
+        Event::Undelivered {
+            peer: glueberry_crypto::Identity::from_seed(&[1; 32]).peer_id(),
+            stream: StreamName::from_shared(Arc::from("s")),
+            unsent: vec![Bytes::from(vec![0u8; bytes])].into(),
+            unconfirmed: Arc::new([]),
+        }
+    }
+
+    /// A subscriber that does not read holds at most its byte bound (capacity × 64 KiB) of
+    /// handed-back messages, plus the one event an empty queue always takes; taking events
+    /// makes room again.
+    #[test]
+    fn a_subscription_that_does_not_read_holds_at_most_its_byte_bound() {
+        let subscribers: Subscribers = Arc::default();
+        let subscription = Subscription::join(&subscribers, 1, EventFilter::default(), 4);
+        let offer = |event: Event| {
+            let bytes = event.held_bytes();
+            subscribers.lock().unwrap()[0].offer(event, bytes)
+        };
+        assert!(
+            offer(undelivered(1 << 20)),
+            "an empty queue takes any event"
+        );
+        assert!(!offer(undelivered(1)), "past the bound (256 KiB): missed");
+        assert!(
+            offer(Event::Missed { count: 1 }),
+            "events without messages still fit"
+        );
+        assert!(subscription.try_recv().is_some());
+        assert_eq!(subscription.held.load(Ordering::Acquire), 0);
+        assert!(offer(undelivered(200 << 10)));
+        assert!(offer(undelivered(56 << 10)), "up to the bound");
+        assert!(!offer(undelivered(1)));
+        assert_eq!(subscription.held.load(Ordering::Acquire), 256 << 10);
     }
 }

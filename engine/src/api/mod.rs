@@ -26,8 +26,8 @@ pub use errors::{
 };
 pub(crate) use event::Subscribers;
 pub use event::{
-    Event, EventFilter, EventKind, Handler, Message, Refusal, SUBSCRIPTION_BYTES, StreamName,
-    Subscription,
+    Event, EventFilter, EventKind, Handler, Message, Refusal, SUBSCRIPTION_BYTES_PER_SLOT,
+    StreamName, Subscription,
 };
 pub use handle::Node;
 pub use health::{Health, HealthCheck};
