@@ -114,8 +114,10 @@ impl Validator {
     async fn gossip(&self, stream: &str, data: &Bytes, except: Option<PeerId>) {
         for &peer in &self.peers {
             if Some(peer) != except {
-                // A peer that left meanwhile is not an error for gossip.
-                let _ = self.node.send(peer, stream, data.clone()).await;
+                // A peer that left meanwhile is not an error for gossip, and one that does not
+                // take its messages misses this one: `try_send` never waits on one peer, so a
+                // stalled peer does not hold up the validator's loop for the others.
+                let _ = self.node.try_send(peer, stream, data.clone());
             }
         }
     }
@@ -145,18 +147,26 @@ impl Validator {
                 Some(event) = events.recv() => match event {
                     Event::State { peer, state: ConnState::Connected, .. } => {
                         // Our hello first; the streams open when theirs checks out.
-                        let _ = self.node.send(peer, "handshake", hello(self.chain, self.height())).await;
+                        let _ = self.node.try_send(peer, "handshake", hello(self.chain, self.height()));
                     }
                     Event::State { peer, state: ConnState::Established, .. } => {
                         self.peers.insert(peer);
                         // Streams are open on both sides: a peer behind us catches up on
                         // blocksync.
                         let height = self.said.remove(&peer).unwrap_or(0);
-                        for h in height + 1..=self.height() {
-                            if let Some(block) = self.blocks.get(&h) {
-                                let _ = self.node.send(peer, "blocksync", block.clone()).await;
+                        let behind: Vec<Bytes> = (height + 1..=self.height())
+                            .filter_map(|h| self.blocks.get(&h).cloned())
+                            .collect();
+                        // The catch-up is a task of its own, waiting for room as `send` does:
+                        // a peer that takes it slowly holds up only itself, not this loop.
+                        let node = self.node.clone();
+                        tokio::spawn(async move {
+                            for block in behind {
+                                if node.send(peer, "blocksync", block).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
+                        });
                     }
                     Event::State { peer, state: ConnState::Disconnected, .. } => {
                         self.peers.remove(&peer);

@@ -24,7 +24,9 @@ fn start() -> Result<Node, Box<dyn std::error::Error>> {
     Ok(Node::start(config)?)
 }
 
-/// The server's loop: a tiny key-value store.
+/// The server's loop: a tiny key-value store. It serves every peer from one loop, so it
+/// answers with `try_respond`/`try_refuse`, which never wait: a client that stops taking its
+/// answers loses them (its requests time out on its side) and no other client waits for it.
 async fn serve(mut requests: glueberry::Requests) {
     let mut store: HashMap<String, String> = HashMap::new();
     let mut unanswered = Vec::new();
@@ -48,11 +50,11 @@ async fn serve(mut requests: glueberry::Requests) {
                 continue;
             }
             _ => {
-                let _ = request.refuse().await;
+                let _ = request.try_refuse();
                 continue;
             }
         };
-        let _ = request.respond(Bytes::from(answer)).await;
+        let _ = request.try_respond(Bytes::from(answer));
     }
 }
 

@@ -85,9 +85,11 @@ async fn serve(node: &Node, streams: &[String]) -> Result<(), String> {
                 _ => {}
             },
             Some(ping) = pings.recv() => {
-                // The reply is the request, back on the same stream.
-                if let Err(e) = node.send(ping.peer, PING_STREAM, ping.data).await {
-                    tracing::debug!(peer = %ping.peer, error = %e, "ping not answered");
+                // The reply is the request, back on the same stream. One loop serves every
+                // peer, so it never waits on one: a peer that does not take its answers (its
+                // stream is full) is not answered, and no other peer waits for it.
+                if let Err(e) = node.try_send(ping.peer, PING_STREAM, ping.data) {
+                    tracing::debug!(peer = %ping.peer, error = %e.error, "ping not answered");
                 }
             }
             Some(message) = other.recv() => {

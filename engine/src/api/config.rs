@@ -23,6 +23,7 @@ pub struct NodeConfig {
     pub(super) event_buffer: usize,
     pub(super) command_queue: usize,
     pub(super) stream_queue: (usize, usize),
+    pub(super) respond_timeout: std::time::Duration,
     pub(super) pin_threads: bool,
     pub(super) cpus: Option<Vec<usize>>,
     pub(super) ring_entries: u32,
@@ -103,6 +104,7 @@ impl NodeConfig {
             event_buffer: 100,
             command_queue: 4096,
             stream_queue: (16 * 1024, 16 * 1024 * 1024),
+            respond_timeout: std::time::Duration::from_secs(5),
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
@@ -327,6 +329,18 @@ impl NodeConfig {
     /// queue.
     pub fn stream_queue(mut self, messages: usize, bytes: usize) -> Self {
         self.stream_queue = (messages.max(1), bytes.max(1));
+        self
+    }
+
+    /// How long [`Request::respond`](crate::Request::respond) and
+    /// [`Request::refuse`](crate::Request::refuse) may wait for room on the requester's
+    /// stream, counted from when the request arrived (default 5 s): a requester that stops
+    /// taking its answers makes them fail with
+    /// [`NodeSendError::TimedOut`](crate::NodeSendError::TimedOut), never park the server's
+    /// loop for longer. (A loop that must never wait answers with
+    /// [`Request::try_respond`](crate::Request::try_respond).)
+    pub fn respond_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.respond_timeout = timeout.min(glueberry_transport::MAX_TIMEOUT);
         self
     }
 

@@ -110,6 +110,12 @@ pub enum NodeSendError {
     /// The peer did not open this stream on its side.
     #[error("the peer rejected this stream")]
     StreamRejected,
+    /// No room came on the stream within the time allowed
+    /// ([`Node::send_timeout`](crate::Node::send_timeout), or a response past its
+    /// `respond_timeout`): the peer is not taking what it was sent. The message was not
+    /// accepted.
+    #[error("no room on the peer's stream in the time allowed: it is not taking its messages")]
+    TimedOut,
 }
 
 /// A full command queue refuses as `BufferFull`; a closed one (the node stopped) as `Stopped`.

@@ -56,7 +56,35 @@ impl Node {
     /// [`Node::send`](crate::Node::send) on a route (the fast path: no name is looked up).
     pub async fn send_on(&self, route: &Route, data: Bytes) -> Result<(), NodeSendError> {
         self.check_size(&data)?;
-        let route = self.reserve(route, 1, data.len()).await?;
+        let route = self.reserve(route, 1, data.len(), None).await?;
+        let handle = &self.inner.shared.shards[route.shard];
+        self.push_send(handle, Command::Send { route, data }).await
+    }
+
+    /// [`Node::send`](crate::Node::send) that waits for room at most `timeout`, then fails with
+    /// [`NodeSendError::TimedOut`] (the message was not accepted): for a loop that serves many
+    /// peers and must not wait long on one that stopped reading. Cancel-safe while it waits.
+    pub async fn send_timeout<S: StreamRef + ?Sized>(
+        &self,
+        peer: PeerId,
+        stream: &S,
+        data: Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<(), NodeSendError> {
+        let route = stream.route_for(self, peer);
+        self.send_until(&route, data, std::time::Instant::now() + timeout)
+            .await
+    }
+
+    /// [`Node::send_timeout`](crate::Node::send_timeout) on a route, with a deadline.
+    pub(super) async fn send_until(
+        &self,
+        route: &Route,
+        data: Bytes,
+        deadline: std::time::Instant,
+    ) -> Result<(), NodeSendError> {
+        self.check_size(&data)?;
+        let route = self.reserve(route, 1, data.len(), Some(deadline)).await?;
         let handle = &self.inner.shared.shards[route.shard];
         self.push_send(handle, Command::Send { route, data }).await
     }
@@ -83,7 +111,7 @@ impl Node {
                 bytes += next.len();
                 batch.extend(messages.next());
             }
-            let shared = self.reserve(route, batch.len(), bytes).await?;
+            let shared = self.reserve(route, batch.len(), bytes, None).await?;
             let handle = &self.inner.shared.shards[shared.shard];
             let command = Command::SendBatch {
                 route: shared,
@@ -179,6 +207,7 @@ impl Node {
         route: &Route,
         count: usize,
         bytes: usize,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Arc<RouteShared>, NodeSendError> {
         let mut route = match self.try_reserve(&route.0, count, bytes)? {
             Ok(route) => return Ok(route),
@@ -186,6 +215,11 @@ impl Node {
         };
         let waited = std::time::Instant::now();
         self.inner.backpressure_engaged.increment(1);
+        // Nothing is reserved while waiting: dropping this future, or the deadline, leaves no
+        // trace.
+        let mut timer = deadline.map(|at| {
+            futures_timer::Delay::new(at.saturating_duration_since(std::time::Instant::now()))
+        });
         loop {
             let listener = route.listen();
             match self.try_reserve(&route, count, bytes)? {
@@ -195,7 +229,16 @@ impl Node {
                 }
                 Err(full) => route = full,
             }
-            listener.await;
+            match timer.as_mut() {
+                None => listener.await,
+                Some(timer) => {
+                    if let futures::future::Either::Right(_) =
+                        futures::future::select(listener, timer).await
+                    {
+                        return Err(NodeSendError::TimedOut);
+                    }
+                }
+            }
         }
         self.inner
             .backpressure_wait

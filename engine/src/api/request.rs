@@ -29,20 +29,43 @@ pub struct Request {
     pub data: Bytes,
     id: u64,
     node: Node,
+    /// The longest an answer may wait for room (`NodeConfig::respond_timeout` after arrival).
+    deadline: std::time::Instant,
 }
 
 impl Request {
-    /// Sends `data` back as the response (waits for room on the stream, as `send` does).
+    /// Sends `data` back as the response, waiting for room on the requester's stream as `send`
+    /// does, but no later than `NodeConfig::respond_timeout` after the request arrived: a
+    /// requester that stops taking its answers gets [`NodeSendError::TimedOut`], and a server
+    /// loop that awaits this waits on it no longer than that. A loop that must never wait on
+    /// one peer answers with [`Request::try_respond`].
     pub async fn respond(self, data: Bytes) -> Result<(), NodeSendError> {
         let message = rpc::encode(rpc::RESPONSE, self.id, &data);
-        self.node.send(self.peer, &self.stream, message).await
+        let route = self.node.route(self.peer, &self.stream);
+        self.node.send_until(&route, message, self.deadline).await
+    }
+
+    /// Sends `data` back as the response if the requester's stream has room now; never waits.
+    /// Refused (`BufferFull`) only when the requester is not taking what it was sent: its own
+    /// request then times out on its side, and no other peer is kept waiting.
+    pub fn try_respond(self, data: Bytes) -> Result<(), crate::TrySendError> {
+        let message = rpc::encode(rpc::RESPONSE, self.id, &data);
+        self.node.try_send(self.peer, &self.stream, message)
+    }
+
+    /// [`Request::refuse`] if the requester's stream has room now; never waits.
+    pub fn try_refuse(self) -> Result<(), crate::TrySendError> {
+        let message = rpc::encode(rpc::REFUSED, self.id, &[]);
+        self.node.try_send(self.peer, &self.stream, message)
     }
 
     /// Tells the peer this request will not be answered: its `request` returns
-    /// [`RequestError::Refused`] at once instead of waiting for its timeout.
+    /// [`RequestError::Refused`] at once instead of waiting for its timeout. Waits for room no
+    /// longer than [`Request::respond`].
     pub async fn refuse(self) -> Result<(), NodeSendError> {
         let message = rpc::encode(rpc::REFUSED, self.id, &[]);
-        self.node.send(self.peer, &self.stream, message).await
+        let route = self.node.route(self.peer, &self.stream);
+        self.node.send_until(&route, message, self.deadline).await
     }
 }
 
@@ -68,6 +91,7 @@ impl Requests {
             data,
             id,
             node: self.node.clone(),
+            deadline: std::time::Instant::now() + self.node.inner.shared.respond_timeout,
         })
     }
 }

@@ -257,6 +257,7 @@ fn shared_state(
         busy_poll: config.busy_poll,
         routes: crate::route::RouteTable::default(),
         stream_queue: config.stream_queue,
+        respond_timeout: config.respond_timeout,
         registered_send_buffers: AtomicU64::new(0),
         memlock_warned: AtomicBool::new(false),
         abandoned_operations: AtomicU64::new(0),

@@ -189,6 +189,8 @@ pub(crate) struct Shared {
     pub routes: crate::route::RouteTable,
     /// The bound of one route's queue: messages and bytes (`NodeConfig::stream_queue`).
     pub stream_queue: (usize, usize),
+    /// How long a response may wait for room (`NodeConfig::respond_timeout`).
+    pub respond_timeout: std::time::Duration,
     /// Registered send buffers over all shards.
     pub registered_send_buffers: AtomicU64,
     /// Whether the short-memlock warning was given (once per node).

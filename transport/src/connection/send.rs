@@ -384,11 +384,12 @@ impl Connection {
                 written += n;
                 self.send_progress |= n > 0;
                 self.queued_bytes -= queued - stream.queued_bytes;
-                if completed > 0 {
-                    if stream.blocked && stream.queue.len() <= self.config.low_watermark {
-                        stream.blocked = false;
-                        self.events.push_back(Event::Writable(StreamId(index)));
-                    }
+                if completed > 0
+                    && stream.blocked
+                    && stream.queue.len() <= self.config.low_watermark
+                {
+                    stream.blocked = false;
+                    self.events.push_back(Event::Writable(StreamId(index)));
                 }
                 if n == 0 {
                     // Data and credit but no progress (the record is out of room for it, or
