@@ -314,6 +314,8 @@ pub(crate) struct PeerStream {
     pub window: u64,
     /// Bytes the application consumed that we have not yet granted back.
     pub released: u64,
+    /// Messages the application consumed since we last granted credit back.
+    pub released_messages: u32,
     /// A message being reassembled from fragments, and its announced length.
     pub partial: Option<(BytesMut, usize)>,
     /// Our acceptance (the stream's first CREDIT) was written out: from then on the peer may
@@ -328,6 +330,7 @@ impl PeerStream {
             state,
             window,
             released: 0,
+            released_messages: 0,
             partial: None,
             announced: matches!(state, RecvState::Accepted { .. }),
         }

@@ -43,6 +43,10 @@ pub struct StreamStats {
     pub unconfirmed_messages: u64,
 }
 
+/// Credit for this many consumed messages goes back even below a quarter window (PROTOCOL.md
+/// §5.4): a sender's bound on what it holds unconfirmed is often counted in messages.
+pub(crate) const CREDIT_BATCH_MESSAGES: u32 = 256;
+
 /// How long after the last input credit below the batch size waits before it is sent anyway.
 const CREDIT_DELAY: Duration = Duration::from_millis(10);
 

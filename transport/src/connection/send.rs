@@ -138,7 +138,16 @@ impl Connection {
             return;
         };
         let amount = len as u64 + MESSAGE_CREDIT_OVERHEAD;
-        let batch = u64::from(self.config.initial_window / 4);
+        // Credit goes back a quarter window at a time, or every `CREDIT_BATCH_MESSAGES`
+        // messages, whichever comes first: the sender holds what it wrote until we confirm it
+        // (its send bound counts unconfirmed messages), so many small messages must not wait
+        // for a quarter window of bytes.
+        peer_stream.released_messages += 1;
+        let batch = if peer_stream.released_messages >= CREDIT_BATCH_MESSAGES {
+            1
+        } else {
+            u64::from(self.config.initial_window / 4)
+        };
         Self::credit_back(peer_id, peer_stream, amount, batch, &mut self.control);
         self.credit_owed |= peer_stream.released > 0;
         self.grant_connection_credit(amount);
@@ -155,6 +164,7 @@ impl Connection {
     ) {
         peer_stream.released += amount;
         if peer_stream.released > 0 && peer_stream.released >= batch {
+            peer_stream.released_messages = 0;
             let increment = peer_stream.released.min(u64::from(u32::MAX)) as u32;
             peer_stream.released -= u64::from(increment);
             peer_stream.window += u64::from(increment);
