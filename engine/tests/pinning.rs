@@ -5,166 +5,19 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
 
 mod common;
+use common::raw::{Raw, accept};
 use common::{rss_kib, vm_data_kib};
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glueberry::crypto::handshake::Handshake;
-use glueberry::crypto::record::{HEADER_LEN, RecordHeader, RecordOpener, RecordSealer, TAG_LEN};
-use glueberry::crypto::{HandshakeConfig, Identity, PeerId};
-use glueberry::transport::frame::{DATA_FIRST, DATA_LAST, Frame, Settings};
+use glueberry::crypto::PeerId;
+use glueberry::transport::frame::{DATA_FIRST, DATA_LAST, Frame};
 use glueberry::transport::{CloseCode, CloseReason, ConnState, ConnectionConfig};
 use glueberry::{Event, Node, NodeConfig};
 
 const NET: &str = "pinning-test";
 const T: Duration = Duration::from_secs(10);
-
-/// A peer that authenticated and then writes frames of its choosing.
-struct Raw {
-    peer: PeerId,
-    socket: TcpStream,
-    sealer: RecordSealer,
-    opener: RecordOpener,
-}
-
-impl Raw {
-    /// Runs the secure handshake with `node` over a fresh socket and sends SETTINGS (with the
-    /// default windows) and OPEN for `streams` (ids 1..).
-    fn connect(node: &Node, streams: &[&str]) -> Raw {
-        let identity = Identity::generate().unwrap();
-        let config = Arc::new(HandshakeConfig::new(&identity, NET).unwrap());
-        let mut handshake = Handshake::initiator(config, Some(node.peer_id())).unwrap();
-        let mut socket = TcpStream::connect(node.listen_addr()).unwrap();
-        socket.set_nodelay(true).unwrap();
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 16 * 1024];
-        while !handshake.is_finished() {
-            out.clear();
-            handshake.poll_transmit(&mut out);
-            socket.write_all(&out).unwrap();
-            if handshake.is_finished() {
-                break;
-            }
-            let n = socket.read(&mut buf).unwrap();
-            assert!(n > 0, "the node closed during the handshake");
-            handshake.handle_input(&buf[..n]).unwrap();
-        }
-        out.clear();
-        handshake.poll_transmit(&mut out);
-        socket.write_all(&out).unwrap();
-        let (sealer, opener) = handshake.into_session().unwrap().into_channel();
-        let mut raw = Raw {
-            peer: identity.peer_id(),
-            socket,
-            sealer,
-            opener,
-        };
-        let defaults = ConnectionConfig::default();
-        let mut frames = vec![Frame::Settings(Settings {
-            max_message_size: defaults.max_message_size as u32,
-            max_streams: defaults.max_streams,
-            initial_window: defaults.initial_window,
-            connection_window: defaults.connection_window,
-        })];
-        for (i, name) in streams.iter().enumerate() {
-            frames.push(Frame::Open {
-                stream: i as u16 + 1,
-                name: name.as_bytes(),
-            });
-        }
-        raw.send(&frames).unwrap();
-        raw
-    }
-
-    /// Seals `frames` into one record and writes it.
-    fn send(&mut self, frames: &[Frame<'_>]) -> std::io::Result<()> {
-        let len: usize = frames.iter().map(Frame::encoded_len).sum();
-        let mut record = vec![0u8; HEADER_LEN + len + TAG_LEN];
-        let mut at = HEADER_LEN;
-        for frame in frames {
-            at += frame.encode(&mut record[at..]).unwrap();
-        }
-        let n = self.sealer.seal_in_place(&mut record, len).unwrap();
-        self.socket.write_all(&record[..n])
-    }
-
-    /// Reads the node's records until it has accepted streams 1..=`count` (a CREDIT for each):
-    /// DATA may go on them from then on (PROTOCOL.md §5.2).
-    fn wait_accepted(&mut self, count: u16) {
-        let mut inbox = Vec::new();
-        let mut accepted = vec![false; usize::from(count)];
-        let mut buf = vec![0u8; 64 * 1024];
-        self.socket.set_read_timeout(Some(T)).unwrap();
-        while accepted.contains(&false) {
-            let n = self.socket.read(&mut buf).unwrap();
-            assert!(n > 0, "the node closed before accepting the streams");
-            inbox.extend_from_slice(&buf[..n]);
-            while inbox.len() >= HEADER_LEN {
-                let header = RecordHeader::decode(inbox[..HEADER_LEN].try_into().unwrap()).unwrap();
-                let len = header.record_len();
-                if inbox.len() < len {
-                    break;
-                }
-                let mut record: Vec<u8> = inbox.drain(..len).collect();
-                let mut plain = &*self.opener.open_in_place(&mut record).unwrap();
-                while !plain.is_empty() {
-                    let (frame, used) = Frame::decode(plain).unwrap();
-                    if let Frame::Credit { stream, .. } = frame
-                        && (1..=count).contains(&stream)
-                    {
-                        accepted[usize::from(stream - 1)] = true;
-                    }
-                    plain = &plain[used..];
-                }
-            }
-        }
-        self.socket.set_read_timeout(None).unwrap();
-    }
-
-    /// Answers nothing, reads and drops whatever the node sends (keeps its window open).
-    fn drain(&mut self) {
-        self.socket.set_nonblocking(true).unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = self.socket.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
-        self.socket.set_nonblocking(false).unwrap();
-    }
-}
-
-/// Accepts `raw`'s streams on `node` (the application handshake), waits for Established and
-/// for the acceptances to reach `raw`.
-fn accept(node: &Node, raw: &mut Raw, streams: &[&str]) {
-    let deadline = Instant::now() + T;
-    while node.state(raw.peer) != ConnState::Connected {
-        assert!(
-            Instant::now() < deadline,
-            "not Connected: {:?}",
-            node.state(raw.peer)
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    node.complete_handshake(raw.peer, streams).unwrap();
-    while node.state(raw.peer) != ConnState::Established {
-        assert!(Instant::now() < deadline, "not Established");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    raw.wait_accepted(streams.len() as u16);
-}
-
-/// The memory these tests measure is the whole process's: they run one at a time, so one
-/// test's queues are not counted as another's.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn node(config: NodeConfig) -> Node {
     Node::start(config.shards(1).event_buffer(100_000)).unwrap()
@@ -176,7 +29,7 @@ fn config() -> NodeConfig {
 
 #[test]
 fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
-    let _serial = one_at_a_time();
+    let _alone = common::alone();
     // Sixteen peers from one address: the per-group socket limit is not what is tested here.
     let node = node(config().limits(glueberry::ConnectionLimits {
         max_inbound_per_group: 64,
@@ -274,7 +127,7 @@ fn messages_begun_on_every_stream_pin_at_most_the_connection_window() {
 
 #[test]
 fn tiny_records_one_per_segment_do_not_pin_receive_buffers() {
-    let _serial = one_at_a_time();
+    let _alone = common::alone();
     // The application does not read: every message stays in the node's channel. Receives go
     // into the node's own 256 KiB buffers (not the kernel-provided ring), each handed to the
     // connection whole: the case where a message sliced out of one would keep it alive.
@@ -398,7 +251,7 @@ fn stall_config() -> NodeConfig {
 
 #[test]
 fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
-    let _serial = one_at_a_time();
+    let _alone = common::alone();
     let node = node(stall_config());
     let events = node.events();
     let mut raw = Raw::connect(&node, &["blocks"]);
@@ -428,7 +281,7 @@ fn a_peer_that_withholds_credit_but_pings_is_cut_at_the_send_stall_timeout() {
 
 #[test]
 fn a_peer_with_a_zero_window_is_cut_and_its_socket_closed() {
-    let _serial = one_at_a_time();
+    let _alone = common::alone();
     let node = node(stall_config());
     let events = node.events();
     let mut raw = Raw::connect(&node, &["blocks"]);

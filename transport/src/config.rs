@@ -30,7 +30,8 @@ pub struct ConnectionConfig {
     /// hold in received messages and reassembly, whatever its number of streams. At least
     /// `max_message_size` + 6, so that any message fits.
     pub connection_window: u32,
-    /// Queued messages per stream at which `send` stops accepting (default 1000).
+    /// Queued messages per stream at which `send` stops accepting (default 1000); also the most
+    /// messages a stream keeps written and not yet confirmed by the peer.
     pub high_watermark: usize,
     /// Queued messages per stream at which a blocked stream accepts again (default 100).
     pub low_watermark: usize,

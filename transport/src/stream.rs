@@ -67,6 +67,10 @@ pub(crate) struct LocalStream {
     pub cap: u64,
     /// Credit written (message bytes plus overhead, fragments included) and not yet confirmed.
     pub unconfirmed: u64,
+    /// The most messages `in_flight` may hold (our `high_watermark`): credit counts 6 bytes a
+    /// message, memory more (a `Bytes` and its allocation), so tiny messages are bounded by
+    /// count too.
+    pub max_unconfirmed_messages: usize,
     /// When the stall check first saw messages written: `(messages written by then, time)`,
     /// oldest first. The front of `in_flight` was written no later than the time of the first
     /// checkpoint whose count exceeds its sequence number, so its age is never overestimated.
@@ -111,6 +115,7 @@ impl LocalStream {
             in_flight: VecDeque::new(),
             cap: u64::MAX,
             unconfirmed: 0,
+            max_unconfirmed_messages: usize::MAX,
             checkpoints: VecDeque::new(),
             confirmed: 0,
             front_offset: 0,
@@ -194,7 +199,10 @@ impl LocalStream {
     }
 
     pub(crate) fn sendable(&self) -> bool {
-        self.state == SendState::Open && !self.queue.is_empty() && self.available_credit() > 0
+        self.state == SendState::Open
+            && !self.queue.is_empty()
+            && self.available_credit() > 0
+            && self.in_flight.len() < self.max_unconfirmed_messages
     }
 
     /// Writes as many queued messages (or fragments) as fit in `out`, the stream's credit, the
@@ -214,6 +222,9 @@ impl LocalStream {
         let mut written = 0;
         let mut completed = 0;
         while let Some(message) = self.queue.front() {
+            if self.in_flight.len() >= self.max_unconfirmed_messages {
+                break;
+            }
             let first = self.front_offset == 0;
             let remaining = message.len() - self.front_offset;
             let space = out.len() - written;

@@ -91,8 +91,11 @@ fn steady_state_allocates_far_less_than_once_per_message() {
         for size in [64, 1024] {
             let per_message = allocations_per_message(cipher, size, 100);
             println!("{cipher:?} {size} B: {per_message:.5} allocations per message");
-            // The receive buffer grows in 64 KiB steps: about one allocation per 64 KiB.
-            let bound = (size as f64 + 30.0) / (32.0 * 1024.0);
+            // The receive buffer grows in 64 KiB steps (about one allocation per 64 KiB), and
+            // messages small beside it are copied into 64 KiB chunks (two allocations per
+            // chunk: its bytes and their shared header) so that a held one pins only its
+            // chunk: about three allocations per 64 KiB of messages, with a margin.
+            let bound = 4.0 * (size as f64 + 30.0) / (64.0 * 1024.0);
             assert!(
                 per_message <= bound,
                 "{cipher:?} {size} B: {per_message} allocations per message (bound {bound})"

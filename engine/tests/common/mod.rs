@@ -1,6 +1,8 @@
 //! What the integration tests share: measures of their own process, nodes on loopback, waits.
 #![allow(dead_code, clippy::unwrap_used)] // each test binary uses a part
 
+pub(crate) mod raw;
+
 /// Resident memory of this process, in KiB.
 pub(crate) fn rss_kib() -> u64 {
     status_field("VmRSS:")

@@ -41,6 +41,11 @@ pub struct StreamStats {
     pub queued_messages: u64,
     /// Messages written whose receipt the peer has not yet confirmed.
     pub unconfirmed_messages: u64,
+    /// Payload bytes of the queued messages.
+    pub queued_bytes: u64,
+    /// Credit (payload plus 6 per message) written and not yet confirmed: what we hold for the
+    /// peer in sent messages, at most our `initial_window` per stream whatever the peer grants.
+    pub unconfirmed_bytes: u64,
 }
 
 /// Credit for this many consumed messages goes back even below a quarter window (PROTOCOL.md
@@ -58,7 +63,7 @@ const RX_CHUNK: usize = 64 * 1024;
 const COPY_OUT_RATIO: usize = 8;
 /// The chunk that small received messages are copied into, back to back: one allocation per
 /// this many bytes of them, not one per message.
-const SMALL_CHUNK: usize = 16 * 1024;
+const SMALL_CHUNK: usize = 64 * 1024;
 /// Initial capacity of a connection's event queue and of each stream's send queue.
 const INITIAL_QUEUE: usize = 16;
 
@@ -224,6 +229,7 @@ impl Connection {
         )));
         streams[0].peer_id = Some(0);
         streams[0].cap = u64::from(config.initial_window);
+        streams[0].max_unconfirmed_messages = config.high_watermark;
         Self {
             direction,
             phase: Phase::Handshaking,
@@ -518,6 +524,8 @@ impl Connection {
                 received_bytes: s.received_bytes,
                 queued_messages: s.queue.len() as u64,
                 unconfirmed_messages: s.in_flight.len() as u64,
+                queued_bytes: s.queued_bytes,
+                unconfirmed_bytes: s.unconfirmed,
             })
             .collect()
     }

@@ -47,6 +47,7 @@ impl Connection {
                 self.config.priority_of(name),
             );
             stream.cap = u64::from(self.config.initial_window);
+            stream.max_unconfirmed_messages = self.config.high_watermark;
             stream.open_pending = true;
             self.streams.push(stream);
         }
