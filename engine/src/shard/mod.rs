@@ -294,7 +294,7 @@ impl Shard {
         self.cancel_stuck_closes(now)?;
         self.deliver_events();
         self.retry_handoffs();
-        self.flush_sends()?;
+        self.flush_sends(now)?;
         self.arm_recvs()?;
         Ok(())
     }

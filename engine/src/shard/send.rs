@@ -139,7 +139,7 @@ impl Shard {
             .find(|r| &*r.name == name)
     }
 
-    pub(super) fn flush_sends(&mut self) -> io::Result<()> {
+    pub(super) fn flush_sends(&mut self, now: Instant) -> io::Result<()> {
         for (&id, io) in &mut self.conns {
             if !io.connected || io.send.is_some() || io.closing.is_some() || io.handoff {
                 continue;
@@ -151,7 +151,7 @@ impl Shard {
                 let Some(fixed) = self.backend.fixed_mut(index) else {
                     continue;
                 };
-                let n = self.core.poll_transmit(id, fixed);
+                let n = self.core.poll_transmit_at(id, now, fixed);
                 if n == 0 {
                     self.fixed_free.push(index);
                     continue;
@@ -171,7 +171,7 @@ impl Shard {
                 .take()
                 .or_else(|| self.send_pool.pop())
                 .unwrap_or_else(|| vec![0u8; SEND_BUF]);
-            let n = self.core.poll_transmit(id, &mut buf);
+            let n = self.core.poll_transmit_at(id, now, &mut buf);
             if n == 0 {
                 if self.send_pool.len() < SEND_POOL {
                     self.send_pool.push(buf);

@@ -226,3 +226,45 @@ fn a_held_small_message_does_not_pin_the_receive_buffer_it_arrived_in() {
         "a large one is a slice, not a copy"
     );
 }
+
+/// A peer that grants the largest windows and then says nothing at all (no credit, no PING):
+/// the deadline still comes, from when the messages were written, with only timers driving.
+#[test]
+fn a_silent_peer_that_never_confirms_is_cut_by_the_timer_alone() {
+    let stall = Duration::from_secs(5);
+    let ours = Arc::new(ConnectionConfig {
+        send_stall_timeout: stall,
+        ..ConnectionConfig::default()
+    });
+    let mut p = Pair::connected_with(ours, greedy_peer());
+    p.a.complete_handshake(&["s"]).expect("a");
+    p.b.complete_handshake(&["s"]).expect("b");
+    p.pump();
+    let s = p.a.stream_id("s").expect("s");
+    queue(&mut p, s, 100, 64 * 1024);
+    let start = p.now + Duration::from_secs(1);
+    let mut buf = vec![0u8; 1 << 20];
+    // a writes; b reads and answers nothing.
+    loop {
+        let n = p.a.poll_transmit_at(start, &mut buf);
+        if n == 0 {
+            break;
+        }
+        p.b.handle_input(start, &buf[..n]);
+    }
+    events(&mut p.b);
+    assert!(p.a.unconfirmed_bytes() > 0);
+    let deadline = p.a.poll_timeout().expect("a deadline");
+    assert_eq!(
+        deadline,
+        start + stall,
+        "the deadline counts from the write"
+    );
+    p.a.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(!p.a.is_closed(), "not before");
+    p.a.handle_timeout(deadline);
+    assert_eq!(
+        p.a.close_reason(),
+        Some(&CloseReason::Local(CloseCode::SendStalled))
+    );
+}

@@ -140,6 +140,11 @@ pub struct Connection {
     /// When the oldest unconfirmed message was written (no later than), as the last stall
     /// check found it.
     oldest_unconfirmed: Option<Instant>,
+    /// The latest time we were given (inputs, timers, [`Connection::poll_transmit_at`]): what
+    /// messages written now are stamped with.
+    clock: Instant,
+    /// `poll_transmit` wrote whole messages (they are stamped when it returns).
+    wrote_messages: bool,
     /// What the peer may still send us on all streams together.
     recv_window: u64,
     /// Connection credit the application released and we have not yet granted back.
@@ -256,6 +261,8 @@ impl Connection {
             send_reserved: 0,
             unconfirmed: 0,
             oldest_unconfirmed: None,
+            clock: now,
+            wrote_messages: false,
             recv_window: u64::from(config.connection_window),
             recv_released: 0,
             queued_bytes: 0,
@@ -302,6 +309,7 @@ impl Connection {
         if self.phase == Phase::Closed {
             return;
         }
+        self.clock = self.clock.max(now);
         if self.credit_owed && now >= self.last_recv + CREDIT_DELAY {
             self.credit_owed = false;
             self.grant_connection_credit(0);
@@ -375,11 +383,8 @@ impl Connection {
         if self.phase == Phase::Closed {
             return;
         }
-        self.oldest_unconfirmed = self
-            .streams
-            .iter_mut()
-            .filter_map(|s| s.oldest_unconfirmed(now))
-            .min();
+        self.clock = self.clock.max(now);
+        self.note_unconfirmed(now);
         if self
             .oldest_unconfirmed
             .is_some_and(|at| now.saturating_duration_since(at) >= self.config.send_stall_timeout)
@@ -396,6 +401,16 @@ impl Connection {
         if now.saturating_duration_since(since) >= self.config.send_stall_timeout {
             self.close(CloseCode::SendStalled);
         }
+    }
+
+    /// Stamps messages written since the last stamp with `now` and finds when the oldest
+    /// unconfirmed one was written.
+    pub(super) fn note_unconfirmed(&mut self, now: Instant) {
+        self.oldest_unconfirmed = self
+            .streams
+            .iter_mut()
+            .filter_map(|s| s.oldest_unconfirmed(now))
+            .min();
     }
 
     /// Our streams' ids and names.

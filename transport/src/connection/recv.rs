@@ -20,6 +20,7 @@ impl Connection {
             return;
         }
         self.last_recv = now;
+        self.clock = self.clock.max(now);
         if let Some(handshake) = self.handshake.as_mut() {
             let result = handshake.handle_input(data);
             handshake.poll_transmit(&mut self.handshake_out);
@@ -74,6 +75,7 @@ impl Connection {
             return;
         }
         self.last_recv = now;
+        self.clock = self.clock.max(now);
         self.rx_capacity = data.capacity();
         self.rx = data;
         if let Err(e) = self.process_records(now) {

@@ -231,6 +231,14 @@ impl Connection {
 
     // ---- outputs ----
 
+    /// [`Connection::poll_transmit`] at `now`: the messages written are stamped with it, so the
+    /// send-stall deadline (the age of the oldest unconfirmed message) counts from when they
+    /// were written. Without it they are stamped with the time of the last input or timer.
+    pub fn poll_transmit_at(&mut self, now: Instant, out: &mut [u8]) -> usize {
+        self.clock = self.clock.max(now);
+        self.poll_transmit(out)
+    }
+
     /// Writes what is ready to send into `out` (whole records, sealed in place) and returns how
     /// many bytes it wrote. Call until it returns 0 or the transport cannot take more.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> usize {
@@ -287,6 +295,9 @@ impl Connection {
             if self.phase == Phase::Closed {
                 break;
             }
+        }
+        if std::mem::take(&mut self.wrote_messages) {
+            self.note_unconfirmed(self.clock);
         }
         pos
     }
@@ -395,6 +406,7 @@ impl Connection {
                 written += n;
                 self.send_progress |= n > 0;
                 self.queued_bytes -= queued - stream.queued_bytes;
+                self.wrote_messages |= completed > 0;
                 if completed > 0
                     && stream.blocked
                     && stream.queue.len() <= self.config.low_watermark

@@ -178,6 +178,14 @@ impl NodeCore {
             .map_or(0, |c| c.conn.poll_transmit(out))
     }
 
+    /// [`NodeCore::poll_transmit`] at `now`: what is written is known to have been written
+    /// then (the send-stall deadline counts from it; see [`Connection::poll_transmit_at`]).
+    pub fn poll_transmit_at(&mut self, conn: ConnId, now: Instant, out: &mut [u8]) -> usize {
+        self.conns
+            .get_mut(&conn)
+            .map_or(0, |c| c.conn.poll_transmit_at(now, out))
+    }
+
     /// Records the last `poll_transmit` on `conn` sealed.
     pub fn last_records(&self, conn: ConnId) -> usize {
         self.conns.get(&conn).map_or(0, |c| c.conn.last_records())
