@@ -374,6 +374,12 @@ fn never_confirms(trickle: bool) {
         "the node grew by {} KiB",
         seen.peak_rss - rss_before
     );
+    // (j) The attacker gone, the node is back within the documented slack of where it was
+    // (SECURITY.md: 16 MiB, what the allocator may keep of freed queues).
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS {rss_after} KiB after the attacker left, {rss_before} KiB before"
+    );
     served_alike(&before, &seen.honest);
     honest.stop_blocking();
     server.node.stop_blocking();
