@@ -251,6 +251,7 @@
 
 pub mod address_book;
 mod api;
+mod budget;
 mod channel;
 mod limits;
 pub mod metrics;

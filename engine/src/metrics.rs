@@ -43,6 +43,8 @@ pub mod names {
     pub const MESSAGES_DROPPED: &str = "glueberry_messages_dropped_total";
     /// Counter: messages handed back in `Event::Undelivered` (a connection closed first).
     pub const MESSAGES_UNDELIVERED: &str = "glueberry_messages_undelivered_total";
+    /// Counter: peers cut because the node's send budget was spent (they held the most).
+    pub const BUDGET_CUTS: &str = "glueberry_budget_cuts_total";
     /// Counter: sends that found their stream's queue full and waited for room.
     pub const BACKPRESSURE_ENGAGED: &str = "glueberry_backpressure_engaged_total";
     /// Histogram: how long `Node::send` waited for room, in seconds.
@@ -127,6 +129,11 @@ fn describe() {
         "Messages handed back unsent or unconfirmed when their connection closed."
     );
     describe_counter!(
+        BUDGET_CUTS,
+        Unit::Count,
+        "Peers cut with OverBudget: the node's send budget was spent and they held the most."
+    );
+    describe_counter!(
         BACKPRESSURE_ENGAGED,
         Unit::Count,
         "Sends that found their stream full and waited."
@@ -202,6 +209,7 @@ pub(crate) struct ShardMetrics {
     pub encrypt_errors: Counter,
     pub messages_dropped: Counter,
     pub messages_undelivered: Counter,
+    pub budget_cuts: Counter,
     pub events_dropped: Counter,
     pub submissions: Counter,
     pub completions: Counter,
@@ -232,6 +240,7 @@ impl ShardMetrics {
             encrypt_errors: counter!(names::ENCRYPT_ERRORS, "shard" => s.clone()),
             messages_dropped: counter!(names::MESSAGES_DROPPED, "shard" => s.clone()),
             messages_undelivered: counter!(names::MESSAGES_UNDELIVERED, "shard" => s.clone()),
+            budget_cuts: counter!(names::BUDGET_CUTS, "shard" => s.clone()),
             events_dropped: counter!(names::EVENTS_DROPPED, "shard" => s.clone()),
             submissions: counter!(names::RING_SUBMISSIONS, "shard" => s.clone()),
             completions: counter!(names::RING_COMPLETIONS, "shard" => s.clone()),

@@ -71,6 +71,8 @@ pub(crate) struct RouteShared {
     queued: AtomicU64,
     max_messages: u64,
     max_bytes: u64,
+    /// The node-wide budget this route's reservations count against.
+    budget: std::sync::Arc<crate::budget::NodeBudget>,
     /// Senders waiting for room (or for the state to change).
     space: event_listener::Event,
     waiting: AtomicBool,
@@ -85,8 +87,10 @@ impl RouteShared {
         name: StreamName,
         shard: usize,
         (max_messages, max_bytes): (usize, usize),
+        budget: std::sync::Arc<crate::budget::NodeBudget>,
     ) -> Self {
         Self {
+            budget,
             peer,
             name,
             shard,
@@ -128,7 +132,10 @@ impl RouteShared {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    self.budget.add(self.shard, len);
+                    return true;
+                }
                 Err(actual) => current = actual,
             }
         }
@@ -142,6 +149,7 @@ impl RouteShared {
         }
         self.queued
             .fetch_sub(pack(messages, bytes), Ordering::AcqRel);
+        self.budget.sub(self.shard, bytes);
         if self.waiting.swap(false, Ordering::SeqCst) {
             self.space.notify(usize::MAX);
         }
@@ -273,6 +281,19 @@ impl RouteTable {
         }
     }
 
+    /// The peer whose routes hold the most bytes (accepted and not confirmed), and how many.
+    pub(crate) fn largest_holder(&self) -> Option<(PeerId, usize, u64)> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes
+            .iter()
+            .filter_map(|(peer, list)| {
+                let held: u64 = list.iter().map(|r| r.queued().1).sum();
+                let shard = list.first()?.shard;
+                Some((*peer, shard, held))
+            })
+            .max_by_key(|&(_, _, held)| held)
+    }
+
     /// Routes kept, over all peers.
     pub(crate) fn len(&self) -> usize {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
@@ -286,7 +307,13 @@ mod tests {
 
     fn route(max: (usize, usize)) -> RouteShared {
         let peer = glueberry_crypto::Identity::from_seed(&[1; 32]).peer_id();
-        RouteShared::new(peer, StreamName::new("s"), 0, max)
+        RouteShared::new(
+            peer,
+            StreamName::new("s"),
+            0,
+            max,
+            std::sync::Arc::new(crate::budget::NodeBudget::unlimited()),
+        )
     }
 
     #[test]

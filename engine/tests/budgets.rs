@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glueberry::crypto::PeerId;
 use glueberry::transport::frame::{DATA_FIRST, DATA_LAST, Frame, Settings};
-use glueberry::transport::{ConnState, ConnectionConfig};
+use glueberry::transport::{CloseCode, CloseReason, ConnState, ConnectionConfig};
 use glueberry::{Event, EventFilter, Node, NodeSendError};
 
 const NET: &str = "budget-test";
@@ -36,13 +36,19 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(STALL, 1 << 30)
+    }
+
+    /// With this send-stall deadline and node-wide send budget.
+    fn start_with(stall: Duration, send_budget: u64) -> Server {
         let node = Node::start(
             common::loopback_config(NET)
                 .connection(ConnectionConfig {
-                    send_stall_timeout: STALL,
+                    send_stall_timeout: stall,
                     ..ConnectionConfig::default()
                 })
-                .message_buffer(10_000),
+                .message_buffer(10_000)
+                .send_budget(send_budget),
         )
         .unwrap();
         let events = node.subscribe(EventFilter::default(), 10_000);
@@ -581,6 +587,94 @@ fn a_flood_of_requests_on_a_call_only_stream_is_held_to_our_budget() {
         seen.peak_rss - rss_before
     );
     served(&before, &seen.honest);
+    honest.stop_blocking();
+    server.node.stop_blocking();
+}
+
+/// The node-wide budget: two peers that never confirm, one fed far more than the other, beside
+/// an honest one. When what the node holds for them all passes its budget (8 MiB here), the
+/// one holding the most is cut with `OverBudget` — not the smaller one, not the honest one.
+#[test]
+fn over_the_node_budget_the_peer_holding_the_most_is_cut() {
+    let _alone = common::alone();
+    const BUDGET: u64 = 8 << 20;
+    let server = Server::start_with(Duration::from_secs(60), BUDGET);
+    let honest = honest(&server);
+    let before = round_trips(
+        &honest,
+        server.node.peer_id(),
+        Duration::from_millis(300),
+        30,
+    );
+    let (small, _) = attacker(&server, greedy());
+    let (large, _) = attacker(&server, greedy());
+    let (small_peer, large_peer) = (small.peer, large.peer);
+    let events = server.node.subscribe(EventFilter::default(), 10_000);
+    // The small one gets 1 MiB and keeps it unconfirmed.
+    for _ in 0..16 {
+        futures::executor::block_on(server.node.send(
+            small_peer,
+            "feed",
+            Bytes::from(vec![1u8; 64 * 1024]),
+        ))
+        .unwrap();
+    }
+    let readers: Vec<_> = [small, large]
+        .into_iter()
+        .map(|mut raw| {
+            std::thread::spawn(
+                move || while raw.read_frames(Duration::from_millis(50), |_| true) {},
+            )
+        })
+        .collect();
+    // The large one is fed as fast as its route allows (16 MiB, twice the node's budget).
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = feed(&server.node, large_peer, stop.clone());
+    let deadline = Instant::now() + T;
+    let mut cut = None;
+    let mut honest_during = Samples::default();
+    while cut.is_none() {
+        assert!(Instant::now() < deadline, "no peer was cut over the budget");
+        let more = round_trips(&honest, server.node.peer_id(), Duration::from_millis(50), 1);
+        honest_during.times.extend(more.times);
+        honest_during.failed += more.failed;
+        while let Some(event) = events.try_recv() {
+            if let Event::State {
+                peer,
+                state: ConnState::Disconnected,
+                reason,
+                ..
+            } = event
+            {
+                cut = Some((peer, reason));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let accepted = feeder.join().unwrap();
+    let (peer, reason) = cut.unwrap();
+    println!(
+        "node budget {} MiB: {accepted} × 64 KiB accepted for the large peer; cut: {} with {:?}; \
+         the small one (1 MiB held) {:?}, the honest one {:?}",
+        BUDGET >> 20,
+        if peer == large_peer {
+            "the large peer"
+        } else {
+            "ANOTHER peer"
+        },
+        reason,
+        server.node.state(small_peer),
+        server.node.state(honest.peer_id()),
+    );
+    assert_eq!(peer, large_peer, "the peer holding the most is the one cut");
+    assert_eq!(reason, Some(CloseReason::Local(CloseCode::OverBudget)));
+    assert_eq!(server.node.state(small_peer), ConnState::Established);
+    assert_eq!(server.node.state(honest.peer_id()), ConnState::Established);
+    served(&before, &honest_during);
+    server.node.disconnect(small_peer).unwrap();
+    for reader in readers {
+        reader.join().unwrap();
+    }
     honest.stop_blocking();
     server.node.stop_blocking();
 }

@@ -140,6 +140,9 @@ pub enum CloseCode {
     /// 10: the peer took none of our data (zero TCP window, or credit withheld while we had
     /// data for it) for the send-stall timeout.
     SendStalled,
+    /// 11: the node's budget for what it holds for its peers was reached, and this peer held
+    /// the most of it (messages sent to it and not confirmed, queued for it).
+    OverBudget,
     /// A code this version does not define (received from a newer peer).
     Other(u16),
 }
@@ -159,6 +162,7 @@ impl CloseCode {
             CloseCode::HandshakeTimeout => 8,
             CloseCode::TooManyConnections => 9,
             CloseCode::SendStalled => 10,
+            CloseCode::OverBudget => 11,
             CloseCode::Other(code) => code,
         }
     }
@@ -177,6 +181,7 @@ impl CloseCode {
             8 => CloseCode::HandshakeTimeout,
             9 => CloseCode::TooManyConnections,
             10 => CloseCode::SendStalled,
+            11 => CloseCode::OverBudget,
             other => CloseCode::Other(other),
         }
     }
@@ -196,6 +201,7 @@ impl CloseCode {
             CloseCode::HandshakeTimeout => "HandshakeTimeout",
             CloseCode::TooManyConnections => "TooManyConnections",
             CloseCode::SendStalled => "SendStalled",
+            CloseCode::OverBudget => "OverBudget",
             CloseCode::Other(_) => return None,
         })
     }

@@ -24,6 +24,7 @@ pub struct NodeConfig {
     pub(super) command_queue: usize,
     pub(super) stream_queue: (usize, usize),
     pub(super) respond_timeout: std::time::Duration,
+    pub(super) send_budget: u64,
     pub(super) pin_threads: bool,
     pub(super) cpus: Option<Vec<usize>>,
     pub(super) ring_entries: u32,
@@ -105,6 +106,7 @@ impl NodeConfig {
             command_queue: 4096,
             stream_queue: (16 * 1024, 16 * 1024 * 1024),
             respond_timeout: std::time::Duration::from_secs(5),
+            send_budget: 1024 * 1024 * 1024,
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
@@ -329,6 +331,18 @@ impl NodeConfig {
     /// queue.
     pub fn stream_queue(mut self, messages: usize, bytes: usize) -> Self {
         self.stream_queue = (messages.max(1), bytes.max(1));
+        self
+    }
+
+    /// What the node may hold for all its peers together in messages its application accepted
+    /// and they have not confirmed — queued, or written and awaiting their credit — (default 1
+    /// GiB). Each (peer, stream) is bounded by [`NodeConfig::stream_queue`]; when the sum
+    /// passes this, the peer holding the most is cut with
+    /// [`CloseCode::OverBudget`](crate::transport::CloseCode::OverBudget) (reported as its
+    /// `Disconnected` state's reason; what it held comes back in `Event::Undelivered`), one
+    /// cut per 100 ms until the node is within it again. Never a peer that holds little.
+    pub fn send_budget(mut self, bytes: u64) -> Self {
+        self.send_budget = bytes.max(1);
         self
     }
 

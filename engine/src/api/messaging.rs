@@ -32,6 +32,7 @@ impl Node {
                 self.stream(name),
                 shard_of(&peer, shared.shards.len()),
                 shared.stream_queue,
+                shared.budget.clone(),
             )
         })
     }

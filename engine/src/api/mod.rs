@@ -30,6 +30,7 @@ pub use event::{
     StreamName, Subscription,
 };
 pub use handle::Node;
+pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};

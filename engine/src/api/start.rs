@@ -258,6 +258,7 @@ fn shared_state(
         routes: crate::route::RouteTable::default(),
         stream_queue: config.stream_queue,
         respond_timeout: config.respond_timeout,
+        budget: Arc::new(crate::budget::NodeBudget::new(config.send_budget, count)),
         registered_send_buffers: AtomicU64::new(0),
         memlock_warned: AtomicBool::new(false),
         abandoned_operations: AtomicU64::new(0),

@@ -61,6 +61,11 @@ pub(crate) enum Command {
     Evict {
         peer: PeerId,
     },
+    /// A budget the node enforces chose this peer: close its connection with `code`.
+    Cut {
+        peer: PeerId,
+        code: glueberry_transport::CloseCode,
+    },
     /// Marks a peer persistent (or not), and dials it at `addr` if given.
     Persistent {
         peer: PeerId,
@@ -189,6 +194,8 @@ pub(crate) struct Shared {
     pub routes: crate::route::RouteTable,
     /// The bound of one route's queue: messages and bytes (`NodeConfig::stream_queue`).
     pub stream_queue: (usize, usize),
+    /// What the node holds for all its peers, against `NodeConfig::send_budget`.
+    pub budget: Arc<crate::budget::NodeBudget>,
     /// How long a response may wait for room (`NodeConfig::respond_timeout`).
     pub respond_timeout: std::time::Duration,
     /// Registered send buffers over all shards.

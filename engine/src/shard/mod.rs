@@ -296,7 +296,34 @@ impl Shard {
         self.retry_handoffs();
         self.flush_sends(now)?;
         self.arm_recvs()?;
+        self.enforce_budget(now);
         Ok(())
+    }
+
+    /// Over the node-wide budget (`NodeConfig::send_budget`), the peer holding the most is cut
+    /// with `OverBudget` by its shard (one cut per 100 ms node-wide, by whichever shard looks
+    /// first): a peer that makes the node hold much, never an innocent newcomer.
+    fn enforce_budget(&mut self, now: Instant) {
+        if !self.shared.budget.should_cut(now) {
+            return;
+        }
+        let Some((peer, shard, held)) = self.shared.routes.largest_holder() else {
+            return;
+        };
+        tracing::warn!(
+            peer = %peer,
+            held,
+            node_held = self.shared.budget.held(),
+            budget = self.shared.budget.limit(),
+            "the node's send budget is spent: the peer holding the most is cut"
+        );
+        self.metrics.budget_cuts.increment(1);
+        let code = glueberry_transport::CloseCode::OverBudget;
+        if shard == self.index {
+            self.core.cut(peer, code, now);
+        } else if let Some(handle) = self.shared.shards.get(shard) {
+            let _ = crate::api::push_command(handle, Command::Cut { peer, code });
+        }
     }
 
     /// Closing connections whose send has waited `CLOSE_GRACE` (the peer's window is zero):
@@ -375,6 +402,7 @@ impl Shard {
                     let _ = self.core.disconnect(peer, now);
                 }
                 Command::Evict { peer } => self.core.evict(peer, now),
+                Command::Cut { peer, code } => self.core.cut(peer, code, now),
                 #[allow(clippy::panic)] // asked for: the point is a shard that dies
                 Command::Crash => panic!("shard {} crashed on request (testing)", self.index),
                 Command::Persistent {

@@ -87,6 +87,7 @@ impl Shard {
                     StreamName::from_shared(name.clone()),
                     self.index,
                     self.shared.stream_queue,
+                    self.shared.budget.clone(),
                 )
             });
             route.bind(Some((conn, stream)));

@@ -131,6 +131,27 @@ impl NodeCore {
         Ok(())
     }
 
+    /// Closes `peer`'s connection with `code`, whatever its direction (a budget the node
+    /// enforces chose it): it becomes Disconnected with the reason `Local(code)` and is not
+    /// redialled by itself.
+    pub fn cut(&mut self, peer: PeerId, code: CloseCode, now: Instant) {
+        let Some(id) = self.detach_conn(peer, now) else {
+            return;
+        };
+        self.close_conn(id, code);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.deadline = None;
+        }
+        self.set_state(
+            peer,
+            ConnState::Disconnected,
+            Some(CloseReason::Local(code)),
+        );
+        while let Some(closed) = self.closing.pop() {
+            self.settle_at(closed, now);
+        }
+    }
+
     /// Stops a pending reconnection: Reconnecting becomes Disconnected.
     pub fn cancel_reconnect(&mut self, peer: PeerId) -> Result<(), NodeError> {
         let p = self.peers.get_mut(&peer).ok_or(NodeError::UnknownPeer)?;
