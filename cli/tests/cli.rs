@@ -176,3 +176,90 @@ fn keygen_two_nodes_from_toml_status_and_ping() {
     terminate(node_a);
     println!("{ping}");
 }
+
+/// One peer that never takes its ping answers (its node stops returning credit once its
+/// channel is full) must not stop `glueberry node` answering everyone else: the node answers
+/// from one loop with `try_send`, so only the stalled peer goes unanswered. (With
+/// `send(..).await` in that loop, as before, the honest pings below timed out.)
+#[test]
+fn a_peer_that_takes_no_answers_does_not_stop_the_node_answering_others() {
+    use bytes::Bytes;
+    use glueberry::transport::ConnState;
+    use glueberry::{Event, EventFilter, Node, NodeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let a = stdout(&run(dir, &["keygen", "--out", "a.key"]))
+        .trim()
+        .to_string();
+    let port = free_port();
+    std::fs::write(
+        dir.join("a.toml"),
+        format!(
+            "key = \"a.key\"\nstreams = [\"consensus\"]\n\n[node]\nnetwork_id = \"cli-stall\"\n\
+             listen = \"127.0.0.1:{port}\"\nshards = 1\n"
+        ),
+    )
+    .unwrap();
+    let (node, line) = start_node(dir, "a.toml");
+    assert_eq!(line[0], a);
+    let server: glueberry::crypto::PeerId = a.parse().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // The staller: opens `ping`, pings far more than it will ever read (it reads nothing).
+    let staller = Node::start(
+        NodeConfig::new(
+            glueberry::crypto::Identity::generate().unwrap(),
+            "cli-stall",
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .shards(1)
+        .message_buffer(100),
+    )
+    .unwrap();
+    let events = staller.subscribe(EventFilter::all().peer(server), 100);
+    staller.connect(server, addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the staller is not Ready");
+        match events.recv_blocking() {
+            Some(Event::State {
+                state: ConnState::Connected,
+                ..
+            }) => staller.complete_handshake(server, &["ping"]).unwrap(),
+            Some(Event::Ready { .. }) => break,
+            _ => {}
+        }
+    }
+    let ping = Bytes::from(vec![0u8; 1024]);
+    let route = staller.route(server, "ping");
+    let mut sent = 0;
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end && sent < 40_000 {
+        match staller.try_send_on(&route, ping.clone()) {
+            Ok(()) => sent += 1,
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    assert!(sent > 20_000, "the staller sent only {sent} pings");
+
+    // Honest pings from throwaway identities: every one answered.
+    for _ in 0..3 {
+        let output = stdout(&run(
+            dir,
+            &[
+                "ping",
+                &format!("{a}@127.0.0.1:{port}"),
+                "--network",
+                "cli-stall",
+                "--count",
+                "3",
+                "--timeout",
+                "5",
+            ],
+        ));
+        assert!(output.contains("3 replies"), "{output}");
+        println!("beside a staller that sent {sent} unread pings: {output}");
+    }
+    staller.stop_blocking();
+    terminate(node);
+}
