@@ -275,7 +275,6 @@ fn watch(server: &Server, peer: PeerId, honest: &Node, limit: Duration) -> Watch
         let (node, done) = (server.node.clone(), done.clone());
         std::thread::spawn(move || {
             let (mut peak_rss, mut peak_held) = (0u64, (0u64, 0u64));
-            let mut cut_after = None;
             while !done.load(Ordering::Relaxed) {
                 peak_rss = peak_rss.max(rss_kib());
                 let (q, u) = held(&node, peer, "feed");
@@ -283,22 +282,25 @@ fn watch(server: &Server, peer: PeerId, honest: &Node, limit: Duration) -> Watch
                 let (cq, cu) = held(&node, peer, "calls");
                 peak_held.0 = peak_held.0.max(q + eq + cq);
                 peak_held.1 = peak_held.1.max(u + eu + cu);
-                if cut_after.is_none() && node.state(peer) != ConnState::Established {
-                    cut_after = Some(start.elapsed());
-                }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            (peak_rss, peak_held, cut_after)
+            (peak_rss, peak_held)
         })
     };
+    // The cut is seen here (between round trips), not by the sampler, which may stop first.
+    let mut cut_after = None;
     let mut samples = Samples::default();
-    while start.elapsed() < limit && server.node.state(peer) == ConnState::Established {
-        let more = round_trips(honest, server.node.peer_id(), Duration::from_millis(200), 1);
+    while start.elapsed() < limit {
+        if server.node.state(peer) != ConnState::Established {
+            cut_after = Some(start.elapsed());
+            break;
+        }
+        let more = round_trips(honest, server.node.peer_id(), Duration::from_millis(20), 1);
         samples.times.extend(more.times);
         samples.failed += more.failed;
     }
     done.store(true, Ordering::Relaxed);
-    let (peak_rss, peak_held, cut_after) = sampler.join().unwrap();
+    let (peak_rss, peak_held) = sampler.join().unwrap();
     Watch {
         peak_rss,
         peak_held,
