@@ -719,8 +719,10 @@ mod vectors;
 /// responder's order) lists.
 pub fn choose_suite(ours: &[Suite], theirs: &[u8]) -> Option<Suite> {
     let listed = |s: &Suite| theirs.contains(&s.wire_id());
+    // Their first choice is the first id this version knows: unknown ids are skipped.
+    let their_first = theirs.iter().copied().find_map(Suite::from_wire_id);
     if let Some(&first) = ours.first()
-        && theirs.first() == Some(&first.wire_id())
+        && their_first == Some(first)
     {
         return Some(first);
     }

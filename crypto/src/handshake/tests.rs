@@ -195,6 +195,9 @@ fn aes_only_when_both_ends_list_it_first_else_chacha() {
         choose_suite(&[aes, chacha], &[0x7f, 0x01, 0x02]),
         Some(chacha)
     );
+    // ...also when deciding what the responder lists first (its first *known* id): an unknown
+    // id ahead of AES does not turn agreement on AES into ChaCha (PROTOCOL.md §3.3 step 6).
+    assert_eq!(choose_suite(&[aes, chacha], &[0x7f, 0x02, 0x01]), Some(aes));
     // This machine's default order follows its CPU.
     let preferred = Suite::preferred();
     assert_eq!(preferred.len(), 2);
