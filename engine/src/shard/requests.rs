@@ -53,12 +53,25 @@ impl Shard {
         }
     }
 
-    /// Tells `peer` its request `id` will not be answered: nothing serves `name` here.
+    /// Tells `peer` its request `id` will not be answered: nothing serves `name` here. The
+    /// refusal takes room on the stream's route like any message we send (it is given back
+    /// when the peer confirms it), so refusals count against the peer's budget and the node's;
+    /// with no room (the peer is not taking what we send) it is not sent, and the peer's own
+    /// request times out.
     fn refuse(&mut self, peer: PeerId, name: &StreamName, id: u64) {
-        if let Some(stream) = self.core.stream_id(peer, name) {
-            let _ = self
-                .core
-                .send(peer, stream, rpc::encode(rpc::REFUSED, id, &[]));
+        let Some(stream) = self.core.stream_id(peer, name) else {
+            return;
+        };
+        let refusal = rpc::encode(rpc::REFUSED, id, &[]);
+        let Some(route) = self.route_named(peer, name).cloned() else {
+            return;
+        };
+        if !route.try_reserve(1, refusal.len()) {
+            return;
+        }
+        let len = refusal.len() as u64;
+        if self.core.send(peer, stream, refusal).is_err() {
+            route.release(1, len);
         }
     }
 }

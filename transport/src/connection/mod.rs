@@ -125,9 +125,12 @@ pub struct Connection {
     /// [`ConnectionConfig::send_stall_timeout`]).
     stalled_since: Option<Instant>,
     last_recv: Instant,
-    /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after the
-    /// last input at the latest, so that a quiet sender learns its messages arrived.
+    /// Credit released below the batch size and not yet sent; sent `CREDIT_DELAY` after it
+    /// became owed at the latest (`credit_owed_since`), so that a sender learns its messages
+    /// arrived within that, however its traffic flows: it holds them until then, and cuts a
+    /// peer whose oldest unconfirmed message is too old.
     credit_owed: bool,
+    credit_owed_since: Instant,
     /// Connection credit: what we may still send on all streams together (from the peer's
     /// SETTINGS and its CREDIT frames for [`CONNECTION_CREDIT`]).
     send_window: u64,
@@ -257,6 +260,7 @@ impl Connection {
             stalled_since: None,
             last_recv: now,
             credit_owed: false,
+            credit_owed_since: now,
             send_window: 0,
             send_reserved: 0,
             unconfirmed: 0,
@@ -310,7 +314,7 @@ impl Connection {
             return;
         }
         self.clock = self.clock.max(now);
-        if self.credit_owed && now >= self.last_recv + CREDIT_DELAY {
+        if self.credit_owed && now >= self.credit_owed_since + CREDIT_DELAY {
             self.credit_owed = false;
             self.grant_connection_credit(0);
             for (id, peer_stream) in self.peer_streams.iter_mut().enumerate() {
@@ -357,7 +361,17 @@ impl Connection {
                 increment,
             });
         }
-        self.credit_owed |= self.recv_released > 0;
+        if self.recv_released > 0 {
+            self.owe_credit();
+        }
+    }
+
+    /// Credit below a batch is now owed: it goes out `CREDIT_DELAY` from the first of it.
+    pub(super) fn owe_credit(&mut self) {
+        if !self.credit_owed {
+            self.credit_owed = true;
+            self.credit_owed_since = self.clock;
+        }
     }
 
     /// A received message's bytes: a slice of the receive buffer when the message is a good
@@ -450,7 +464,7 @@ impl Connection {
             at = at.min(self.last_recv + self.config.keepalive_interval);
         }
         if self.credit_owed {
-            at = at.min(self.last_recv + CREDIT_DELAY);
+            at = at.min(self.credit_owed_since + CREDIT_DELAY);
         }
         if let Some(since) = self.stalled_since {
             at = at.min(since + self.config.send_stall_timeout);

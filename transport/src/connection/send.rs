@@ -150,7 +150,9 @@ impl Connection {
             u64::from(self.config.initial_window / 4)
         };
         Self::credit_back(peer_id, peer_stream, amount, batch, &mut self.control);
-        self.credit_owed |= peer_stream.released > 0;
+        if peer_stream.released > 0 {
+            self.owe_credit();
+        }
         self.grant_connection_credit(amount);
     }
 

@@ -45,21 +45,7 @@ impl NodeCore {
         if self.direction(peer) != Some(Direction::Inbound) {
             return;
         }
-        let code = CloseCode::TooManyConnections;
-        if let Some(id) = self.detach_conn(peer, now) {
-            self.close_conn(id, code);
-        }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.deadline = None;
-        }
-        self.set_state(
-            peer,
-            ConnState::Disconnected,
-            Some(CloseReason::Local(code)),
-        );
-        while let Some(closed) = self.closing.pop() {
-            self.settle_at(closed, now);
-        }
+        self.cut(peer, CloseCode::TooManyConnections, now);
         self.forget_if_unknown(peer);
     }
 
