@@ -39,6 +39,14 @@ pub struct ConnectionLimits {
     /// bursts of twice that); faster ones are refused at accept. Bounds a peer that reconnects
     /// in a loop and a handshake flood.
     pub inbound_attempts_per_group_per_sec: u32,
+    /// Inbound handshakes the node begins per second, node-wide, with sources that are not
+    /// known peers' addresses (default 200, with bursts of twice that): what a handshake flood
+    /// from any number of network groups can make it spend (a responder's handshake costs two
+    /// Diffie-Hellman operations and a signature check, ~0.4 ms of a core here). Known peers'
+    /// addresses — persistent peers and the address book — are not counted, and also get a
+    /// quarter of the pending-handshake table strangers cannot take: a flood delays strangers,
+    /// not validators reconnecting.
+    pub stranger_handshakes_per_sec: u32,
     /// The prefix that makes an IPv4 network group (default 24: a /24).
     pub ipv4_group_prefix: u8,
     /// The prefix that makes an IPv6 network group (default 64: one /64 is one subscriber's
@@ -55,6 +63,7 @@ impl Default for ConnectionLimits {
             max_inbound_per_group: 16,
             max_pending_per_group: 4,
             inbound_attempts_per_group_per_sec: 10,
+            stranger_handshakes_per_sec: 200,
             ipv4_group_prefix: 24,
             ipv6_group_prefix: 64,
         }
@@ -118,6 +127,10 @@ pub(crate) struct Limits {
     admitted: Mutex<(HashMap<PeerId, Inbound>, usize)>,
     evictor: OnceLock<Evictor>,
     evictions: AtomicUsize,
+    /// Addresses of known peers (persistent, address book): not counted as strangers.
+    known: std::sync::RwLock<std::collections::HashSet<IpAddr>>,
+    /// Node-wide handshake tokens for strangers left, and when they were last refilled.
+    strangers: Mutex<(f64, Instant)>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -139,6 +152,7 @@ pub(crate) enum AcceptRefusal {
     Sockets,
     Rate,
     Pending,
+    Strangers,
 }
 
 impl AcceptRefusal {
@@ -148,6 +162,7 @@ impl AcceptRefusal {
             AcceptRefusal::Sockets => crate::Refusal::GroupSockets,
             AcceptRefusal::Rate => crate::Refusal::GroupRate,
             AcceptRefusal::Pending => crate::Refusal::GroupPending,
+            AcceptRefusal::Strangers => crate::Refusal::Strangers,
         }
     }
 }
@@ -163,7 +178,40 @@ impl Limits {
             admitted: Mutex::new((HashMap::new(), 0)),
             evictor: OnceLock::new(),
             evictions: AtomicUsize::new(0),
+            known: std::sync::RwLock::new(std::collections::HashSet::new()),
+            strangers: Mutex::new((
+                2.0 * f64::from(limits.stranger_handshakes_per_sec),
+                Instant::now(),
+            )),
         }
+    }
+
+    /// `ip` is a known peer's address (persistent, or in the address book): its handshakes are
+    /// not counted as strangers'.
+    pub(crate) fn know(&self, ip: IpAddr) {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        known.insert(ip.to_canonical());
+    }
+
+    /// Whether `ip` is a known peer's address.
+    pub(crate) fn is_known(&self, ip: IpAddr) -> bool {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        !known.is_empty() && known.contains(&ip.to_canonical())
+    }
+
+    /// Takes one of the strangers' handshake tokens (node-wide, refilled continuously).
+    fn stranger(&self, now: Instant) -> bool {
+        let rate = f64::from(self.limits.stranger_handshakes_per_sec);
+        let mut bucket = self.strangers.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = &mut *bucket;
+        *tokens =
+            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(2.0 * rate);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
     }
 
     /// How evictions reach the victim's shard (set once the shards exist).
@@ -208,6 +256,9 @@ impl Limits {
         let group = self.limits.group_of(ip);
         if !self.attempt(group, now) {
             return Err(AcceptRefusal::Rate);
+        }
+        if !self.is_known(ip) && !self.stranger(now) {
+            return Err(AcceptRefusal::Strangers);
         }
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let count = groups.entry(group).or_default();
@@ -442,6 +493,47 @@ mod tests {
             })
             .collect();
         assert_eq!(choose_victim(&diverse, ip("10.7.0.0")), None);
+    }
+
+    /// Handshakes with strangers are budgeted node-wide, whatever their network groups; a
+    /// known peer's address is not counted.
+    #[test]
+    fn strangers_share_a_node_wide_handshake_budget_and_known_peers_are_not_counted() {
+        let limits = Arc::new(Limits::new(ConnectionLimits {
+            stranger_handshakes_per_sec: 5,
+            ..ConnectionLimits::default()
+        }));
+        let now = Instant::now();
+        let ip = |a: u8, b: u8| IpAddr::from([10, a, b, 1]);
+        let mut slots = Vec::new();
+        let mut refused = 0;
+        for i in 0..30u8 {
+            match limits.accept_from(ip(1, i), now) {
+                Ok(slot) => slots.push(slot),
+                Err(AcceptRefusal::Strangers) => refused += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            (slots.len(), refused),
+            (10, 20),
+            "a burst of twice the rate"
+        );
+        limits.know(ip(9, 9));
+        assert!(
+            limits.accept_from(ip(9, 9), now).is_ok(),
+            "a known peer is not counted"
+        );
+        assert_eq!(
+            limits.accept_from(ip(1, 200), now).err(),
+            Some(AcceptRefusal::Strangers)
+        );
+        // The bucket refills: a second later, five more strangers.
+        let later = now + std::time::Duration::from_secs(1);
+        let again = (0..10u8)
+            .filter(|i| limits.accept_from(ip(2, *i), later).is_ok())
+            .count();
+        assert_eq!(again, 5);
     }
 
     /// Issue 24: inbound filled with one identity per /24 beside two honest peers that share a

@@ -41,7 +41,7 @@ impl Server {
 
     /// With this send-stall deadline and node-wide send budget.
     fn start_with(stall: Duration, send_budget: u64) -> Server {
-        let node = Node::start(
+        Self::from_config(
             common::loopback_config(NET)
                 .connection(ConnectionConfig {
                     send_stall_timeout: stall,
@@ -50,7 +50,10 @@ impl Server {
                 .message_buffer(10_000)
                 .send_budget(send_budget),
         )
-        .unwrap();
+    }
+
+    fn from_config(config: glueberry::NodeConfig) -> Server {
+        let node = Node::start(config).unwrap();
         let events = node.subscribe(EventFilter::default(), 10_000);
         let n = node.clone();
         std::thread::spawn(move || {
@@ -679,5 +682,78 @@ fn over_the_node_budget_the_peer_holding_the_most_is_cut() {
         reader.join().unwrap();
     }
     honest.stop_blocking();
+    server.node.stop_blocking();
+}
+
+/// (h) A handshake flood from many network groups (one half-open socket from each of 100 /24s,
+/// the kind that costs an attacker nothing) fills what the node lets strangers have of its
+/// pending-handshake table; a known peer (its address is a persistent peer's) that connects
+/// during the flood still gets a slot and is Established at once. (Before the table kept room
+/// for known peers, the flood filled all of it and the known peer was refused until the
+/// flood's handshakes timed out, 10 s later.)
+#[test]
+fn a_handshake_flood_from_many_networks_does_not_keep_a_known_peer_out() {
+    let _alone = common::alone();
+    const TABLE: usize = 64;
+    let server = Server::from_config(
+        common::loopback_config(NET).pending_handshakes(TABLE, Duration::from_secs(10)),
+    );
+    // The validator's address is known to the node (a persistent peer it dials: nothing
+    // listens there yet, so those dials fail; what matters is that 127.0.0.1 is known).
+    let identity = glueberry::crypto::Identity::generate().unwrap();
+    let validator_id = identity.peer_id();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    server
+        .node
+        .add_persistent_peer(validator_id, closed_addr)
+        .unwrap();
+    // The flood: one socket from each of 100 /24s (127.2.i.1), connected and silent.
+    let target = server.node.listen_addr();
+    let mut flood = Vec::new();
+    for i in 0..100u8 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let source = std::net::SocketAddr::from(([127, 2, i, 1], 0));
+        socket.bind(&source.into()).unwrap();
+        if socket.connect(&target.into()).is_ok() {
+            flood.push(socket);
+        }
+    }
+    // Let the node accept them all.
+    std::thread::sleep(Duration::from_millis(300));
+    // The validator connects from 127.0.0.1 during the flood.
+    let validator =
+        Node::start(glueberry::NodeConfig::new(identity, NET, common::any_port()).shards(1))
+            .unwrap();
+    let events = validator.subscribe(EventFilter::all().peer(server.node.peer_id()), 100);
+    let start = Instant::now();
+    validator
+        .connect(server.node.peer_id(), server.node.listen_addr())
+        .unwrap();
+    let mut established = None;
+    while established.is_none() && start.elapsed() < Duration::from_secs(5) {
+        match events.try_recv() {
+            Some(Event::State {
+                state: ConnState::Connected,
+                ..
+            }) => validator
+                .complete_handshake(server.node.peer_id(), STREAMS)
+                .unwrap(),
+            Some(Event::Ready { .. }) => established = Some(start.elapsed()),
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    println!(
+        "{} half-open sockets from 100 /24s against a table of {TABLE} pending handshakes: \
+         the known peer Established and Ready after {established:?}",
+        flood.len()
+    );
+    let established = established.expect("the known peer never got in during the flood");
+    assert!(established < Duration::from_secs(1), "{established:?}");
+    drop(flood);
+    validator.stop_blocking();
     server.node.stop_blocking();
 }

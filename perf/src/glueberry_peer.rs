@@ -147,6 +147,7 @@ fn unlimited() -> glueberry::ConnectionLimits {
         max_inbound_per_group: usize::MAX / 2,
         max_pending_per_group: usize::MAX / 2,
         inbound_attempts_per_group_per_sec: u32::MAX / 4,
+        stranger_handshakes_per_sec: u32::MAX / 4,
         ..Default::default()
     }
 }

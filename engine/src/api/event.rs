@@ -199,6 +199,9 @@ pub enum Refusal {
     GroupPending,
     /// Too many unfinished handshakes on the node.
     Handshakes,
+    /// Too many handshakes a second with sources that are not known peers
+    /// (`ConnectionLimits::stranger_handshakes_per_sec`), node-wide.
+    Strangers,
 }
 
 impl fmt::Display for Refusal {
@@ -217,6 +220,9 @@ impl fmt::Display for Refusal {
                 f.write_str("too many pending handshakes from this network group")
             }
             Refusal::Handshakes => f.write_str("too many pending handshakes"),
+            Refusal::Strangers => {
+                f.write_str("too many handshakes a second with sources that are not known peers")
+            }
         }
     }
 }

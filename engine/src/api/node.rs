@@ -60,12 +60,22 @@ impl Node {
     }
 
     /// Dials `peer` at any of `addrs`: each dial (the first and every redial) tries them in
-    /// turn until one connects. Nothing happens for an empty list.
+    /// turn until one connects. Nothing happens for an empty list. The addresses become known
+    /// peers' addresses: handshakes from them are not counted against the budget for
+    /// strangers (`ConnectionLimits::stranger_handshakes_per_sec`).
     pub fn connect_any(&self, peer: PeerId, addrs: Vec<SocketAddr>) -> Result<(), NodeSendError> {
         if addrs.is_empty() {
             return Ok(());
         }
+        self.know(&addrs);
         self.command(peer, Command::Connect { peer, addrs })
+    }
+
+    /// Handshakes from `addrs` are a known peer's, not a stranger's.
+    pub(super) fn know(&self, addrs: &[SocketAddr]) {
+        for addr in addrs {
+            self.inner.shared.limits.know(addr.ip());
+        }
     }
 
     /// Dials `addr.peer` at `addr`: an IP address at once, as [`Node::connect`]; a host name
@@ -98,6 +108,7 @@ impl Node {
     /// Dials a persistent peer (a validator this node must stay connected to) at `addr`: see
     /// [`NodeConfig::persistent_peer`](crate::NodeConfig::persistent_peer).
     pub fn add_persistent_peer(&self, peer: PeerId, addr: SocketAddr) -> Result<(), NodeSendError> {
+        self.know(&[addr]);
         let command = Command::Persistent {
             peer,
             addr: Some(addr),

@@ -38,6 +38,7 @@ impl Node {
         addresses: Vec<SocketAddr>,
         metadata: std::collections::BTreeMap<String, String>,
     ) -> Result<(), NodeError> {
+        self.know(&addresses);
         if let Some(book) = self.book().as_mut() {
             book.add(peer, addresses.clone(), metadata)?;
             tracing::info!(peer = %peer, addresses = addresses.len(), "peer added");

@@ -32,6 +32,19 @@ impl Shard {
             },
             None => None,
         };
+        // A quarter of the pending-handshake table is kept for known peers' addresses
+        // (persistent, address book): a flood of strangers cannot fill it against them.
+        let known = peer_addr.is_some_and(|a| self.shared.limits.is_known(a.ip()));
+        let stranger_cap =
+            self.core.max_pending_handshakes() - self.core.max_pending_handshakes() / 4;
+        if !known && self.core.pending_handshakes() >= stranger_cap {
+            self.emit(Event::Refused {
+                peer: None,
+                address: peer_addr,
+                reason: crate::Refusal::Handshakes,
+            });
+            return;
+        }
         socket::tune(&fd);
         let Some(id) = self.core.handle_accepted(peer_addr.map(|a| a.ip()), now) else {
             // Too many handshakes pending on this shard: closed before any work.

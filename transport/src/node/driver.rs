@@ -55,7 +55,13 @@ impl NodeCore {
             .is_some_and(|c| c.pending_since().is_some())
     }
 
-    /// Inbound connections still in their secure handshake.
+    /// The most inbound connections that may be in their secure handshake at once.
+    pub fn max_pending_handshakes(&self) -> usize {
+        self.config.max_pending_handshakes
+    }
+
+    /// Inbound connections still in their secure handshake (see
+    /// [`NodeCore::max_pending_handshakes`]).
     pub fn pending_handshakes(&self) -> usize {
         self.conns
             .values()
