@@ -430,6 +430,7 @@ fn many_idle_peers_on_one_node() {
             max_inbound_per_group: 100_000,
             max_pending_per_group: 100_000,
             inbound_attempts_per_group_per_sec: 1_000_000,
+            stranger_handshakes_per_sec: 1_000_000,
             ..Default::default()
         };
         let mut config = NodeConfig::new(Identity::generate().unwrap(), NET, common::any_port())
@@ -1145,16 +1146,17 @@ fn stalled_handshakes_are_capped_and_cut_off() {
         count
     };
     std::thread::sleep(Duration::from_millis(300));
+    // Of a table of 4, strangers may hold 3 (a quarter is kept for known peers' addresses).
     assert_eq!(
         closed(&mut sockets),
-        2,
-        "the two over the cap are closed at once"
+        3,
+        "the three over the strangers' share are closed at once"
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         closed(&mut sockets),
         6,
-        "the stalled four are cut off after the timeout"
+        "the stalled three are cut off after the timeout"
     );
     // A real peer still gets in.
     let client = start(1);
