@@ -269,8 +269,8 @@ pub use api::{
     Backend, ConnectError, Error, ErrorKind, Event, EventFilter, EventKind, Handler, Health,
     HealthCheck, Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr,
     PeerAddrError, Refusal, Request, RequestError, Requests, ResolveError, Route,
-    SUBSCRIPTION_BYTES_PER_SLOT, StartError, StreamName, StreamRef, StreamSink, Subscription,
-    TrySendError,
+    SUBSCRIPTION_BYTES_PER_SLOT, StartError, StreamName, StreamRateLimit, StreamRef, StreamSink,
+    Subscription, TrySendError,
 };
 #[doc(inline)]
 pub use channel::Messages;

@@ -65,6 +65,37 @@ pub struct ConnectionConfig {
     /// weighted deficit round robin: each round a stream may write `16 KiB << priority` bytes,
     /// streams taken in priority order (local only, never sent: PROTOCOL.md §5.3).
     pub priorities: Vec<(String, u8)>,
+    /// Receive rate limits per stream name (default none): how fast the peer may send on the
+    /// stream, enforced by pacing the credit we return, never by dropping (a peer that sends
+    /// beyond its credit breaks the protocol and is cut). See [`RateLimit`].
+    pub rate_limits: Vec<(String, RateLimit)>,
+}
+
+/// How fast a peer may send on one stream, sustained: `bytes_per_sec` and
+/// `messages_per_sec`, with `burst` of each saved up while it is quiet. Enforced by pacing the
+/// credit returned for what the application consumed: each message is charged its cost (bytes
+/// + 6) or `bytes_per_sec / messages_per_sec`, whichever is more, and its credit goes back as
+/// the charge is covered. Lossless: the peer simply waits for credit. What it can send ahead of
+/// the pace is its window (`initial_window`), as always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained bytes per second (at least 1).
+    pub bytes_per_sec: u64,
+    /// Sustained messages per second (at least 1).
+    pub messages_per_sec: u32,
+    /// How much quiet time saves up (default 1 s: a second's worth of each).
+    pub burst: Duration,
+}
+
+impl RateLimit {
+    /// `bytes_per_sec` and `messages_per_sec` with a burst of one second.
+    pub fn new(bytes_per_sec: u64, messages_per_sec: u32) -> Self {
+        Self {
+            bytes_per_sec,
+            messages_per_sec,
+            burst: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Whether a message of `max_message_size` bytes (plus its 6 bytes of credit overhead) fits
@@ -101,6 +132,7 @@ impl Default for ConnectionConfig {
             idle_timeout: Duration::from_secs(45),
             send_stall_timeout: Duration::from_secs(60),
             priorities: Vec::new(),
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -115,6 +147,14 @@ impl ConnectionConfig {
             .iter()
             .find(|(n, _)| n == name)
             .map_or(DEFAULT_PRIORITY, |&(_, p)| p.min(MAX_PRIORITY))
+    }
+
+    /// The receive rate limit of the stream called `name`, if any.
+    pub fn rate_limit_of(&self, name: &[u8]) -> Option<RateLimit> {
+        self.rate_limits
+            .iter()
+            .find(|(n, _)| n.as_bytes() == name)
+            .map(|&(_, limit)| limit)
     }
 
     /// Checks the settings make sense together; says which one does not.
@@ -152,6 +192,14 @@ impl ConnectionConfig {
         }
         if self.priorities.iter().any(|&(_, p)| p > MAX_PRIORITY) {
             return fail("stream priorities must be between 0 and 7");
+        }
+        if self.rate_limits.iter().any(|(_, r)| {
+            r.bytes_per_sec == 0
+                || r.messages_per_sec == 0
+                || r.burst.is_zero()
+                || r.burst > MAX_TIMEOUT
+        }) {
+            return fail("rate limits need non-zero bytes_per_sec, messages_per_sec and burst");
         }
         if self.keepalive_interval.is_zero() || self.idle_timeout <= self.keepalive_interval {
             return fail("idle_timeout must be longer than a non-zero keepalive_interval");

@@ -64,7 +64,7 @@ pub mod testing;
 
 pub use config::{
     ConfigError, ConnectionConfig, DEFAULT_PRIORITY, MAX_MESSAGE_SIZE_LIMIT, MAX_PRIORITY,
-    MAX_STREAMS_LIMIT, MAX_TIMEOUT, MIN_WINDOW,
+    MAX_STREAMS_LIMIT, MAX_TIMEOUT, MIN_WINDOW, RateLimit,
 };
 pub use connection::{Connection, HANDSHAKE_STREAM, Phase, StreamStats};
 pub use event::{

@@ -332,6 +332,79 @@ pub(crate) struct PeerStream {
     /// Our acceptance (the stream's first CREDIT) was written out: from then on the peer may
     /// send DATA on it (PROTOCOL.md §5.2). The handshake stream is accepted from the start.
     pub announced: bool,
+    /// The pace its credit goes back at, if the stream has a rate limit.
+    pub pace: Option<Pace>,
+}
+
+/// Credit paced by a [`crate::RateLimit`]: a token bucket of charge (bytes), refilled at
+/// `bytes_per_sec` up to `burst` of it; credit released by the application waits here until
+/// its charge is covered.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    bytes_per_sec: f64,
+    /// The least a message is charged: `bytes_per_sec / messages_per_sec`.
+    min_charge: f64,
+    cap: f64,
+    tokens: f64,
+    at: std::time::Instant,
+    /// Credit released and not yet returned, and what it is charged.
+    owed: u64,
+    charge: f64,
+}
+
+impl Pace {
+    pub(crate) fn new(limit: crate::RateLimit, now: std::time::Instant) -> Self {
+        let bytes_per_sec = limit.bytes_per_sec.max(1) as f64;
+        let cap = bytes_per_sec * limit.burst.as_secs_f64();
+        Self {
+            bytes_per_sec,
+            min_charge: bytes_per_sec / f64::from(limit.messages_per_sec.max(1)),
+            cap,
+            tokens: cap,
+            at: now,
+            owed: 0,
+            charge: 0.0,
+        }
+    }
+
+    /// The application consumed a message that cost `amount` of credit.
+    pub(crate) fn owe(&mut self, amount: u64) {
+        self.owed += amount;
+        self.charge += (amount as f64).max(self.min_charge);
+    }
+
+    /// How much of the owed credit may go back at `now`.
+    pub(crate) fn take(&mut self, now: std::time::Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.bytes_per_sec).min(self.cap);
+        self.at = self.at.max(now);
+        if self.owed == 0 || self.tokens <= 0.0 {
+            return 0;
+        }
+        if self.tokens >= self.charge {
+            self.tokens -= self.charge;
+            self.charge = 0.0;
+            return std::mem::take(&mut self.owed);
+        }
+        let grant = (self.owed as f64 * self.tokens / self.charge).floor() as u64;
+        if grant == 0 {
+            return 0;
+        }
+        let spent = self.charge * grant as f64 / self.owed as f64;
+        self.tokens -= spent;
+        self.charge -= spent;
+        self.owed -= grant;
+        grant
+    }
+
+    /// When more of the owed credit may go back, if any is owed.
+    pub(crate) fn next(&self) -> Option<std::time::Instant> {
+        (self.owed > 0).then(|| {
+            // A millisecond at least, so that a tiny shortfall does not spin the timer.
+            let wait = ((self.charge - self.tokens).max(0.0) / self.bytes_per_sec).max(0.001);
+            self.at + std::time::Duration::from_secs_f64(wait.min(1.0))
+        })
+    }
 }
 
 impl PeerStream {
@@ -344,6 +417,7 @@ impl PeerStream {
             released_messages: 0,
             partial: None,
             announced: matches!(state, RecvState::Accepted { .. }),
+            pace: None,
         }
     }
 }

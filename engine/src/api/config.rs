@@ -374,6 +374,16 @@ impl NodeConfig {
         self
     }
 
+    /// A receive rate limit for the stream called `name` (default none): how fast each peer
+    /// may send on it, in bytes and messages a second with a burst, enforced by pacing the
+    /// credit the node returns — lossless, the peer waits (see
+    /// [`RateLimit`](crate::transport::RateLimit)). Set it before the streams are opened.
+    pub fn stream_rate_limit(mut self, name: &str, limit: glueberry_transport::RateLimit) -> Self {
+        self.connection.rate_limits.retain(|(n, _)| n != name);
+        self.connection.rate_limits.push((name.to_string(), limit));
+        self
+    }
+
     /// Pin each shard thread to its CPU (default on).
     pub fn pin_threads(mut self, pin: bool) -> Self {
         self.pin_threads = pin;

@@ -34,5 +34,5 @@ pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};
-pub use settings::NodeSettings;
+pub use settings::{NodeSettings, StreamRateLimit};
 pub use sink::StreamSink;

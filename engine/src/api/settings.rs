@@ -53,6 +53,31 @@ pub struct NodeSettings {
     pub metrics: Option<SocketAddr>,
     /// Also serve `/debug/state` on it (every peer's id, address and state).
     pub debug_state_endpoint: bool,
+    /// Receive rate limits by stream name (`[rate_limits.mempool]`, none by default).
+    pub rate_limits: std::collections::BTreeMap<String, StreamRateLimit>,
+    /// What the node may hold for all its peers in accepted, unconfirmed messages, in bytes
+    /// (default 1 GiB; `NodeConfig::send_budget`).
+    pub send_budget: Option<u64>,
+}
+
+/// A stream's receive rate limit in a settings file (see
+/// [`RateLimit`](crate::transport::RateLimit)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRateLimit {
+    /// Sustained bytes per second.
+    pub bytes_per_sec: u64,
+    /// Sustained messages per second.
+    pub messages_per_sec: u32,
+    /// How much quiet time saves up, in milliseconds (default 1000).
+    #[serde(default = "StreamRateLimit::default_burst_ms")]
+    pub burst_ms: u64,
+}
+
+impl StreamRateLimit {
+    fn default_burst_ms() -> u64 {
+        1000
+    }
 }
 
 impl Default for NodeSettings {
@@ -70,6 +95,8 @@ impl Default for NodeSettings {
             max_message_size: glueberry_transport::ConnectionConfig::default().max_message_size,
             metrics: None,
             debug_state_endpoint: false,
+            rate_limits: std::collections::BTreeMap::new(),
+            send_budget: None,
         }
     }
 }
@@ -93,6 +120,22 @@ impl NodeSettings {
             .connection(connection);
         for addr in self.listen_also {
             config = config.listen_also(addr);
+        }
+        for (name, limit) in &self.rate_limits {
+            if limit.bytes_per_sec == 0 || limit.messages_per_sec == 0 || limit.burst_ms == 0 {
+                return Err(format!(
+                    "rate_limits.{name}: bytes_per_sec, messages_per_sec and burst_ms must not be 0"
+                ));
+            }
+            let limit = glueberry_transport::RateLimit {
+                bytes_per_sec: limit.bytes_per_sec,
+                messages_per_sec: limit.messages_per_sec,
+                burst: std::time::Duration::from_millis(limit.burst_ms),
+            };
+            config = config.stream_rate_limit(name, limit);
+        }
+        if let Some(bytes) = self.send_budget {
+            config = config.send_budget(bytes);
         }
         if let Some(path) = self.address_book {
             config = config.address_book(path);
@@ -169,6 +212,35 @@ mod tests {
                 .into_config(Identity::from_seed(&[1; 32]))
                 .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_and_the_send_budget_come_from_the_settings_file() {
+        let text = r#"{"network_id": "n", "send_budget": 1048576,
+            "rate_limits": {"mempool": {"bytes_per_sec": 1000000, "messages_per_sec": 500}}}"#;
+        let settings: NodeSettings = serde_json::from_str(text).unwrap();
+        let config = settings
+            .clone()
+            .into_config(Identity::from_seed(&[1; 32]))
+            .unwrap();
+        let limit = config.connection.rate_limit_of(b"mempool").unwrap();
+        assert_eq!(
+            (limit.bytes_per_sec, limit.messages_per_sec, limit.burst),
+            (1_000_000, 500, std::time::Duration::from_secs(1))
+        );
+        assert_eq!(config.send_budget, 1 << 20);
+        let mut zero = settings;
+        zero.rate_limits
+            .get_mut("mempool")
+            .unwrap()
+            .messages_per_sec = 0;
+        let error = zero.into_config(Identity::from_seed(&[1; 32])).unwrap_err();
+        assert!(error.contains("rate_limits.mempool"), "{error}");
     }
 }
 

@@ -268,3 +268,73 @@ fn a_silent_peer_that_never_confirms_is_cut_by_the_timer_alone() {
         Some(&CloseReason::Local(CloseCode::SendStalled))
     );
 }
+
+/// Messages received per second of virtual time on a stream whose receiver is paced by
+/// `limit`, with the sender keeping its queue full and the receiver consuming everything at
+/// once: `(in the first second, in the next two)`.
+fn paced_rate(limit: Option<crate::RateLimit>, size: usize) -> (usize, usize) {
+    let receiver = Arc::new(ConnectionConfig {
+        initial_window: 64 * 1024,
+        max_message_size: 32 * 1024,
+        rate_limits: limit.into_iter().map(|l| ("s".to_string(), l)).collect(),
+        ..ConnectionConfig::default()
+    });
+    let mut p = Pair::connected_with(config_default(), receiver);
+    p.a.complete_handshake(&["s"]).expect("a");
+    p.b.complete_handshake(&["s"]).expect("b");
+    p.pump();
+    let s = p.a.stream_id("s").expect("s");
+    let start = p.now;
+    let (mut first, mut next) = (0, 0);
+    while p.now < start + Duration::from_secs(3) {
+        while p.a.send(s, Bytes::from(vec![3u8; size])).is_ok() {}
+        p.a.handle_timeout(p.now);
+        p.b.handle_timeout(p.now);
+        p.pump();
+        for event in events(&mut p.b) {
+            if let Event::Message { stream, data } = event {
+                p.b.release(stream, data.len());
+                if p.now < start + Duration::from_secs(1) {
+                    first += 1;
+                } else {
+                    next += 1;
+                }
+            }
+        }
+        p.pump();
+        p.now += Duration::from_millis(5);
+    }
+    assert!(
+        !p.a.is_closed() && !p.b.is_closed(),
+        "{:?}",
+        p.a.close_reason()
+    );
+    (first, next)
+}
+
+/// A receive rate limit paces the credit we return: a peer sending as fast as it can gets
+/// about the limit, in messages a second for small messages and in bytes a second for large
+/// ones, and nothing is dropped (every message sent arrives; the sender waits for credit).
+#[test]
+fn a_rate_limited_stream_paces_the_sender_by_credit_without_dropping() {
+    let unpaced = paced_rate(None, 64);
+    // 1,000 messages a second (and 10 MB/s, not the bound here).
+    let by_messages = paced_rate(Some(crate::RateLimit::new(10_000_000, 1000)), 64);
+    // 100 KB a second of 16 KiB messages (1,000 messages a second is not the bound).
+    let by_bytes = paced_rate(Some(crate::RateLimit::new(100_000, 1000)), 16 * 1024);
+    println!(
+        "64 B unpaced: {unpaced:?}; 1,000 msg/s: {by_messages:?}; 100 KB/s of 16 KiB: {by_bytes:?} \
+         (first second, next two)"
+    );
+    assert!(unpaced.1 > 20 * 2000, "unpaced {unpaced:?}");
+    // The next two seconds: the sustained rate (the first also holds the window and the burst).
+    assert!(
+        (1700..=2300).contains(&by_messages.1),
+        "1,000 msg/s paced to {by_messages:?}"
+    );
+    let bytes = by_bytes.1 * (16 * 1024 + 6);
+    assert!(
+        (170_000..=230_000).contains(&bytes),
+        "100 KB/s paced to {bytes} bytes in 2 s ({by_bytes:?})"
+    );
+}

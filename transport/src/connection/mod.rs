@@ -148,6 +148,8 @@ pub struct Connection {
     clock: Instant,
     /// `poll_transmit` wrote whole messages (they are stamped when it returns).
     wrote_messages: bool,
+    /// Some peer stream's credit is paced by a rate limit.
+    paced: bool,
     /// What the peer may still send us on all streams together.
     recv_window: u64,
     /// Connection credit the application released and we have not yet granted back.
@@ -267,6 +269,7 @@ impl Connection {
             oldest_unconfirmed: None,
             clock: now,
             wrote_messages: false,
+            paced: false,
             recv_window: u64::from(config.connection_window),
             recv_released: 0,
             queued_bytes: 0,
@@ -314,6 +317,9 @@ impl Connection {
             return;
         }
         self.clock = self.clock.max(now);
+        if self.paced {
+            self.release_paced(now);
+        }
         if self.credit_owed && now >= self.credit_owed_since + CREDIT_DELAY {
             self.credit_owed = false;
             self.grant_connection_credit(0);
@@ -362,6 +368,27 @@ impl Connection {
             });
         }
         if self.recv_released > 0 {
+            self.owe_credit();
+        }
+    }
+
+    /// Paced streams: what their pace allows of the credit they owe goes back now.
+    fn release_paced(&mut self, now: Instant) {
+        let batch = u64::from(self.config.initial_window / 4);
+        let mut owed = false;
+        for (id, peer_stream) in self.peer_streams.iter_mut().enumerate() {
+            let Some(peer_stream) = peer_stream else {
+                continue;
+            };
+            let Some(grant) = peer_stream.pace.as_mut().map(|p| p.take(now)) else {
+                continue;
+            };
+            if grant > 0 {
+                Self::credit_back(id as u16, peer_stream, grant, batch, &mut self.control);
+            }
+            owed |= peer_stream.released > 0;
+        }
+        if owed {
             self.owe_credit();
         }
     }
@@ -471,6 +498,12 @@ impl Connection {
         }
         if let Some(oldest) = self.oldest_unconfirmed {
             at = at.min(oldest + self.config.send_stall_timeout);
+        }
+        if self.paced {
+            let paced = self.peer_streams.iter().flatten();
+            if let Some(next) = paced.filter_map(|p| p.pace.as_ref()?.next()).min() {
+                at = at.min(next);
+            }
         }
         Some(at)
     }

@@ -496,6 +496,10 @@ impl Connection {
                     local: local as u16,
                 };
                 peer_stream.window = u64::from(self.config.initial_window);
+                if let Some(limit) = self.config.rate_limit_of(&peer_stream.name) {
+                    peer_stream.pace = Some(crate::stream::Pace::new(limit, self.clock));
+                    self.paced = true;
+                }
                 self.streams[local].peer_id = Some(peer_id);
                 self.control.push_back(Control::Credit {
                     stream: peer_id,

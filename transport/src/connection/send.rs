@@ -139,6 +139,28 @@ impl Connection {
             return;
         };
         let amount = len as u64 + MESSAGE_CREDIT_OVERHEAD;
+        // The connection's credit goes back as always; a paced stream's waits for its pace.
+        let amount = match peer_stream.pace.as_mut() {
+            Some(pace) => {
+                pace.owe(amount);
+                let grant = pace.take(self.clock);
+                self.grant_connection_credit(amount);
+                if grant == 0 {
+                    return;
+                }
+                let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(peer_id))
+                else {
+                    return;
+                };
+                let batch = u64::from(self.config.initial_window / 4);
+                Self::credit_back(peer_id, peer_stream, grant, batch, &mut self.control);
+                if peer_stream.released > 0 {
+                    self.owe_credit();
+                }
+                return;
+            }
+            None => amount,
+        };
         // Credit goes back a quarter window at a time, or every `CREDIT_BATCH_MESSAGES`
         // messages, whichever comes first: the sender holds what it wrote until we confirm it
         // (its send bound counts unconfirmed messages), so many small messages must not wait
