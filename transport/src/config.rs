@@ -73,9 +73,9 @@ pub struct ConnectionConfig {
 
 /// How fast a peer may send on one stream, sustained: `bytes_per_sec` and
 /// `messages_per_sec`, with `burst` of each saved up while it is quiet. Enforced by pacing the
-/// credit returned for what the application consumed: each message is charged its cost (bytes
-/// + 6) or `bytes_per_sec / messages_per_sec`, whichever is more, and its credit goes back as
-/// the charge is covered. Lossless: the peer simply waits for credit. What it can send ahead of
+/// credit returned for what the application consumed: each message is charged its cost (its
+/// bytes plus 6) or `bytes_per_sec / messages_per_sec`, whichever is more, and its credit goes
+/// back as the charge is covered. Lossless: the peer simply waits for credit. What it can send ahead of
 /// the pace is its window (`initial_window`), as always.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
