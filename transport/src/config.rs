@@ -75,8 +75,11 @@ pub struct ConnectionConfig {
 /// `messages_per_sec`, with `burst` of each saved up while it is quiet. Enforced by pacing the
 /// credit returned for what the application consumed: each message is charged its cost (its
 /// bytes plus 6) or `bytes_per_sec / messages_per_sec`, whichever is more, and its credit goes
-/// back as the charge is covered. Lossless: the peer simply waits for credit. What it can send ahead of
-/// the pace is its window (`initial_window`), as always.
+/// back as the charge is covered. Lossless: the peer simply waits for credit. What it can send
+/// ahead of the pace is its window (`initial_window`), as always. A peer that keeps sending
+/// faster than the limit sees its oldest messages wait for confirmation, and past its own
+/// send-stall timeout it may close the connection (code 10): set limits that honest traffic
+/// stays under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     /// Sustained bytes per second (at least 1).
