@@ -5,17 +5,18 @@
 //! [`CloseCode::OverBudget`](glueberry_transport::CloseCode::OverBudget) — never a newcomer, and
 //! never a peer that holds little.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The most often the budget cuts a peer, node-wide: what a cut hands back takes a moment to
 /// leave the counters.
 const CUT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// One shard's count, on a cache line of its own.
+/// One shard's count, on a cache line of its own. Signed, so that a count off by a message
+/// can never wrap into "the node holds 2^64 bytes" (which would cut a peer every 100 ms).
 #[repr(align(64))]
 #[derive(Default)]
-struct Held(AtomicU64);
+struct Held(AtomicI64);
 
 pub(crate) struct NodeBudget {
     limit: u64,
@@ -43,19 +44,20 @@ impl NodeBudget {
 
     pub(crate) fn add(&self, shard: usize, bytes: u64) {
         if let Some(held) = self.held.get(shard) {
-            held.0.fetch_add(bytes, Ordering::Relaxed);
+            held.0.fetch_add(bytes as i64, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn sub(&self, shard: usize, bytes: u64) {
         if let Some(held) = self.held.get(shard) {
-            held.0.fetch_sub(bytes, Ordering::Relaxed);
+            held.0.fetch_sub(bytes as i64, Ordering::Relaxed);
         }
     }
 
     /// Bytes held for all peers, node-wide.
     pub(crate) fn held(&self) -> u64 {
-        self.held.iter().map(|h| h.0.load(Ordering::Relaxed)).sum()
+        let sum: i64 = self.held.iter().map(|h| h.0.load(Ordering::Relaxed)).sum();
+        sum.max(0) as u64
     }
 
     pub(crate) fn limit(&self) -> u64 {
@@ -101,5 +103,9 @@ mod tests {
         assert!(budget.should_cut(now + CUT_INTERVAL * 2));
         budget.sub(0, 60);
         assert!(!budget.should_cut(now + CUT_INTERVAL * 4));
+        // A count gone below zero reads as nothing held, never as a huge amount.
+        budget.sub(1, 1000);
+        assert_eq!(budget.held(), 0);
+        assert!(!budget.should_cut(now + CUT_INTERVAL * 6));
     }
 }
