@@ -26,6 +26,13 @@ fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
+/// `glueberry keygen --out FILE`: the new identity's peer id.
+fn keygen(dir: &Path, file: &str) -> String {
+    stdout(&run(dir, &["keygen", "--out", file]))
+        .trim()
+        .to_string()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -64,12 +71,8 @@ fn terminate(mut child: Child) {
 fn keygen_two_nodes_from_toml_status_and_ping() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let a = stdout(&run(dir, &["keygen", "--out", "a.key"]))
-        .trim()
-        .to_string();
-    let b = stdout(&run(dir, &["keygen", "--out", "b.key"]))
-        .trim()
-        .to_string();
+    let a = keygen(dir, "a.key");
+    let b = keygen(dir, "b.key");
     assert!(a.starts_with("gbp1") && b.starts_with("gbp1") && a != b);
     assert_eq!(stdout(&run(dir, &["id", "--key", "a.key"])).trim(), a);
     assert!(
@@ -188,9 +191,7 @@ fn a_peer_that_takes_no_answers_does_not_stop_the_node_answering_others() {
     use glueberry::{Event, EventFilter, Node, NodeConfig};
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let a = stdout(&run(dir, &["keygen", "--out", "a.key"]))
-        .trim()
-        .to_string();
+    let a = keygen(dir, "a.key");
     let port = free_port();
     std::fs::write(
         dir.join("a.toml"),

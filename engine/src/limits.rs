@@ -203,15 +203,7 @@ impl Limits {
     fn stranger(&self, now: Instant) -> bool {
         let rate = f64::from(self.limits.stranger_handshakes_per_sec);
         let mut bucket = self.strangers.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = &mut *bucket;
-        *tokens =
-            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(2.0 * rate);
-        *at = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
+        take_token(&mut bucket, rate, now)
     }
 
     /// How evictions reach the victim's shard (set once the shards exist).
@@ -235,14 +227,7 @@ impl Limits {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
         }
-        let (tokens, at) = rates.entry(group).or_insert((burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
+        take_token(rates.entry(group).or_insert((burst, now)), rate, now)
     }
 
     /// Takes a slot for an inbound socket from `ip`, refused if its network group is at a
@@ -317,6 +302,18 @@ impl Limits {
         );
         Ok(())
     }
+}
+
+/// Takes one token from `bucket` (tokens left, when last refilled), refilled continuously at
+/// `rate` a second up to twice that; `false` when none is left.
+fn take_token((tokens, at): &mut (f64, Instant), rate: f64, now: Instant) -> bool {
+    *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(2.0 * rate);
+    *at = now;
+    if *tokens < 1.0 {
+        return false;
+    }
+    *tokens -= 1.0;
+    true
 }
 
 /// Which inbound peer makes room for a newcomer from `newcomer` (its network group), or none

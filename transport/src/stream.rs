@@ -102,20 +102,27 @@ pub(crate) struct LocalStream {
     pub deficit: usize,
 }
 
+/// Initial capacity of a connection's event queue and of each stream's send queue.
+pub(crate) const INITIAL_QUEUE: usize = 16;
+
 impl LocalStream {
-    pub(crate) fn new(name: &str, state: SendState, queue_capacity: usize, priority: u8) -> Self {
+    /// Our stream `name`, awaiting the peer, with the bounds `config` sets for every stream.
+    pub(crate) fn new(name: &str, config: &crate::ConnectionConfig) -> Self {
+        let priority = config.priority_of(name);
         Self {
             priority,
             deficit: quantum(priority),
             name: name.into(),
-            state,
+            state: SendState::AwaitingPeer,
             credit: 0,
-            queue: VecDeque::with_capacity(queue_capacity),
+            // Queues start small and grow to what the traffic needs (then keep that
+            // capacity), so an idle connection costs little.
+            queue: VecDeque::with_capacity(INITIAL_QUEUE.min(config.high_watermark)),
             queued_bytes: 0,
             in_flight: VecDeque::new(),
-            cap: u64::MAX,
+            cap: u64::from(config.initial_window),
             unconfirmed: 0,
-            max_unconfirmed_messages: usize::MAX,
+            max_unconfirmed_messages: config.high_watermark,
             checkpoints: VecDeque::new(),
             confirmed: 0,
             front_offset: 0,

@@ -40,10 +40,7 @@ fn undelivered(conn: &mut Connection) -> usize {
 #[test]
 fn a_peer_granting_the_largest_windows_gets_only_our_windows_ahead_of_confirmation() {
     let ours = ConnectionConfig::default();
-    let mut p = Pair::connected_with(Arc::new(ours.clone()), greedy_peer());
-    p.a.complete_handshake(&["s", "t"]).expect("a");
-    p.b.complete_handshake(&["s", "t"]).expect("b");
-    p.pump();
+    let mut p = Pair::established_with(Arc::new(ours.clone()), greedy_peer(), &["s", "t"]);
     let (s, t) = (
         p.a.stream_id("s").expect("s"),
         p.a.stream_id("t").expect("t"),
@@ -110,10 +107,7 @@ fn confirmations_free_what_they_cover_and_are_reported_per_stream() {
 /// send-stall deadline: the oldest unconfirmed message's age does, and it keeps growing.
 #[test]
 fn credit_trickled_back_does_not_keep_a_stalled_connection_alive() {
-    let mut p = Pair::connected_with(config_default(), greedy_peer());
-    p.a.complete_handshake(&["s"]).expect("a");
-    p.b.complete_handshake(&["s"]).expect("b");
-    p.pump();
+    let mut p = Pair::established_with(config_default(), greedy_peer(), &["s"]);
     let s = p.a.stream_id("s").expect("s");
     queue(&mut p, s, 900, 4000);
     p.pump();
@@ -236,10 +230,7 @@ fn a_silent_peer_that_never_confirms_is_cut_by_the_timer_alone() {
         send_stall_timeout: stall,
         ..ConnectionConfig::default()
     });
-    let mut p = Pair::connected_with(ours, greedy_peer());
-    p.a.complete_handshake(&["s"]).expect("a");
-    p.b.complete_handshake(&["s"]).expect("b");
-    p.pump();
+    let mut p = Pair::established_with(ours, greedy_peer(), &["s"]);
     let s = p.a.stream_id("s").expect("s");
     queue(&mut p, s, 100, 64 * 1024);
     let start = p.now + Duration::from_secs(1);
@@ -279,10 +270,7 @@ fn paced_rate(limit: Option<crate::RateLimit>, size: usize) -> (usize, usize) {
         rate_limits: limit.into_iter().map(|l| ("s".to_string(), l)).collect(),
         ..ConnectionConfig::default()
     });
-    let mut p = Pair::connected_with(config_default(), receiver);
-    p.a.complete_handshake(&["s"]).expect("a");
-    p.b.complete_handshake(&["s"]).expect("b");
-    p.pump();
+    let mut p = Pair::established_with(config_default(), receiver, &["s"]);
     let s = p.a.stream_id("s").expect("s");
     let start = p.now;
     let (mut first, mut next) = (0, 0);

@@ -16,7 +16,7 @@ use glueberry_crypto::{
 use crate::config::ConnectionConfig;
 use crate::event::{CloseCode, CloseReason, ConnectionError, Direction, Event, StreamId};
 use crate::frame::{CONNECTION_CREDIT, Settings};
-use crate::stream::{LocalStream, PeerStream, RecvState, SendState};
+use crate::stream::{INITIAL_QUEUE, LocalStream, PeerStream, RecvState};
 
 pub use crate::stream::HANDSHAKE_STREAM;
 
@@ -64,8 +64,6 @@ const COPY_OUT_RATIO: usize = 8;
 /// The chunk that small received messages are copied into, back to back: one allocation per
 /// this many bytes of them, not one per message.
 const SMALL_CHUNK: usize = 64 * 1024;
-/// Initial capacity of a connection's event queue and of each stream's send queue.
-const INITIAL_QUEUE: usize = 16;
 
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,16 +219,8 @@ impl Connection {
     }
 
     fn new(config: Arc<ConnectionConfig>, direction: Direction, now: Instant) -> Self {
-        // Queues start small and grow to what the traffic needs (then keep that capacity), so
-        // an idle connection costs little.
-        let queue = INITIAL_QUEUE.min(config.high_watermark);
         let mut streams = Vec::with_capacity(usize::from(config.max_streams));
-        streams.push(LocalStream::new(
-            HANDSHAKE_STREAM,
-            SendState::AwaitingPeer,
-            queue,
-            crate::config::MAX_PRIORITY,
-        ));
+        streams.push(LocalStream::new(HANDSHAKE_STREAM, &config));
         let mut peer_streams = Vec::with_capacity(usize::from(config.max_streams));
         peer_streams.push(Some(PeerStream::new(
             HANDSHAKE_STREAM.as_bytes(),
@@ -238,8 +228,6 @@ impl Connection {
             u64::from(config.initial_window),
         )));
         streams[0].peer_id = Some(0);
-        streams[0].cap = u64::from(config.initial_window);
-        streams[0].max_unconfirmed_messages = config.high_watermark;
         Self {
             direction,
             phase: Phase::Handshaking,
@@ -607,11 +595,6 @@ impl Connection {
     /// each stream, the rest of one message begun), whatever the peer advertised.
     pub fn unconfirmed_bytes(&self) -> u64 {
         self.unconfirmed
-    }
-
-    /// Payload bytes accepted by `send` and not yet written, over all streams.
-    pub fn queued_bytes(&self) -> u64 {
-        self.queued_bytes
     }
 
     /// Connection credit we may still spend: the peer's grant, and our cap on what is written

@@ -40,14 +40,7 @@ impl Connection {
             return Err(StreamError::TooMany { max });
         }
         for name in unique {
-            let mut stream = LocalStream::new(
-                name,
-                SendState::AwaitingPeer,
-                INITIAL_QUEUE.min(self.config.high_watermark),
-                self.config.priority_of(name),
-            );
-            stream.cap = u64::from(self.config.initial_window);
-            stream.max_unconfirmed_messages = self.config.high_watermark;
+            let mut stream = LocalStream::new(name, &self.config);
             stream.open_pending = true;
             self.streams.push(stream);
         }
@@ -138,28 +131,15 @@ impl Connection {
         let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(peer_id)) else {
             return;
         };
-        let amount = len as u64 + MESSAGE_CREDIT_OVERHEAD;
-        // The connection's credit goes back as always; a paced stream's waits for its pace.
+        let cost = len as u64 + MESSAGE_CREDIT_OVERHEAD;
+        // A paced stream's credit goes back as its pace allows (the rest later, from
+        // `release_paced`); the connection's always goes back at once.
         let amount = match peer_stream.pace.as_mut() {
             Some(pace) => {
-                pace.owe(amount);
-                let grant = pace.take(self.clock);
-                self.grant_connection_credit(amount);
-                if grant == 0 {
-                    return;
-                }
-                let Some(Some(peer_stream)) = self.peer_streams.get_mut(usize::from(peer_id))
-                else {
-                    return;
-                };
-                let batch = u64::from(self.config.initial_window / 4);
-                Self::credit_back(peer_id, peer_stream, grant, batch, &mut self.control);
-                if peer_stream.released > 0 {
-                    self.owe_credit();
-                }
-                return;
+                pace.owe(cost);
+                pace.take(self.clock)
             }
-            None => amount,
+            None => cost,
         };
         // Credit goes back a quarter window at a time, or every `CREDIT_BATCH_MESSAGES`
         // messages, whichever comes first: the sender holds what it wrote until we confirm it
@@ -175,7 +155,7 @@ impl Connection {
         if peer_stream.released > 0 {
             self.owe_credit();
         }
-        self.grant_connection_credit(amount);
+        self.grant_connection_credit(cost);
     }
 
     /// Adds `amount` to the credit owed on a peer stream and sends it once it reaches `batch`
@@ -386,6 +366,7 @@ impl Connection {
             let mut busy = false;
             let mut progressed = false;
             for &index in &self.order {
+                let connection_credit = self.connection_credit();
                 let stream = &mut self.streams[usize::from(index)];
                 if !stream.sendable() {
                     if stream.queue.is_empty() {
@@ -400,9 +381,6 @@ impl Connection {
                 if written >= out.len() {
                     return written;
                 }
-                let connection_credit = self
-                    .send_window
-                    .min(u64::from(self.config.connection_window).saturating_sub(self.unconfirmed));
                 if connection_credit == 0 {
                     // The connection's credit is spent (the peer's grant, or our cap on what
                     // it has not confirmed): every stream waits for the peer.

@@ -52,7 +52,16 @@ impl Pair {
     }
 
     pub(super) fn established(streams: &[&str]) -> Self {
-        let mut pair = Self::connected();
+        Self::established_with(config(), config(), streams)
+    }
+
+    /// [`Pair::established`] with each side's own configuration.
+    pub(super) fn established_with(
+        ca: Arc<ConnectionConfig>,
+        cb: Arc<ConnectionConfig>,
+        streams: &[&str],
+    ) -> Self {
+        let mut pair = Self::connected_with(ca, cb);
         pair.a.complete_handshake(streams).expect("a");
         pair.b.complete_handshake(streams).expect("b");
         pair.pump();
@@ -634,10 +643,7 @@ fn no_batching_sends_one_message_per_record() {
         batching: false,
         ..Default::default()
     });
-    let mut p = Pair::connected_with(unbatched, config());
-    p.a.complete_handshake(&["s"]).expect("a");
-    p.b.complete_handshake(&["s"]).expect("b");
-    p.pump();
+    let mut p = Pair::established_with(unbatched, config(), &["s"]);
     let s = p.a.stream_id("s").expect("s");
     for _ in 0..10 {
         p.a.send(s, Bytes::from_static(&[1; 64])).expect("send");
