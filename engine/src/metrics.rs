@@ -49,6 +49,12 @@ pub mod names {
     pub const BACKPRESSURE_ENGAGED: &str = "glueberry_backpressure_engaged_total";
     /// Histogram: how long `Node::send` waited for room, in seconds.
     pub const BACKPRESSURE_WAIT: &str = "glueberry_backpressure_wait_seconds";
+    /// Counter: turns of the shards' event loops.
+    pub const LOOP_TURNS: &str = "glueberry_loop_turns_total";
+    /// Counter: connections the loop looked at (on a work list: output, a receive to arm);
+    /// divided by `glueberry_loop_turns_total`, what a turn costs. Idle connections add
+    /// nothing.
+    pub const CONNECTIONS_TOUCHED: &str = "glueberry_connections_touched_total";
     /// Counter: io_uring submission queue entries pushed.
     pub const RING_SUBMISSIONS: &str = "glueberry_ring_submissions_total";
     /// Counter: io_uring completions handled.
@@ -143,6 +149,12 @@ fn describe() {
         Unit::Seconds,
         "How long Node::send waited for room."
     );
+    describe_counter!(LOOP_TURNS, Unit::Count, "Turns of the shards' event loops.");
+    describe_counter!(
+        CONNECTIONS_TOUCHED,
+        Unit::Count,
+        "Connections the event loop looked at (work lists; idle connections add nothing)."
+    );
     describe_counter!(
         RING_SUBMISSIONS,
         Unit::Count,
@@ -211,6 +223,8 @@ pub(crate) struct ShardMetrics {
     pub messages_undelivered: Counter,
     pub budget_cuts: Counter,
     pub events_dropped: Counter,
+    pub turns: Counter,
+    pub touched: Counter,
     pub submissions: Counter,
     pub completions: Counter,
     pub send_buffers_in_use: Gauge,
@@ -242,6 +256,8 @@ impl ShardMetrics {
             messages_undelivered: counter!(names::MESSAGES_UNDELIVERED, "shard" => s.clone()),
             budget_cuts: counter!(names::BUDGET_CUTS, "shard" => s.clone()),
             events_dropped: counter!(names::EVENTS_DROPPED, "shard" => s.clone()),
+            turns: counter!(names::LOOP_TURNS, "shard" => s.clone()),
+            touched: counter!(names::CONNECTIONS_TOUCHED, "shard" => s.clone()),
             submissions: counter!(names::RING_SUBMISSIONS, "shard" => s.clone()),
             completions: counter!(names::RING_COMPLETIONS, "shard" => s.clone()),
             send_buffers_in_use: gauge!(names::SEND_BUFFERS_IN_USE, "shard" => s.clone()),

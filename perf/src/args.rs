@@ -119,7 +119,8 @@ struct SetupArgs {
     /// The message size of the `small` scenario (default: 64 and 1024).
     #[arg(long, value_name = "N", value_parser = positive::<usize>)]
     size: Option<usize>,
-    /// Sending nodes (bulk-peers, shard-scaling; the count for scale).
+    /// Sending nodes (bulk-peers, shard-scaling; the count for scale; the most idle peers for
+    /// idle-peers, which also runs a tenth and two fifths of it, and 0).
     #[arg(long, value_name = "N", value_parser = positive::<usize>)]
     peers: Option<usize>,
     /// Streams per connection (bulk-streams).
@@ -179,6 +180,7 @@ enum ScenarioArg {
     Handshake,
     Scale,
     ShardScaling,
+    IdlePeers,
     All,
 }
 
@@ -318,6 +320,7 @@ impl Options {
             ScenarioArg::Handshake => vec![Scenario::Handshake],
             ScenarioArg::Scale => vec![Scenario::Scale],
             ScenarioArg::ShardScaling => vec![Scenario::ShardScaling],
+            ScenarioArg::IdlePeers => vec![Scenario::IdlePeers],
             ScenarioArg::All => {
                 let mut all = vec![Scenario::Bulk, Scenario::BulkStreams, Scenario::BulkPeers];
                 all.extend(small);

@@ -39,6 +39,9 @@ pub(crate) struct Setup {
     pub busy_poll: Option<Duration>,
     /// The nodes' I/O backend (`--backend`; Auto unless given).
     pub backend: glueberry::Backend,
+    /// Idle authenticated connections kept open to the receiving node while the latency and
+    /// throughput scenarios measure (the `idle-peers` scenario).
+    pub idle: usize,
 }
 
 impl Default for Setup {
@@ -54,6 +57,7 @@ impl Default for Setup {
             window: None,
             busy_poll: None,
             backend: glueberry::Backend::Auto,
+            idle: 0,
         }
     }
 }
@@ -238,6 +242,7 @@ pub(crate) fn throughput(
             counter.fetch_add(1, Ordering::Relaxed);
         })),
     )?;
+    let _idle = idle_connections(&receiver, setup, senders.len())?;
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = senders
         .iter()
@@ -292,6 +297,7 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
         ..setup.clone()
     };
     let (mut senders, b) = nodes(&one, None)?;
+    let _idle = idle_connections(&b, setup, 1)?;
     let a = senders.pop().ok_or("no sending node")?;
     let stop = Arc::new(AtomicBool::new(false));
     let echo = {
@@ -324,6 +330,102 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
     b.stop_blocking();
     let _ = echo.join();
     Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
+}
+
+/// `setup.idle` authenticated connections to `server` (which already has `busy` peers), each a
+/// client with an identity of its own that finished the secure handshake and then sits idle:
+/// it opens no stream and sends nothing, so a node keeps it as a Connected peer. Returned once
+/// the node has taken all of them in; they close when dropped.
+fn idle_connections(server: &Node, setup: &Setup, busy: usize) -> Result<Vec<TcpStream>, String> {
+    let config = Arc::new(setup.connection());
+    let mut sockets = Vec::with_capacity(setup.idle);
+    for _ in 0..setup.idle {
+        sockets.push(handshake_client(server, &client_config(setup)?, &config)?);
+    }
+    let start = Instant::now();
+    while server.connection_counts().0 < busy + setup.idle
+        && start.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if server.connection_counts().0 < busy + setup.idle {
+        return Err(format!(
+            "the node took {} of {} idle connections",
+            server.connection_counts().0.saturating_sub(busy),
+            setup.idle
+        ));
+    }
+    // The handshakes' own work settles before anything is measured.
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(sockets)
+}
+
+/// One busy peer beside `counts` idle ones (each count a fresh pair of nodes), interleaved over
+/// `rounds`: request/response p50 and p99 and the 64 B rate, with ratios to the figures at the
+/// first count (0). Printed as a table; returns the figures of the last count's last round.
+pub(crate) fn idle_peers(
+    setup: &Setup,
+    counts: &[usize],
+    rounds: usize,
+    length: Length,
+) -> Result<Figures, String> {
+    let mut rows: Vec<Vec<(Figures, Figures)>> = vec![Vec::new(); counts.len()];
+    for round in 0..rounds {
+        for (i, &idle) in counts.iter().enumerate() {
+            let setup = Setup {
+                idle,
+                ..setup.clone()
+            };
+            let latency = latency(&setup, 64, length.time())?;
+            let rate = throughput(&setup, 64, length, &|_, _| {})?;
+            eprintln!(
+                "  round {round}, {idle} idle: p50 {:.1} µs, p99 {:.1} µs, 64 B {:.2} M msg/s",
+                latency.p50_us,
+                latency.p99_us,
+                rate.messages_per_sec / 1e6
+            );
+            rows[i].push((latency, rate));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let summary: Vec<(f64, f64, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                median(r.iter().map(|(l, _)| l.p50_us).collect()),
+                median(r.iter().map(|(l, _)| l.p99_us).collect()),
+                median(r.iter().map(|(_, t)| t.messages_per_sec).collect()),
+            )
+        })
+        .collect();
+    let (p50_0, p99_0, rate_0) = summary[0];
+    eprintln!();
+    eprintln!("| idle peers | p50 µs | ÷ 0 idle | p99 µs | ÷ 0 idle | 64 B M msg/s | ÷ 0 idle |");
+    eprintln!("|---|---|---|---|---|---|---|");
+    for (&idle, &(p50, p99, rate)) in counts.iter().zip(&summary) {
+        eprintln!(
+            "| {idle} | {p50:.1} | ×{:.2} | {p99:.1} | ×{:.2} | {:.2} | ×{:.2} |",
+            p50 / p50_0,
+            p99 / p99_0,
+            rate / 1e6,
+            rate / rate_0
+        );
+    }
+    let (latency, rate) = rows
+        .last()
+        .and_then(|r| r.last())
+        .cloned()
+        .ok_or("no idle-peers figures")?;
+    Ok(Figures {
+        messages_per_sec: rate.messages_per_sec,
+        bytes_per_sec: rate.bytes_per_sec,
+        messages: rate.messages,
+        bytes: rate.bytes,
+        ..latency
+    })
 }
 
 /// A server node for the handshake and scale scenarios: one shard, no limits, few events.

@@ -73,6 +73,8 @@ pub(crate) enum Scenario {
     Scale,
     /// Many peers into one node at 1 and at 2 shards: how the engine scales with cores.
     ShardScaling,
+    /// Request/response and 64 B rate of one busy peer beside 0 to 1,000 idle ones.
+    IdlePeers,
 }
 
 impl Scenario {
@@ -89,6 +91,7 @@ impl Scenario {
             Scenario::Handshake => "connections per second (each a full handshake)".into(),
             Scenario::Scale => "idle connections (memory each, time to connect all)".into(),
             Scenario::ShardScaling => "8 peers into one node, 64 B messages: 2 shards ÷ 1".into(),
+            Scenario::IdlePeers => "one busy peer beside idle ones (latency, 64 B rate)".into(),
         }
     }
 
@@ -103,6 +106,7 @@ impl Scenario {
             Scenario::Handshake => "handshake".into(),
             Scenario::Scale => "scale".into(),
             Scenario::ShardScaling => "shard-scaling".into(),
+            Scenario::IdlePeers => "idle-peers".into(),
         }
     }
 }
@@ -193,6 +197,11 @@ pub(crate) fn run_glueberry(
         Scenario::LatencyUnderLoad => glueberry_peer::latency_under_load(setup, length.time()),
         Scenario::Handshake => glueberry_peer::handshakes(setup, length.time()),
         Scenario::Scale => glueberry_peer::scale(setup, count.unwrap_or(1000)),
+        Scenario::IdlePeers => {
+            let most = count.unwrap_or(1000);
+            let counts = [0, most / 10, most * 2 / 5, most];
+            glueberry_peer::idle_peers(setup, &counts, 2, length)
+        }
         Scenario::ShardScaling => {
             let at = |shards| {
                 let setup = Setup {
@@ -238,7 +247,8 @@ pub(crate) fn run_stream(
         | Scenario::BulkPeers
         | Scenario::Scale
         | Scenario::LatencyUnderLoad
-        | Scenario::ShardScaling => return None,
+        | Scenario::ShardScaling
+        | Scenario::IdlePeers => return None,
     })
 }
 

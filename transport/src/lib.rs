@@ -72,7 +72,7 @@ pub use event::{
 };
 pub use glueberry_crypto as crypto;
 pub use node::{
-    Action, Admission, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, PeerStats, Shard,
+    Action, Admission, ConnId, NodeConfig, NodeCore, NodeError, NodeEvent, PeerStats, Shard, Slots,
     StreamNames, shard_of,
 };
 pub use peer::{Backoff, ConnState, InvalidTransition, Jitter, PERSISTENT_MAX_DELAY};

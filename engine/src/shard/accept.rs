@@ -57,6 +57,6 @@ impl Shard {
         };
         let mut io = ConnIo::new(fd, true);
         io.ip_slot = slot;
-        self.conns.insert(id, io);
+        self.add_conn(id, io);
     }
 }

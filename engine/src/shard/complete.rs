@@ -14,9 +14,16 @@ use crate::sys::op::{Completion, Op, SendProgress, WAKE_TOKEN, received};
 use crate::sys::socket;
 
 impl Shard {
+    /// Arms a receive on each connection on the re-arm list (new connections, and those whose
+    /// receive completed) that still wants one.
     pub(super) fn arm_recvs(&mut self) -> io::Result<()> {
         let provided = self.backend.has_provided_buffers();
-        for (&id, io) in &mut self.conns {
+        let mut rearm = std::mem::take(&mut self.rearm);
+        self.touched += rearm.len();
+        for id in rearm.drain(..) {
+            let Some(io) = self.conns.get_mut(id) else {
+                continue;
+            };
             if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
                 continue;
             }
@@ -39,6 +46,7 @@ impl Shard {
                 .push(io.fd.as_raw_fd(), Op::Recv { conn: id, buf })?;
             io.recv = Some(key);
         }
+        self.rearm = rearm;
         Ok(())
     }
 
@@ -107,20 +115,21 @@ impl Shard {
                 }
             }
             Op::Connect { conn, .. } => {
-                if let Some(io) = self.conns.get_mut(&conn) {
+                if let Some(io) = self.conns.get_mut(conn) {
                     io.connect = None;
                     if c.result != 0 && io.closing.is_none() && !io.alternatives.is_empty() {
                         // The next address the name resolved to, on a new socket.
                         let rest = std::mem::take(&mut io.alternatives);
                         self.backend.release(io.fd.as_raw_fd());
-                        self.conns.remove(&conn);
+                        self.conns.remove(conn);
                         self.dial(conn, rest, now);
                         return Ok(());
                     }
                 }
                 let result = if c.result == 0 {
-                    if let Some(io) = self.conns.get_mut(&conn) {
+                    if let Some(io) = self.conns.get_mut(conn) {
                         io.connected = true;
+                        self.rearm.push(conn);
                     }
                     Ok(())
                 } else {
@@ -129,17 +138,19 @@ impl Shard {
                 self.core.handle_dial_result(conn, result, now);
             }
             Op::RecvMulti { conn } => {
-                if let Some(io) = self.conns.get_mut(&conn) {
+                if let Some(io) = self.conns.get_mut(conn) {
                     io.recv = None;
+                    self.rearm.push(conn);
                 }
                 // Its last completion: it may still carry data; re-armed by the next turn.
                 self.handle_provided_recv(conn, c, now);
             }
             Op::Recv { conn, mut buf } => {
-                let Some(io) = self.conns.get_mut(&conn) else {
+                let Some(io) = self.conns.get_mut(conn) else {
                     return Ok(());
                 };
                 io.recv = None;
+                self.rearm.push(conn);
                 let quiet = io.handoff || io.closing.is_some();
                 if c.result > 0 {
                     received(&mut buf, c.result as usize);
@@ -171,7 +182,7 @@ impl Shard {
         let Some((conn, start, end)) = op.send_range() else {
             return Ok(());
         };
-        if let Some(io) = self.conns.get_mut(&conn) {
+        if let Some(io) = self.conns.get_mut(conn) {
             io.send = None;
             match SendProgress::of(result, start, end) {
                 SendProgress::Resubmit { start } => {
@@ -182,16 +193,18 @@ impl Shard {
                 SendProgress::Failed => self.core.handle_eof(conn, now),
             }
         }
+        // The connection may have more to write: the core looks at it again.
+        self.core.touch(conn);
         match op {
             Op::SendFixed { index, .. } => self.fixed_free.push(index),
             Op::Send { buf, .. } => {
-                let Some(io) = self.conns.get_mut(&conn) else {
+                let Some(io) = self.conns.get_mut(conn) else {
                     return Ok(());
                 };
                 if io.closing.as_ref().is_some_and(Vec::is_empty) && io.idle() {
                     // The CLOSE frame went out: done.
                     self.backend.release(io.fd.as_raw_fd());
-                    self.conns.remove(&conn);
+                    self.conns.remove(conn);
                 } else if self.core.has_pending_output(conn) {
                     io.send_buf = Some(buf);
                 } else if buf.len() == SEND_BUF && self.send_pool.len() < SEND_POOL {
@@ -207,7 +220,7 @@ impl Shard {
     /// An inbound socket whose secure handshake just finished no longer counts against its
     /// network group's unfinished handshakes (node-wide).
     fn note_handshake(&mut self, conn: ConnId) {
-        if let Some(slot) = self.conns.get_mut(&conn).and_then(|io| io.ip_slot.as_mut())
+        if let Some(slot) = self.conns.get_mut(conn).and_then(|io| io.ip_slot.as_mut())
             && slot.is_pending()
             && !self.core.is_pending(conn)
         {
@@ -219,7 +232,7 @@ impl Shard {
     pub(super) fn handle_provided_recv(&mut self, conn: ConnId, c: Completion, now: Instant) {
         let quiet = self
             .conns
-            .get(&conn)
+            .get(conn)
             .is_none_or(|io| io.handoff || io.closing.is_some());
         if c.result > 0 {
             if let Some(bid) = c.buffer {

@@ -3,6 +3,8 @@
 //! owns. Nothing here is shared with other threads except the bounded queues in and out.
 
 use std::collections::{HashMap, VecDeque};
+
+use glueberry_transport::Slots;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -110,7 +112,19 @@ pub(crate) struct Shard {
     sleeping: Arc<AtomicBool>,
     commands: Arc<CommandQueue<Command>>,
     shared: Arc<Shared>,
-    conns: HashMap<ConnId, ConnIo>,
+    /// Each connection's socket and I/O, in the slot the core's connection table gave it.
+    conns: Slots<ConnIo>,
+    /// Work lists: a loop turn looks at the connections on them, not at every connection.
+    /// Connections with output (taken from the core each turn).
+    ready: Vec<ConnId>,
+    /// Connections whose receive is to be armed (new, or the last one completed).
+    rearm: Vec<ConnId>,
+    /// Connections asked to close or to be handed off, until their I/O is done.
+    settling: Vec<ConnId>,
+    /// Closing connections that may be stuck behind a send (see `CLOSE_GRACE`).
+    closing: Vec<ConnId>,
+    /// Connections looked at in the last turn (the `connections_touched` metric).
+    touched: usize,
     completions: Vec<Completion>,
     /// The routes of this shard's peers, kept while the peer is known.
     peer_routes: HashMap<PeerId, Vec<Arc<RouteShared>>>,
@@ -182,7 +196,12 @@ impl Shard {
             sleeping,
             commands,
             shared,
-            conns: HashMap::new(),
+            conns: Slots::new(),
+            ready: Vec::new(),
+            rearm: Vec::new(),
+            settling: Vec::new(),
+            closing: Vec::new(),
+            touched: 0,
             completions: Vec::with_capacity(1024),
             peer_routes: HashMap::new(),
             conn_routes: HashMap::new(),
@@ -297,6 +316,10 @@ impl Shard {
         self.flush_sends(now)?;
         self.arm_recvs()?;
         self.enforce_budget(now);
+        self.metrics.turns.increment(1);
+        self.metrics
+            .touched
+            .increment(std::mem::take(&mut self.touched) as u64);
         Ok(())
     }
 
@@ -334,7 +357,13 @@ impl Shard {
             return Ok(());
         }
         self.closing_check = None;
-        for io in self.conns.values_mut() {
+        let conns = &mut self.conns;
+        self.closing
+            .retain(|&id| conns.get(id).is_some_and(|io| io.closing_since.is_some()));
+        for &id in &self.closing {
+            let Some(io) = self.conns.get_mut(id) else {
+                continue;
+            };
             let Some(since) = io.closing_since else {
                 continue;
             };
@@ -438,7 +467,7 @@ impl Shard {
                 }
                 Command::Accepted { fd } => match self.core.handle_accepted(None, now) {
                     Some(id) => {
-                        self.conns.insert(id, ConnIo::new(fd, true));
+                        self.add_conn(id, ConnIo::new(fd, true));
                     }
                     None => self.emit(Event::Refused {
                         peer: None,
@@ -451,7 +480,7 @@ impl Shard {
                     if let Some(id) = self.core.adopt(*conn, remote, now) {
                         let mut io = ConnIo::new(fd, true);
                         io.ip_slot = ip_slot;
-                        self.conns.insert(id, io);
+                        self.add_conn(id, io);
                     }
                 }
             }
@@ -465,7 +494,7 @@ impl Shard {
                     let dialer = self.shared.dialer.as_ref().map(|d| d.dial(addr));
                     match dialer {
                         Some(Ok(fd)) => {
-                            self.conns.insert(conn, ConnIo::new(fd, true));
+                            self.add_conn(conn, ConnIo::new(fd, true));
                             self.core.handle_dial_result(conn, Ok(()), now);
                         }
                         Some(Err(e)) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
@@ -503,9 +532,11 @@ impl Shard {
                     // answer will be ignored.
                 }
                 Action::Close { conn, last_bytes } => {
-                    if let Some(io) = self.conns.get_mut(&conn) {
+                    if let Some(io) = self.conns.get_mut(conn) {
                         io.closing = Some(last_bytes);
                         io.closing_since = Some(now);
+                        self.settling.push(conn);
+                        self.closing.push(conn);
                         self.closing_check.get_or_insert(now + CLOSE_GRACE);
                         if let Some(key) = io.connect {
                             // Closed while still dialling: stop the connect; the socket closes
@@ -518,8 +549,9 @@ impl Shard {
                     }
                 }
                 Action::Handoff { conn, .. } => {
-                    if let Some(io) = self.conns.get_mut(&conn) {
+                    if let Some(io) = self.conns.get_mut(conn) {
                         io.handoff = true;
+                        self.settling.push(conn);
                         if let Some(key) = io.recv {
                             self.backend.cancel(key)?;
                         }
@@ -528,6 +560,14 @@ impl Shard {
             }
         }
         self.settle_idle_conns()
+    }
+
+    /// Keeps a connection's socket in its slot; a connected one gets its receive armed.
+    fn add_conn(&mut self, id: ConnId, io: ConnIo) {
+        if io.connected {
+            self.rearm.push(id);
+        }
+        self.conns.insert_at(id, io);
     }
 
     /// Dials `conn` at the first of `addrs`, keeping the rest to try in turn if it fails.
@@ -549,7 +589,7 @@ impl Shard {
                 Ok(key) => {
                     io.connect = Some(key);
                     io.alternatives = addrs;
-                    self.conns.insert(conn, io);
+                    self.add_conn(conn, io);
                     return;
                 }
                 Err(e) => {
@@ -607,14 +647,24 @@ impl Shard {
 
     /// Closes or hands off connections that asked for it once no I/O is in flight on them.
     fn settle_idle_conns(&mut self) -> io::Result<()> {
-        let ready: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, io)| (io.closing.is_some() || io.handoff) && io.idle())
-            .map(|(id, _)| *id)
-            .collect();
+        if self.settling.is_empty() {
+            return Ok(());
+        }
+        let mut settling = std::mem::take(&mut self.settling);
+        let conns = &self.conns;
+        let mut ready = Vec::new();
+        settling.retain(|&id| match conns.get(id) {
+            Some(io) if io.idle() => {
+                ready.push(id);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        settling.append(&mut self.settling);
+        self.settling = settling;
         for id in ready {
-            let Some(mut io) = self.conns.remove(&id) else {
+            let Some(mut io) = self.conns.remove(id) else {
                 continue;
             };
             self.backend.release(io.fd.as_raw_fd());
@@ -634,7 +684,7 @@ impl Shard {
                     )?;
                     io.send = Some(key);
                     io.closing = Some(Vec::new());
-                    self.conns.insert(id, io);
+                    self.conns.insert_at(id, io);
                 }
                 // Otherwise dropping `io` closes the socket.
                 continue;

@@ -140,12 +140,17 @@ impl Shard {
             .find(|r| &*r.name == name)
     }
 
+    /// Gives each connection with output (the core's ready list) a send buffer, if it has no
+    /// send in flight (one that has is touched again when its send completes).
     pub(super) fn flush_sends(&mut self, now: Instant) -> io::Result<()> {
-        for (&id, io) in &mut self.conns {
-            if !io.connected || io.send.is_some() || io.closing.is_some() || io.handoff {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.core.take_ready(&mut ready);
+        self.touched += ready.len();
+        for id in ready.drain(..) {
+            let Some(io) = self.conns.get_mut(id) else {
                 continue;
-            }
-            if !self.core.has_pending_output(id) {
+            };
+            if !io.connected || io.send.is_some() || io.closing.is_some() || io.handoff {
                 continue;
             }
             if let Some(index) = self.fixed_free.pop() {
@@ -194,6 +199,7 @@ impl Shard {
             )?;
             io.send = Some(key);
         }
+        self.ready = ready;
         self.metrics
             .send_buffers_in_use
             .set((self.registered - self.fixed_free.len()) as f64);

@@ -107,7 +107,7 @@ impl NodeCore {
         let p = self.peers.get_mut(&peer).ok_or(NodeError::UnknownPeer)?;
         p.deadline = None;
         if let Some(id) = self.detach_conn(peer, now) {
-            if let Some(conn) = self.conns.get_mut(&id) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.conn.close(CloseCode::Normal);
             }
             self.settle_at(id, now);
@@ -168,7 +168,7 @@ impl NodeCore {
     /// Statistics of one peer.
     pub fn peer_stats(&self, peer: PeerId, now: Instant) -> Option<PeerStats> {
         let p = self.peers.get(&peer)?;
-        let conn = p.conn.and_then(|id| self.conns.get(&id));
+        let conn = p.conn.and_then(|id| self.conns.get(id));
         Some(PeerStats {
             peer,
             state: p.state,
@@ -206,7 +206,7 @@ impl NodeCore {
         now: Instant,
     ) -> Result<(), NodeError> {
         let id = self.conn_of(peer)?;
-        if let Some(conn) = self.conns.get_mut(&id) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.conn.complete_handshake(streams)?;
         }
         self.settle_at(id, now);
@@ -225,16 +225,11 @@ impl NodeCore {
         stream: StreamId,
         data: Bytes,
     ) -> Result<(), (NodeError, Bytes)> {
-        let conn = match self.conn_of(peer) {
-            Ok(id) => self.conns.get_mut(&id),
+        let id = match self.conn_of(peer) {
+            Ok(id) => id,
             Err(e) => return Err((e, data)),
         };
-        let Some(conn) = conn else {
-            return Err((NodeError::NotConnected, data));
-        };
-        conn.conn
-            .send_or_return(stream, data)
-            .map_err(|(e, data)| (e.into(), data))
+        self.send_on(id, stream, data)
     }
 
     /// Queues a message on a known connection's stream: the driver resolved (peer, stream name)
@@ -245,11 +240,13 @@ impl NodeCore {
         stream: StreamId,
         data: Bytes,
     ) -> Result<(), (NodeError, Bytes)> {
-        match self.conns.get_mut(&conn) {
-            Some(c) => c
-                .conn
-                .send_or_return(stream, data)
-                .map_err(|(e, data)| (e.into(), data)),
+        match self.conns.get_mut(conn) {
+            Some(c) => {
+                mark(&mut self.touched, c, conn);
+                c.conn
+                    .send_or_return(stream, data)
+                    .map_err(|(e, data)| (e.into(), data))
+            }
             None => Err((NodeError::NotConnected, data)),
         }
     }
@@ -257,7 +254,7 @@ impl NodeCore {
     /// A peer's live connection and its streams (id and name), for resolving names once.
     pub fn streams_of(&self, peer: PeerId) -> Option<(ConnId, StreamNames)> {
         let id = self.peers.get(&peer)?.conn?;
-        let conn = self.conns.get(&id)?;
+        let conn = self.conns.get(id)?;
         Some((
             id,
             conn.conn.streams().map(|(s, n)| (s, n.clone())).collect(),
@@ -269,20 +266,20 @@ impl NodeCore {
         self.peers
             .get(&peer)
             .and_then(|p| p.conn)
-            .and_then(|id| self.conns.get(&id))
+            .and_then(|id| self.conns.get(id))
             .is_some_and(|c| c.conn.is_blocked(stream))
     }
 
     /// The id of a peer connection's stream by name.
     pub fn stream_id(&self, peer: PeerId, name: &str) -> Option<StreamId> {
         let id = self.peers.get(&peer)?.conn?;
-        self.conns.get(&id)?.conn.stream_id(name)
+        self.conns.get(id)?.conn.stream_id(name)
     }
 
     /// The name of a peer connection's stream.
     pub fn stream_name(&self, peer: PeerId, stream: StreamId) -> Option<&str> {
         let id = self.peers.get(&peer)?.conn?;
-        self.conns.get(&id)?.conn.stream_name(stream)
+        self.conns.get(id)?.conn.stream_name(stream)
     }
 
     /// Messages on all connections that the peers have not confirmed: queued, or written and
@@ -297,7 +294,8 @@ impl NodeCore {
     /// Returns a consumed message's credit to the connection it came on (nothing, if that
     /// connection is gone: its credit went with it).
     pub fn release(&mut self, conn: ConnId, stream: StreamId, len: usize) {
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            mark(&mut self.touched, c, conn);
             c.conn.release(stream, len);
         }
     }

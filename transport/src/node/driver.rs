@@ -15,9 +15,10 @@ use super::*;
 impl NodeCore {
     /// A dial finished: `Ok` once TCP is connected, `Err` if it failed.
     pub fn handle_dial_result(&mut self, conn: ConnId, result: Result<(), String>, now: Instant) {
-        if result.is_err()
-            && let Some(c) = self.conns.get_mut(&conn)
-        {
+        if result.is_ok() {
+            // Its first handshake message can go out now.
+            self.touch(conn);
+        } else if let Some(c) = self.conns.get_mut(conn) {
             c.conn.handle_eof();
             self.settle_at(conn, now);
         }
@@ -27,15 +28,9 @@ impl NodeCore {
     /// accepted connections are still in their secure handshake (close the socket). The peer is
     /// known once it authenticates; [`Admission::admit`] is told `remote`.
     pub fn handle_accepted(&mut self, remote: Option<IpAddr>, now: Instant) -> Option<ConnId> {
-        let pending = self
-            .conns
-            .values()
-            .filter(|c| c.pending_since().is_some())
-            .count();
-        if pending >= self.config.max_pending_handshakes {
+        if self.pending_handshakes() >= self.config.max_pending_handshakes {
             return None;
         }
-        let id = self.new_conn_id();
         let conn = Connection::inbound(
             self.config.connection.clone(),
             self.config.handshake.clone(),
@@ -44,34 +39,37 @@ impl NodeCore {
         let mut entry = Conn::new(conn, None);
         entry.accepted_at = Some(now);
         entry.remote = remote;
-        self.conns.insert(id, entry);
+        let id = self.conns.insert(entry);
+        self.pending.push(id);
+        self.touch(id);
         Some(id)
     }
 
-    /// Whether an inbound connection is still in its secure handshake.
+    /// Whether `conn` is an inbound connection still in its secure handshake.
     pub fn is_pending(&self, conn: ConnId) -> bool {
         self.conns
-            .get(&conn)
+            .get(conn)
             .is_some_and(|c| c.pending_since().is_some())
     }
 
-    /// The most inbound connections that may be in their secure handshake at once.
+    /// How many inbound connections this core keeps in their secure handshake at once (see
+    /// [`NodeConfig::max_pending_handshakes`]).
     pub fn max_pending_handshakes(&self) -> usize {
         self.config.max_pending_handshakes
     }
 
     /// Inbound connections still in their secure handshake (see
-    /// [`NodeCore::max_pending_handshakes`]).
-    pub fn pending_handshakes(&self) -> usize {
-        self.conns
-            .values()
-            .filter(|c| c.pending_since().is_some())
-            .count()
+    /// [`NodeCore::max_pending_handshakes`]). Costs the pending ones, not every connection.
+    pub fn pending_handshakes(&mut self) -> usize {
+        let conns = &self.conns;
+        self.pending
+            .retain(|&id| conns.get(id).is_some_and(|c| c.pending_since().is_some()));
+        self.pending.len()
     }
 
     /// Bytes arrived on a connection.
     pub fn handle_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.conn.handle_input(now, data);
             self.settle_at(conn, now);
         }
@@ -80,7 +78,7 @@ impl NodeCore {
     /// Bytes arrived on a connection, in a buffer handed over (see
     /// [`Connection::handle_input_buf`]).
     pub fn handle_input_buf(&mut self, conn: ConnId, data: bytes::BytesMut, now: Instant) {
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.conn.handle_input_buf(now, data);
             self.settle_at(conn, now);
         }
@@ -90,52 +88,57 @@ impl NodeCore {
     /// [`Connection::take_pending_input`]).
     pub fn take_pending_input(&mut self, conn: ConnId) -> bytes::BytesMut {
         self.conns
-            .get_mut(&conn)
+            .get_mut(conn)
             .map(|c| c.conn.take_pending_input())
             .unwrap_or_default()
     }
 
     /// A connection's byte stream ended (or its socket failed).
     pub fn handle_eof(&mut self, conn: ConnId, now: Instant) {
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.conn.handle_eof();
             self.settle_at(conn, now);
         }
     }
 
-    /// Time passed.
+    /// Time passed: the connections and peers whose deadline is due are looked at, and only
+    /// they.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.settle_touched();
         let limit = self.config.pending_handshake_timeout;
-        let stalled: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.pending_since()
-                    .is_some_and(|t| now.saturating_duration_since(t) >= limit)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stalled {
-            if let Some(c) = self.conns.get_mut(&id) {
+        while let Some(&Reverse((at, id))) = self.conn_timers.peek() {
+            if at > now {
+                break;
+            }
+            self.conn_timers.pop();
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if c.timer != Some(at) {
+                continue; // Stale: rescheduled earlier.
+            }
+            c.timer = None;
+            if c.pending_since()
+                .is_some_and(|t| now.saturating_duration_since(t) >= limit)
+            {
                 c.conn.close(CloseCode::HandshakeTimeout);
-                self.settle_at(id, now);
-            }
-        }
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
-            if let Some(c) = self.conns.get_mut(&id) {
+            } else {
                 c.conn.handle_timeout(now);
-                self.settle_at(id, now);
             }
+            self.settle_at(id, now);
         }
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in due {
-            self.handle_deadline(peer, now);
+        while let Some(&Reverse((at, peer))) = self.peer_timers.peek() {
+            if at > now {
+                break;
+            }
+            self.peer_timers.pop();
+            if self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.deadline == Some(at))
+            {
+                self.handle_deadline(peer, now);
+            }
         }
     }
 
@@ -148,7 +151,7 @@ impl NodeCore {
             ConnState::Connecting => {
                 // Dial timeout: abandon this attempt.
                 if let Some(id) = p.conn
-                    && let Some(c) = self.conns.get_mut(&id)
+                    && let Some(c) = self.conns.get_mut(id)
                 {
                     c.conn.handle_eof();
                     self.settle_at(id, now);
@@ -157,7 +160,7 @@ impl NodeCore {
             // Our side or the peer's has not completed the application handshake in time.
             ConnState::Connected | ConnState::Established => {
                 if let Some(id) = p.conn
-                    && let Some(c) = self.conns.get_mut(&id)
+                    && let Some(c) = self.conns.get_mut(id)
                 {
                     c.conn.close(CloseCode::HandshakeTimeout);
                     self.settle_at(id, now);
@@ -179,28 +182,36 @@ impl NodeCore {
 
     /// Writes what `conn` has to send into `out`; returns the byte count.
     pub fn poll_transmit(&mut self, conn: ConnId, out: &mut [u8]) -> usize {
-        self.conns
-            .get_mut(&conn)
-            .map_or(0, |c| c.conn.poll_transmit(out))
+        match self.conns.get_mut(conn) {
+            Some(c) => {
+                mark(&mut self.touched, c, conn);
+                c.conn.poll_transmit(out)
+            }
+            None => 0,
+        }
     }
 
     /// [`NodeCore::poll_transmit`] at `now`: what is written is known to have been written
     /// then (the send-stall deadline counts from it; see [`Connection::poll_transmit_at`]).
     pub fn poll_transmit_at(&mut self, conn: ConnId, now: Instant, out: &mut [u8]) -> usize {
-        self.conns
-            .get_mut(&conn)
-            .map_or(0, |c| c.conn.poll_transmit_at(now, out))
+        match self.conns.get_mut(conn) {
+            Some(c) => {
+                mark(&mut self.touched, c, conn);
+                c.conn.poll_transmit_at(now, out)
+            }
+            None => 0,
+        }
     }
 
     /// Records the last `poll_transmit` on `conn` sealed.
     pub fn last_records(&self, conn: ConnId) -> usize {
-        self.conns.get(&conn).map_or(0, |c| c.conn.last_records())
+        self.conns.get(conn).map_or(0, |c| c.conn.last_records())
     }
 
     /// Connections with something to send.
     pub fn has_pending_output(&self, conn: ConnId) -> bool {
         self.conns
-            .get(&conn)
+            .get(conn)
             .is_some_and(|c| c.conn.has_pending_output())
     }
 
@@ -214,16 +225,44 @@ impl NodeCore {
         self.events.pop_front()
     }
 
-    /// When [`NodeCore::handle_timeout`] should next run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let limit = self.config.pending_handshake_timeout;
-        let conns = self.conns.values().filter_map(|c| c.conn.poll_timeout());
-        let pending = self
-            .conns
-            .values()
-            .filter_map(|c| c.pending_since().map(|t| t + limit));
-        let peers = self.peers.values().filter_map(|p| p.deadline);
-        conns.chain(pending).chain(peers).min()
+    /// Connections with something to send since the last call, each once (the driver writes
+    /// them with [`NodeCore::poll_transmit_at`]; one whose send is still in flight is
+    /// [`touched`](NodeCore::touch) again when it completes).
+    pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
+        self.settle_touched();
+        for id in self.ready.drain(..) {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.ready = false;
+                if c.conn.has_pending_output() {
+                    out.push(id);
+                }
+            }
+        }
+    }
+
+    /// When [`NodeCore::handle_timeout`] should next run: the earliest live entry of the
+    /// connections' and peers' timer heaps (stale entries on top are dropped here).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.settle_touched();
+        while let Some(&Reverse((at, id))) = self.conn_timers.peek() {
+            if self.conns.get(id).is_some_and(|c| c.timer == Some(at)) {
+                break;
+            }
+            self.conn_timers.pop();
+        }
+        while let Some(&Reverse((at, peer))) = self.peer_timers.peek() {
+            if self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.deadline == Some(at))
+            {
+                break;
+            }
+            self.peer_timers.pop();
+        }
+        let conn = self.conn_timers.peek().map(|Reverse((at, _))| *at);
+        let peer = self.peer_timers.peek().map(|Reverse((at, _))| *at);
+        conn.into_iter().chain(peer).min()
     }
 
     /// Closes every connection with `code` (the node is stopping): CLOSE frames go out through
@@ -233,9 +272,9 @@ impl NodeCore {
             p.reconnect = false;
             p.deadline = None;
         }
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let ids: Vec<ConnId> = self.conns.keys().collect();
         for id in ids {
-            if let Some(c) = self.conns.get_mut(&id) {
+            if let Some(c) = self.conns.get_mut(id) {
                 c.parked = false;
                 c.conn.close(code);
             }
@@ -255,10 +294,10 @@ impl NodeCore {
 
     /// Takes a connection parked for handoff (see [`Action::Handoff`]) out of this core.
     pub fn detach(&mut self, conn: ConnId) -> Option<Connection> {
-        if !self.conns.get(&conn).is_some_and(|c| c.parked) {
+        if !self.conns.get(conn).is_some_and(|c| c.parked) {
             return None;
         }
-        self.conns.remove(&conn).map(|c| c.conn)
+        self.conns.remove(conn).map(|c| c.conn)
     }
 
     /// Takes over a connection another shard authenticated for a peer this shard owns (from
@@ -272,10 +311,9 @@ impl NodeCore {
     ) -> Option<ConnId> {
         let peer = conn.peer()?;
         let direction = conn.direction();
-        let id = self.new_conn_id();
         let mut entry = Conn::new(conn, Some(peer));
         entry.remote = remote;
-        self.conns.insert(id, entry);
+        let id = self.conns.insert(entry);
         self.handle_connected(id, peer, direction, now);
         self.settle_at(id, now);
         Some(id)
@@ -283,7 +321,7 @@ impl NodeCore {
 
     /// Live connection ids.
     pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.conns.keys().copied()
+        self.conns.keys()
     }
 
     /// Every live connection: id, peer (once known), direction and phase. For debugging and
@@ -294,7 +332,7 @@ impl NodeCore {
         let mut all: Vec<_> = self
             .conns
             .iter()
-            .map(|(id, c)| (*id, c.peer, c.conn.direction(), c.conn.phase()))
+            .map(|(id, c)| (id, c.peer, c.conn.direction(), c.conn.phase()))
             .collect();
         all.sort_by_key(|(id, ..)| *id);
         all

@@ -4,7 +4,8 @@
 //! The driver (the io_uring engine, or the in-memory network) performs the [`Action`]s, feeds
 //! bytes and timer ticks in, and reads [`NodeEvent`]s out.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,10 +21,14 @@ use crate::peer::{Backoff, ConnState, Jitter};
 mod commands;
 mod driver;
 mod states;
+mod table;
 #[cfg(test)]
 mod tests;
 
-/// Identifies one connection (one TCP stream) of a node.
+pub use table::Slots;
+
+/// Identifies one connection (one TCP stream) of a node: its slot in the node's connection
+/// table and the slot's generation (see [`Slots`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
@@ -324,6 +329,13 @@ struct Conn {
     accepted_at: Option<Instant>,
     /// For an inbound connection: the address it came from.
     remote: Option<std::net::IpAddr>,
+    /// On the core's list of connections to look at again (see `NodeCore::touched`).
+    touched: bool,
+    /// On the list of connections with something to send.
+    ready: bool,
+    /// The deadline this connection has in the timer heap, if any (an earlier entry of its
+    /// own is stale).
+    timer: Option<Instant>,
 }
 
 /// A node's connections and peers.
@@ -331,8 +343,24 @@ pub struct NodeCore {
     config: NodeConfig,
     me: PeerId,
     peers: BTreeMap<PeerId, Peer>,
-    conns: BTreeMap<ConnId, Conn>,
-    next_conn: u64,
+    conns: Slots<Conn>,
+    /// Connections something happened to since the core last looked (input, a send, credit, a
+    /// timer): their deadline and whether they have output are looked at again, and only
+    /// theirs. A loop turn costs the connections with work, not all of them.
+    touched: Vec<ConnId>,
+    /// Connections with something to send, each once, for [`NodeCore::take_ready`].
+    ready: Vec<ConnId>,
+    /// Each connection's next deadline, earliest first. An entry is live while it matches
+    /// the connection's `timer`; a deadline that moved later keeps its earlier entry (the
+    /// connection is looked at then, and scheduled again), so a busy connection does not push
+    /// an entry per input.
+    conn_timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Each peer's deadline (dial, handshake, cooldown, reconnect); live while it matches the
+    /// peer's `deadline`.
+    peer_timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// Inbound connections accepted and not yet known to be past their secure handshake
+    /// (pruned when counted): the pending-handshake count costs at most the table's bound.
+    pending: Vec<ConnId>,
     actions: VecDeque<Action>,
     events: VecDeque<NodeEvent>,
     scratch: Vec<Event>,
@@ -352,8 +380,12 @@ impl NodeCore {
             jitter: Jitter::new(config.seed),
             config,
             peers: BTreeMap::new(),
-            conns: BTreeMap::new(),
-            next_conn: 0,
+            conns: Slots::new(),
+            touched: Vec::new(),
+            ready: Vec::new(),
+            conn_timers: BinaryHeap::new(),
+            peer_timers: BinaryHeap::new(),
+            pending: Vec::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::with_capacity(1024),
@@ -377,6 +409,45 @@ impl NodeCore {
     }
 
     // ---- application commands ----
+
+    /// Puts `id` on the list of connections to look at again: the core does so itself for
+    /// everything that reaches a connection through it; a driver does when something of its
+    /// own ended (a send completed: the connection may have more to write).
+    pub fn touch(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            mark(&mut self.touched, c, id);
+        }
+    }
+
+    /// Looks at the touched connections again: a deadline earlier than the one scheduled goes
+    /// into the heap, a connection with output onto the ready list.
+    fn settle_touched(&mut self) {
+        let limit = self.config.pending_handshake_timeout;
+        while let Some(id) = self.touched.pop() {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            c.touched = false;
+            if let Some(at) = c.deadline(limit)
+                && c.timer.is_none_or(|scheduled| at < scheduled)
+            {
+                c.timer = Some(at);
+                self.conn_timers.push(Reverse((at, id)));
+            }
+            if !c.ready && c.conn.has_pending_output() {
+                c.ready = true;
+                self.ready.push(id);
+            }
+        }
+    }
+}
+
+/// Puts a connection on the touched list (once).
+fn mark(touched: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
+    if !c.touched {
+        c.touched = true;
+        touched.push(id);
+    }
 }
 
 impl Conn {
@@ -387,6 +458,21 @@ impl Conn {
             parked: false,
             accepted_at: None,
             remote: None,
+            touched: false,
+            ready: false,
+            timer: None,
+        }
+    }
+
+    /// The connection's next deadline: its own timers, and for an inbound connection still in
+    /// its secure handshake, the end of the time it is given for that.
+    fn deadline(&self, pending_limit: Duration) -> Option<Instant> {
+        let own = self.conn.poll_timeout();
+        match self.pending_since() {
+            Some(since) => {
+                Some(own.map_or(since + pending_limit, |t| t.min(since + pending_limit)))
+            }
+            None => own,
         }
     }
 

@@ -12,13 +12,7 @@ use crate::peer::{ConnState, InvalidTransition};
 use super::*;
 
 impl NodeCore {
-    pub(super) fn new_conn_id(&mut self) -> ConnId {
-        self.next_conn += 1;
-        ConnId(self.next_conn)
-    }
-
     pub(super) fn start_dial(&mut self, peer: PeerId, now: Instant) {
-        let id = self.new_conn_id();
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
@@ -34,11 +28,14 @@ impl NodeCore {
             Ok(conn) => conn,
             Err(_) => return,
         };
-        self.conns.insert(id, Conn::new(conn, Some(peer)));
+        let id = self.conns.insert(Conn::new(conn, Some(peer)));
+        self.touch(id);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.conn = Some(id);
             p.direction = Some(Direction::Outbound);
-            p.deadline = Some(now + self.config.dial_timeout);
+            let at = now + self.config.dial_timeout;
+            p.deadline = Some(at);
+            self.peer_timers.push(Reverse((at, peer)));
         }
         self.set_state(peer, ConnState::Connecting, None);
         self.actions.push_back(Action::Dial {
@@ -51,22 +48,23 @@ impl NodeCore {
     /// Takes a connection's events and turns them into peer state changes and node events.
     pub(super) fn settle_at(&mut self, id: ConnId, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        if let Some(c) = self.conns.get_mut(&id)
+        if let Some(c) = self.conns.get_mut(id)
             && !c.parked
         {
+            mark(&mut self.touched, c, id);
             scratch.extend(std::iter::from_fn(|| c.conn.poll_event()));
         }
         let mut events = scratch.drain(..);
         for event in events.by_ref() {
             self.handle_conn_event(id, event, now);
-            if self.conns.get(&id).is_some_and(|c| c.parked) {
+            if self.conns.get(id).is_some_and(|c| c.parked) {
                 break;
             }
         }
         // Events after a handoff belong to the adopting shard: put them back, in order.
         let rest: Vec<Event> = events.collect();
         if !rest.is_empty()
-            && let Some(c) = self.conns.get_mut(&id)
+            && let Some(c) = self.conns.get_mut(id)
         {
             c.conn.requeue_events(rest);
         }
@@ -77,7 +75,7 @@ impl NodeCore {
     }
 
     pub(super) fn handle_conn_event(&mut self, id: ConnId, event: Event, now: Instant) {
-        let Some(c) = self.conns.get(&id) else {
+        let Some(c) = self.conns.get(id) else {
             return;
         };
         if let Event::Message { stream, data } = event {
@@ -190,7 +188,7 @@ impl NodeCore {
             });
             return;
         }
-        if let Some(c) = self.conns.get_mut(&id) {
+        if let Some(c) = self.conns.get_mut(id) {
             c.peer = Some(peer);
             if !self.config.shard.owns(&peer) {
                 c.parked = true;
@@ -220,6 +218,8 @@ impl NodeCore {
         p.connections += 1;
         p.connected_at = Some(now);
         p.deadline = Some(now + self.config.handshake_timeout);
+        self.peer_timers
+            .push(Reverse((now + self.config.handshake_timeout, peer)));
         if p.state != ConnState::Connected {
             self.set_state(peer, ConnState::Connected, None);
         }
@@ -230,7 +230,7 @@ impl NodeCore {
     fn keeps_new_connection(&mut self, id: ConnId, peer: PeerId, direction: Direction) -> bool {
         let current = self.peers.get(&peer).and_then(|p| p.conn);
         if let Some(other) = current.filter(|other| *other != id) {
-            let other_direction = self.conns.get(&other).map(|c| c.conn.direction());
+            let other_direction = self.conns.get(other).map(|c| c.conn.direction());
             let keep_new = match other_direction {
                 // Both ends dialled: keep the connection dialled by the smaller peer id, which
                 // both ends compute the same way.
@@ -270,7 +270,7 @@ impl NodeCore {
         }
         let persistent = self.peers.get(&peer).is_some_and(|p| p.persistent);
         if let Some(admission) = self.config.admission.as_ref().filter(|_| !persistent) {
-            let remote = self.conns.get(&id).and_then(|c| c.remote);
+            let remote = self.conns.get(id).and_then(|c| c.remote);
             if let Err(code) = admission.admit(&peer, direction, remote) {
                 self.close_conn(id, code);
                 if let Some(p) = self.peers.get_mut(&peer)
@@ -312,7 +312,7 @@ impl NodeCore {
 
     /// Closes a connection that is not (or no longer) the peer's: no state change follows.
     pub(super) fn close_conn(&mut self, id: ConnId, code: CloseCode) {
-        if let Some(c) = self.conns.get_mut(&id) {
+        if let Some(c) = self.conns.get_mut(id) {
             c.peer = None;
             c.conn.close(code);
             // Its Closed event finds no attached peer; it is handled once the current
@@ -328,7 +328,7 @@ impl NodeCore {
         reason: CloseReason,
         now: Instant,
     ) {
-        if let Some(mut c) = self.conns.remove(&id) {
+        if let Some(mut c) = self.conns.remove(id) {
             let mut last_bytes = vec![0u8; 256];
             let n = c.conn.poll_transmit(&mut last_bytes);
             last_bytes.truncate(n);
@@ -374,6 +374,8 @@ impl NodeCore {
                 if reason == CloseReason::Local(CloseCode::HandshakeTimeout) =>
             {
                 p.deadline = Some(now + self.config.cooldown);
+                self.peer_timers
+                    .push(Reverse((now + self.config.cooldown, peer)));
                 self.set_state(peer, ConnState::Cooldown, Some(reason));
             }
             ConnState::Connected | ConnState::Established => {
@@ -399,7 +401,7 @@ impl NodeCore {
         if let (Some(admission), Some(direction)) = (&self.config.admission, p.admitted.take()) {
             admission.release(&peer, direction);
         }
-        if let Some(c) = self.conns.get_mut(&id) {
+        if let Some(c) = self.conns.get_mut(id) {
             c.peer = None;
         }
         Some(id)
@@ -439,6 +441,7 @@ impl NodeCore {
         match delay.filter(|_| p.reconnect || p.persistent) {
             Some(delay) => {
                 p.deadline = Some(now + delay);
+                self.peer_timers.push(Reverse((now + delay, peer)));
                 self.set_state(peer, ConnState::Reconnecting, reason);
             }
             None => self.set_state(peer, ConnState::Disconnected, reason),
@@ -460,6 +463,7 @@ impl NodeCore {
             .then(|| self.config.backoff.persistent_delay(1, random)))
         {
             p.deadline = Some(now + delay);
+            self.peer_timers.push(Reverse((now + delay, peer)));
             self.set_state(peer, ConnState::Reconnecting, None);
         }
     }
