@@ -200,7 +200,7 @@ pub(crate) fn run_glueberry(
         Scenario::IdlePeers => {
             let most = count.unwrap_or(1000);
             let counts = [0, most / 10, most * 2 / 5, most];
-            glueberry_peer::idle_peers(setup, &counts, 2, length)
+            glueberry_peer::idle_peers(setup, &counts, 3, length)
         }
         Scenario::ShardScaling => {
             let at = |shards| {

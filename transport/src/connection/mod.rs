@@ -16,7 +16,7 @@ use glueberry_crypto::{
 use crate::config::ConnectionConfig;
 use crate::event::{CloseCode, CloseReason, ConnectionError, Direction, Event, StreamId};
 use crate::frame::{CONNECTION_CREDIT, Settings};
-use crate::stream::{INITIAL_QUEUE, LocalStream, PeerStream, RecvState};
+use crate::stream::{LocalStream, PeerStream, RecvState};
 
 pub use crate::stream::HANDSHAKE_STREAM;
 
@@ -219,9 +219,12 @@ impl Connection {
     }
 
     fn new(config: Arc<ConnectionConfig>, direction: Direction, now: Instant) -> Self {
-        let mut streams = Vec::with_capacity(usize::from(config.max_streams));
+        // Room for the handshake stream only: an idle connection (a peer that never opens a
+        // stream) costs its one stream, not `max_streams` (224 + 152 bytes each); the tables
+        // grow as streams open.
+        let mut streams = Vec::with_capacity(1);
         streams.push(LocalStream::new(HANDSHAKE_STREAM, &config));
-        let mut peer_streams = Vec::with_capacity(usize::from(config.max_streams));
+        let mut peer_streams = Vec::with_capacity(1);
         peer_streams.push(Some(PeerStream::new(
             HANDSHAKE_STREAM.as_bytes(),
             RecvState::Accepted { local: 0 },
@@ -240,7 +243,7 @@ impl Connection {
             streams,
             peer_streams,
             control: VecDeque::with_capacity(8),
-            events: VecDeque::with_capacity(INITIAL_QUEUE),
+            events: VecDeque::new(),
             rx: BytesMut::new(),
             order: vec![0],
             last_records: 0,
