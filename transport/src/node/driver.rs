@@ -106,17 +106,14 @@ impl NodeCore {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.settle_touched();
         let limit = self.config.pending_handshake_timeout;
-        while let Some(&Reverse((at, id))) = self.conn_timers.peek() {
+        while let Some(&(at, id)) = self.conn_timers.first() {
             if at > now {
                 break;
             }
-            self.conn_timers.pop();
+            self.conn_timers.pop_first();
             let Some(c) = self.conns.get_mut(id) else {
-                continue;
+                continue; // Closed: its entry went with it, or this is it.
             };
-            if c.timer != Some(at) {
-                continue; // Stale: rescheduled earlier.
-            }
             c.timer = None;
             if c.pending_since()
                 .is_some_and(|t| now.saturating_duration_since(t) >= limit)
@@ -244,11 +241,11 @@ impl NodeCore {
     /// connections' and peers' timer heaps (stale entries on top are dropped here).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.settle_touched();
-        while let Some(&Reverse((at, id))) = self.conn_timers.peek() {
+        while let Some(&(at, id)) = self.conn_timers.first() {
             if self.conns.get(id).is_some_and(|c| c.timer == Some(at)) {
                 break;
             }
-            self.conn_timers.pop();
+            self.conn_timers.pop_first();
         }
         while let Some(&Reverse((at, peer))) = self.peer_timers.peek() {
             if self
@@ -260,7 +257,7 @@ impl NodeCore {
             }
             self.peer_timers.pop();
         }
-        let conn = self.conn_timers.peek().map(|Reverse((at, _))| *at);
+        let conn = self.conn_timers.first().map(|(at, _)| *at);
         let peer = self.peer_timers.peek().map(|Reverse((at, _))| *at);
         conn.into_iter().chain(peer).min()
     }
@@ -297,7 +294,11 @@ impl NodeCore {
         if !self.conns.get(conn).is_some_and(|c| c.parked) {
             return None;
         }
-        self.conns.remove(conn).map(|c| c.conn)
+        let c = self.conns.remove(conn)?;
+        if let Some(at) = c.timer {
+            self.conn_timers.remove(&(at, conn));
+        }
+        Some(c.conn)
     }
 
     /// Takes over a connection another shard authenticated for a peer this shard owns (from

@@ -5,7 +5,7 @@
 //! bytes and timer ticks in, and reads [`NodeEvent`]s out.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -350,11 +350,11 @@ pub struct NodeCore {
     touched: Vec<ConnId>,
     /// Connections with something to send, each once, for [`NodeCore::take_ready`].
     ready: Vec<ConnId>,
-    /// Each connection's next deadline, earliest first. An entry is live while it matches
-    /// the connection's `timer`; a deadline that moved later keeps its earlier entry (the
-    /// connection is looked at then, and scheduled again), so a busy connection does not push
-    /// an entry per input.
-    conn_timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Each connection's next deadline, earliest first: one entry per connection at most (the
+    /// one in its `timer`). A deadline that moves earlier replaces the entry; one that moves
+    /// later keeps it (the connection is looked at then and scheduled again), so a busy
+    /// connection whose idle deadline moves with every input costs nothing here.
+    conn_timers: BTreeSet<(Instant, ConnId)>,
     /// Each peer's deadline (dial, handshake, cooldown, reconnect); live while it matches the
     /// peer's `deadline`.
     peer_timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
@@ -383,7 +383,7 @@ impl NodeCore {
             conns: Slots::new(),
             touched: Vec::new(),
             ready: Vec::new(),
-            conn_timers: BinaryHeap::new(),
+            conn_timers: BTreeSet::new(),
             peer_timers: BinaryHeap::new(),
             pending: Vec::new(),
             actions: VecDeque::new(),
@@ -431,8 +431,10 @@ impl NodeCore {
             if let Some(at) = c.deadline(limit)
                 && c.timer.is_none_or(|scheduled| at < scheduled)
             {
-                c.timer = Some(at);
-                self.conn_timers.push(Reverse((at, id)));
+                if let Some(old) = c.timer.replace(at) {
+                    self.conn_timers.remove(&(old, id));
+                }
+                self.conn_timers.insert((at, id));
             }
             if !c.ready && c.conn.has_pending_output() {
                 c.ready = true;

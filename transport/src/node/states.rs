@@ -329,6 +329,9 @@ impl NodeCore {
         now: Instant,
     ) {
         if let Some(mut c) = self.conns.remove(id) {
+            if let Some(at) = c.timer.take() {
+                self.conn_timers.remove(&(at, id));
+            }
             let mut last_bytes = vec![0u8; 256];
             let n = c.conn.poll_transmit(&mut last_bytes);
             last_bytes.truncate(n);

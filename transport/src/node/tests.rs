@@ -205,3 +205,115 @@ fn an_inbound_peer_that_let_its_handshake_time_out_is_forgotten_after_its_cooldo
     assert!(!a.knows(bob), "an inbound-only peer leaves no entry");
     assert_eq!(a.peer_count(), 0);
 }
+
+/// `count` cores dialled into one (`b`), each Connected; returns them with their links.
+fn star(count: u8, now: Instant) -> (NodeCore, Vec<(NodeCore, Vec<(ConnId, ConnId)>)>) {
+    let mut b = core(200, None, Backoff::default());
+    let bob = b.peer_id();
+    let mut clients = Vec::new();
+    for seed in 0..count {
+        let mut a = core(seed + 1, None, Backoff::default());
+        let mut links = Vec::new();
+        a.add_peer(bob, Some(ADDR.parse().unwrap()), false);
+        a.connect(bob, now).unwrap();
+        pump(&mut a, &mut b, &mut links, now);
+        assert_eq!(b.state(a.peer_id()), ConnState::Connected);
+        clients.push((a, links));
+    }
+    (b, clients)
+}
+
+#[test]
+fn a_turn_looks_only_at_the_connections_with_work() {
+    let now = Instant::now();
+    let (mut b, mut clients) = star(20, now);
+    let mut ready = Vec::new();
+    b.take_ready(&mut ready);
+    assert!(ready.is_empty(), "idle connections have nothing to send");
+    let next = b.poll_timeout().expect("keepalive deadlines");
+    assert!(next > now, "nothing is due");
+
+    // One client pings (its keepalive is due): only its connection has output at b.
+    let (a, links) = &mut clients[7];
+    let (ours, theirs) = links[0];
+    let later = now + Duration::from_secs(16);
+    a.handle_timeout(later);
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = a.poll_transmit(ours, &mut buf);
+    assert!(n > 0, "a keepalive PING");
+    b.handle_input(theirs, &buf[..n], now);
+    b.take_ready(&mut ready);
+    assert_eq!(ready, vec![theirs], "the PONG's connection, and only it");
+    ready.clear();
+    b.take_ready(&mut ready);
+    assert!(ready.is_empty(), "taken once");
+
+    // Traffic does not grow the timer heap: a deadline that moves later keeps its entry.
+    let (alice, bob) = (a.peer_id(), b.peer_id());
+    a.complete_handshake(bob, &["s"], now).unwrap();
+    b.complete_handshake(alice, &["s"], now).unwrap();
+    pump(a, &mut b, links, now);
+    let stream = a.stream_id(bob, "s").expect("opened");
+    let mut delivered = 0;
+    for i in 0..1000 {
+        let at = now + Duration::from_millis(i);
+        a.send(bob, stream, Bytes::from_static(b"vote")).unwrap();
+        pump(a, &mut b, links, at);
+        while let Some(event) = b.poll_event() {
+            if let NodeEvent::Message {
+                conn, stream, data, ..
+            } = event
+            {
+                b.release(conn, stream, data.len());
+                delivered += 1;
+            }
+        }
+        // Credit goes back 10 ms after it is owed: the busy connection's deadline moves
+        // earlier and later all the time.
+        if b.poll_timeout().is_some_and(|t| t <= at) {
+            b.handle_timeout(at);
+        }
+        pump(a, &mut b, links, at);
+    }
+    assert_eq!(delivered, 1000);
+    assert!(
+        b.conn_timers.len() <= 20,
+        "{} timer entries for 20 connections after 1,000 messages",
+        b.conn_timers.len()
+    );
+}
+
+#[test]
+fn a_closed_connections_id_does_not_reach_the_one_that_takes_its_slot() {
+    let now = Instant::now();
+    let (mut b, mut clients) = star(2, now);
+    let (a, links) = &mut clients.remove(0);
+    let theirs = links[0].1;
+    b.disconnect(a.peer_id(), now).unwrap();
+    while b.poll_action().is_some() {}
+    let (c, _) = &mut clients[0];
+    let bob = b.peer_id();
+    let mut more = Vec::new();
+    let mut d = core(99, None, Backoff::default());
+    d.add_peer(bob, Some(ADDR.parse().unwrap()), false);
+    d.connect(bob, now).unwrap();
+    pump(&mut d, &mut b, &mut more, now);
+    let reused = more[0].1;
+    assert_eq!(
+        reused.slot(),
+        theirs.slot(),
+        "the freed slot is taken again"
+    );
+    assert_ne!(reused, theirs);
+    let refused = b.send_on(
+        theirs,
+        crate::StreamId::from_index(0),
+        Bytes::from_static(b"x"),
+    );
+    assert!(
+        matches!(refused, Err((NodeError::NotConnected, _))),
+        "the stale id is refused"
+    );
+    assert_eq!(b.state(c.peer_id()), ConnState::Connected);
+    assert_eq!(b.state(d.peer_id()), ConnState::Connected);
+}
