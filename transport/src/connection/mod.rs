@@ -222,14 +222,12 @@ impl Connection {
         // Room for the handshake stream only: an idle connection (a peer that never opens a
         // stream) costs its one stream, not `max_streams` (224 + 152 bytes each); the tables
         // grow as streams open.
-        let mut streams = Vec::with_capacity(1);
-        streams.push(LocalStream::new(HANDSHAKE_STREAM, &config));
-        let mut peer_streams = Vec::with_capacity(1);
-        peer_streams.push(Some(PeerStream::new(
+        let mut streams = vec![LocalStream::new(HANDSHAKE_STREAM, &config)];
+        let peer_streams = vec![Some(PeerStream::new(
             HANDSHAKE_STREAM.as_bytes(),
             RecvState::Accepted { local: 0 },
             u64::from(config.initial_window),
-        )));
+        ))];
         streams[0].peer_id = Some(0);
         Self {
             direction,

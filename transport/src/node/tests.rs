@@ -206,8 +206,11 @@ fn an_inbound_peer_that_let_its_handshake_time_out_is_forgotten_after_its_cooldo
     assert_eq!(a.peer_count(), 0);
 }
 
+/// A core that dialled the star's centre, with its links (its id, the centre's).
+type Client = (NodeCore, Vec<(ConnId, ConnId)>);
+
 /// `count` cores dialled into one (`b`), each Connected; returns them with their links.
-fn star(count: u8, now: Instant) -> (NodeCore, Vec<(NodeCore, Vec<(ConnId, ConnId)>)>) {
+fn star(count: u8, now: Instant) -> (NodeCore, Vec<Client>) {
     let mut b = core(200, None, Backoff::default());
     let bob = b.peer_id();
     let mut clients = Vec::new();
