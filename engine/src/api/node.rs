@@ -374,10 +374,13 @@ impl Node {
             return;
         };
         let (done, finished) = async_channel::bounded(1);
+        let shared = self.inner.shared.clone();
         let joined = std::thread::Builder::new()
             .name("glueberry-stop".into())
             .spawn(move || {
                 stopping.join();
+                // The book's last write (and its fsyncs) on this thread, not the caller's.
+                flush_book(&shared);
                 let _ = done.send_blocking(());
             });
         if joined.is_ok() {

@@ -69,6 +69,7 @@ impl Node {
         }
         let shared = shared_state(&config, backend, book, handles, subscribers, &limits);
         set_evictor(&limits, &shared);
+        spawn_book_writer(&shared)?;
         let connection = connection_config(&config);
         let blacklisted = stored_blacklist(&shared);
 
@@ -91,6 +92,7 @@ impl Node {
             core.admission = Some(limits.clone());
             core.max_pending_handshakes = config.pending_handshakes.0;
             core.pending_handshake_timeout = config.pending_handshakes.1;
+            core.input_share = Some(crate::shard::INPUT_SHARE);
             core.seed = u64::from_le_bytes(
                 handshake.peer_id().public_key()[..8]
                     .try_into()
@@ -305,6 +307,39 @@ fn connection_config(config: &NodeConfig) -> Arc<ConnectionConfig> {
         .saturating_mul(usize::from(connection.max_streams))
         .max(64 * 1024);
     Arc::new(connection)
+}
+
+/// The address book's batched last-seen updates are written on a thread of their own (every
+/// `LAST_SEEN_FLUSH` while some are due), never on a shard: a write is a file, two fsyncs and
+/// a rename. The thread ends when the node stops; the stop writes what is left.
+fn spawn_book_writer(shared: &Arc<Shared>) -> io::Result<()> {
+    if shared
+        .book
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_none()
+    {
+        return Ok(());
+    }
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("glueberry-book".into())
+        .spawn(move || {
+            const LOOK: std::time::Duration = std::time::Duration::from_millis(250);
+            while !shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(LOOK);
+                let mut guard = shared.book.lock().unwrap_or_else(|p| p.into_inner());
+                match guard.as_mut() {
+                    Some(book) => {
+                        if let Err(e) = book.flush_if_due() {
+                            tracing::warn!(error = %e, "address book write failed");
+                        }
+                    }
+                    None => return, // Taken by the stop.
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// The address book's blacklist, put in every shard's core before its first accept.

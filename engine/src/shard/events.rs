@@ -181,14 +181,9 @@ impl Shard {
             reason.as_ref(),
         );
         if state == ConnState::Connected {
-            // Not on the data path: once per connection.
-            let mut guard = self.shared.book.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(book) = guard.as_mut() {
-                book.touch(&peer);
-                if let Err(e) = book.flush_if_due() {
-                    tracing::warn!(error = %e, "address book write failed");
-                }
-            }
+            // Last seen now: noted in the book when its lock is free (`note_seen`), written by
+            // the book's own thread.
+            self.seen.push(peer);
         }
         // Routes open before the application hears of the state, so that it can send as soon
         // as it sees Connected or Established.
@@ -287,6 +282,28 @@ impl Shard {
         {
             self.streams_active -= old;
             self.metrics.streams_active.set(self.streams_active as f64);
+        }
+    }
+
+    /// Peers seen since the last look go into the address book if its lock is free now (an
+    /// application's book call, or the book's writer, may hold it through a file write: the
+    /// shard does not wait for that; it looks again next turn).
+    /// (`wait`: the shard is stopping, and waits for the lock.)
+    pub(super) fn note_seen(&mut self, wait: bool) {
+        if self.seen.is_empty() {
+            return;
+        }
+        let mut guard = match self.shared.book.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if wait => {
+                self.shared.book.lock().unwrap_or_else(|p| p.into_inner())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        match guard.as_mut() {
+            Some(book) => self.seen.drain(..).for_each(|peer| book.touch(&peer)),
+            None => self.seen.clear(),
         }
     }
 
