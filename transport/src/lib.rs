@@ -66,7 +66,7 @@ pub use config::{
     ConfigError, ConnectionConfig, DEFAULT_PRIORITY, MAX_MESSAGE_SIZE_LIMIT, MAX_PRIORITY,
     MAX_STREAMS_LIMIT, MAX_TIMEOUT, MIN_WINDOW, RateLimit,
 };
-pub use connection::{Connection, FRAME_COST, HANDSHAKE_STREAM, Phase, StreamStats};
+pub use connection::{Connection, HANDSHAKE_STREAM, Phase, StreamStats};
 pub use event::{
     CloseCode, CloseReason, ConnectionError, Direction, Event, SendError, StreamError, StreamId,
 };

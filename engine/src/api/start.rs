@@ -92,7 +92,6 @@ impl Node {
             core.admission = Some(limits.clone());
             core.max_pending_handshakes = config.pending_handshakes.0;
             core.pending_handshake_timeout = config.pending_handshakes.1;
-            core.input_share = Some(crate::shard::INPUT_SHARE);
             core.seed = u64::from_le_bytes(
                 handshake.peer_id().public_key()[..8]
                     .try_into()

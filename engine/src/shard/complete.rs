@@ -27,9 +27,6 @@ impl Shard {
             if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
                 continue;
             }
-            if self.core.has_backlog(id) {
-                continue; // Armed again once its records are processed (`resume_inputs`).
-            }
             if provided {
                 // One multishot receive per connection; the kernel takes a buffer from the
                 // shard's ring only when data arrives.

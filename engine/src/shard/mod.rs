@@ -45,11 +45,6 @@ const RECV_BUF: usize = 256 * 1024;
 const SEND_BUF: usize = 512 * 1024;
 /// Send buffers kept in a shard's pool when no connection needs them.
 const SEND_POOL: usize = 64;
-/// A connection's share of a loop turn's receive work (`Connection::set_input_share`: record
-/// bytes plus `FRAME_COST` per frame). One receive buffer of large messages fits in it (bulk
-/// is processed as before); one of packed tiny messages takes about three turns (some 6,000
-/// messages each), so a connection flooding them yields to the others between its shares.
-pub(crate) const INPUT_SHARE: usize = RECV_BUF;
 /// Commands taken from the queue per loop turn, so that I/O keeps being served.
 const COMMANDS_PER_TURN: usize = 8192;
 /// How soon a shard holding messages the application's full channel refused tries again.
@@ -128,9 +123,6 @@ pub(crate) struct Shard {
     settling: Vec<ConnId>,
     /// Closing connections that may be stuck behind a send (see `CLOSE_GRACE`).
     closing: Vec<ConnId>,
-    /// Connections with received records past their input share (taken from the core each
-    /// turn; no receive is armed on them until they have none).
-    backlog: Vec<ConnId>,
     /// Peers that connected, for the address book's last-seen times (see `note_seen`).
     seen: Vec<PeerId>,
     /// Connections looked at in the last turn (the `connections_touched` metric).
@@ -211,7 +203,6 @@ impl Shard {
             rearm: Vec::new(),
             settling: Vec::new(),
             closing: Vec::new(),
-            backlog: Vec::new(),
             seen: Vec::new(),
             touched: 0,
             completions: Vec::with_capacity(1024),
@@ -292,9 +283,7 @@ impl Shard {
                 timeout = Some(timeout.map_or(UNDELIVERED_RETRY, |t| t.min(UNDELIVERED_RETRY)));
             }
             let now = Instant::now();
-            let busy = !self.commands.is_empty()
-                || self.core.is_backlogged()
-                || self.shared.stop.load(Ordering::Acquire);
+            let busy = !self.commands.is_empty() || self.shared.stop.load(Ordering::Acquire);
             if busy {
                 self.backend.submit()?;
             } else if now.saturating_duration_since(self.last_work) < self.shared.busy_poll {
@@ -323,7 +312,6 @@ impl Shard {
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
         }
-        self.resume_inputs(now);
         self.perform_actions(now)?;
         self.cancel_stuck_closes(now)?;
         self.deliver_events();
@@ -337,21 +325,6 @@ impl Shard {
             .touched
             .increment(std::mem::take(&mut self.touched) as u64);
         Ok(())
-    }
-
-    /// Each connection holding records past its input share gets its next share; one that has
-    /// none left gets its receive armed again.
-    fn resume_inputs(&mut self, now: Instant) {
-        let mut backlog = std::mem::take(&mut self.backlog);
-        self.core.take_backlog(&mut backlog);
-        self.touched += backlog.len();
-        for id in backlog.drain(..) {
-            self.core.resume_input(id, now);
-            if !self.core.has_backlog(id) {
-                self.rearm.push(id);
-            }
-        }
-        self.backlog = backlog;
     }
 
     /// Over the node-wide budget (`NodeConfig::send_budget`), the peer holding the most is cut

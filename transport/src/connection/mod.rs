@@ -23,8 +23,6 @@ pub use crate::stream::HANDSHAKE_STREAM;
 mod recv;
 mod send;
 
-pub use recv::FRAME_COST;
-
 /// Traffic on one stream of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -117,10 +115,6 @@ pub struct Connection {
     /// mostly unrelated receive buffer alive. Decided per message: padding a peer puts around
     /// small messages cannot make each of them pin the whole buffer.
     rx_capacity: usize,
-    /// The most work one handed-over receive buffer gets before the connection yields (see
-    /// [`Connection::set_input_share`]); what is left waits in `rx` for
-    /// [`Connection::resume_input`].
-    input_share: usize,
     /// Where small received messages are copied, back to back.
     small: BytesMut,
     /// Message bytes were written since the send-stall check last ran.
@@ -252,7 +246,6 @@ impl Connection {
             order: vec![0],
             last_records: 0,
             rx_capacity: 0,
-            input_share: usize::MAX,
             small: BytesMut::new(),
             send_progress: false,
             stalled_since: None,

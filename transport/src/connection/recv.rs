@@ -13,11 +13,6 @@ use crate::stream::{LocalStream, MESSAGE_CREDIT_OVERHEAD, PeerStream, RecvState,
 
 use super::*;
 
-/// What a frame costs in an input share beyond its bytes (see
-/// [`Connection::set_input_share`]): about what handing out one tiny message costs, in the
-/// time it takes to open that many record bytes.
-pub const FRAME_COST: usize = 32;
-
 impl Connection {
     /// Takes bytes received from the peer.
     pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
@@ -61,7 +56,7 @@ impl Connection {
         }
         self.rx.extend_from_slice(data);
         self.rx_capacity = self.rx.capacity();
-        if let Err(e) = self.process_records(now, usize::MAX) {
+        if let Err(e) = self.process_records(now) {
             self.fail(e);
         }
         self.check_send_stall(now);
@@ -83,44 +78,7 @@ impl Connection {
         self.clock = self.clock.max(now);
         self.rx_capacity = data.capacity();
         self.rx = data;
-        if let Err(e) = self.process_records(now, self.input_share) {
-            self.fail(e);
-        }
-        self.check_send_stall(now);
-    }
-
-    /// Caps the work of one [`Connection::handle_input_buf`] or [`Connection::resume_input`]
-    /// call at about `cost`: a record costs its length plus [`FRAME_COST`] per frame, so a
-    /// buffer of tiny messages yields sooner than one of large ones. Whole records past the
-    /// share stay unprocessed ([`Connection::has_backlog`]) until `resume_input`: a driver
-    /// serving many connections gives each its share per turn, and one that floods packed
-    /// messages waits for its next turn instead of holding the others up. (Input handed over
-    /// as a slice, [`Connection::handle_input`], is processed whole.) Default: no cap.
-    pub fn set_input_share(&mut self, cost: usize) {
-        self.input_share = cost.max(1);
-    }
-
-    /// Whether whole received records wait to be processed (the input share was spent).
-    pub fn has_backlog(&self) -> bool {
-        if self.phase == Phase::Closed || self.handshake.is_some() {
-            return false;
-        }
-        match self.rx.first_chunk::<HEADER_LEN>() {
-            // A header that does not decode is for `resume_input` to refuse.
-            Some(head) => {
-                RecordHeader::decode(*head).map_or(true, |h| h.record_len() <= self.rx.len())
-            }
-            None => false,
-        }
-    }
-
-    /// Processes the next share of the records waiting (see [`Connection::set_input_share`]).
-    pub fn resume_input(&mut self, now: Instant) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        self.clock = self.clock.max(now);
-        if let Err(e) = self.process_records(now, self.input_share) {
+        if let Err(e) = self.process_records(now) {
             self.fail(e);
         }
         self.check_send_stall(now);
@@ -135,17 +93,8 @@ impl Connection {
         std::mem::take(&mut self.rx)
     }
 
-    /// Opens and handles the whole records in `rx`, until about `share` of work is done.
-    pub(super) fn process_records(
-        &mut self,
-        now: Instant,
-        share: usize,
-    ) -> Result<(), ConnectionError> {
-        let mut spent = 0usize;
+    pub(super) fn process_records(&mut self, now: Instant) -> Result<(), ConnectionError> {
         while let Some(head) = self.rx.first_chunk::<HEADER_LEN>() {
-            if spent >= share {
-                break;
-            }
             let record_len = RecordHeader::decode(*head)?.record_len();
             if self.rx.len() < record_len {
                 break;
@@ -156,9 +105,7 @@ impl Connection {
             };
             let plaintext_len = opener.open_in_place(&mut record)?.len();
             let record = record.freeze();
-            let frames =
-                self.handle_frames(now, &record, HEADER_LEN, HEADER_LEN + plaintext_len)?;
-            spent = spent.saturating_add(record_len + frames * FRAME_COST);
+            self.handle_frames(now, &record, HEADER_LEN, HEADER_LEN + plaintext_len)?;
             if self.phase == Phase::Closed {
                 break;
             }
@@ -172,10 +119,8 @@ impl Connection {
         record: &Bytes,
         mut at: usize,
         end: usize,
-    ) -> Result<usize, ConnectionError> {
-        let mut frames = 0;
+    ) -> Result<(), ConnectionError> {
         while at < end {
-            frames += 1;
             let (frame, len) = Frame::decode(&record[at..end])?;
             // A peer may close before it sent anything else (a refused connection).
             if self.peer_settings.is_none()
@@ -213,12 +158,12 @@ impl Connection {
                 }
                 Frame::Close(code) => {
                     self.finish(CloseReason::Peer(CloseCode::from_u16(code)));
-                    return Ok(frames);
+                    return Ok(());
                 }
             }
             at += len;
         }
-        Ok(frames)
+        Ok(())
     }
 
     pub(super) fn handle_data(

@@ -36,7 +36,7 @@ impl NodeCore {
             self.config.handshake.clone(),
             now,
         );
-        let mut entry = Conn::new(conn, None, self.config.input_share);
+        let mut entry = Conn::new(conn, None);
         entry.accepted_at = Some(now);
         entry.remote = remote;
         let id = self.conns.insert(entry);
@@ -80,41 +80,6 @@ impl NodeCore {
     pub fn handle_input_buf(&mut self, conn: ConnId, data: bytes::BytesMut, now: Instant) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.conn.handle_input_buf(now, data);
-            self.settle_at(conn, now);
-        }
-    }
-
-    /// Connections holding whole records past their input share (see
-    /// [`NodeConfig::input_share`]), each once: the driver gives each
-    /// [`NodeCore::resume_input`] in its next turn, and arms no receive on one while
-    /// [`NodeCore::has_backlog`] says it still has some.
-    pub fn take_backlog(&mut self, out: &mut Vec<ConnId>) {
-        self.settle_touched();
-        for id in self.backlog.drain(..) {
-            if let Some(c) = self.conns.get_mut(id) {
-                c.backlogged = false;
-                if c.conn.has_backlog() {
-                    out.push(id);
-                }
-            }
-        }
-    }
-
-    /// Whether some connection holds records past its input share (the driver should not
-    /// sleep). Current as of the last [`NodeCore::poll_timeout`] or [`NodeCore::take_backlog`].
-    pub fn is_backlogged(&self) -> bool {
-        !self.backlog.is_empty()
-    }
-
-    /// Whether `conn` holds whole records past its input share.
-    pub fn has_backlog(&self, conn: ConnId) -> bool {
-        self.conns.get(conn).is_some_and(|c| c.conn.has_backlog())
-    }
-
-    /// Processes the next input share of `conn`'s waiting records.
-    pub fn resume_input(&mut self, conn: ConnId, now: Instant) {
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.conn.resume_input(now);
             self.settle_at(conn, now);
         }
     }
@@ -347,7 +312,7 @@ impl NodeCore {
     ) -> Option<ConnId> {
         let peer = conn.peer()?;
         let direction = conn.direction();
-        let mut entry = Conn::new(conn, Some(peer), self.config.input_share);
+        let mut entry = Conn::new(conn, Some(peer));
         entry.remote = remote;
         let id = self.conns.insert(entry);
         self.handle_connected(id, peer, direction, now);

@@ -59,10 +59,6 @@ pub struct NodeConfig {
     /// Inbound connections still in the secure handshake that this core accepts at once
     /// (default 256); more are refused at accept.
     pub max_pending_handshakes: usize,
-    /// Each connection's input share (see [`Connection::set_input_share`]): `None` (the
-    /// default here) processes every receive whole; a driver that sets it calls
-    /// [`NodeCore::resume_input`] for the connections [`NodeCore::take_backlog`] names.
-    pub input_share: Option<usize>,
 }
 
 /// Decides whether an authenticated connection may be kept (the connection manager's limits),
@@ -126,7 +122,6 @@ impl NodeConfig {
             admission: None,
             pending_handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 256,
-            input_share: None,
         }
     }
 }
@@ -338,8 +333,6 @@ struct Conn {
     touched: bool,
     /// On the list of connections with something to send.
     ready: bool,
-    /// On the list of connections with records past their input share.
-    backlogged: bool,
     /// The deadline this connection has in the timer heap, if any (an earlier entry of its
     /// own is stale).
     timer: Option<Instant>,
@@ -365,8 +358,6 @@ pub struct NodeCore {
     /// Each peer's deadline (dial, handshake, cooldown, reconnect); live while it matches the
     /// peer's `deadline`.
     peer_timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
-    /// Connections holding whole records past their input share, each once.
-    backlog: Vec<ConnId>,
     /// Inbound connections accepted and not yet known to be past their secure handshake
     /// (pruned when counted): the pending-handshake count costs at most the table's bound.
     pending: Vec<ConnId>,
@@ -395,7 +386,6 @@ impl NodeCore {
             conn_timers: BTreeSet::new(),
             peer_timers: BinaryHeap::new(),
             pending: Vec::new(),
-            backlog: Vec::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::with_capacity(1024),
@@ -450,10 +440,6 @@ impl NodeCore {
                 c.ready = true;
                 self.ready.push(id);
             }
-            if !c.backlogged && c.conn.has_backlog() {
-                c.backlogged = true;
-                self.backlog.push(id);
-            }
         }
     }
 }
@@ -467,10 +453,7 @@ fn mark(touched: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
 }
 
 impl Conn {
-    fn new(mut conn: Connection, peer: Option<PeerId>, share: Option<usize>) -> Self {
-        if let Some(share) = share {
-            conn.set_input_share(share);
-        }
+    fn new(conn: Connection, peer: Option<PeerId>) -> Self {
         Self {
             conn,
             peer,
@@ -479,7 +462,6 @@ impl Conn {
             remote: None,
             touched: false,
             ready: false,
-            backlogged: false,
             timer: None,
         }
     }

@@ -28,9 +28,7 @@ impl NodeCore {
             Ok(conn) => conn,
             Err(_) => return,
         };
-        let id = self
-            .conns
-            .insert(Conn::new(conn, Some(peer), self.config.input_share));
+        let id = self.conns.insert(Conn::new(conn, Some(peer)));
         self.touch(id);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.conn = Some(id);
