@@ -121,7 +121,7 @@ fn pairs() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-const SCENARIOS: [Scenario; 9] = [
+const SCENARIOS: [Scenario; 10] = [
     Scenario::Bulk,
     Scenario::Small(64),
     Scenario::Small(1024),
@@ -131,12 +131,15 @@ const SCENARIOS: [Scenario; 9] = [
     Scenario::BulkStreams,
     Scenario::BulkPeers,
     Scenario::Scale,
+    Scenario::IdlePeers,
 ];
 
 /// Higher is better: bytes per second, round trips per second (1 / p50), connections per second.
 fn score(scenario: Scenario, f: &Figures) -> f64 {
     match scenario {
-        Scenario::Latency | Scenario::LatencyUnderLoad => 1.0 / f.p50_us.max(f64::MIN_POSITIVE),
+        Scenario::Latency | Scenario::LatencyUnderLoad | Scenario::IdlePeers => {
+            1.0 / f.p50_us.max(f64::MIN_POSITIVE)
+        }
         Scenario::Handshake => f.messages_per_sec,
         Scenario::Scale => 1.0 / f.bytes_per_connection.max(1.0),
         _ => f.bytes_per_sec,
@@ -158,6 +161,12 @@ pub(crate) fn cell(scenario: Scenario, f: &Figures) -> String {
             f.bytes_per_sec / 1e9
         ),
         Scenario::Handshake => format!("{:.0}/s", f.messages_per_sec),
+        Scenario::IdlePeers => format!(
+            "beside the most idle peers: p50 {:.1} µs, p99 {:.1} µs; 64 B {:.2} M msg/s",
+            f.p50_us,
+            f.p99_us,
+            f.messages_per_sec / 1e6
+        ),
         Scenario::ShardScaling => format!(
             "{:.2} M msg/s at 2 shards, ×{:.2} of 1 shard",
             f.messages_per_sec / 1e6,
@@ -239,6 +248,7 @@ fn run(peer: Peer, scenario: Scenario, length: Length) -> Option<Result<Figures,
                     | Scenario::BulkPeers
                     | Scenario::Scale
                     | Scenario::LatencyUnderLoad
+                    | Scenario::IdlePeers
             );
             if glueberry_only && (cipher != Cipher::ChaCha || backend == glueberry::Backend::Poll) {
                 return None;
@@ -418,7 +428,7 @@ impl Results {
 /// A ratio cell with its range; for latency the p50 factor (lower is better).
 fn ratio_range_cell(scenario: Scenario, r: Ratio) -> String {
     match scenario {
-        Scenario::Latency | Scenario::LatencyUnderLoad => format!(
+        Scenario::Latency | Scenario::LatencyUnderLoad | Scenario::IdlePeers => format!(
             "p50 ×{:.2} ({:.2}–{:.2})",
             1.0 / r.median,
             1.0 / r.max,
