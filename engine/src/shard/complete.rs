@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use glueberry_transport::ConnId;
 
 use super::*;
-use crate::sys::op::{Completion, Op, SendProgress, WAKE_TOKEN, received};
+use crate::sys::op::{Completion, Op, RecvProgress, SendProgress, WAKE_TOKEN, received};
 use crate::sys::socket;
 
 impl Shard {
@@ -152,23 +152,25 @@ impl Shard {
                 io.recv = None;
                 self.rearm.push(conn);
                 let quiet = io.handoff || io.closing.is_some();
-                if c.result > 0 {
-                    received(&mut buf, c.result as usize);
-                    self.core
-                        .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
-                    self.note_handshake(conn);
-                } else if c.result == -libc::ECANCELED
-                    || c.result == -libc::EINTR
-                    || c.result == -libc::EAGAIN
-                    || quiet
-                {
-                    // Cancelled (close, handoff) or interrupted: give back the pending bytes
-                    // taken for this receive; the next turn resubmits if still wanted.
-                    self.core
-                        .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
-                } else {
-                    // 0 is the peer's FIN; anything else a socket error.
-                    self.core.handle_eof(conn, now);
+                match RecvProgress::of(c.result) {
+                    RecvProgress::Data(n) => {
+                        received(&mut buf, n);
+                        self.core
+                            .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                        self.note_handshake(conn);
+                    }
+                    // Cancelled (close, handoff) or interrupted, or a connection that is going
+                    // anyway: give back the pending bytes taken for this receive; the next turn
+                    // resubmits if still wanted.
+                    RecvProgress::Again => {
+                        self.core
+                            .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                    }
+                    RecvProgress::Ended if quiet => {
+                        self.core
+                            .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                    }
+                    RecvProgress::Ended => self.core.handle_eof(conn, now),
                 }
             }
             op @ (Op::SendFixed { .. } | Op::Send { .. }) => self.handle_send(op, c.result, now)?,
@@ -234,9 +236,10 @@ impl Shard {
             .conns
             .get(conn)
             .is_none_or(|io| io.handoff || io.closing.is_some());
-        if c.result > 0 {
+        let progress = RecvProgress::of(c.result);
+        if let RecvProgress::Data(n) = progress {
             if let Some(bid) = c.buffer {
-                let data = self.backend.provided_data(bid, c.result as usize);
+                let data = self.backend.provided_data(bid, n);
                 self.core.handle_input(conn, data, now);
                 self.backend.recycle(bid);
                 self.note_handshake(conn);
@@ -246,13 +249,7 @@ impl Shard {
         if let Some(bid) = c.buffer {
             self.backend.recycle(bid);
         }
-        let ended = c.result == 0
-            || !matches!(
-                -c.result,
-                libc::ECANCELED | libc::ENOBUFS | libc::EINTR | libc::EAGAIN
-            );
-        if ended && !quiet && !c.more {
-            // 0 is the peer's FIN; anything else a socket error.
+        if progress == RecvProgress::Ended && !quiet && !c.more {
             self.core.handle_eof(conn, now);
         }
     }

@@ -108,6 +108,38 @@ impl SendProgress {
     }
 }
 
+/// What a receive's completion means (an ordinary receive into a buffer of its own, or one shot
+/// of a multishot receive into a provided buffer). Mapped once, here, for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvProgress {
+    /// `n` bytes arrived.
+    Data(usize),
+    /// Nothing arrived and the connection is fine: cancelled (a close or a handoff asked for
+    /// it), interrupted, no room yet (EAGAIN), or no provided buffer free (ENOBUFS, which also
+    /// ends a multishot receive). Armed again if still wanted.
+    Again,
+    /// The byte stream ended: the peer's FIN (0), or a socket error.
+    Ended,
+}
+
+impl RecvProgress {
+    /// The meaning of a receive's `result`.
+    pub(crate) fn of(result: i32) -> Self {
+        match result {
+            n if n > 0 => Self::Data(n as usize),
+            0 => Self::Ended,
+            e if matches!(
+                -e,
+                libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ENOBUFS
+            ) =>
+            {
+                Self::Again
+            }
+            _ => Self::Ended,
+        }
+    }
+}
+
 /// `user_data` of the completion another shard posts on this ring to wake it (MSG_RING); it
 /// belongs to no operation of this ring.
 pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
@@ -133,7 +165,19 @@ pub(crate) struct Completion {
 
 #[cfg(test)]
 mod tests {
-    use super::{Op, SendProgress};
+    use super::{Op, RecvProgress, SendProgress};
+
+    #[test]
+    fn a_receive_is_data_a_retry_or_the_end() {
+        assert_eq!(RecvProgress::of(1500), RecvProgress::Data(1500));
+        for e in [libc::ECANCELED, libc::EINTR, libc::EAGAIN, libc::ENOBUFS] {
+            assert_eq!(RecvProgress::of(-e), RecvProgress::Again, "errno {e}");
+        }
+        assert_eq!(RecvProgress::of(0), RecvProgress::Ended, "the peer's FIN");
+        for e in [libc::ECONNRESET, libc::ETIMEDOUT, libc::EPIPE, libc::EBADF] {
+            assert_eq!(RecvProgress::of(-e), RecvProgress::Ended, "errno {e}");
+        }
+    }
 
     #[test]
     fn interrupted_and_would_block_sends_are_resubmitted_whole() {
