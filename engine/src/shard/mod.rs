@@ -665,7 +665,6 @@ impl Shard {
             Some(_) => true,
             None => false,
         });
-        settling.append(&mut self.settling);
         self.settling = settling;
         for id in ready {
             let Some(mut io) = self.conns.remove(id) else {

@@ -118,11 +118,6 @@ impl<T> Slots<T> {
             .as_mut()
     }
 
-    /// Whether `id` is live.
-    pub fn contains(&self, id: ConnId) -> bool {
-        self.get(id).is_some()
-    }
-
     /// Takes a live id's value out; its slot's generation moves on (the id is stale from now
     /// on) and the slot is free for the next [`Slots::insert`].
     pub fn remove(&mut self, id: ConnId) -> Option<T> {
