@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glueberry_crypto::{HandshakeConfig, Identity, PeerId};
 use glueberry_transport::{
-    Action, ConnId, ConnState, ConnectionConfig, Jitter, NodeConfig, NodeCore, NodeError,
-    NodeEvent, StreamId,
+    Action, ConnId, ConnState, ConnectionConfig, DialError, Jitter, NodeConfig, NodeCore,
+    NodeError, NodeEvent, StreamId,
 };
 
 /// How the simulated links behave.
@@ -321,9 +321,10 @@ impl SimNetwork {
             self.failed_dials.drain(..).partition(|(t, _, _)| *t <= now);
         self.failed_dials = later;
         for (_, node, conn) in due {
+            let unreachable = DialError::Connect(std::io::ErrorKind::HostUnreachable);
             self.nodes[node]
                 .core
-                .handle_dial_result(conn, Err("unreachable".into()), now);
+                .handle_dial_result(conn, Err(unreachable), now);
         }
     }
 

@@ -217,7 +217,12 @@ async fn a_sink_sends_everything_in_order_waiting_when_the_stream_is_full() {
     // A sink to a peer that is not connected refuses at once, with the reason.
     let mut nowhere = a.sink(glueberry::Identity::generate().unwrap().peer_id(), "s");
     let refused = nowhere.send(Bytes::from_static(b"x")).await.unwrap_err();
-    assert_eq!(refused, glueberry::NodeSendError::NotEstablished);
+    assert_eq!(
+        refused,
+        glueberry::NodeSendError::NotConnected {
+            state: ConnState::Disconnected
+        }
+    );
     a.stop().await;
     b.stop().await;
 }

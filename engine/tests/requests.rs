@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use glueberry::testing::establish;
+use glueberry::transport::ConnState;
 use glueberry::{Node, NodeConfig, NodeSendError, RequestError};
 
 const NET: &str = "requests-test";
@@ -106,7 +107,9 @@ async fn requests_are_answered_refused_timed_out_and_failed_with_typed_errors() 
     assert!(
         matches!(
             unknown,
-            Err(RequestError::Send(NodeSendError::NotEstablished))
+            Err(RequestError::Send(NodeSendError::NotConnected {
+                state: ConnState::Disconnected
+            }))
         ),
         "{unknown:?}"
     );

@@ -215,8 +215,8 @@ fn refusals_of(events: &glueberry::Subscription, peer: PeerId) -> usize {
 
 #[test]
 fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
-    use glueberry::ConnectError;
     use glueberry::transport::CloseCode;
+    use glueberry::{ConnectError, DialFailure};
 
     let dir = tempfile::tempdir().unwrap();
     let book = dir.path().join("book.json");
@@ -241,9 +241,12 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
         futures::executor::block_on(attacker.connect_and_wait(node.peer_id(), node.listen_addr()))
     };
     match refused(&node) {
-        Err(ConnectError::Refused { code }) => {
+        Err(ConnectError::Failed {
+            cause: DialFailure::RefusedByPeer(code),
+            ..
+        }) => {
             assert_eq!(code, CloseCode::Blacklisted);
-            println!("the blacklisted peer's connect_and_wait: Refused {{ code: {code} }}");
+            println!("the blacklisted peer's connect_and_wait: RefusedByPeer({code})");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -260,7 +263,10 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
     let node = start();
     assert!(matches!(
         refused(&node),
-        Err(ConnectError::Refused { code }) if code == CloseCode::Blacklisted
+        Err(ConnectError::Failed {
+            cause: DialFailure::RefusedByPeer(code),
+            ..
+        }) if code == CloseCode::Blacklisted
     ));
 
     // The disk write fails (the book's directory is gone): the error is returned, and the
@@ -274,7 +280,10 @@ fn a_blacklisted_peer_is_told_it_is_refused_and_does_not_redial() {
     let result =
         futures::executor::block_on(other.connect_and_wait(node.peer_id(), node.listen_addr()));
     assert!(
-        matches!(result, Err(ConnectError::Refused { code }) if code == CloseCode::Blacklisted),
+        matches!(result, Err(ConnectError::Failed {
+            cause: DialFailure::RefusedByPeer(code),
+            ..
+        }) if code == CloseCode::Blacklisted),
         "{result:?}"
     );
     for n in [&node, &attacker, &other] {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use glueberry::transport::{CloseCode, ConnState};
 use glueberry::{
-    ConnectError, Event, EventFilter, Identity, Node, NodeConfig, PeerId, RequestError,
+    ConnectError, DialFailure, Event, EventFilter, Identity, Node, NodeConfig, PeerId, RequestError,
 };
 
 const NET: &str = "user-scenario";
@@ -199,7 +199,10 @@ async fn three_nodes_hello_rpc_gossip_a_20_mb_file_blacklist_drain_and_stop() {
     }
     let refused = c.connect_and_wait(b.peer_id(), b.listen_addr()).await;
     assert!(
-        matches!(refused, Err(ConnectError::Refused { code }) if code == CloseCode::Blacklisted),
+        matches!(refused, Err(ConnectError::Failed {
+            cause: DialFailure::RefusedByPeer(code),
+            ..
+        }) if code == CloseCode::Blacklisted),
         "{refused:?}"
     );
     let to_blacklisted = c

@@ -266,6 +266,49 @@ pub enum ConnectionError {
     /// The byte stream ended without a CLOSE frame: the connection broke or was cut.
     #[error("connection lost (no close frame)")]
     ConnectionLost,
+    /// Our dial did not give a TCP connection.
+    #[error("dial failed: {0}")]
+    Dial(DialError),
+    /// Our dial did not give an authenticated connection within the dial timeout.
+    #[error("no authenticated connection within the dial timeout")]
+    DialTimeout,
+}
+
+impl ConnectionError {
+    /// Whether dialling the same peer at the same address again cannot help: it is on another
+    /// network, speaks another protocol version, or is not the peer that was dialled. Such a
+    /// dial is not retried (a persistent peer is, at the longest backoff).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ConnectionError::Handshake(
+                HandshakeError::NetworkMismatch { .. }
+                    | HandshakeError::VersionMismatch { .. }
+                    | HandshakeError::PeerIdMismatch { .. }
+                    | HandshakeError::SelfConnection
+            )
+        )
+    }
+}
+
+/// Why a dial did not give a TCP connection: what the driver reports with
+/// [`NodeCore::handle_dial_result`](crate::NodeCore::handle_dial_result).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The connect failed: `ConnectionRefused` (nothing listens there), `HostUnreachable`,
+    /// `NetworkUnreachable`, `TimedOut` (the SYN went unanswered), or another kind.
+    #[error("connect: {0}")]
+    Connect(std::io::ErrorKind),
+    /// The peer's host name did not resolve.
+    #[error("host name did not resolve: {0}")]
+    Resolve(String),
+}
+
+impl From<&std::io::Error> for DialError {
+    fn from(e: &std::io::Error) -> Self {
+        DialError::Connect(e.kind())
+    }
 }
 
 /// Why `send` refused a message. The caller's to handle; the connection is unaffected.

@@ -68,7 +68,8 @@ pub use config::{
 };
 pub use connection::{Connection, HANDSHAKE_STREAM, Phase, StreamStats};
 pub use event::{
-    CloseCode, CloseReason, ConnectionError, Direction, Event, SendError, StreamError, StreamId,
+    CloseCode, CloseReason, ConnectionError, DialError, Direction, Event, SendError, StreamError,
+    StreamId,
 };
 pub use glueberry_crypto as crypto;
 pub use node::{

@@ -8,7 +8,7 @@ use glueberry_crypto::{HandshakeError, PeerId};
 use glueberry_transport::{ConnectionError, SendError, StreamError};
 
 use super::errors::{
-    ConnectError, NodeError, NodeSendError, ResolveError, StartError, TrySendError,
+    ConnectError, DialFailure, NodeError, NodeSendError, ResolveError, StartError, TrySendError,
 };
 use crate::address_book::BookError;
 
@@ -22,8 +22,10 @@ pub enum ErrorKind {
     HandshakeFailed,
     /// The application handshake did not complete in time.
     HandshakeTimeout,
-    /// The stream is closed, unknown, or the peer did not open it.
+    /// The stream is closed, not opened on this side, or the peer did not open it.
     StreamClosed,
+    /// The peer has no authenticated connection now (unknown, connecting, reconnecting).
+    NotConnected,
     /// Encryption failed (the connection's nonce space is spent).
     EncryptionFailed,
     /// A record failed to authenticate.
@@ -58,6 +60,8 @@ pub struct Error {
     kind: ErrorKind,
     peer: Option<PeerId>,
     stream: Option<String>,
+    /// Whether retrying can help, when the cause knows better than the kind.
+    retriable: Option<bool>,
     source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
 }
 
@@ -67,6 +71,7 @@ impl Error {
             kind,
             peer: None,
             stream: None,
+            retriable: None,
             source: std::sync::Arc::new(source),
         }
     }
@@ -98,11 +103,16 @@ impl Error {
         self.stream.as_deref()
     }
 
-    /// Whether trying again later can succeed (a full queue, a dropped connection).
+    /// Whether trying again later can succeed (a full queue, a dropped connection, a dial that
+    /// found nothing listening; not a wrong network or peer id, nor a peer that blacklisted us).
     pub fn is_retriable(&self) -> bool {
+        if let Some(retriable) = self.retriable {
+            return retriable;
+        }
         matches!(
             self.kind,
             ErrorKind::ConnectionFailed
+                | ErrorKind::NotConnected
                 | ErrorKind::BufferFull
                 | ErrorKind::HandshakeTimeout
                 | ErrorKind::Canceled
@@ -113,6 +123,9 @@ impl Error {
     /// Whether the same operation will fail again whatever the timing (a bad setting, another
     /// network, a blacklisted peer).
     pub fn is_permanent(&self) -> bool {
+        if self.retriable == Some(false) {
+            return true;
+        }
         matches!(
             self.kind,
             ErrorKind::InvalidConfig
@@ -133,7 +146,10 @@ impl Error {
                 "split the message, or raise `max_message_size` on both nodes"
             }
             ErrorKind::StreamClosed => {
-                "open the stream with `complete_handshake` on both nodes before sending on it"
+                "name the stream in `complete_handshake` on both nodes before sending on it"
+            }
+            ErrorKind::NotConnected => {
+                "connect the peer, or wait until it is: `ready(peer).await` (or `Event::Ready`)"
             }
             ErrorKind::PeerNotFound => "add the peer with `add_peer` or `connect` first",
             ErrorKind::PeerBlacklisted => "`unblacklist` the peer first",
@@ -238,9 +254,10 @@ impl From<NodeSendError> for Error {
         let kind = match e {
             NodeSendError::BufferFull => ErrorKind::BufferFull,
             NodeSendError::MessageTooLarge { .. } => ErrorKind::MessageTooLarge,
-            NodeSendError::NotEstablished | NodeSendError::StreamRejected => {
-                ErrorKind::StreamClosed
-            }
+            NodeSendError::NotConnected { .. } => ErrorKind::NotConnected,
+            NodeSendError::Blacklisted => ErrorKind::PeerBlacklisted,
+            NodeSendError::StreamNotOpen | NodeSendError::StreamRejected => ErrorKind::StreamClosed,
+            NodeSendError::TimedOut => ErrorKind::BufferFull,
             _ => ErrorKind::NodeStopped,
         };
         Error::new(kind, e)
@@ -277,10 +294,22 @@ impl From<NodeError> for Error {
 
 impl From<ConnectError> for Error {
     fn from(e: ConnectError) -> Self {
-        match e {
-            ConnectError::Send(s) => s.into(),
-            failed => Error::new(ErrorKind::ConnectionFailed, failed),
-        }
+        let cause = match &e {
+            ConnectError::Send(s) => return s.clone().into(),
+            ConnectError::Failed { cause, .. } => cause,
+        };
+        let kind = match cause {
+            DialFailure::WrongNetwork { .. } => ErrorKind::NetworkMismatch,
+            DialFailure::WrongVersion { .. } => ErrorKind::VersionMismatch,
+            DialFailure::WrongPeer { .. } | DialFailure::Failed(ConnectionError::Handshake(_)) => {
+                ErrorKind::HandshakeFailed
+            }
+            _ => ErrorKind::ConnectionFailed,
+        };
+        let retriable = cause.is_retriable();
+        let mut error = Error::new(kind, e);
+        error.retriable = Some(retriable);
+        error
     }
 }
 

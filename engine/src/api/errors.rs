@@ -4,7 +4,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use glueberry_transport::ConnState;
+use glueberry_crypto::{HandshakeError, PeerId};
+use glueberry_transport::{CloseCode, CloseReason, ConnState, ConnectionError, DialError};
 
 use crate::address_book::BookError;
 use crate::shard::Refused;
@@ -38,29 +39,166 @@ pub enum StartError {
     Io(#[from] io::Error),
 }
 
-/// Why `connect_and_wait` did not connect.
+/// Why [`Node::connect_and_wait`](crate::Node::connect_and_wait) (or
+/// [`Node::connect_ready`](crate::Node::connect_ready)) did not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The attempt failed; the peer is now in `state` (Reconnecting: it will retry by itself).
-    #[error("connection failed; peer is now {state:?} ({})", reason.as_deref().unwrap_or("no reason"))]
+    /// The attempt failed, for `cause`; the peer is now in `state` (Reconnecting: it is
+    /// redialled by itself; Disconnected: it is not, as after a wrong network or peer id).
+    #[error("{cause}; the peer is now {state:?}")]
     Failed {
         /// The peer's state after the failure.
         state: ConnState,
-        /// Why, when known.
-        reason: Option<String>,
-    },
-    /// The peer authenticated us and refused the connection with `code`: `BLACKLISTED` (7,
-    /// permanent: the peer is not redialled), `TOO_MANY_CONNECTIONS` (9; redialled with
-    /// backoff), `HANDSHAKE_TIMEOUT` (8: its cooldown for us runs).
-    #[error("the peer refused the connection: {code}")]
-    Refused {
-        /// The peer's close code.
-        code: glueberry_transport::CloseCode,
+        /// Why.
+        cause: DialFailure,
     },
     /// The command could not be queued.
     #[error(transparent)]
     Send(#[from] NodeSendError),
+}
+
+impl ConnectError {
+    /// Whether trying again can connect (see [`DialFailure::is_retriable`]).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ConnectError::Failed { cause, .. } => cause.is_retriable(),
+            ConnectError::Send(e) => matches!(e, NodeSendError::BufferFull),
+        }
+    }
+}
+
+/// Why a dial did not end in an authenticated connection: what
+/// [`Event::State`](crate::Event::State)'s reason says, as one typed cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialFailure {
+    /// Nothing accepts connections at the address (TCP connection refused).
+    #[error("connection refused: nothing listens at the address")]
+    Refused,
+    /// The address cannot be reached (`kind`: no route, host or network unreachable, the TCP
+    /// handshake unanswered).
+    #[error("unreachable: {0}")]
+    Unreachable(io::ErrorKind),
+    /// No authenticated connection within the node's dial timeout.
+    #[error("no authenticated connection within the dial timeout")]
+    TimedOut,
+    /// The peer's host name did not resolve.
+    #[error("host name did not resolve: {0}")]
+    NameNotResolved(String),
+    /// The peer is on another network (chain id).
+    #[error("the peer is on another network: ours {ours:?}, theirs {theirs:?}")]
+    WrongNetwork {
+        /// Our network id.
+        ours: String,
+        /// The peer's.
+        theirs: String,
+    },
+    /// The peer speaks another protocol version.
+    #[error("the peer speaks protocol version {theirs}, we speak {ours}")]
+    WrongVersion {
+        /// Ours.
+        ours: glueberry_crypto::handshake::ProtocolVersion,
+        /// The peer's.
+        theirs: glueberry_crypto::handshake::ProtocolVersion,
+    },
+    /// The address answered with another identity than the peer id dialled.
+    #[error("dialled {expected} but {actual} answered")]
+    WrongPeer {
+        /// The peer id dialled.
+        expected: PeerId,
+        /// The identity that answered.
+        actual: PeerId,
+    },
+    /// The peer authenticated us and closed the connection with `code`: `BLACKLISTED` (7,
+    /// permanent), `TOO_MANY_CONNECTIONS` (9), `HANDSHAKE_TIMEOUT` (8: its cooldown for us
+    /// runs), ...
+    #[error("the peer refused the connection: {0}")]
+    RefusedByPeer(CloseCode),
+    /// This node closed it with `code` (a `disconnect`, its own connection limits).
+    #[error("closed by this node: {0}")]
+    ClosedLocally(CloseCode),
+    /// The connection broke, or the secure handshake failed for another reason.
+    #[error(transparent)]
+    Failed(ConnectionError),
+}
+
+impl DialFailure {
+    /// Whether dialling again can succeed: not for a wrong network, version or peer id, nor
+    /// for a peer that blacklisted us (or a handshake that failed authentication).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            DialFailure::Refused
+            | DialFailure::Unreachable(_)
+            | DialFailure::TimedOut
+            | DialFailure::NameNotResolved(_) => true,
+            DialFailure::WrongNetwork { .. }
+            | DialFailure::WrongVersion { .. }
+            | DialFailure::WrongPeer { .. } => false,
+            DialFailure::RefusedByPeer(code) => *code != CloseCode::Blacklisted,
+            DialFailure::ClosedLocally(code) => *code != CloseCode::Blacklisted,
+            DialFailure::Failed(e) => matches!(
+                e,
+                ConnectionError::ConnectionLost | ConnectionError::IdleTimeout
+            ),
+        }
+    }
+
+    /// The cause a failed dial's close reason names (`None`: the connection ended without a
+    /// reason, as lost).
+    pub fn from_reason(reason: Option<&CloseReason>) -> Self {
+        match reason {
+            None => DialFailure::Failed(ConnectionError::ConnectionLost),
+            Some(CloseReason::Peer(code)) => DialFailure::RefusedByPeer(*code),
+            Some(CloseReason::Local(code)) => DialFailure::ClosedLocally(*code),
+            Some(CloseReason::Error(e)) => match e {
+                ConnectionError::Dial(DialError::Connect(io::ErrorKind::ConnectionRefused)) => {
+                    DialFailure::Refused
+                }
+                ConnectionError::Dial(DialError::Connect(kind)) => DialFailure::Unreachable(*kind),
+                ConnectionError::Dial(DialError::Resolve(message)) => {
+                    DialFailure::NameNotResolved(message.clone())
+                }
+                ConnectionError::DialTimeout => DialFailure::TimedOut,
+                ConnectionError::Handshake(HandshakeError::NetworkMismatch { ours, theirs }) => {
+                    DialFailure::WrongNetwork {
+                        ours: ours.clone(),
+                        theirs: theirs.clone(),
+                    }
+                }
+                ConnectionError::Handshake(HandshakeError::VersionMismatch { ours, theirs }) => {
+                    DialFailure::WrongVersion {
+                        ours: *ours,
+                        theirs: *theirs,
+                    }
+                }
+                ConnectionError::Handshake(HandshakeError::PeerIdMismatch { expected, actual }) => {
+                    DialFailure::WrongPeer {
+                        expected: *expected,
+                        actual: *actual,
+                    }
+                }
+                other => DialFailure::Failed(other.clone()),
+            },
+        }
+    }
+}
+
+/// Why [`Node::ready`](crate::Node::ready) or [`Node::connected`](crate::Node::connected)
+/// stopped waiting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The peer's connection ended first (`reason`, when known). It may be redialled: wait
+    /// again to wait for the next connection.
+    #[error("the peer disconnected ({})", reason.as_ref().map_or("no reason".to_string(), |r| format!("{r:?}")))]
+    Disconnected {
+        /// Why its connection ended.
+        reason: Option<CloseReason>,
+    },
+    /// The node stopped.
+    #[error("node stopped")]
+    Stopped,
 }
 
 /// A host name did not resolve (`Node::connect_to` with a DNS name).
@@ -103,10 +241,21 @@ pub enum NodeSendError {
     /// The node stopped.
     #[error("node stopped")]
     Stopped,
-    /// The peer is not Established with this stream open: not connected (yet, or any more),
-    /// unknown, blacklisted, or the stream was not among those opened.
-    #[error("the peer is not Established with this stream open")]
-    NotEstablished,
+    /// The peer has no authenticated connection: it is unknown, or `state` (Disconnected,
+    /// Connecting, Reconnecting, Cooldown). Connect it, or wait for it
+    /// ([`Node::ready`](crate::Node::ready)).
+    #[error("the peer is not connected (it is {state:?})")]
+    NotConnected {
+        /// Its state (Disconnected for a peer the node does not know).
+        state: ConnState,
+    },
+    /// The peer is blacklisted ([`Node::unblacklist`](crate::Node::unblacklist) it first).
+    #[error("the peer is blacklisted")]
+    Blacklisted,
+    /// The peer is connected but this side has not opened the stream: name it in
+    /// [`Node::complete_handshake`](crate::Node::complete_handshake).
+    #[error("the stream is not open with this peer: name it in complete_handshake")]
+    StreamNotOpen,
     /// The peer did not open this stream on its side.
     #[error("the peer rejected this stream")]
     StreamRejected,

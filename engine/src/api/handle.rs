@@ -41,6 +41,9 @@ pub(super) struct Inner {
     pub(super) threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
     pub(super) names: Mutex<HashMap<String, StreamName>>,
     pub(super) prepared: Mutex<HashMap<PeerId, Vec<String>>>,
+    /// The blacklist as the application set it (and the address book stored it), for the
+    /// application's threads: the shards enforce their own copies.
+    pub(super) blacklisted: Mutex<std::collections::HashSet<PeerId>>,
     /// Streams used for requests: with each shard's channel where this node serves them.
     pub(super) request_streams: Mutex<HashMap<String, Option<Vec<Channel>>>>,
     pub(super) max_message_size: usize,

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use glueberry_crypto::PeerId;
-use glueberry_transport::shard_of;
+use glueberry_transport::{ConnState, shard_of};
 
 use super::errors::{NodeSendError, TrySendError};
 use super::event::{EventFilter, Subscription};
@@ -42,7 +42,9 @@ impl Node {
     /// delivered or, if the connection ends first, handed back in
     /// [`Event::Undelivered`](crate::Event::Undelivered). Fails at once when the peer is not
     /// Established with the stream open
-    /// ([`NodeSendError::NotEstablished`](crate::NodeSendError::NotEstablished)), or the peer
+    /// (the peer [`NotConnected`](crate::NodeSendError::NotConnected),
+    /// [`Blacklisted`](crate::NodeSendError::Blacklisted), or the stream
+    /// [`StreamNotOpen`](crate::NodeSendError::StreamNotOpen) on this side), or the peer
     /// rejected the stream.
     pub async fn send<S: StreamRef + ?Sized>(
         &self,
@@ -187,7 +189,7 @@ impl Node {
             }
             match route.state() {
                 RouteState::Open => {}
-                RouteState::Closed => return Err(NodeSendError::NotEstablished),
+                RouteState::Closed => return Err(self.why_closed(route.peer)),
                 RouteState::Rejected => return Err(NodeSendError::StreamRejected),
                 RouteState::Retired => {
                     route = self.resolve(route.peer, &route.name);
@@ -199,6 +201,17 @@ impl Node {
             } else {
                 Err(route)
             });
+        }
+    }
+
+    /// Why a route to `peer` is closed (the error path only: it takes two locks).
+    fn why_closed(&self, peer: PeerId) -> NodeSendError {
+        if self.is_blacklisted(peer) {
+            return NodeSendError::Blacklisted;
+        }
+        match self.state(peer) {
+            ConnState::Connected | ConnState::Established => NodeSendError::StreamNotOpen,
+            state => NodeSendError::NotConnected { state },
         }
     }
 

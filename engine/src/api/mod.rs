@@ -16,13 +16,15 @@ mod route;
 mod settings;
 mod sink;
 mod start;
+mod wait;
 
 pub use address::{Host, PeerAddr, PeerAddrError};
 pub use backend::Backend;
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind};
 pub use errors::{
-    ConnectError, NodeError, NodeSendError, RequestError, ResolveError, StartError, TrySendError,
+    ConnectError, DialFailure, NodeError, NodeSendError, RequestError, ResolveError, StartError,
+    TrySendError, WaitError,
 };
 pub(crate) use event::Subscribers;
 pub use event::{

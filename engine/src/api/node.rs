@@ -1,17 +1,18 @@
-//! The `Node` handle: connect, complete handshakes, drain, stop (`start.rs` starts it).
+//! The `Node` handle: connect, complete handshakes, states, drain, stop (`start.rs` starts it;
+//! `wait.rs` waits for a peer's states).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use glueberry_crypto::PeerId;
-use glueberry_transport::{CloseReason, ConnState, Direction};
+use glueberry_transport::{ConnState, Direction};
 
 use super::Backend;
-use super::errors::{ConnectError, NodeSendError};
-use super::event::{Event, EventFilter, EventKind, StreamName};
+use super::errors::NodeSendError;
+use super::event::StreamName;
 use super::handle::{Node, push_command};
-use crate::shard::{self, Command, Shared};
+use crate::shard::{self, Command, PeerReport, Shared};
 
 impl Node {
     /// This node's peer id.
@@ -144,70 +145,6 @@ impl Node {
         self.command(peer, Command::CancelReconnect { peer })
     }
 
-    /// Dials `peer` and waits until it is authenticated (Connected), or the attempt fails. The
-    /// dial gives up after the node's dial timeout (default 30 s). Dropping the future before it
-    /// completes cancels the dial (the peer is disconnected). Works from any executor.
-    pub async fn connect_and_wait(
-        &self,
-        peer: PeerId,
-        addr: SocketAddr,
-    ) -> Result<(), ConnectError> {
-        let filter = EventFilter {
-            peers: Some(vec![peer]),
-            kinds: Some(vec![EventKind::State]),
-            states: Some(vec![
-                ConnState::Connected,
-                ConnState::Established,
-                ConnState::Reconnecting,
-                ConnState::Disconnected,
-            ]),
-        };
-        let subscription = self.subscribe(filter, 16);
-        if matches!(
-            self.state(peer),
-            ConnState::Connected | ConnState::Established
-        ) {
-            return Ok(());
-        }
-        self.connect(peer, addr).map_err(ConnectError::Send)?;
-        // Until the outcome is known, dropping this future disconnects the peer.
-        let mut guard = CancelDial {
-            node: self,
-            peer,
-            armed: true,
-        };
-        loop {
-            match subscription.recv().await {
-                Some(Event::State {
-                    state: ConnState::Connected | ConnState::Established,
-                    ..
-                }) => {
-                    guard.armed = false;
-                    return Ok(());
-                }
-                Some(Event::State {
-                    reason: Some(CloseReason::Peer(code)),
-                    ..
-                }) => {
-                    guard.armed = false;
-                    return Err(ConnectError::Refused { code });
-                }
-                Some(Event::State { state, reason, .. }) => {
-                    guard.armed = false;
-                    return Err(ConnectError::Failed {
-                        state,
-                        reason: reason.map(|r| format!("{r:?}")),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    guard.armed = false;
-                    return Err(ConnectError::Send(NodeSendError::Stopped));
-                }
-            }
-        }
-    }
-
     /// Closes the connection to `peer`.
     pub fn disconnect(&self, peer: PeerId) -> Result<(), NodeSendError> {
         self.command(peer, Command::Disconnect { peer })
@@ -247,8 +184,8 @@ impl Node {
         self.command(peer, Command::CompleteHandshake { peer, streams })
     }
 
-    /// A peer's state and connection direction as last reported by its shard.
-    fn reported(&self, peer: PeerId) -> Option<(ConnState, Option<Direction>)> {
+    /// What the peer's shard last reported about it.
+    pub(super) fn reported(&self, peer: PeerId) -> Option<PeerReport> {
         let states = self.inner.shared.states.lock();
         states
             .unwrap_or_else(|p| p.into_inner())
@@ -259,18 +196,19 @@ impl Node {
     /// A peer's connection state as last reported by its shard (Disconnected if unknown).
     pub fn state(&self, peer: PeerId) -> ConnState {
         self.reported(peer)
-            .map_or(ConnState::Disconnected, |(state, _)| state)
+            .map_or(ConnState::Disconnected, |report| report.state)
     }
 
     /// Whether we dialled the peer's current connection (`None` when it has none). Fixed when
     /// the connection is made; a peer opening streams never changes it.
     pub fn is_outbound(&self, peer: PeerId) -> Option<bool> {
         self.reported(peer)
-            .and_then(|(_, direction)| direction)
+            .and_then(|report| report.direction)
             .map(|d| d == Direction::Outbound)
     }
 
-    /// Peers with a connection, and their states.
+    /// Peers with a connection, and their states (Connected: authenticated; Established: this
+    /// side opened its streams). [`Node::ready_peers`] lists those whose side did too.
     pub fn connected_peers(&self) -> Vec<(PeerId, ConnState)> {
         self.inner
             .shared
@@ -278,8 +216,27 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, (s, _))| matches!(s, ConnState::Connected | ConnState::Established))
-            .map(|(p, (s, _))| (*p, *s))
+            .filter(|(_, r)| matches!(r.state, ConnState::Connected | ConnState::Established))
+            .map(|(p, r)| (*p, r.state))
+            .collect()
+    }
+
+    /// Whether the peer is Ready: both sides are Established on its current connection and the
+    /// peer answered every stream we opened ([`Event::Ready`](crate::Event::Ready)).
+    pub fn is_ready(&self, peer: PeerId) -> bool {
+        self.reported(peer).is_some_and(|report| report.ready)
+    }
+
+    /// Every Ready peer (see [`Node::is_ready`]).
+    pub fn ready_peers(&self) -> Vec<PeerId> {
+        self.inner
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, r)| r.ready)
+            .map(|(p, _)| *p)
             .collect()
     }
 
@@ -500,21 +457,6 @@ impl Drop for super::handle::Inner {
                     stopping.join();
                     flush_book(&shared);
                 });
-        }
-    }
-}
-
-/// Disconnects a peer when a `connect_and_wait` future is dropped before its outcome.
-struct CancelDial<'a> {
-    node: &'a Node,
-    peer: PeerId,
-    armed: bool,
-}
-
-impl Drop for CancelDial<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.node.disconnect(self.peer);
         }
     }
 }

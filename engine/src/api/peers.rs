@@ -66,6 +66,7 @@ impl Node {
     /// written the blacklist still holds until the node stops, and the error is returned.
     pub fn blacklist(&self, peer: PeerId) -> Result<(), NodeError> {
         self.broadcast_blacklist(peer, true)?;
+        self.blacklisted_set().insert(peer);
         tracing::warn!(peer = %peer, reason = "blacklisted by the application", "peer blacklisted");
         if let Some(book) = self.book().as_mut()
             && let Err(e) = book.set_blacklisted(peer, true)
@@ -82,7 +83,20 @@ impl Node {
             book.set_blacklisted(peer, false)?;
         }
         self.broadcast_blacklist(peer, false)?;
+        self.blacklisted_set().remove(&peer);
         Ok(())
+    }
+
+    /// Whether the peer is blacklisted ([`Node::blacklist`], or stored so in the address book).
+    pub fn is_blacklisted(&self, peer: PeerId) -> bool {
+        self.blacklisted_set().contains(&peer)
+    }
+
+    fn blacklisted_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PeerId>> {
+        self.inner
+            .blacklisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A peer's address book entry.

@@ -132,6 +132,7 @@ impl Node {
                 threads: Mutex::new(threads),
                 names: Mutex::new(HashMap::new()),
                 prepared: Mutex::new(HashMap::new()),
+                blacklisted: Mutex::new(blacklisted.iter().copied().collect()),
                 request_streams: Mutex::new(HashMap::new()),
                 max_message_size: config.connection.max_message_size,
                 stopped: AtomicBool::new(false),
@@ -216,7 +217,8 @@ impl Placement {
 }
 
 /// Per listen address, every shard gets a listener: the first fixes the port, the others share
-/// it (SO_REUSEPORT). Returns each shard's listeners and the addresses bound.
+/// it (SO_REUSEPORT), once the port is known to be free ([`socket::claim_port`]: a port belongs
+/// to one node). Returns each shard's listeners and the addresses bound.
 fn bind_listeners(
     config: &NodeConfig,
     count: usize,
@@ -225,6 +227,7 @@ fn bind_listeners(
     let mut bound_addrs = Vec::new();
     for &addr in std::iter::once(&config.listen).chain(&config.also_listen) {
         let listen_err = |source| StartError::Listen { addr, source };
+        socket::claim_port(addr).map_err(listen_err)?;
         let first = socket::listener(addr).map_err(listen_err)?;
         let bound = socket::local_addr(&first)?;
         listeners[0].push(first);

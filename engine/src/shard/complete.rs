@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use glueberry_transport::ConnId;
+use glueberry_transport::{ConnId, DialError};
 
 use super::*;
 use crate::sys::op::{Completion, Op, RecvProgress, SendProgress, WAKE_TOKEN, received};
@@ -133,7 +133,7 @@ impl Shard {
                     }
                     Ok(())
                 } else {
-                    Err(io::Error::from_raw_os_error(-c.result).to_string())
+                    Err(DialError::from(&io::Error::from_raw_os_error(-c.result)))
                 };
                 self.core.handle_dial_result(conn, result, now);
             }

@@ -32,6 +32,15 @@ impl Shard {
                 } => self.on_state(peer, state, direction, reason),
                 NodeEvent::Ready { peer } => {
                     tracing::debug!(peer = %peer, "peer's streams answered: both sides established");
+                    if let Some(report) = self
+                        .shared
+                        .states
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&peer)
+                    {
+                        report.ready = true;
+                    }
                     self.emit(Event::Ready { peer });
                 }
                 NodeEvent::StreamRejected {
@@ -166,7 +175,13 @@ impl Shard {
             if state == ConnState::Disconnected {
                 states.remove(&peer)
             } else {
-                states.insert(peer, (state, direction))
+                // Ready again only once the peer answers on this connection.
+                let report = PeerReport {
+                    state,
+                    direction,
+                    ready: false,
+                };
+                states.insert(peer, report)
             }
         };
         if !matches!(state, ConnState::Connected | ConnState::Established) {
@@ -175,7 +190,7 @@ impl Shard {
         }
         self.observe_state(
             peer,
-            previous.map(|p| p.0),
+            previous.map(|p| p.state),
             state,
             direction,
             reason.as_ref(),

@@ -206,16 +206,8 @@ pub(crate) struct Shared {
     pub handoffs: AtomicU64,
     /// Each shard's ring descriptor (-1 until it starts), for MSG_RING wake-ups between shards.
     pub ring_fds: Vec<std::sync::atomic::AtomicI32>,
-    /// Each peer's last reported state and direction (entries leave when Disconnected).
-    pub states: std::sync::Mutex<
-        HashMap<
-            PeerId,
-            (
-                glueberry_transport::ConnState,
-                Option<glueberry_transport::Direction>,
-            ),
-        >,
-    >,
+    /// Each peer's last reported state (entries leave when Disconnected).
+    pub states: std::sync::Mutex<HashMap<PeerId, PeerReport>>,
     /// The connection manager's limits and counts.
     pub limits: Arc<crate::limits::Limits>,
     /// Filtered event subscriptions.
@@ -285,4 +277,15 @@ impl Drop for ExitGuard {
             command.release_reservation();
         }
     }
+}
+
+/// What a shard last reported about a peer, for the application's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerReport {
+    /// Its state.
+    pub state: glueberry_transport::ConnState,
+    /// Its connection's direction, when it has one.
+    pub direction: Option<glueberry_transport::Direction>,
+    /// The peer answered every stream we opened on this connection ([`crate::Event::Ready`]).
+    pub ready: bool,
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use glueberry_crypto::PeerId;
-use glueberry_transport::{Action, CloseCode, ConnId, Connection, NodeCore, shard_of};
+use glueberry_transport::{Action, CloseCode, ConnId, Connection, DialError, NodeCore, shard_of};
 
 use crate::channel::Channel;
 use crate::metrics::{ShardMetrics, StreamMetrics};
@@ -33,7 +33,7 @@ mod requests;
 mod send;
 
 pub(crate) use events::RateLimit;
-pub(crate) use mailbox::{Command, ExitGuard, ShardHandle, Shared, deliver_resolved};
+pub(crate) use mailbox::{Command, ExitGuard, PeerReport, ShardHandle, Shared, deliver_resolved};
 pub(crate) use queue::{CommandQueue, Refused};
 
 /// Size of a receive buffer (a fresh one per receive: it becomes the connection's receive
@@ -501,7 +501,10 @@ impl Shard {
                             self.add_conn(conn, ConnIo::new(fd, true));
                             self.core.handle_dial_result(conn, Ok(()), now);
                         }
-                        Some(Err(e)) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
+                        Some(Err(e)) => {
+                            self.core
+                                .handle_dial_result(conn, Err(DialError::from(&e)), now)
+                        }
                         None => {}
                     }
                 }
@@ -525,7 +528,10 @@ impl Shard {
                             Ok(()) => {
                                 self.resolving.insert(conn, peer);
                             }
-                            Err(e) => self.core.handle_dial_result(conn, Err(e.to_string()), now),
+                            Err(e) => {
+                                let error = DialError::Resolve(e.to_string());
+                                self.core.handle_dial_result(conn, Err(error), now);
+                            }
                         }
                     } else {
                         self.dial(conn, vec![addr], now);
@@ -576,13 +582,14 @@ impl Shard {
 
     /// Dials `conn` at the first of `addrs`, keeping the rest to try in turn if it fails.
     fn dial(&mut self, conn: ConnId, mut addrs: Vec<std::net::SocketAddr>, now: Instant) {
-        let mut error = String::from("no address to dial");
+        // Nothing to try: a name that resolved to no address.
+        let mut error = DialError::Resolve("no address to dial".into());
         while !addrs.is_empty() {
             let addr = addrs.remove(0);
             let fd = match socket::connecting(addr) {
                 Ok(fd) => fd,
                 Err(e) => {
-                    error = format!("{addr}: {e}");
+                    error = DialError::from(&e);
                     continue;
                 }
             };
@@ -598,7 +605,7 @@ impl Shard {
                 }
                 Err(e) => {
                     self.backend.release(raw);
-                    error = format!("{addr}: {e}");
+                    error = DialError::from(&e);
                 }
             }
         }
@@ -643,7 +650,10 @@ impl Shard {
                 }
                 match result {
                     Ok(addrs) => self.dial(conn, addrs, now),
-                    Err(error) => self.core.handle_dial_result(conn, Err(error), now),
+                    Err(message) => {
+                        let error = DialError::Resolve(message);
+                        self.core.handle_dial_result(conn, Err(error), now);
+                    }
                 }
             }
         }

@@ -49,8 +49,15 @@ impl Shard {
                 tracing::trace!(peer = %route.peer, stream = %route.name, size = len, "message sent");
                 return;
             }
-            Err((NodeError::NotConnected, data)) => {
-                (crate::NodeSendError::NotEstablished.into(), data)
+            Err((NodeError::NotConnected | NodeError::UnknownPeer, data)) => {
+                let error = match self.core.state(route.peer) {
+                    _ if self.core.is_blacklisted(&route.peer) => crate::NodeSendError::Blacklisted,
+                    ConnState::Connected | ConnState::Established => {
+                        crate::NodeSendError::StreamNotOpen
+                    }
+                    state => crate::NodeSendError::NotConnected { state },
+                };
+                (error.into(), data)
             }
             Err((e, data)) => (e.into(), data),
         };

@@ -21,6 +21,30 @@ pub(crate) fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
+/// Fails with `AddrInUse` when anything listens on `addr` already (another node, another
+/// process, this node's own listeners): the shards' listeners share their port with
+/// SO_REUSEPORT, which would let a second node of the same user join the group silently and
+/// take part of the first one's connections. A socket without SO_REUSEPORT cannot bind beside
+/// a listener; SO_REUSEADDR keeps connections in TIME_WAIT from a node that just stopped from
+/// refusing its restart. Port 0 needs no claim (the kernel picks a free port).
+pub(crate) fn claim_port(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    match socket.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address in use: another node or process listens on this port",
+        )),
+        other => other,
+    }
+}
+
 /// The address a socket is bound to (the real port when port 0 was asked for).
 pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     SockRef::from(fd)

@@ -294,8 +294,14 @@ impl Connection {
     /// The peer closed its sending side (TCP FIN) or the socket failed. Without a CLOSE frame
     /// first, this is a lost connection.
     pub fn handle_eof(&mut self) {
+        self.abort(ConnectionError::ConnectionLost);
+    }
+
+    /// The driver gave up on the connection (its dial failed or timed out): it is closed with
+    /// `error` and sends nothing more.
+    pub fn abort(&mut self, error: ConnectionError) {
         if self.phase != Phase::Closed {
-            self.fail(ConnectionError::ConnectionLost);
+            self.fail(error);
             self.close_frame = None;
         }
     }

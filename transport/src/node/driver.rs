@@ -7,20 +7,28 @@ use std::time::Instant;
 use glueberry_crypto::PeerId;
 
 use crate::connection::Connection;
-use crate::event::{CloseCode, CloseReason, Direction};
+use crate::event::{CloseCode, CloseReason, ConnectionError, DialError, Direction};
 use crate::peer::ConnState;
 
 use super::*;
 
 impl NodeCore {
     /// A dial finished: `Ok` once TCP is connected, `Err` if it failed.
-    pub fn handle_dial_result(&mut self, conn: ConnId, result: Result<(), String>, now: Instant) {
-        if result.is_ok() {
+    pub fn handle_dial_result(
+        &mut self,
+        conn: ConnId,
+        result: Result<(), DialError>,
+        now: Instant,
+    ) {
+        match result {
             // Its first handshake message can go out now.
-            self.touch(conn);
-        } else if let Some(c) = self.conns.get_mut(conn) {
-            c.conn.handle_eof();
-            self.settle_at(conn, now);
+            Ok(()) => self.touch(conn),
+            Err(error) => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.conn.abort(ConnectionError::Dial(error));
+                    self.settle_at(conn, now);
+                }
+            }
         }
     }
 
@@ -150,7 +158,7 @@ impl NodeCore {
                 if let Some(id) = p.conn
                     && let Some(c) = self.conns.get_mut(id)
                 {
-                    c.conn.handle_eof();
+                    c.conn.abort(ConnectionError::DialTimeout);
                     self.settle_at(id, now);
                 }
             }

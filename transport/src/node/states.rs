@@ -367,6 +367,17 @@ impl NodeCore {
                     self.set_state(peer, ConnState::Disconnected, Some(reason));
                 }
             }
+            ConnState::Connecting if matches!(&reason, CloseReason::Error(e) if e.is_permanent()) =>
+            {
+                // Another network or version, or not the peer we dialled: dialling the same
+                // address again cannot help, so it is reported once and not retried (a
+                // persistent peer only at the longest backoff, in case its operator fixes it).
+                if p.persistent {
+                    self.schedule_retry(peer, u32::MAX, Some(reason), now);
+                } else {
+                    self.set_state(peer, ConnState::Disconnected, Some(reason));
+                }
+            }
             ConnState::Connecting => {
                 // The dial or its secure handshake failed.
                 p.attempts = p.attempts.saturating_add(1);

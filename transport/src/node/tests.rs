@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use glueberry_crypto::Identity;
 
-use crate::PERSISTENT_MAX_DELAY;
+use crate::{DialError, PERSISTENT_MAX_DELAY};
 
 use super::*;
 
@@ -165,7 +165,11 @@ fn a_persistent_peer_is_redialled_past_the_attempt_limit_with_a_capped_delay() {
     for _ in 0..20 {
         while let Some(action) = a.poll_action() {
             if let Action::Dial { conn, .. } = action {
-                a.handle_dial_result(conn, Err("unreachable".into()), now);
+                a.handle_dial_result(
+                    conn,
+                    Err(DialError::Connect(std::io::ErrorKind::HostUnreachable)),
+                    now,
+                );
             }
         }
         let Some(next) = a.poll_timeout() else { break };
