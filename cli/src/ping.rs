@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glueberry::transport::ConnState;
-use glueberry::{Event, EventFilter, Identity, Node, NodeConfig, PeerAddr};
+use glueberry::{
+    DialFailure, Event, EventFilter, Identity, Node, NodeConfig, PeerAddr, ResolveError,
+};
 
 use crate::PING_STREAM;
 
@@ -30,7 +32,62 @@ pub(crate) fn ping(
         .map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(&node, peer, count, timeout, json));
     node.stop_blocking();
-    result
+    result.map_err(|failure| {
+        if json {
+            let out = serde_json::json!({
+                "peer": peer.to_string(),
+                "error": failure.name(),
+                "message": failure.to_string(),
+            });
+            println!("{out}");
+        }
+        format!("{peer}: {failure}")
+    })
+}
+
+/// Why a ping did not get its answers.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The dial failed: the typed cause (wrong network, wrong peer id, refused, ...).
+    #[error("cannot connect: {0}")]
+    Dial(DialFailure),
+    /// The host name did not resolve.
+    #[error("cannot resolve the host name: {0}")]
+    Resolve(String),
+    /// No authenticated connection within the time given.
+    #[error("not connected within {0:?}")]
+    Timeout(Duration),
+    /// The node answers, but not on the ping stream.
+    #[error("the node does not answer on {PING_STREAM:?}")]
+    NoPingStream,
+    /// Anything else (a reply that did not come or did not match).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Failure {
+    /// Its name in `--json` output.
+    fn name(&self) -> &'static str {
+        match self {
+            Failure::Dial(cause) => cause.name(),
+            Failure::Resolve(_) => "name_not_resolved",
+            Failure::Timeout(_) => "timed_out",
+            Failure::NoPingStream => "no_ping_stream",
+            Failure::Other(_) => "failed",
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Other(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::Other(message.to_string())
+    }
 }
 
 async fn run(
@@ -39,7 +96,7 @@ async fn run(
     count: u32,
     timeout: Duration,
     json: bool,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let events = node.subscribe(EventFilter::all().peer(peer.peer), 64);
     let mut replies = node.messages_on(PING_STREAM).map_err(|e| e.to_string())?;
     node.connect_to(peer).map_err(|e| e.to_string())?;
@@ -53,20 +110,31 @@ async fn run(
                 } => node
                     .complete_handshake(peer.peer, &[PING_STREAM])
                     .map_err(|e| e.to_string())?,
+                // The first attempt failed: say why rather than wait for the redial.
+                Event::State {
+                    state: ConnState::Reconnecting | ConnState::Disconnected,
+                    reason,
+                    ..
+                } => return Err(Failure::Dial(DialFailure::from_reason(reason.as_ref()))),
                 // The node answered our streams: its side is Established too.
                 Event::Ready { .. } => return Ok(()),
-                Event::StreamRejected { .. } => {
-                    return Err(format!("{peer} does not answer on {PING_STREAM:?}"));
+                Event::StreamRejected { .. } => return Err(Failure::NoPingStream),
+                Event::CommandFailed { error, .. } => {
+                    let resolve = std::error::Error::source(&error)
+                        .and_then(|e| e.downcast_ref::<ResolveError>());
+                    return Err(match resolve {
+                        Some(e) => Failure::Resolve(e.to_string()),
+                        None => Failure::Other(error.to_string()),
+                    });
                 }
-                Event::CommandFailed { error, .. } => return Err(format!("{peer}: {error}")),
                 _ => {}
             }
         }
-        Err("the node stopped".to_string())
+        Err(Failure::Other("the node stopped".to_string()))
     };
     tokio::time::timeout(timeout, connected)
         .await
-        .map_err(|_| format!("{peer}: not connected within {timeout:?}"))??;
+        .map_err(|_| Failure::Timeout(timeout))??;
     let connect = started.elapsed();
     if !json {
         println!("connected to {peer} in {connect:?}");
@@ -83,7 +151,7 @@ async fn run(
             .map_err(|_| format!("no reply to ping {seq} within {timeout:?}"))?
             .ok_or("the node stopped")?;
         if reply.data[..] != seq.to_be_bytes() {
-            return Err(format!("ping {seq}: the reply does not match"));
+            return Err(format!("ping {seq}: the reply does not match").into());
         }
         let rtt = sent.elapsed();
         rtts.push(rtt);

@@ -159,21 +159,51 @@ fn keygen_two_nodes_from_toml_status_and_ping() {
         json["max_us"].as_f64().unwrap(),
     );
     assert!(0.0 < min && min <= max, "{json}");
-    // The wrong network is refused, and ping says so instead of hanging.
-    let wrong = run(
-        dir,
-        &[
-            "ping",
-            &format!("{a}@127.0.0.1:{port_a}"),
-            "--network",
+    // A wrong network, a wrong peer id and a closed port: ping fails at once and names each
+    // cause, in words and in --json.
+    let closed = free_port();
+    let stranger = keygen(dir, "stranger.key");
+    let cases = [
+        (
+            format!("{a}@127.0.0.1:{port_a}"),
             "other-chain",
-            "--count",
-            "1",
-            "--timeout",
-            "3",
-        ],
-    );
-    assert!(!wrong.status.success());
+            "wrong_network",
+            "another network",
+        ),
+        (
+            format!("{stranger}@127.0.0.1:{port_a}"),
+            "cli-test",
+            "wrong_peer",
+            "answered",
+        ),
+        (
+            format!("{a}@127.0.0.1:{closed}"),
+            "cli-test",
+            "refused",
+            "connection refused",
+        ),
+    ];
+    for (target, network, name, words) in cases {
+        let ping = |json: bool| {
+            let mut args = vec!["ping", &target, "--network", network, "--count", "1"];
+            args.extend(["--timeout", "5"]);
+            if json {
+                args.push("--json");
+            }
+            run(dir, &args)
+        };
+        let plain = ping(false);
+        assert!(!plain.status.success(), "{target} on {network}");
+        let said = String::from_utf8_lossy(&plain.stderr).to_string();
+        println!("{name}: {said}");
+        assert!(said.contains(words), "{name}: {said}");
+        let output = ping(true);
+        assert!(!output.status.success());
+        let json: serde_json::Value =
+            serde_json::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+        assert_eq!(json["error"], name, "{json}");
+        assert!(json["message"].as_str().unwrap().contains(words), "{json}");
+    }
 
     terminate(node_b);
     terminate(node_a);

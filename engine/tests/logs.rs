@@ -104,8 +104,21 @@ fn handshakes_and_failures_are_logged_with_their_fields_and_no_secrets() {
             ConnState::Reconnecting | ConnState::Cooldown | ConnState::Disconnected
         )
     });
-    a.cancel_reconnect(other.peer_id()).unwrap();
-    for n in [&a, &b, &other] {
+    // A host name that does not resolve, and a port nothing listens on: each said in words.
+    let nowhere: glueberry::PeerAddr = format!("{}@no-such-host.invalid:26656", other.peer_id())
+        .parse()
+        .unwrap();
+    let unresolved = node(10, "logs-test");
+    unresolved.connect_to(&nowhere).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let ghost = Identity::from_seed(&[11; 32]).peer_id();
+    a.connect(ghost, closed_addr).unwrap();
+    wait_state(&a, |s| s == ConnState::Reconnecting);
+    a.cancel_reconnect(ghost).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    for n in [&a, &b, &other, &unresolved] {
         n.stop_blocking();
     }
 
@@ -144,17 +157,38 @@ fn handshakes_and_failures_are_logged_with_their_fields_and_no_secrets() {
     );
     assert!(sent.contains(&format!("size={}", payload.len())), "{sent}");
     assert!(line("message received").contains("stream=consensus"));
-    let failure = line("handshake failed");
-    assert!(failure.contains("WARN"), "{failure}");
+    let dial_failed = |peer: String| {
+        logs.lines()
+            .find(|l| l.contains("dial failed") && l.contains(&peer))
+            .unwrap_or_else(|| panic!("no failed dial of {peer} in the logs:\n{logs}"))
+            .to_string()
+    };
+    let failure = dial_failed(format!("peer={}", other.peer_id()));
     assert!(
-        failure.contains(&format!("peer={}", other.peer_id())),
+        failure.contains("WARN") && failure.contains("dial failed"),
         "{failure}"
     );
     assert!(
-        failure.contains("Network"),
-        "the reason names the mismatch: {failure}"
+        failure.contains("network mismatch") && failure.contains("another-network"),
+        "the error names the mismatch in words: {failure}"
     );
+    assert!(
+        failure.contains("permanent=true"),
+        "not redialled: {failure}"
+    );
+    assert_eq!(failed, ConnState::Disconnected, "{failure}");
     assert!(failure.contains(&format!("state={failed:?}")), "{failure}");
+    let refused = dial_failed(format!("peer={ghost}"));
+    assert!(
+        refused.contains("WARN") && refused.contains("connection refused"),
+        "{refused}"
+    );
+    assert!(refused.contains("permanent=false"), "{refused}");
+    let unresolvable = line("host name did not resolve");
+    assert!(
+        unresolvable.contains("WARN") && unresolvable.contains("no-such-host.invalid"),
+        "{unresolvable}"
+    );
     assert!(line("glueberry node stopped").contains("INFO"));
 
     // No payload, no key material: the payload's text, its hex, the identity seeds' hex, and

@@ -144,6 +144,24 @@ impl DialFailure {
         }
     }
 
+    /// A short stable name for the cause, for logs, metrics and JSON: `refused`,
+    /// `unreachable`, `timed_out`, `name_not_resolved`, `wrong_network`, `wrong_version`,
+    /// `wrong_peer`, `refused_by_peer`, `closed_locally`, `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DialFailure::Refused => "refused",
+            DialFailure::Unreachable(_) => "unreachable",
+            DialFailure::TimedOut => "timed_out",
+            DialFailure::NameNotResolved(_) => "name_not_resolved",
+            DialFailure::WrongNetwork { .. } => "wrong_network",
+            DialFailure::WrongVersion { .. } => "wrong_version",
+            DialFailure::WrongPeer { .. } => "wrong_peer",
+            DialFailure::RefusedByPeer(_) => "refused_by_peer",
+            DialFailure::ClosedLocally(_) => "closed_locally",
+            DialFailure::Failed(_) => "failed",
+        }
+    }
+
     /// The cause a failed dial's close reason names (`None`: the connection ended without a
     /// reason, as lost).
     pub fn from_reason(reason: Option<&CloseReason>) -> Self {

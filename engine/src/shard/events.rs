@@ -278,10 +278,19 @@ impl Shard {
                 // Failures are the peer's doing (or the network's): rate-limited.
                 if failed {
                     if let Some(suppressed) = self.peer_warnings.allow(now) {
-                        let reason = reason.map(|r| sanitize(&format!("{r:?}")));
-                        if from == Some(ConnState::Connecting) || to == ConnState::Cooldown {
+                        if let Some(CloseReason::Error(e)) = reason
+                            && from == Some(ConnState::Connecting)
+                        {
+                            // In words: "dial failed: connect: connection refused", "handshake:
+                            // network mismatch: ...". A permanent cause is not redialled.
+                            let error = sanitize(&e.to_string());
+                            let permanent = e.is_permanent();
+                            tracing::warn!(peer = %peer, state = ?to, %error, permanent, suppressed, "dial failed");
+                        } else if from == Some(ConnState::Connecting) || to == ConnState::Cooldown {
+                            let reason = reason.map(|r| sanitize(&format!("{r:?}")));
                             tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "handshake failed");
                         } else {
+                            let reason = reason.map(|r| sanitize(&format!("{r:?}")));
                             tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "connection failed");
                         }
                     }

@@ -636,14 +636,22 @@ impl Shard {
                     });
                 }
             }
-            (None, Err(message)) => self.emit(Event::CommandFailed {
-                peer,
-                error: crate::Error::from(crate::ResolveError {
-                    host: host.0.to_string(),
-                    message,
-                })
-                .with_peer(peer),
-            }),
+            (None, Err(message)) => {
+                // An operator's typo or a DNS outage: said in the log, rate-limited.
+                if let Some(suppressed) = self.peer_warnings.allow(Instant::now()) {
+                    let host = events::sanitize(&host.0);
+                    let error = events::sanitize(&message);
+                    tracing::warn!(peer = %peer, %host, %error, suppressed, "host name did not resolve");
+                }
+                self.emit(Event::CommandFailed {
+                    peer,
+                    error: crate::Error::from(crate::ResolveError {
+                        host: host.0.to_string(),
+                        message,
+                    })
+                    .with_peer(peer),
+                });
+            }
             (Some(conn), result) => {
                 if self.resolving.remove(&conn).is_none() {
                     return; // The dial ended meanwhile.
