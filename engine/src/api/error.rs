@@ -9,6 +9,7 @@ use glueberry_transport::{ConnectionError, SendError, StreamError};
 
 use super::errors::{
     ConnectError, DialFailure, NodeError, NodeSendError, ResolveError, StartError, TrySendError,
+    WaitError,
 };
 use crate::address_book::BookError;
 
@@ -310,6 +311,15 @@ impl From<ConnectError> for Error {
         let mut error = Error::new(kind, e);
         error.retriable = Some(retriable);
         error
+    }
+}
+
+impl From<WaitError> for Error {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::Disconnected { .. } => Error::new(ErrorKind::NotConnected, e),
+            WaitError::Stopped => Error::new(ErrorKind::NodeStopped, e),
+        }
     }
 }
 
