@@ -142,7 +142,8 @@
 //! ```
 //!
 //! **Priorities and per-stream receivers** — set before the streams open. Records are filled
-//! from higher priorities first (a vote waits for at most one record of block chunks), and a
+//! from higher priorities first (a queued vote goes into the next record, ahead of block chunks;
+//! what was already sealed and sent still goes first, see `NodeConfig::stream_priority`), and a
 //! stream with a receiver of its own never waits for a slow consumer of another:
 //! ```no_run
 //! # use glueberry::{Node, NodeConfig, crypto::Identity};
@@ -266,11 +267,11 @@ pub mod testing;
 
 #[doc(inline)]
 pub use api::{
-    Backend, ConnectError, DialFailure, Error, ErrorKind, Event, EventFilter, EventKind, Handler,
-    Health, HealthCheck, Host, Message, Node, NodeConfig, NodeError, NodeSendError, NodeSettings,
-    PeerAddr, PeerAddrError, Refusal, Request, RequestError, Requests, ResolveError, Route,
-    SUBSCRIPTION_BYTES_PER_SLOT, StartError, StreamName, StreamRateLimit, StreamRef, StreamSink,
-    Subscription, TrySendError, WaitError,
+    Backend, ConfigError, ConnectError, DialFailure, Error, ErrorKind, Event, EventFilter,
+    EventKind, Handler, Health, HealthCheck, Host, Message, Node, NodeConfig, NodeError,
+    NodeSendError, NodeSettings, PeerAddr, PeerAddrError, Refusal, Request, RequestError, Requests,
+    ResolveError, Route, SUBSCRIPTION_BYTES_PER_SLOT, StartError, StreamName, StreamRateLimit,
+    StreamRef, StreamSink, Subscription, TrySendError, WaitError,
 };
 #[doc(inline)]
 pub use channel::Messages;

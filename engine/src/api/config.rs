@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::errors::ConfigError;
 use super::event::Handler;
 use glueberry_crypto::Identity;
 use glueberry_transport::ConnectionConfig;
@@ -211,21 +212,24 @@ impl NodeConfig {
         self
     }
 
-    /// Checks the settings make sense together; says which one does not. `Node::start` calls it.
-    pub fn validate(&self) -> Result<(), String> {
-        self.connection.validate().map_err(|e| e.to_string())?;
+    /// Checks the settings make sense together; says which one does not (named by the method
+    /// that sets it). `Node::start` calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.connection
+            .validate()
+            .map_err(|e| ConfigError::new("connection", e.to_string()))?;
         let nonzero = [
-            ("pending handshake timeout", self.pending_handshakes.1),
+            ("pending_handshakes", self.pending_handshakes.1),
             ("dial_timeout", self.dial_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("cooldown", self.cooldown),
-            ("reconnect base delay", self.backoff.base),
+            ("reconnect", self.backoff.base),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, d)| d.is_zero()) {
-            return Err(format!("{name} must be greater than zero"));
+            return Err(ConfigError::new(*name, "must be greater than zero"));
         }
         let more = [
-            ("reconnect max delay", self.backoff.max),
+            ("reconnect", self.backoff.max),
             ("busy_poll", self.busy_poll),
         ];
         if let Some((name, _)) = nonzero
@@ -233,16 +237,25 @@ impl NodeConfig {
             .chain(&more)
             .find(|(_, d)| *d > glueberry_transport::MAX_TIMEOUT)
         {
-            return Err(format!("{name} must be at most a year"));
+            return Err(ConfigError::new(*name, "must be at most a year"));
         }
         if self.backoff.max < self.backoff.base {
-            return Err(format!(
-                "reconnect max delay {:?} is below the base delay {:?}",
-                self.backoff.max, self.backoff.base
+            return Err(ConfigError::new(
+                "reconnect",
+                format!(
+                    "the max delay {:?} is below the base delay {:?}",
+                    self.backoff.max, self.backoff.base
+                ),
             ));
         }
-        if self.message_buffer == 0 || self.event_buffer == 0 || self.command_queue == 0 {
-            return Err("message_buffer, event_buffer and command_queue must be at least 1".into());
+        let counts = [
+            ("message_buffer", self.message_buffer),
+            ("event_buffer", self.event_buffer),
+            ("command_queue", self.command_queue),
+            ("stream_queue", self.stream_queue.0.min(self.stream_queue.1)),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(ConfigError::new(*name, "must be at least 1"));
         }
         Ok(())
     }
@@ -272,8 +285,22 @@ impl NodeConfig {
         self
     }
 
-    /// Per-connection settings.
-    pub fn connection(mut self, connection: ConnectionConfig) -> Self {
+    /// Per-connection settings. Stream priorities and rate limits set before with
+    /// [`NodeConfig::stream_priority`] and [`NodeConfig::stream_rate_limit`] are kept where
+    /// `connection` does not name the same stream (its own win): the order of the calls does
+    /// not matter.
+    pub fn connection(mut self, mut connection: ConnectionConfig) -> Self {
+        let old = std::mem::take(&mut self.connection);
+        for (name, priority) in old.priorities {
+            if !connection.priorities.iter().any(|(n, _)| *n == name) {
+                connection.priorities.push((name, priority));
+            }
+        }
+        for (name, limit) in old.rate_limits {
+            if !connection.rate_limits.iter().any(|(n, _)| *n == name) {
+                connection.rate_limits.push((name, limit));
+            }
+        }
         self.connection = connection;
         self
     }
@@ -361,10 +388,14 @@ impl NodeConfig {
     /// The send priority of the stream called `name`, 0 (lowest) to 7 (default 3; the
     /// `handshake` stream is 7). When several streams of one peer have messages, records are
     /// filled from higher priorities first, and each busy stream gets bandwidth in proportion to
-    /// its priority + 1 (a weighted deficit round robin): `consensus` at 7 and `blocksync` at 0
-    /// means a vote waits for at most one record of block chunks, and block chunks still get an
-    /// eighth of a saturated link. Set it before the streams are opened with
-    /// [`Node::complete_handshake`](crate::Node::complete_handshake).
+    /// its priority + 1 (a weighted deficit round robin): with `consensus` at 7 and `blocksync`
+    /// at 0, a vote queued beside block chunks goes into the next record built, ahead of them,
+    /// and block chunks still get an eighth of a saturated link. What the guarantee stops at:
+    /// records already sealed and handed to the socket go first — on a saturated link that is
+    /// up to what the peer's credit for the bulk stream lets us send ahead (its window,
+    /// `initial_window`, 2 MiB by default), so a vote can wait for that much of the bulk
+    /// stream's data to reach the peer (BENCHMARKS.md, "Latency under load"). Set it before the
+    /// streams are opened with [`Node::complete_handshake`](crate::Node::complete_handshake).
     pub fn stream_priority(mut self, name: &str, priority: u8) -> Self {
         self.connection.priorities.retain(|(n, _)| n != name);
         self.connection.priorities.push((
@@ -499,7 +530,7 @@ mod tests {
             ),
         ] {
             let error = bad.validate().expect_err("refused");
-            assert!(error.contains("at most a year"), "{error}");
+            assert!(error.message.contains("at most a year"), "{error}");
         }
     }
 }

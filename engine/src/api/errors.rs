@@ -10,13 +10,34 @@ use glueberry_transport::{CloseCode, CloseReason, ConnState, ConnectionError, Di
 use crate::address_book::BookError;
 use crate::shard::Refused;
 
+/// A setting that is invalid, named as the settings file names it (`network_id`,
+/// `connection.initial_window`, `rate_limits.mempool`; for a [`NodeConfig`](crate::NodeConfig)
+/// built in code, the method that sets it), and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The setting.
+    pub key: String,
+    /// What is wrong, and what to set instead.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
     /// A setting is invalid.
     #[error("invalid config: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// io_uring could not be set up; the node refuses to run without it.
     #[error(
         "io_uring is unavailable ({0}); check `sysctl kernel.io_uring_disabled` (must be 0) and \

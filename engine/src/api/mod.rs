@@ -23,8 +23,8 @@ pub use backend::Backend;
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind};
 pub use errors::{
-    ConnectError, DialFailure, NodeError, NodeSendError, RequestError, ResolveError, StartError,
-    TrySendError, WaitError,
+    ConfigError, ConnectError, DialFailure, NodeError, NodeSendError, RequestError, ResolveError,
+    StartError, TrySendError, WaitError,
 };
 pub(crate) use event::Subscribers;
 pub use event::{

@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::PrometheusRecorder;
 
 use super::Backend;
 use super::config::NodeConfig;
-use super::errors::StartError;
+use super::errors::{ConfigError, StartError};
 use super::event::{EventFilter, Subscription};
 use super::handle::{Inner, Node};
 #[cfg(feature = "http")]
@@ -34,7 +34,7 @@ type Ready = io::Result<()>;
 impl Node {
     /// Starts the shards and the listeners.
     pub fn start(config: NodeConfig) -> Result<Node, StartError> {
-        config.validate().map_err(StartError::Config)?;
+        config.validate()?;
         #[cfg(feature = "danger-null-cipher")]
         if config.connection.danger_null_cipher {
             tracing::error!(
@@ -174,11 +174,11 @@ impl Node {
 /// The secure handshake's configuration: the identity, the network and the suites offered.
 fn handshake_config(config: &NodeConfig) -> Result<Arc<HandshakeConfig>, StartError> {
     let mut handshake = HandshakeConfig::new(&config.identity, &config.network_id)
-        .map_err(|e| StartError::Config(e.to_string()))?;
+        .map_err(|e| ConfigError::new("network_id", e.to_string()))?;
     if !config.suites.is_empty() {
         handshake = handshake
             .with_suites(&config.suites)
-            .map_err(|e| StartError::Config(e.to_string()))?;
+            .map_err(|e| ConfigError::new("suites", e.to_string()))?;
     }
     Ok(Arc::new(handshake))
 }
