@@ -316,20 +316,20 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
     let stream = a.stream("perf-0");
     let mut messages = a.messages();
     let request = Bytes::from(vec![0x5au8; size]);
-    let mut samples = Vec::new();
+    let mut samples = figures::Latencies::new();
     let end = Instant::now() + duration;
     while Instant::now() < end {
         let start = Instant::now();
         a.try_send(b.peer_id(), &stream, request.clone())
             .map_err(|e| e.to_string())?;
         messages.recv_blocking().ok_or("node stopped")?;
-        samples.push(start.elapsed());
+        samples.record(start.elapsed());
     }
     stop.store(true, Ordering::Relaxed);
     a.stop_blocking();
     b.stop_blocking();
     let _ = echo.join();
-    Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
+    Ok(figures::percentiles(&samples, size, duration.as_secs_f64()))
 }
 
 /// `setup.idle` authenticated connections to `server` (which already has `busy` peers), each a
@@ -580,7 +580,7 @@ pub(crate) fn latency_under_load(setup: &Setup, duration: Duration) -> Result<Fi
     std::thread::sleep(Duration::from_millis(200));
     let route = a.route(b.peer_id(), RPC_STREAM);
     let request = Bytes::from(vec![0xa5u8; 64]);
-    let mut samples = Vec::new();
+    let mut samples = figures::Latencies::new();
     let start_bytes = bulk_bytes.load(Ordering::Relaxed);
     let started = Instant::now();
     let end = started + duration;
@@ -589,7 +589,7 @@ pub(crate) fn latency_under_load(setup: &Setup, duration: Duration) -> Result<Fi
         a.try_send_on(&route, request.clone())
             .map_err(|e| e.to_string())?;
         a_rpc.recv_blocking().ok_or("node stopped")?;
-        samples.push(start.elapsed());
+        samples.record(start.elapsed());
     }
     let seconds = started.elapsed().as_secs_f64();
     let bulk_moved = bulk_bytes.load(Ordering::Relaxed) - start_bytes;
@@ -597,7 +597,7 @@ pub(crate) fn latency_under_load(setup: &Setup, duration: Duration) -> Result<Fi
     a.stop_blocking();
     b.stop_blocking();
     let _ = (bulk.join(), echo.join(), drain.join());
-    let mut figures = figures::percentiles(samples, 64, seconds);
+    let mut figures = figures::percentiles(&samples, 64, seconds);
     figures.bytes = bulk_moved;
     figures.bytes_per_sec = bulk_moved as f64 / seconds;
     Ok(figures)

@@ -194,15 +194,15 @@ pub(crate) fn client_latency(
     let node = connect(setup, server, peer, &["perf-echo".to_string()])?;
     let (stream, mut messages) = (node.stream("perf-echo"), node.messages());
     let request = Bytes::from(vec![0x5au8; size]);
-    let mut samples = Vec::new();
+    let mut samples = figures::Latencies::new();
     let end = Instant::now() + duration;
     while Instant::now() < end {
         let start = Instant::now();
         node.try_send(peer, &stream, request.clone())
             .map_err(|e| e.to_string())?;
         messages.recv_blocking().ok_or("node stopped")?;
-        samples.push(start.elapsed());
+        samples.record(start.elapsed());
     }
     node.stop_blocking();
-    Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
+    Ok(figures::percentiles(&samples, size, duration.as_secs_f64()))
 }

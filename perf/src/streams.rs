@@ -300,7 +300,7 @@ pub(crate) fn latency(stack: Stack, size: usize, duration: Duration) -> Result<F
     let rt = runtime().map_err(|e| e.to_string())?;
     let samples = rt.block_on(async move {
         let mut conn = endpoint.connect().await.map_err(|e| e.to_string())?;
-        let mut samples = Vec::new();
+        let mut samples = figures::Latencies::new();
         let mut buf = vec![0x5au8; size];
         let end = Instant::now() + duration;
         while Instant::now() < end {
@@ -311,7 +311,7 @@ pub(crate) fn latency(stack: Stack, size: usize, duration: Duration) -> Result<F
                 .read_exact(&mut buf)
                 .await
                 .map_err(|e| e.to_string())?;
-            samples.push(start.elapsed());
+            samples.record(start.elapsed());
         }
         let _ = conn.io.shutdown().await;
         Ok::<_, String>(samples)
@@ -320,7 +320,7 @@ pub(crate) fn latency(stack: Stack, size: usize, duration: Duration) -> Result<F
     drop(rt);
     let samples = samples?;
     let _ = echo.join();
-    Ok(figures::percentiles(samples, size, duration.as_secs_f64()))
+    Ok(figures::percentiles(&samples, size, duration.as_secs_f64()))
 }
 
 /// New connections per second, each with its full handshake and one 1-byte round trip.

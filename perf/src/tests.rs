@@ -131,3 +131,20 @@ fn server_and_client_talk_across_a_socket() {
     check(Scenario::Latency, &latency, "glueberry");
     server.join().expect("server thread").expect("server");
 }
+
+#[test]
+fn latencies_give_percentiles_from_the_histogram() {
+    let mut samples = crate::figures::Latencies::new();
+    for us in 1..=1000u64 {
+        samples.record(Duration::from_micros(us));
+    }
+    let figures = crate::figures::percentiles(&samples, 64, 1.0);
+    assert_eq!(figures.messages, 1000);
+    // Within the histogram's 3 significant digits.
+    let near = |got: f64, want: f64| (got - want).abs() <= want / 500.0;
+    assert!(near(figures.p50_us, 500.0), "{}", figures.p50_us);
+    assert!(near(figures.p99_us, 990.0), "{}", figures.p99_us);
+    assert!(near(figures.max_us, 1000.0), "{}", figures.max_us);
+    let empty = crate::figures::percentiles(&crate::figures::Latencies::new(), 64, 1.0);
+    assert_eq!((empty.messages, empty.p50_us), (0, 0.0));
+}
