@@ -150,7 +150,7 @@ impl Error {
                 "name the stream in `complete_handshake` on both nodes before sending on it"
             }
             ErrorKind::NotConnected => {
-                "connect the peer, or wait until it is: `ready(peer).await` (or `Event::Ready`)"
+                "connect the peer, or wait until it is: `ready(peer).await` (or the Ready event)"
             }
             ErrorKind::PeerNotFound => "add the peer with `add_peer` or `connect` first",
             ErrorKind::PeerBlacklisted => "`unblacklist` the peer first",
