@@ -31,21 +31,24 @@ impl PeerId {
     /// Rejects encodings that are not a curve point and the small-order ("weak") keys, for which
     /// a signature proves nothing about who made it.
     pub fn from_public_key(bytes: &[u8; 32]) -> Result<Self, PeerIdError> {
+        Self::from_public_key_with_key(bytes).map(|(peer_id, _)| peer_id)
+    }
+
+    /// [`PeerId::from_public_key`] and the decompressed key it checked, to verify with (a
+    /// handshake decompresses the peer's key once, not twice).
+    pub(crate) fn from_public_key_with_key(
+        bytes: &[u8; 32],
+    ) -> Result<(Self, VerifyingKey), PeerIdError> {
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| PeerIdError::InvalidKey)?;
         if key.is_weak() {
             return Err(PeerIdError::WeakKey);
         }
-        Ok(Self(*bytes))
+        Ok((Self(*bytes), key))
     }
 
     /// The Ed25519 public key this peer id stands for.
     pub fn public_key(&self) -> &[u8; 32] {
         &self.0
-    }
-
-    /// The key, ready to verify signatures. It was validated when the `PeerId` was made.
-    pub(crate) fn verifying_key(&self) -> Result<VerifyingKey, PeerIdError> {
-        VerifyingKey::from_bytes(&self.0).map_err(|_| PeerIdError::InvalidKey)
     }
 }
 

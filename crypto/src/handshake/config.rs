@@ -1,6 +1,5 @@
 //! What a node brings to every handshake: keys, network, version, suites, hello payload.
 
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::wire::{
@@ -35,7 +34,8 @@ impl std::fmt::Display for ProtocolVersion {
 /// kept here.
 pub struct HandshakeConfig {
     pub(crate) peer_id: PeerId,
-    pub(crate) noise_private: Zeroizing<[u8; 32]>,
+    /// The Noise static key pair (its public half derived once, here).
+    pub(crate) noise_static: super::dh::StaticKey,
     pub(crate) signature: [u8; 64],
     pub(crate) network_id: Vec<u8>,
     pub(crate) version: ProtocolVersion,
@@ -69,15 +69,15 @@ impl HandshakeConfig {
         if !valid {
             return Err(ConfigError::NetworkId);
         }
-        let noise_public = PublicKey::from(&StaticSecret::from(*noise_private)).to_bytes();
+        let noise_static = super::dh::StaticKey::new(noise_private);
         let mut signed = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 32);
         signed.extend_from_slice(SIGNATURE_CONTEXT);
-        signed.extend_from_slice(&noise_public);
+        signed.extend_from_slice(&noise_static.public);
         let suites = Suite::ALL.to_vec();
         Ok(Self {
             peer_id: identity.peer_id(),
             signature: identity.sign(&signed),
-            noise_private,
+            noise_static,
             network_id: network_id.as_bytes().to_vec(),
             version: PROTOCOL_VERSION,
             suite_ids: suites.iter().map(|s| s.wire_id()).collect(),

@@ -381,8 +381,8 @@ impl Handshake {
         noise: &snow::HandshakeState,
         proof: IdentityProof<'_>,
     ) -> Result<PeerId, HandshakeError> {
-        let peer_id =
-            PeerId::from_public_key(proof.identity_key).map_err(HandshakeError::IdentityKey)?;
+        let (peer_id, verifying_key) = PeerId::from_public_key_with_key(proof.identity_key)
+            .map_err(HandshakeError::IdentityKey)?;
         let remote_static = noise
             .get_remote_static()
             .ok_or(HandshakeError::Malformed("no remote static key"))?;
@@ -394,9 +394,7 @@ impl Handshake {
                 .get(..wire::DH_LEN)
                 .ok_or(HandshakeError::Malformed("remote static key length"))?,
         );
-        peer_id
-            .verifying_key()
-            .map_err(HandshakeError::IdentityKey)?
+        verifying_key
             .verify_strict(&signed, &Signature::from_bytes(proof.signature))
             .map_err(|_| HandshakeError::BadSignature)?;
         if peer_id == self.config.peer_id {
@@ -515,11 +513,16 @@ fn noise_builder<'a>(
     config: &'a HandshakeConfig,
     prologue: &'a [u8],
 ) -> Result<snow::Builder<'a>, HandshakeError> {
-    let params: snow::params::NoiseParams = NOISE_PARAMS
-        .parse()
-        .map_err(|_| HandshakeError::Malformed("noise parameters"))?;
-    snow::Builder::with_resolver(params, dh::resolver())
-        .local_private_key(config.noise_private.as_slice())
+    // Parsed once per process, not once per handshake.
+    static PARAMS: std::sync::OnceLock<Option<snow::params::NoiseParams>> =
+        std::sync::OnceLock::new();
+    let params = PARAMS
+        .get_or_init(|| NOISE_PARAMS.parse().ok())
+        .clone()
+        .ok_or(HandshakeError::Malformed("noise parameters"))?;
+    let resolver = dh::resolver(config.noise_static.clone());
+    snow::Builder::with_resolver(params, resolver)
+        .local_private_key(config.noise_static.private.as_slice())
         .and_then(|b| b.prologue(prologue))
         .map_err(noise_error)
 }
