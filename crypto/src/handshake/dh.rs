@@ -9,6 +9,7 @@ use curve25519_dalek::montgomery::MontgomeryPoint;
 use snow::params::DHChoice;
 use snow::resolvers::{BoxedCryptoResolver, CryptoResolver, FallbackResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
+use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -76,7 +77,8 @@ pub(crate) struct ContributoryX25519 {
 
 impl ContributoryX25519 {
     fn derive_public(&mut self) {
-        if let Some(known) = self.known.as_ref().filter(|k| k.private == self.private) {
+        let is_static = |k: &&StaticKey| bool::from(k.private.ct_eq(&*self.private));
+        if let Some(known) = self.known.as_ref().filter(is_static) {
             self.public = known.public;
             return;
         }
@@ -139,8 +141,9 @@ impl Dh for ContributoryX25519 {
             return Err(snow::Error::Dh);
         };
         let shared = Zeroizing::new(x25519(&self.private, theirs));
-        // All zeros: the peer's point has small order (contributes nothing).
-        if *shared == [0u8; 32] {
+        // All zeros: the peer's point has small order (contributes nothing). Compared in
+        // constant time: the result is a secret.
+        if bool::from(shared.ct_eq(&[0u8; 32])) {
             return Err(snow::Error::Dh);
         }
         out.copy_from_slice(shared.as_slice());
