@@ -138,6 +138,10 @@ struct SetupArgs {
     /// The nodes' I/O backend: auto, io_uring or poll.
     #[arg(long, value_name = "BACKEND")]
     backend: Option<glueberry::Backend>,
+    /// Latency: the echo server answers on an application thread (from `messages()`) instead
+    /// of inline, in a message handler on its shard thread.
+    #[arg(long)]
+    app_thread_echo: bool,
     /// The record cipher.
     #[arg(long, value_enum)]
     cipher: Option<CipherArg>,
@@ -292,6 +296,7 @@ impl Options {
         }
         setup.window = args.window;
         setup.busy_poll = args.busy_poll.map(Duration::from_micros);
+        setup.app_thread_echo = args.app_thread_echo;
         if let Some(backend) = args.backend {
             setup.backend = backend;
         }

@@ -31,7 +31,7 @@ pub(crate) struct Setup {
     /// a loopback port): shows what metrics cost when they are on.
     pub metrics: bool,
     /// Each stream's window (the bytes it may have in flight, `--window`): 16 MiB unless given
-    /// for the throughput scenarios, the node's default (1 MiB) unless given where latency
+    /// for the throughput scenarios, the node's default (2 MiB) unless given where latency
     /// beside a transfer is measured.
     pub window: Option<u32>,
     /// How long each shard polls after its last work before sleeping (`--busy-poll MICROS`;
@@ -42,6 +42,10 @@ pub(crate) struct Setup {
     /// Idle authenticated connections kept open to the receiving node while the latency and
     /// throughput scenarios measure (the `idle-peers` scenario).
     pub idle: usize,
+    /// The latency scenario's echo server answers on an application thread reading
+    /// `messages()` (`--app-thread-echo`) rather than inline, in a message handler on its shard
+    /// thread (the default: what a responder that answers at once writes).
+    pub app_thread_echo: bool,
 }
 
 impl Default for Setup {
@@ -58,6 +62,7 @@ impl Default for Setup {
             busy_poll: None,
             backend: glueberry::Backend::Auto,
             idle: 0,
+            app_thread_echo: false,
         }
     }
 }
@@ -296,15 +301,30 @@ pub(crate) fn latency(setup: &Setup, size: usize, duration: Duration) -> Result<
         size,
         ..setup.clone()
     };
-    let (mut senders, b) = nodes(&one, None)?;
+    // Inline: the server's handler answers on its shard thread, through a handle to its own
+    // node (set once the node runs); the reply leaves in the same shard turn.
+    let server: Arc<std::sync::OnceLock<(Node, glueberry::PeerId, glueberry::StreamName)>> =
+        Arc::default();
+    let handler: Option<glueberry::Handler> = (!setup.app_thread_echo).then(|| {
+        let server = server.clone();
+        let handler: glueberry::Handler = Arc::new(move |_peer, _stream, data| {
+            if let Some((node, to, stream)) = server.get() {
+                let _ = node.try_send(*to, stream, data.clone());
+            }
+        });
+        handler
+    });
+    let (mut senders, b) = nodes(&one, handler)?;
     let _idle = idle_connections(&b, setup, 1)?;
     let a = senders.pop().ok_or("no sending node")?;
+    let _ = server.set((b.clone(), a.peer_id(), b.stream("perf-0")));
     let stop = Arc::new(AtomicBool::new(false));
     let echo = {
+        let app_thread = setup.app_thread_echo;
         let (b, to, stop) = (b.clone(), a.peer_id(), stop.clone());
         std::thread::spawn(move || {
             let mut messages = b.messages();
-            while !stop.load(Ordering::Relaxed) {
+            while app_thread && !stop.load(Ordering::Relaxed) {
                 if let Some(m) = messages.recv_blocking()
                     && b.try_send(to, &m.stream, m.data).is_err()
                 {

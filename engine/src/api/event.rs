@@ -70,6 +70,13 @@ pub struct Message {
 /// A zero-copy message handler, called on the shard thread for every message instead of the
 /// [`Node::messages`](crate::Node::messages) channel. It must be quick: the shard serves nothing
 /// else while it runs.
+///
+/// It may answer inline: [`Node::try_send`](crate::Node::try_send) from the handler (through a
+/// handle to its own node, set once the node runs) queues the reply on the shard it runs on,
+/// and the reply leaves with that shard's sends of the same loop turn — no hop to an
+/// application thread and back (BENCHMARKS.md, "Answering inline"). Never wait in it
+/// (`send().await`, a lock the application holds long): `try_send` refuses with `BufferFull`
+/// rather than wait.
 pub type Handler = Arc<dyn Fn(&PeerId, &str, &Bytes) + Send + Sync>;
 
 /// Something that happened to a peer.

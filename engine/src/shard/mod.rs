@@ -315,6 +315,12 @@ impl Shard {
         self.perform_actions(now)?;
         self.cancel_stuck_closes(now)?;
         self.deliver_events();
+        if !self.commands.is_empty() {
+            // A handler that answered inline, on this thread, queued its reply: it leaves
+            // with this turn's sends, not one loop later.
+            self.take_commands(now);
+            self.perform_actions(now)?;
+        }
         self.note_seen(false);
         self.retry_handoffs();
         self.flush_sends(now)?;
