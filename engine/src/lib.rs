@@ -258,7 +258,7 @@ mod limits;
 pub mod metrics;
 mod observe;
 mod resolve;
-mod route;
+mod route_table;
 mod rpc;
 mod shard;
 #[allow(unsafe_code)] // the system layer: io_uring, registered buffers, sockets

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::errors::ConfigError;
+use super::call_errors::ConfigError;
 use super::event::Handler;
 use glueberry_crypto::Identity;
 use glueberry_transport::ConnectionConfig;

@@ -7,7 +7,7 @@ use std::fmt;
 use glueberry_crypto::{HandshakeError, PeerId};
 use glueberry_transport::{ConnectionError, SendError, StreamError};
 
-use super::errors::{
+use super::call_errors::{
     ConnectError, DialFailure, NodeError, NodeSendError, ResolveError, StartError, TrySendError,
     WaitError,
 };

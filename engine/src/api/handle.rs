@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use glueberry_crypto::PeerId;
 use glueberry_transport::shard_of;
 
-use super::errors::NodeSendError;
+use super::call_errors::NodeSendError;
 use super::event::{StreamName, Subscription};
 use crate::channel::Channel;
 use crate::shard::{Command, ShardHandle, Shared};

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use glueberry_crypto::PeerId;
 use glueberry_transport::{ConnState, shard_of};
 
-use super::errors::{NodeSendError, TrySendError};
+use super::call_errors::{NodeSendError, TrySendError};
 use super::event::{EventFilter, Subscription};
 use super::handle::{Node, push_command};
 use super::route::{Route, StreamRef};
 use crate::channel::{Channel, Messages};
-use crate::route::{RouteShared, RouteState};
+use crate::route_table::{RouteShared, RouteState};
 use crate::shard::Refused;
 use crate::shard::{Command, ShardHandle};
 

@@ -2,9 +2,9 @@
 
 mod address;
 mod backend;
+mod call_errors;
 mod config;
 mod error;
-mod errors;
 mod event;
 mod handle;
 mod health;
@@ -20,12 +20,12 @@ mod wait;
 
 pub use address::{Host, PeerAddr, PeerAddrError};
 pub use backend::Backend;
-pub use config::NodeConfig;
-pub use error::{Error, ErrorKind};
-pub use errors::{
+pub use call_errors::{
     ConfigError, ConnectError, DialFailure, NodeError, NodeSendError, RequestError, ResolveError,
     StartError, TrySendError, WaitError,
 };
+pub use config::NodeConfig;
+pub use error::{Error, ErrorKind};
 pub(crate) use event::Subscribers;
 pub use event::{
     Event, EventFilter, EventKind, Handler, Message, Refusal, SUBSCRIPTION_BYTES_PER_SLOT,

@@ -9,7 +9,7 @@ use glueberry_crypto::PeerId;
 use glueberry_transport::{ConnState, Direction};
 
 use super::Backend;
-use super::errors::NodeSendError;
+use super::call_errors::NodeSendError;
 use super::event::StreamName;
 use super::handle::{Node, push_command};
 use crate::shard::{self, Command, PeerReport, Shared};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use glueberry_crypto::PeerId;
 use glueberry_transport::PeerStats;
 
-use super::errors::{NodeError, NodeSendError};
+use super::call_errors::{NodeError, NodeSendError};
 use super::handle::{Node, push_command};
 use crate::address_book::{AddressBook, PeerEntry};
 use crate::shard::Command;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use glueberry_crypto::PeerId;
 
-use super::errors::{NodeSendError, RequestError};
+use super::call_errors::{NodeSendError, RequestError};
 use super::event::StreamName;
 use super::handle::{Node, push_command};
 use crate::channel::{Channel, Messages};

@@ -6,7 +6,7 @@ use glueberry_crypto::PeerId;
 
 use super::event::StreamName;
 use super::handle::Node;
-use crate::route::RouteShared;
+use crate::route_table::RouteShared;
 
 /// A resolved (peer, stream) to send on: see [`Node::route`].
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use glueberry_crypto::Identity;
 use serde::{Deserialize, Serialize};
 
-use super::errors::ConfigError;
+use super::call_errors::ConfigError;
 use super::{Backend, NodeConfig, PeerAddr};
 use crate::ConnectionLimits;
 

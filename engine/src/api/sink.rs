@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::errors::NodeSendError;
+use super::call_errors::NodeSendError;
 use super::handle::Node;
 use super::route::Route;
 

@@ -15,8 +15,8 @@ use glueberry_transport::{ConnectionConfig, NodeConfig as CoreConfig, NodeCore, 
 use metrics_exporter_prometheus::PrometheusRecorder;
 
 use super::Backend;
+use super::call_errors::{ConfigError, StartError};
 use super::config::NodeConfig;
-use super::errors::{ConfigError, StartError};
 use super::event::{EventFilter, Subscription};
 use super::handle::{Inner, Node};
 #[cfg(feature = "http")]
@@ -259,7 +259,7 @@ fn shared_state(
         events_dropped: AtomicU64::new(0),
         message_buffer_bytes: config.message_buffer_bytes,
         busy_poll: config.busy_poll,
-        routes: crate::route::RouteTable::default(),
+        routes: crate::route_table::RouteTable::default(),
         stream_queue: config.stream_queue,
         respond_timeout: config.respond_timeout,
         budget: Arc::new(crate::budget::NodeBudget::new(config.send_budget, count)),
@@ -528,7 +528,8 @@ fn start_endpoint(
 /// Dials every peer in the address book that is not blacklisted (the blacklist is already in
 /// every shard), and the configuration's persistent peers.
 fn dial_known_peers(node: &Node, config: &NodeConfig) -> Result<(), StartError> {
-    let failed = |e: super::errors::NodeSendError| StartError::Io(io::Error::other(e.to_string()));
+    let failed =
+        |e: super::call_errors::NodeSendError| StartError::Io(io::Error::other(e.to_string()));
     for entry in node.peers() {
         if !entry.blacklisted {
             node.connect_any(entry.peer_id, entry.addresses.clone())

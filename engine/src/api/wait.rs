@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use glueberry_crypto::PeerId;
 use glueberry_transport::ConnState;
 
-use super::errors::{ConnectError, DialFailure, NodeSendError, WaitError};
+use super::call_errors::{ConnectError, DialFailure, NodeSendError, WaitError};
 use super::event::{Event, EventFilter, EventKind};
 use super::handle::Node;
 

@@ -10,7 +10,7 @@ use glueberry_transport::{
 };
 
 use super::*;
-use crate::route::RouteState;
+use crate::route_table::RouteState;
 use crate::{Event, Message, StreamName};
 
 impl Shard {

@@ -16,7 +16,7 @@ use glueberry_transport::{Action, CloseCode, ConnId, Connection, DialError, Node
 
 use crate::channel::Channel;
 use crate::metrics::{ShardMetrics, StreamMetrics};
-use crate::route::RouteShared;
+use crate::route_table::RouteShared;
 use crate::sys::io::Io;
 use crate::sys::op::{Completion, Op};
 use crate::sys::socket;
@@ -31,10 +31,12 @@ mod outbox;
 mod queue;
 mod requests;
 mod send;
+mod shared;
 
 pub(crate) use events::RateLimit;
-pub(crate) use mailbox::{Command, ExitGuard, PeerReport, ShardHandle, Shared, deliver_resolved};
+pub(crate) use mailbox::{Command, ShardHandle};
 pub(crate) use queue::{CommandQueue, Refused};
+pub(crate) use shared::{ExitGuard, PeerReport, Shared, deliver_resolved};
 
 /// Size of a receive buffer (a fresh one per receive: it becomes the connection's receive
 /// buffer, and messages are slices of it).

@@ -11,7 +11,7 @@ use glueberry_crypto::PeerId;
 
 use super::*;
 use crate::metrics::ShardMetrics;
-use crate::route::{RouteShared, RouteState};
+use crate::route_table::{RouteShared, RouteState};
 use crate::sys::op::Op;
 use crate::{Event, StreamName};
 use glueberry_transport::{ConnState, NodeError};

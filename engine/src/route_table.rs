@@ -1,4 +1,4 @@
-//! Routes: one of the application's (peer, stream) pairs, resolved once and kept.
+//! The route table: every (peer, stream) the application sends on, resolved once and kept.
 //!
 //! A route is shared by the application threads that send on it and by the shard that owns the
 //! peer. It carries the two things a send needs without asking the shard: whether the stream is
