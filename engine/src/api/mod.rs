@@ -36,5 +36,5 @@ pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};
-pub use settings::{NodeSettings, StreamRateLimit};
+pub use settings::{ConnectionSettings, NodeSettings, QueueSettings, StreamRateLimit};
 pub use sink::StreamSink;

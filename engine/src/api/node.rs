@@ -186,11 +186,16 @@ impl Node {
 
     /// What the peer's shard last reported about it.
     pub(super) fn reported(&self, peer: PeerId) -> Option<PeerReport> {
-        let states = self.inner.shared.states.lock();
-        states
+        self.states().get(&peer).copied()
+    }
+
+    /// The shards' reports of every peer they hold state for.
+    fn states(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PeerId, PeerReport>> {
+        self.inner
+            .shared
+            .states
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .copied()
     }
 
     /// A peer's connection state as last reported by its shard (Disconnected if unknown).
@@ -210,11 +215,7 @@ impl Node {
     /// Peers with a connection, and their states (Connected: authenticated; Established: this
     /// side opened its streams). [`Node::ready_peers`] lists those whose side did too.
     pub fn connected_peers(&self) -> Vec<(PeerId, ConnState)> {
-        self.inner
-            .shared
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.states()
             .iter()
             .filter(|(_, r)| matches!(r.state, ConnState::Connected | ConnState::Established))
             .map(|(p, r)| (*p, r.state))
@@ -229,11 +230,7 @@ impl Node {
 
     /// Every Ready peer (see [`Node::is_ready`]).
     pub fn ready_peers(&self) -> Vec<PeerId> {
-        self.inner
-            .shared
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.states()
             .iter()
             .filter(|(_, r)| r.ready)
             .map(|(p, _)| *p)
