@@ -336,6 +336,8 @@ impl From<StartError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use glueberry_transport::{CloseCode, CloseReason, ConnState, DialError};
+    use std::io;
 
     #[test]
     fn kinds_classify_and_hint() {
@@ -358,5 +360,110 @@ mod tests {
         assert_eq!(named.peer(), Some(peer));
         assert!(named.to_string().contains("consensus"));
         assert!(std::error::Error::source(&named).is_some());
+    }
+
+    /// Every close reason a failed dial can end with maps to its own cause, and only the
+    /// causes that retrying can fix say so.
+    #[test]
+    fn each_close_reason_is_one_cause_with_its_retriability() {
+        let peer = |seed| glueberry_crypto::Identity::from_seed(&[seed; 32]).peer_id();
+        let error = |e: ConnectionError| Some(CloseReason::Error(e));
+        let connect = |kind| error(ConnectionError::Dial(DialError::Connect(kind)));
+        let handshake = |e| error(ConnectionError::Handshake(e));
+        let version = glueberry_crypto::handshake::PROTOCOL_VERSION;
+        let cases: Vec<(Option<CloseReason>, DialFailure, bool)> = vec![
+            (
+                connect(io::ErrorKind::ConnectionRefused),
+                DialFailure::Refused,
+                true,
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                DialFailure::Unreachable(io::ErrorKind::HostUnreachable),
+                true,
+            ),
+            (
+                error(ConnectionError::DialTimeout),
+                DialFailure::TimedOut,
+                true,
+            ),
+            (
+                error(ConnectionError::Dial(DialError::Resolve("nxdomain".into()))),
+                DialFailure::NameNotResolved("nxdomain".into()),
+                true,
+            ),
+            (
+                handshake(HandshakeError::NetworkMismatch {
+                    ours: "a".into(),
+                    theirs: "b".into(),
+                }),
+                DialFailure::WrongNetwork {
+                    ours: "a".into(),
+                    theirs: "b".into(),
+                },
+                false,
+            ),
+            (
+                handshake(HandshakeError::VersionMismatch {
+                    ours: version,
+                    theirs: version,
+                }),
+                DialFailure::WrongVersion {
+                    ours: version,
+                    theirs: version,
+                },
+                false,
+            ),
+            (
+                handshake(HandshakeError::PeerIdMismatch {
+                    expected: peer(1),
+                    actual: peer(2),
+                }),
+                DialFailure::WrongPeer {
+                    expected: peer(1),
+                    actual: peer(2),
+                },
+                false,
+            ),
+            (
+                Some(CloseReason::Peer(CloseCode::Blacklisted)),
+                DialFailure::RefusedByPeer(CloseCode::Blacklisted),
+                false,
+            ),
+            (
+                Some(CloseReason::Peer(CloseCode::TooManyConnections)),
+                DialFailure::RefusedByPeer(CloseCode::TooManyConnections),
+                true,
+            ),
+            (
+                error(ConnectionError::ConnectionLost),
+                DialFailure::Failed(ConnectionError::ConnectionLost),
+                true,
+            ),
+            (
+                None,
+                DialFailure::Failed(ConnectionError::ConnectionLost),
+                true,
+            ),
+            (
+                handshake(HandshakeError::BadSignature),
+                DialFailure::Failed(ConnectionError::Handshake(HandshakeError::BadSignature)),
+                false,
+            ),
+        ];
+        let mut names = std::collections::HashSet::new();
+        for (reason, cause, retriable) in cases {
+            let got = DialFailure::from_reason(reason.as_ref());
+            assert_eq!(got, cause, "{reason:?}");
+            assert_eq!(got.is_retriable(), retriable, "{got:?}");
+            let error = Error::from(ConnectError::Failed {
+                state: ConnState::Reconnecting,
+                cause: got.clone(),
+            });
+            assert_eq!(error.is_retriable(), retriable, "{got:?}");
+            names.insert(got.name());
+        }
+        // Nine causes (all but ClosedLocally), nine names.
+        assert_eq!(names.len(), 9, "{names:?}");
     }
 }
