@@ -286,12 +286,13 @@ impl Shard {
                             let error = sanitize(&e.to_string());
                             let permanent = e.is_permanent();
                             tracing::warn!(peer = %peer, state = ?to, %error, permanent, suppressed, "dial failed");
-                        } else if from == Some(ConnState::Connecting) || to == ConnState::Cooldown {
-                            let reason = reason.map(|r| sanitize(&format!("{r:?}")));
-                            tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "handshake failed");
                         } else {
                             let reason = reason.map(|r| sanitize(&format!("{r:?}")));
-                            tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "connection failed");
+                            if from == Some(ConnState::Connecting) || to == ConnState::Cooldown {
+                                tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "handshake failed");
+                            } else {
+                                tracing::warn!(peer = %peer, ?direction, state = ?to, reason, suppressed, "connection failed");
+                            }
                         }
                     }
                 } else {
