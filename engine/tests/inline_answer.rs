@@ -68,3 +68,48 @@ fn a_handler_answers_inline_on_its_shard_thread() {
     a.stop_blocking();
     b.stop_blocking();
 }
+
+/// A node with a message handler still serves its request streams through `Node::requests`:
+/// a request goes to the `Requests` the application took, not to the handler (which used to
+/// swallow it, so the request timed out).
+#[test]
+fn requests_reach_their_server_beside_a_handler() {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler: Handler = {
+        let handled = handled.clone();
+        Arc::new(move |_, _, _| {
+            handled.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    let b = Node::start(common::loopback_config(NET).handler(handler)).unwrap();
+    let a = common::start_node(NET, 1);
+    let timeout = Duration::from_secs(10);
+    let mut requests = b.requests("kv").unwrap();
+    glueberry::testing::establish(&a, &b, &["kv", "echo"], timeout).unwrap();
+    let server = std::thread::spawn(move || {
+        futures::executor::block_on(async {
+            let request = requests.recv().await.expect("a request");
+            let answer = Bytes::from([&b"answer to "[..], &request.data[..]].concat());
+            request.try_respond(answer).unwrap();
+        })
+    });
+    let answer = futures::executor::block_on(a.request(
+        b.peer_id(),
+        "kv",
+        Bytes::from_static(b"height"),
+        timeout,
+    ))
+    .expect("the request is answered");
+    assert_eq!(&answer[..], b"answer to height");
+    server.join().unwrap();
+    // Other streams still go to the handler.
+    a.try_send(b.peer_id(), "echo", Bytes::from_static(b"x"))
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    while handled.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the handler got nothing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    a.stop_blocking();
+    b.stop_blocking();
+}

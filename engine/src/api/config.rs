@@ -432,7 +432,9 @@ impl NodeConfig {
     }
 
     /// Deliver messages to `handler` on the shard threads instead of
-    /// [`Node::messages`](crate::Node::messages).
+    /// [`Node::messages`](crate::Node::messages) and [`Node::messages_on`](crate::Node::messages_on).
+    /// Requests on a stream the application serves with [`Node::requests`](crate::Node::requests)
+    /// still go to its `Requests`, and responses to the requests waiting for them.
     pub fn handler(mut self, handler: Handler) -> Self {
         self.handler = Some(handler);
         self

@@ -27,6 +27,12 @@ impl Shard {
             if !io.connected || io.recv.is_some() || io.closing.is_some() || io.handoff {
                 continue;
             }
+            if self.core.has_unread_input(id) {
+                // Its last receive is not all read yet: no more until it is (TCP holds the
+                // peer back meanwhile).
+                self.unread.push(id);
+                continue;
+            }
             if provided {
                 // One multishot receive per connection; the kernel takes a buffer from the
                 // shard's ring only when data arrives.
@@ -155,20 +161,29 @@ impl Shard {
                 match RecvProgress::of(c.result) {
                     RecvProgress::Data(n) => {
                         received(&mut buf, n);
-                        self.core
-                            .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                        // A first chunk now; the rest, if any, in the turns' shares.
+                        let buf = BytesMut::from(Bytes::from(buf));
+                        self.core.handle_input_buf(conn, buf, INPUT_CHUNK, now);
                         self.note_handshake(conn);
                     }
                     // Cancelled (close, handoff) or interrupted, or a connection that is going
                     // anyway: give back the pending bytes taken for this receive; the next turn
                     // resubmits if still wanted.
                     RecvProgress::Again => {
-                        self.core
-                            .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                        self.core.handle_input_buf(
+                            conn,
+                            BytesMut::from(Bytes::from(buf)),
+                            usize::MAX,
+                            now,
+                        );
                     }
                     RecvProgress::Ended if quiet => {
-                        self.core
-                            .handle_input_buf(conn, BytesMut::from(Bytes::from(buf)), now);
+                        self.core.handle_input_buf(
+                            conn,
+                            BytesMut::from(Bytes::from(buf)),
+                            usize::MAX,
+                            now,
+                        );
                     }
                     RecvProgress::Ended => self.core.handle_eof(conn, now),
                 }

@@ -111,8 +111,9 @@ impl Shard {
         }
     }
 
-    /// A whole message received: counted, then to a waiting request, the application's handler
-    /// or its channel. Its credit goes back once it is taken.
+    /// A whole message received: counted, then to a waiting request, the application's
+    /// `Requests` (a request on a stream it serves), its handler, or its channel. Its credit
+    /// goes back once it is taken.
     #[inline]
     fn on_message(
         &mut self,
@@ -132,13 +133,16 @@ impl Shard {
         counters.messages_received.increment(1);
         counters.bytes_received.increment(data.len() as u64);
         tracing::trace!(peer = %peer, stream = %name, size = data.len(), "message received");
-        if let Some(kind) = self.outbox.request_stream(name.shared())
-            && self.take_rpc(kind, peer, &name, &data)
-        {
-            self.core.release(conn, stream, data.len());
-            return;
-        }
-        if let Some(handler) = &self.shared.handler {
+        let request = match self.outbox.request_stream(name.shared()) {
+            Some(kind) if self.take_rpc(kind, peer, &name, &data) => {
+                self.core.release(conn, stream, data.len());
+                return;
+            }
+            // A request the application serves: to its `Requests`, never the handler.
+            Some(_) => true,
+            None => false,
+        };
+        if !request && let Some(handler) = &self.shared.handler {
             // The application's code on our thread: a panic in it is contained (the message
             // counts as taken), never the end of the shard.
             let call = std::panic::AssertUnwindSafe(|| handler(&peer, &name, &data));

@@ -47,6 +47,15 @@ const RECV_BUF: usize = 256 * 1024;
 const SEND_BUF: usize = 512 * 1024;
 /// Send buffers kept in a shard's pool when no connection needs them.
 const SEND_POOL: usize = 64;
+/// How long a loop turn spends reading received input left from before, shared evenly between
+/// the connections that have some: a peer that packs its records with tiny messages gets its
+/// share of the shard's time and waits for the next turn for the rest, so every other
+/// connection is served within a turn. Time, not frames or bytes: what a frame costs depends on
+/// what it carries and on the build. One busy connection alone gets all of it.
+const TURN_INPUT: Duration = Duration::from_micros(200);
+/// Frames read between two looks at the clock (and all a fresh receive reads at once: the rest
+/// waits for the turn's share).
+const INPUT_CHUNK: usize = 64;
 /// Commands taken from the queue per loop turn, so that I/O keeps being served.
 const COMMANDS_PER_TURN: usize = 8192;
 /// How soon a shard holding messages the application's full channel refused tries again.
@@ -121,6 +130,9 @@ pub(crate) struct Shard {
     ready: Vec<ConnId>,
     /// Connections whose receive is to be armed (new, or the last one completed).
     rearm: Vec<ConnId>,
+    /// Connections with received input left unread (see `TURN_INPUT`): each turn reads the
+    /// next share of each, and their receives are armed again only once all of it is read.
+    unread: Vec<ConnId>,
     /// Connections asked to close or to be handed off, until their I/O is done.
     settling: Vec<ConnId>,
     /// Closing connections that may be stuck behind a send (see `CLOSE_GRACE`).
@@ -203,6 +215,7 @@ impl Shard {
             conns: Slots::new(),
             ready: Vec::new(),
             rearm: Vec::new(),
+            unread: Vec::new(),
             settling: Vec::new(),
             closing: Vec::new(),
             seen: Vec::new(),
@@ -285,9 +298,15 @@ impl Shard {
                 timeout = Some(timeout.map_or(UNDELIVERED_RETRY, |t| t.min(UNDELIVERED_RETRY)));
             }
             let now = Instant::now();
-            let busy = !self.commands.is_empty() || self.shared.stop.load(Ordering::Acquire);
+            let busy = !self.commands.is_empty()
+                || !self.unread.is_empty()
+                || self.shared.stop.load(Ordering::Acquire);
             if busy {
-                self.backend.submit()?;
+                // Work waits: submit and look for completions without sleeping. (A plain submit
+                // would not do: with DEFER_TASKRUN the kernel posts completions only when asked
+                // for them, so a shard kept busy by one peer's input or by a stream of commands
+                // would not see another peer's receive complete.)
+                self.backend.submit_and_wait(Some(Duration::ZERO))?;
             } else if now.saturating_duration_since(self.last_work) < self.shared.busy_poll {
                 // Work came moments ago: more is likely. Look for completions without
                 // sleeping (senders see the shard awake and skip the eventfd write).
@@ -323,6 +342,9 @@ impl Shard {
             self.take_commands(now);
             self.perform_actions(now)?;
         }
+        // After the events of fresh input are out: what a busy peer sent before waits for
+        // them, not they for it. What this reads is delivered in the next turn.
+        self.read_unread();
         self.note_seen(false);
         self.retry_handoffs();
         self.flush_sends(now)?;
@@ -333,6 +355,33 @@ impl Shard {
             .touched
             .increment(std::mem::take(&mut self.touched) as u64);
         Ok(())
+    }
+
+    /// Reads the next share of input of each connection that has some left (see `TURN_INPUT`),
+    /// so that a peer flooding tiny messages waits its turn like everyone else. A connection
+    /// whose input is all read gets its receive armed again.
+    fn read_unread(&mut self) {
+        if self.unread.is_empty() {
+            return;
+        }
+        let mut unread = std::mem::take(&mut self.unread);
+        self.touched += unread.len();
+        let share = TURN_INPUT / unread.len() as u32;
+        unread.retain(|&id| {
+            let start = Instant::now();
+            loop {
+                let now = Instant::now();
+                if !self.core.resume_input(id, INPUT_CHUNK, now) {
+                    self.rearm.push(id);
+                    return false;
+                }
+                if now.saturating_duration_since(start) >= share {
+                    return true;
+                }
+            }
+        });
+        // Nothing added to the list meanwhile (only `arm_recvs` adds, at the end of a turn).
+        self.unread = unread;
     }
 
     /// Over the node-wide budget (`NodeConfig::send_budget`), the peer holding the most is cut

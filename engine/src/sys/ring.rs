@@ -272,12 +272,13 @@ impl Ring {
         }
     }
 
-    /// Submits what is queued without waiting.
     /// Submission queue entries pushed since the ring was made.
     pub(crate) fn pushed(&self) -> u64 {
         self.pushed
     }
 
+    /// Submits what is queued without waiting (nor asking for completions: with DEFER_TASKRUN
+    /// none is posted by this call).
     pub(crate) fn submit(&mut self) -> io::Result<()> {
         match self.ring.submit() {
             Ok(_) => Ok(()),

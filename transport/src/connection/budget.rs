@@ -198,7 +198,7 @@ fn a_held_small_message_does_not_pin_the_receive_buffer_it_arrived_in() {
     assert!(input.len() > 160 * 1024, "mostly padding: {}", input.len());
     let start = input.as_ptr() as usize;
     let inside = start..start + input.capacity();
-    victim.handle_input_buf(Instant::now(), input);
+    victim.handle_input_buf(Instant::now(), input, usize::MAX);
     let messages: Vec<Bytes> = events(&mut victim)
         .into_iter()
         .filter_map(|e| match e {

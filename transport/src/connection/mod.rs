@@ -57,6 +57,7 @@ const CREDIT_DELAY: Duration = Duration::from_millis(10);
 
 /// Receive buffer growth step: one allocation per this many bytes received, not per message.
 const RX_CHUNK: usize = 64 * 1024;
+
 /// A received message smaller than this fraction of the buffer it arrived in is copied out of
 /// it (into `small`) rather than sliced, so that a held message keeps at most about
 /// `COPY_OUT_RATIO` times its own size alive, never a whole receive buffer.
@@ -105,6 +106,11 @@ pub struct Connection {
     control: VecDeque<Control>,
     events: VecDeque<Event>,
     rx: BytesMut,
+    /// A record opened and read up to its first unread frame (`record`, from, to): the input
+    /// budget ran out inside it (see [`Connection::handle_input_buf`]).
+    rx_open: Option<(Bytes, usize, usize)>,
+    /// Frames this call may still read before it leaves the rest for the next one.
+    frames_left: usize,
     /// Stream indices, highest priority first: the order the record scheduler visits them.
     order: Vec<u16>,
     /// Records sealed by the last `poll_transmit`.
@@ -243,6 +249,8 @@ impl Connection {
             control: VecDeque::with_capacity(8),
             events: VecDeque::new(),
             rx: BytesMut::new(),
+            rx_open: None,
+            frames_left: 0,
             order: vec![0],
             last_records: 0,
             rx_capacity: 0,

@@ -56,7 +56,7 @@ impl Connection {
         }
         self.rx.extend_from_slice(data);
         self.rx_capacity = self.rx.capacity();
-        if let Err(e) = self.process_records(now) {
+        if let Err(e) = self.process_records(now, usize::MAX) {
             self.fail(e);
         }
         self.check_send_stall(now);
@@ -67,7 +67,13 @@ impl Connection {
     /// place in it and messages are slices of it. A caller that receives into its own buffers
     /// first takes [`Connection::take_pending_input`] and puts those bytes at the front of the
     /// next buffer, so that this never copies.
-    pub fn handle_input_buf(&mut self, now: Instant, data: BytesMut) {
+    ///
+    /// At most `frames` frames are read (`usize::MAX`: all); the rest waits for
+    /// [`Connection::resume_input`]. A driver serving many connections gives each a share per
+    /// turn and visits every connection with input left before it reads any again, so that a
+    /// peer packing its records with tiny messages gets its share of the CPU and no more (and
+    /// receives nothing new meanwhile: TCP holds it back).
+    pub fn handle_input_buf(&mut self, now: Instant, data: BytesMut, frames: usize) {
         if self.handshake.is_some() || !self.rx.is_empty() {
             return self.handle_input(now, &data);
         }
@@ -78,7 +84,31 @@ impl Connection {
         self.clock = self.clock.max(now);
         self.rx_capacity = data.capacity();
         self.rx = data;
-        if let Err(e) = self.process_records(now) {
+        if let Err(e) = self.process_records(now, frames) {
+            self.fail(e);
+        }
+        self.check_send_stall(now);
+    }
+
+    /// Whether input taken earlier is still unread because its budget ran out (see
+    /// [`Connection::handle_input_buf`]): the driver calls [`Connection::resume_input`] in its
+    /// next turn, and receives nothing more on this connection until this is false.
+    pub fn has_unread_input(&self) -> bool {
+        if self.phase == Phase::Closed || self.handshake.is_some() {
+            return false;
+        }
+        self.rx_open.is_some()
+            || self.rx.first_chunk::<HEADER_LEN>().is_some_and(|head| {
+                RecordHeader::decode(*head).map_or(true, |h| self.rx.len() >= h.record_len())
+            })
+    }
+
+    /// Reads the next `frames` frames of the input left unread by the last call.
+    pub fn resume_input(&mut self, now: Instant, frames: usize) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if let Err(e) = self.process_records(now, frames) {
             self.fail(e);
         }
         self.check_send_stall(now);
@@ -93,8 +123,21 @@ impl Connection {
         std::mem::take(&mut self.rx)
     }
 
-    pub(super) fn process_records(&mut self, now: Instant) -> Result<(), ConnectionError> {
-        while let Some(head) = self.rx.first_chunk::<HEADER_LEN>() {
+    /// Opens and reads the records received, `budget` frames at most (the rest waits in `rx`
+    /// and `rx_open`).
+    pub(super) fn process_records(
+        &mut self,
+        now: Instant,
+        budget: usize,
+    ) -> Result<(), ConnectionError> {
+        self.frames_left = budget;
+        if let Some((record, at, end)) = self.rx_open.take() {
+            self.handle_frames(now, &record, at, end)?;
+        }
+        while self.frames_left > 0
+            && self.phase != Phase::Closed
+            && let Some(head) = self.rx.first_chunk::<HEADER_LEN>()
+        {
             let record_len = RecordHeader::decode(*head)?.record_len();
             if self.rx.len() < record_len {
                 break;
@@ -121,6 +164,12 @@ impl Connection {
         end: usize,
     ) -> Result<(), ConnectionError> {
         while at < end {
+            if self.frames_left == 0 {
+                // The budget ran out: the rest of this record is read in the next call.
+                self.rx_open = Some((record.clone(), at, end));
+                return Ok(());
+            }
+            self.frames_left -= 1;
             let (frame, len) = Frame::decode(&record[at..end])?;
             // A peer may close before it sent anything else (a refused connection).
             if self.peer_settings.is_none()

@@ -742,7 +742,7 @@ fn owned_input_with_pending_bytes_moved_forward_delivers_everything() {
         let end = (at + 777).min(n);
         let mut chunk = p.b.take_pending_input();
         chunk.extend_from_slice(&p.buf[at..end]);
-        p.b.handle_input_buf(p.now, chunk);
+        p.b.handle_input_buf(p.now, chunk, usize::MAX);
         at = end;
     }
     let got = drain_messages(&mut p.b);
@@ -755,11 +755,44 @@ fn owned_input_with_pending_bytes_moved_forward_delivers_everything() {
     p.a.send(s, Bytes::from_static(b"tail")).expect("send");
     let n = p.a.poll_transmit(&mut p.buf);
     p.b.handle_input(p.now, &p.buf[..3]);
-    p.b.handle_input_buf(p.now, BytesMut::from(&p.buf[3..n]));
+    p.b.handle_input_buf(p.now, BytesMut::from(&p.buf[3..n]), usize::MAX);
     assert_eq!(
         drain_messages(&mut p.b),
         vec![("s".into(), Bytes::from_static(b"tail"))]
     );
+}
+
+#[test]
+fn input_read_in_shares_delivers_everything_in_order_and_no_more_than_each_share() {
+    let mut p = Pair::established(&["s"]);
+    let s = p.a.stream_id("s").expect("s");
+    for i in 0..1000u32 {
+        p.a.send(s, Bytes::copy_from_slice(&i.to_be_bytes()))
+            .expect("send");
+    }
+    let n = p.a.poll_transmit(&mut p.buf);
+    // Records of many frames: the share runs out inside them.
+    p.b.handle_input_buf(p.now, BytesMut::from(&p.buf[..n]), 64);
+    let mut got = drain_messages(&mut p.b);
+    assert_eq!(got.len(), 64, "the first share: 64 frames, each a message");
+    let mut calls = 1;
+    while p.b.has_unread_input() {
+        p.b.resume_input(p.now, 64);
+        let share = drain_messages(&mut p.b);
+        assert!(share.len() <= 64, "a share read {} messages", share.len());
+        got.extend(share);
+        calls += 1;
+        assert!(calls < 100, "unread input never ran out");
+    }
+    assert_eq!(got.len(), 1000);
+    for (i, (_, data)) in got.iter().enumerate() {
+        assert_eq!(
+            &data[..],
+            &(i as u32).to_be_bytes(),
+            "message {i} out of order"
+        );
+    }
+    assert!(calls >= 1000 / 64, "{calls} calls");
 }
 
 #[test]

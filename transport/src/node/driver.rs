@@ -85,10 +85,39 @@ impl NodeCore {
 
     /// Bytes arrived on a connection, in a buffer handed over (see
     /// [`Connection::handle_input_buf`]).
-    pub fn handle_input_buf(&mut self, conn: ConnId, data: bytes::BytesMut, now: Instant) {
+    /// `frames` frames at most are read; see [`NodeCore::resume_input`] for the rest.
+    pub fn handle_input_buf(
+        &mut self,
+        conn: ConnId,
+        data: bytes::BytesMut,
+        frames: usize,
+        now: Instant,
+    ) {
         if let Some(c) = self.conns.get_mut(conn) {
-            c.conn.handle_input_buf(now, data);
+            c.conn.handle_input_buf(now, data, frames);
             self.settle_at(conn, now);
+        }
+    }
+
+    /// Whether `conn` has input left unread by its budget (see [`Connection::has_unread_input`]):
+    /// call [`NodeCore::resume_input`] for it in the next turn, and arm no receive on it until
+    /// this is false.
+    pub fn has_unread_input(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(conn)
+            .is_some_and(|c| !c.parked && c.conn.has_unread_input())
+    }
+
+    /// Reads the next `frames` frames of `conn`'s unread input; returns whether some is still
+    /// left.
+    pub fn resume_input(&mut self, conn: ConnId, frames: usize, now: Instant) -> bool {
+        match self.conns.get_mut(conn) {
+            Some(c) if !c.parked => {
+                c.conn.resume_input(now, frames);
+                self.settle_at(conn, now);
+                self.has_unread_input(conn)
+            }
+            _ => false,
         }
     }
 
