@@ -52,7 +52,7 @@ const SEND_POOL: usize = 64;
 /// share of the shard's time and waits for the next turn for the rest, so every other
 /// connection is served within a turn. Time, not frames or bytes: what a frame costs depends on
 /// what it carries and on the build. One busy connection alone gets all of it.
-const TURN_INPUT: Duration = Duration::from_micros(200);
+const TURN_INPUT: Duration = Duration::from_micros(100);
 /// Frames read between two looks at the clock (and all a fresh receive reads at once: the rest
 /// waits for the turn's share).
 const INPUT_CHUNK: usize = 64;
@@ -343,8 +343,14 @@ impl Shard {
             self.perform_actions(now)?;
         }
         // After the events of fresh input are out: what a busy peer sent before waits for
-        // them, not they for it. What this reads is delivered in the next turn.
-        self.read_unread();
+        // them, not they for it.
+        if self.read_unread() && !self.commands.is_empty() {
+            // What the application sent meanwhile (an answer to this turn's events) leaves
+            // with this turn's sends, not after the next turn's reading.
+            let now = Instant::now();
+            self.take_commands(now);
+            self.perform_actions(now)?;
+        }
         self.note_seen(false);
         self.retry_handoffs();
         self.flush_sends(now)?;
@@ -358,11 +364,12 @@ impl Shard {
     }
 
     /// Reads the next share of input of each connection that has some left (see `TURN_INPUT`),
-    /// so that a peer flooding tiny messages waits its turn like everyone else. A connection
-    /// whose input is all read gets its receive armed again.
-    fn read_unread(&mut self) {
+    /// and delivers what it read, so that a peer flooding tiny messages waits its turn like
+    /// everyone else. A connection whose input is all read gets its receive armed again.
+    /// Returns whether it read any.
+    fn read_unread(&mut self) -> bool {
         if self.unread.is_empty() {
-            return;
+            return false;
         }
         let mut unread = std::mem::take(&mut self.unread);
         self.touched += unread.len();
@@ -370,18 +377,21 @@ impl Shard {
         unread.retain(|&id| {
             let start = Instant::now();
             loop {
-                let now = Instant::now();
-                if !self.core.resume_input(id, INPUT_CHUNK, now) {
+                let left = self.core.resume_input(id, INPUT_CHUNK, Instant::now());
+                // Delivered within the share, so that it is what the peer costs in all.
+                self.deliver_events();
+                if !left {
                     self.rearm.push(id);
                     return false;
                 }
-                if now.saturating_duration_since(start) >= share {
+                if start.elapsed() >= share {
                     return true;
                 }
             }
         });
         // Nothing added to the list meanwhile (only `arm_recvs` adds, at the end of a turn).
         self.unread = unread;
+        true
     }
 
     /// Over the node-wide budget (`NodeConfig::send_budget`), the peer holding the most is cut
