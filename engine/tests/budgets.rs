@@ -865,29 +865,48 @@ fn four_connections_flooding_tiny_messages_leave_an_honest_peer_served() {
     let _alone = common::alone();
     let server = Server::start_inline();
     let honest = honest(&server);
-    let before = round_trips(
-        &honest,
-        server.node.peer_id(),
-        Duration::from_millis(500),
-        50,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let floods: Vec<_> = (0..4)
-        .map(|_| {
-            let (mut raw, _) = attacker(&server, greedy());
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                attacker_cpu_is_not_ours();
-                flood_within_credit(&mut raw, &stop)
+    // Two cores shared by the node, the honest peer and four attackers are noisy: the bound is
+    // asked of one of three measurements (each a before and a during). Read whole, as the shard
+    // did before it gave each connection a share of its turns, the p99 was ×8–200 in every one.
+    let mut ratios = Vec::new();
+    for attempt in 1..=3 {
+        let before = round_trips(
+            &honest,
+            server.node.peer_id(),
+            Duration::from_millis(500),
+            50,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let floods: Vec<_> = (0..4)
+            .map(|_| {
+                let (mut raw, _) = attacker(&server, greedy());
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    attacker_cpu_is_not_ours();
+                    flood_within_credit(&mut raw, &stop)
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let during = round_trips(&honest, server.node.peer_id(), Duration::from_secs(2), 50);
-    stop.store(true, Ordering::Relaxed);
-    let sent: u64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
-    println!("four flooding connections sent {sent} 1-byte messages in ~2.2 s");
-    served(&before, &during);
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let during = round_trips(&honest, server.node.peer_id(), Duration::from_secs(2), 50);
+        stop.store(true, Ordering::Relaxed);
+        let sent: u64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
+        println!(
+            "attempt {attempt}: four flooding connections sent {sent} 1-byte messages in ~2.2 s"
+        );
+        served(&before, &during);
+        let ratio = during.percentile(0.99).as_secs_f64() / before.percentile(0.99).as_secs_f64();
+        println!("attempt {attempt}: honest p99 during / before: {ratio:.2}");
+        ratios.push(ratio);
+        if ratio <= 3.0 {
+            break;
+        }
+    }
+    assert!(
+        ratios.iter().any(|&r| r <= 3.0),
+        "an honest peer's p99 beside four flooding connections was not within 3x of before \
+         in any of three measurements: {ratios:.2?}"
+    );
     honest.stop_blocking();
     server.node.stop_blocking();
 }

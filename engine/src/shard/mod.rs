@@ -55,7 +55,9 @@ const SEND_POOL: usize = 64;
 const TURN_INPUT: Duration = Duration::from_micros(100);
 /// Frames read between two looks at the clock (and all a fresh receive reads at once: the rest
 /// waits for the turn's share).
-const INPUT_CHUNK: usize = 64;
+const INPUT_CHUNK: usize = 16;
+/// The same for a connection that is the only one with input left.
+const LONE_CHUNK: usize = 128;
 /// Commands taken from the queue per loop turn, so that I/O keeps being served.
 const COMMANDS_PER_TURN: usize = 8192;
 /// How soon a shard holding messages the application's full channel refused tries again.
@@ -374,10 +376,16 @@ impl Shard {
         let mut unread = std::mem::take(&mut self.unread);
         self.touched += unread.len();
         let share = TURN_INPUT / unread.len() as u32;
+        // Alone, a connection shares with nobody: fewer, larger chunks.
+        let chunk = if unread.len() == 1 {
+            LONE_CHUNK
+        } else {
+            INPUT_CHUNK
+        };
         unread.retain(|&id| {
             let start = Instant::now();
             loop {
-                let left = self.core.resume_input(id, INPUT_CHUNK, Instant::now());
+                let left = self.core.resume_input(id, chunk, Instant::now());
                 // Delivered within the share, so that it is what the peer costs in all.
                 self.deliver_events();
                 if !left {
