@@ -48,6 +48,27 @@ impl NodeBudget {
         }
     }
 
+    /// Shard `shard` holds `bytes` (a count the shard keeps itself).
+    pub(crate) fn set(&self, shard: usize, bytes: u64) {
+        if let Some(held) = self.held.get(shard)
+            && held.0.load(Ordering::Relaxed) != bytes as i64
+        {
+            held.0.store(bytes as i64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether shard `shard` holds the most of all shards (ties: the first): the one to cut.
+    pub(crate) fn holds_most(&self, shard: usize) -> bool {
+        let mine = self
+            .held
+            .get(shard)
+            .map_or(0, |h| h.0.load(Ordering::Relaxed));
+        self.held.iter().enumerate().all(|(i, h)| {
+            let theirs = h.0.load(Ordering::Relaxed);
+            theirs < mine || (theirs == mine && i >= shard)
+        })
+    }
+
     pub(crate) fn sub(&self, shard: usize, bytes: u64) {
         if let Some(held) = self.held.get(shard) {
             held.0.fetch_sub(bytes as i64, Ordering::Relaxed);

@@ -623,6 +623,109 @@ fn a_flood_of_requests_on_a_call_only_stream_is_held_to_our_budget() {
     server.node.stop_blocking();
 }
 
+/// Sends on each of `streams` the first 992 KiB of a 1 MiB message and never its end: the node
+/// holds them in reassembly (paid for by the attacker's credit, within our windows).
+fn begin_and_never_finish(raw: &mut Raw, streams: &[u16]) {
+    let piece = vec![7u8; 32 * 1024];
+    for &stream in streams {
+        raw.send(&[Frame::Data {
+            stream,
+            flags: DATA_FIRST,
+            total_len: Some(1 << 20),
+            payload: &piece,
+        }])
+        .unwrap();
+        for _ in 0..30 {
+            raw.send(&[Frame::Data {
+                stream,
+                flags: 0,
+                total_len: None,
+                payload: &piece,
+            }])
+            .unwrap();
+        }
+    }
+}
+
+/// The node-wide receive budget: two peers that begin messages and never finish them, one on
+/// four streams (3.9 MiB held), one on one (1 MiB), beside an honest one. Past the budget (3 MiB
+/// here) the one whose messages the node holds most is cut with `OverBudget` — not the smaller
+/// one, not the honest one — and what the node holds falls back within the budget.
+#[test]
+fn over_the_node_receive_budget_the_peer_holding_the_most_is_cut() {
+    let _alone = common::alone();
+    const BUDGET: u64 = 3 << 20;
+    let server = Server::from_config(
+        common::loopback_config(NET)
+            .message_buffer(10_000)
+            .receive_budget(BUDGET),
+    );
+    let honest = honest(&server);
+    let before = round_trips(
+        &honest,
+        server.node.peer_id(),
+        Duration::from_millis(300),
+        30,
+    );
+    let (mut small, _) = attacker(&server, greedy());
+    let (mut large, _) = attacker(&server, greedy());
+    let (small_peer, large_peer) = (small.peer, large.peer);
+    let events = server.node.subscribe(EventFilter::default(), 10_000);
+    begin_and_never_finish(&mut small, &[1]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        server.node.state(small_peer),
+        ConnState::Established,
+        "1 MiB held is within the budget"
+    );
+    let started = Instant::now();
+    begin_and_never_finish(&mut large, &[1, 2, 3, 4]);
+    let deadline = Instant::now() + T;
+    let mut cut = None;
+    let mut honest_during = Samples::default();
+    while cut.is_none() {
+        assert!(Instant::now() < deadline, "no peer was cut over the budget");
+        let more = round_trips(&honest, server.node.peer_id(), Duration::from_millis(50), 1);
+        honest_during.times.extend(more.times);
+        honest_during.failed += more.failed;
+        while let Some(event) = events.try_recv() {
+            if let Event::State {
+                peer,
+                state: ConnState::Disconnected,
+                reason,
+                ..
+            } = event
+            {
+                cut = Some((peer, reason));
+            }
+        }
+    }
+    let (peer, reason) = cut.unwrap();
+    println!(
+        "node receive budget {} MiB: cut {:.0?} after the large peer began: {} with {:?}; the \
+         small one (1 MiB held) {:?}, the honest one {:?}",
+        BUDGET >> 20,
+        started.elapsed(),
+        if peer == large_peer {
+            "the large peer"
+        } else {
+            "ANOTHER peer"
+        },
+        reason,
+        server.node.state(small_peer),
+        server.node.state(honest.peer_id()),
+    );
+    assert_eq!(peer, large_peer, "the peer holding the most is the one cut");
+    assert_eq!(reason, Some(CloseReason::Local(CloseCode::OverBudget)));
+    assert_eq!(server.node.state(small_peer), ConnState::Established);
+    assert_eq!(server.node.state(honest.peer_id()), ConnState::Established);
+    served(&before, &honest_during);
+    drop(small);
+    drop(large);
+    honest.stop_blocking();
+    server.node.stop_blocking();
+}
+
 /// The node-wide budget: two peers that never confirm, one fed far more than the other, beside
 /// an honest one. When what the node holds for them all passes its budget (8 MiB here), the
 /// one holding the most is cut with `OverBudget` — not the smaller one, not the honest one.

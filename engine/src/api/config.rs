@@ -26,6 +26,7 @@ pub struct NodeConfig {
     pub(super) stream_queue: (usize, usize),
     pub(super) respond_timeout: std::time::Duration,
     pub(super) send_budget: u64,
+    pub(super) receive_budget: u64,
     pub(super) pin_threads: bool,
     pub(super) cpus: Option<Vec<usize>>,
     pub(super) ring_entries: u32,
@@ -108,6 +109,7 @@ impl NodeConfig {
             stream_queue: (16 * 1024, 16 * 1024 * 1024),
             respond_timeout: std::time::Duration::from_secs(5),
             send_budget: 1024 * 1024 * 1024,
+            receive_budget: 1024 * 1024 * 1024,
             pin_threads: true,
             cpus: None,
             ring_entries: 4096,
@@ -370,6 +372,18 @@ impl NodeConfig {
     /// cut per 100 ms until the node is within it again. Never a peer that holds little.
     pub fn send_budget(mut self, bytes: u64) -> Self {
         self.send_budget = bytes.max(1);
+        self
+    }
+
+    /// What the node may hold for all its peers together of what they sent — messages its
+    /// application has not taken yet and fragments of unfinished ones, not yet credited back
+    /// — (default 1 GiB). Each connection holds at most its `connection_window` (4 MiB by
+    /// default: 400 peers could hold 1.6 GiB without this); when the sum passes this, the
+    /// peer holding the most is cut with
+    /// [`CloseCode::OverBudget`](crate::transport::CloseCode::OverBudget), one cut per 100 ms
+    /// until the node is within it again.
+    pub fn receive_budget(mut self, bytes: u64) -> Self {
+        self.receive_budget = bytes.max(1);
         self
     }
 

@@ -72,6 +72,9 @@ pub struct NodeSettings {
     /// What the node may hold for all its peers in accepted, unconfirmed messages, in bytes
     /// (default 1 GiB; `NodeConfig::send_budget`).
     pub send_budget: Option<u64>,
+    /// What the node may hold for all its peers of what they sent, in bytes (default 1 GiB;
+    /// `NodeConfig::receive_budget`).
+    pub receive_budget: Option<u64>,
 }
 
 /// Per-connection settings in a file (see
@@ -161,6 +164,7 @@ impl Default for NodeSettings {
             debug_state_endpoint: false,
             rate_limits: std::collections::BTreeMap::new(),
             send_budget: None,
+            receive_budget: None,
         }
     }
 }
@@ -209,6 +213,9 @@ impl NodeSettings {
         config = self.queues.apply(config)?;
         if let Some(bytes) = self.send_budget {
             config = config.send_budget(bytes);
+        }
+        if let Some(bytes) = self.receive_budget {
+            config = config.receive_budget(bytes);
         }
         if let Some(path) = self.address_book {
             config = config.address_book(path);
@@ -411,8 +418,8 @@ mod rate_limit_tests {
     use super::*;
 
     #[test]
-    fn rate_limits_and_the_send_budget_come_from_the_settings_file() {
-        let text = r#"{"network_id": "n", "send_budget": 1048576,
+    fn rate_limits_and_the_budgets_come_from_the_settings_file() {
+        let text = r#"{"network_id": "n", "send_budget": 1048576, "receive_budget": 2097152,
             "rate_limits": {"mempool": {"bytes_per_sec": 1000000, "messages_per_sec": 500}}}"#;
         let settings: NodeSettings = serde_json::from_str(text).unwrap();
         let config = settings
@@ -425,6 +432,7 @@ mod rate_limit_tests {
             (1_000_000, 500, std::time::Duration::from_secs(1))
         );
         assert_eq!(config.send_budget, 1 << 20);
+        assert_eq!(config.receive_budget, 2 << 20);
         let mut zero = settings;
         zero.rate_limits
             .get_mut("mempool")

@@ -263,6 +263,7 @@ fn shared_state(
         stream_queue: config.stream_queue,
         respond_timeout: config.respond_timeout,
         budget: Arc::new(crate::budget::NodeBudget::new(config.send_budget, count)),
+        receive_budget: crate::budget::NodeBudget::new(config.receive_budget, count),
         registered_send_buffers: AtomicU64::new(0),
         memlock_warned: AtomicBool::new(false),
         abandoned_operations: AtomicU64::new(0),

@@ -406,6 +406,7 @@ impl Shard {
     /// with `OverBudget` by its shard (one cut per 100 ms node-wide, by whichever shard looks
     /// first): a peer that makes the node hold much, never an innocent newcomer.
     fn enforce_budget(&mut self, now: Instant) {
+        self.enforce_receive_budget(now);
         if !self.shared.budget.should_cut(now) {
             return;
         }
@@ -426,6 +427,30 @@ impl Shard {
         } else if let Some(handle) = self.shared.shards.get(shard) {
             let _ = crate::api::push_command(handle, Command::Cut { peer, code });
         }
+    }
+
+    /// Over the node-wide receive budget (`NodeConfig::receive_budget`), the peer whose
+    /// connection holds the most of what it sent is cut with `OverBudget`, by the shard that
+    /// holds the most (its core keeps its sum; the walk for the largest is only made then).
+    fn enforce_receive_budget(&mut self, now: Instant) {
+        let budget = &self.shared.receive_budget;
+        budget.set(self.index, self.core.received_held());
+        if !budget.holds_most(self.index) || !budget.should_cut(now) {
+            return;
+        }
+        let Some((peer, held)) = self.core.largest_receiver() else {
+            return;
+        };
+        tracing::warn!(
+            peer = %peer,
+            held,
+            node_held = budget.held(),
+            budget = budget.limit(),
+            "the node's receive budget is spent: the peer whose messages it holds most is cut"
+        );
+        self.metrics.budget_cuts.increment(1);
+        self.core
+            .cut(peer, glueberry_transport::CloseCode::OverBudget, now);
     }
 
     /// Closing connections whose send has waited `CLOSE_GRACE` (the peer's window is zero):

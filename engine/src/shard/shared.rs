@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub stream_queue: (usize, usize),
     /// What the node holds for all its peers, against `NodeConfig::send_budget`.
     pub budget: Arc<crate::budget::NodeBudget>,
+    /// What the node holds of what its peers sent, against `NodeConfig::receive_budget`.
+    pub receive_budget: crate::budget::NodeBudget,
     /// How long a response may wait for room (`NodeConfig::respond_timeout`).
     pub respond_timeout: std::time::Duration,
     /// Registered send buffers over all shards.

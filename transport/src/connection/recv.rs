@@ -103,6 +103,14 @@ impl Connection {
             })
     }
 
+    /// Bytes of the peer's messages this connection holds: received (whole messages not yet
+    /// released by the application, and fragments of unfinished ones) and not yet credited
+    /// back. At most our `connection_window`, whatever the peer does.
+    pub fn received_held(&self) -> u64 {
+        u64::from(self.config.connection_window)
+            .saturating_sub(self.recv_window.saturating_add(self.recv_released))
+    }
+
     /// Reads the next `frames` frames of the input left unread by the last call.
     pub fn resume_input(&mut self, now: Instant, frames: usize) {
         if self.phase == Phase::Closed {

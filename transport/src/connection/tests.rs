@@ -1092,3 +1092,35 @@ fn more_than_the_connection_window_over_several_streams_is_a_flow_control_violat
     answering(&mut victim, &wire);
     assert_eq!(close_error(&mut victim), Some(ConnectionError::FlowControl));
 }
+
+#[test]
+fn what_a_connection_holds_of_what_it_received_counts_until_released() {
+    let mut p = Pair::established(&["s"]);
+    let s = p.a.stream_id("s").expect("s");
+    assert_eq!(p.b.received_held(), 0);
+    for _ in 0..10 {
+        p.a.send(s, Bytes::from(vec![1u8; 1000])).expect("queued");
+    }
+    let n = p.a.poll_transmit(&mut p.buf);
+    p.b.handle_input(p.now, &p.buf[..n]);
+    let cost = 1000 + crate::stream::MESSAGE_CREDIT_OVERHEAD;
+    assert_eq!(
+        p.b.received_held(),
+        10 * cost,
+        "ten messages held, none released"
+    );
+    let mut released = 0;
+    for event in events(&mut p.b) {
+        if let Event::Message { stream, data } = event {
+            p.b.release(stream, data.len());
+            released += 1;
+            assert_eq!(p.b.received_held(), (10 - released) * cost);
+        }
+    }
+    assert_eq!(released, 10);
+    assert_eq!(
+        p.b.received_held(),
+        0,
+        "all released: nothing held, credit owed or sent"
+    );
+}

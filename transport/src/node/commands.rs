@@ -297,6 +297,7 @@ impl NodeCore {
         if let Some(c) = self.conns.get_mut(conn) {
             mark(&mut self.touched, c, conn);
             c.conn.release(stream, len);
+            self.count_received(conn);
         }
     }
 

@@ -79,6 +79,7 @@ impl NodeCore {
     pub fn handle_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.conn.handle_input(now, data);
+            self.count_received(conn);
             self.settle_at(conn, now);
         }
     }
@@ -95,6 +96,7 @@ impl NodeCore {
     ) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.conn.handle_input_buf(now, data, frames);
+            self.count_received(conn);
             self.settle_at(conn, now);
         }
     }
@@ -108,12 +110,28 @@ impl NodeCore {
             .is_some_and(|c| !c.parked && c.conn.has_unread_input())
     }
 
+    /// Bytes of their peers' messages this core's connections hold, received and not yet
+    /// credited back (see [`Connection::received_held`]): kept as a sum, no walk.
+    pub fn received_held(&self) -> u64 {
+        self.received_held
+    }
+
+    /// The peer whose connection holds the most of what it received, and how much (walks the
+    /// connections: for the node-wide receive budget, when it is exceeded).
+    pub fn largest_receiver(&self) -> Option<(PeerId, u64)> {
+        self.conns
+            .values()
+            .filter_map(|c| Some((c.peer?, c.received_held)))
+            .max_by_key(|&(_, held)| held)
+    }
+
     /// Reads the next `frames` frames of `conn`'s unread input; returns whether some is still
     /// left.
     pub fn resume_input(&mut self, conn: ConnId, frames: usize, now: Instant) -> bool {
         match self.conns.get_mut(conn) {
             Some(c) if !c.parked => {
                 c.conn.resume_input(now, frames);
+                self.count_received(conn);
                 self.settle_at(conn, now);
                 self.has_unread_input(conn)
             }
@@ -335,6 +353,7 @@ impl NodeCore {
         if let Some(at) = c.timer {
             self.conn_timers.remove(&(at, conn));
         }
+        self.uncount_received(c.received_held);
         Some(c.conn)
     }
 
@@ -352,6 +371,7 @@ impl NodeCore {
         let mut entry = Conn::new(conn, Some(peer));
         entry.remote = remote;
         let id = self.conns.insert(entry);
+        self.count_received(id);
         self.handle_connected(id, peer, direction, now);
         self.settle_at(id, now);
         Some(id)

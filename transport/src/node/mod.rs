@@ -336,6 +336,8 @@ struct Conn {
     /// The deadline this connection has in the timer heap, if any (an earlier entry of its
     /// own is stale).
     timer: Option<Instant>,
+    /// What it held of what it received when last counted (see `NodeCore::received_held`).
+    received_held: u64,
 }
 
 /// A node's connections and peers.
@@ -348,6 +350,8 @@ pub struct NodeCore {
     /// timer): their deadline and whether they have output are looked at again, and only
     /// theirs. A loop turn costs the connections with work, not all of them.
     touched: Vec<ConnId>,
+    /// What all connections hold of what they received (the sum of their `received_held`).
+    received_held: u64,
     /// Connections with something to send, each once, for [`NodeCore::take_ready`].
     ready: Vec<ConnId>,
     /// Each connection's next deadline, earliest first: one entry per connection at most (the
@@ -382,6 +386,7 @@ impl NodeCore {
             peers: BTreeMap::new(),
             conns: Slots::new(),
             touched: Vec::new(),
+            received_held: 0,
             ready: Vec::new(),
             conn_timers: BTreeSet::new(),
             peer_timers: BinaryHeap::new(),
@@ -421,6 +426,22 @@ impl NodeCore {
 
     /// Looks at the touched connections again: a deadline earlier than the one scheduled goes
     /// into the heap, a connection with output onto the ready list.
+    /// Counts again what connection `id` holds of what it received, after its input or a
+    /// release.
+    #[inline]
+    fn count_received(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            let now_held = c.conn.received_held();
+            self.received_held = self.received_held.saturating_sub(c.received_held) + now_held;
+            c.received_held = now_held;
+        }
+    }
+
+    /// A connection leaves this core: what it held no longer counts here.
+    fn uncount_received(&mut self, held: u64) {
+        self.received_held = self.received_held.saturating_sub(held);
+    }
+
     fn settle_touched(&mut self) {
         let limit = self.config.pending_handshake_timeout;
         while let Some(id) = self.touched.pop() {
@@ -463,6 +484,7 @@ impl Conn {
             touched: false,
             ready: false,
             timer: None,
+            received_held: 0,
         }
     }
 

@@ -332,6 +332,7 @@ impl NodeCore {
             if let Some(at) = c.timer.take() {
                 self.conn_timers.remove(&(at, id));
             }
+            self.uncount_received(c.received_held);
             let mut last_bytes = vec![0u8; 256];
             let n = c.conn.poll_transmit(&mut last_bytes);
             last_bytes.truncate(n);
