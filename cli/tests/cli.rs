@@ -214,6 +214,55 @@ fn keygen_two_nodes_from_toml_status_and_ping() {
 /// channel is full) must not stop `glueberry node` answering everyone else: the node answers
 /// from one loop with `try_send`, so only the stalled peer goes unanswered. (With
 /// `send(..).await` in that loop, as before, the honest pings below timed out.)
+/// An honest peer of a `glueberry node`, Ready on "ping", reading its answers.
+struct Honest {
+    node: glueberry::Node,
+    answers: glueberry::Messages,
+}
+
+impl Honest {
+    fn connect(server: glueberry::crypto::PeerId, addr: std::net::SocketAddr) -> Honest {
+        let node = glueberry::Node::start(
+            glueberry::NodeConfig::new(
+                glueberry::crypto::Identity::generate().unwrap(),
+                "cli-stall",
+                "127.0.0.1:0".parse().unwrap(),
+            )
+            .shards(1),
+        )
+        .unwrap();
+        let answers = node.messages_on("ping").unwrap();
+        futures::executor::block_on(node.connect_ready(server, addr, &["ping"])).unwrap();
+        Honest { node, answers }
+    }
+}
+
+/// `rounds` rounds of one ping from each honest peer in turn; the round trips, each answered
+/// within 5 s (a ping not answered is missing from the list).
+fn ping_rounds(
+    honest: &mut [Honest],
+    server: glueberry::crypto::PeerId,
+    rounds: usize,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        for peer in honest.iter_mut() {
+            let start = Instant::now();
+            peer.node
+                .try_send(server, "ping", bytes::Bytes::from_static(b"honest"))
+                .unwrap();
+            while Instant::now() < start + Duration::from_secs(5) {
+                if peer.answers.try_recv().is_some() {
+                    times.push(start.elapsed());
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+    times
+}
+
 #[test]
 fn a_peer_that_takes_no_answers_does_not_stop_the_node_answering_others() {
     use bytes::Bytes;
@@ -235,6 +284,10 @@ fn a_peer_that_takes_no_answers_does_not_stop_the_node_answering_others() {
     assert_eq!(line[0], a);
     let server: glueberry::crypto::PeerId = a.parse().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // Ten honest peers, each pinging in turn: their round trips before the staller and beside it.
+    let mut honest: Vec<Honest> = (0..10).map(|_| Honest::connect(server, addr)).collect();
+    let before = ping_rounds(&mut honest, server, 20);
 
     // The staller: opens `ping`, pings far more than it will ever read (it reads nothing).
     let staller = Node::start(
@@ -272,6 +325,40 @@ fn a_peer_that_takes_no_answers_does_not_stop_the_node_answering_others() {
         }
     }
     assert!(sent > 20_000, "the staller sent only {sent} pings");
+    // Its pings all taken by the node (what it queued has drained): from here it only withholds
+    // the credit for the answers, which is the attack.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while route.queued().0 > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the staller's pings were not all taken"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let during = ping_rounds(&mut honest, server, 20);
+    let p99 = |times: &[Duration]| {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize]
+    };
+    println!(
+        "ten honest peers beside a staller that sent {sent} unread pings: {} round trips, p99 \
+         {:?} before, {:?} during",
+        during.len(),
+        p99(&before),
+        p99(&during)
+    );
+    assert_eq!(during.len(), 200, "every honest ping answered");
+    assert!(
+        p99(&during) <= p99(&before) * 3,
+        "honest p99 {:?} beside the staller against {:?} before",
+        p99(&during),
+        p99(&before)
+    );
+    for peer in honest {
+        peer.node.stop_blocking();
+    }
 
     // Honest pings from throwaway identities: every one answered.
     for _ in 0..3 {

@@ -327,8 +327,9 @@ fn watch(server: &Server, peer: PeerId, honest: &Node, limit: Duration) -> Watch
                 let (q, u) = held(&node, peer, "feed");
                 let (eq, eu) = held(&node, peer, "echo");
                 let (cq, cu) = held(&node, peer, "calls");
-                peak_held.0 = peak_held.0.max(q + eq + cq);
-                peak_held.1 = peak_held.1.max(u + eu + cu);
+                let (kq, ku) = held(&node, peer, "kv");
+                peak_held.0 = peak_held.0.max(q + eq + cq + kq);
+                peak_held.1 = peak_held.1.max(u + eu + cu + ku);
                 std::thread::sleep(Duration::from_millis(20));
             }
             (peak_rss, peak_held)
@@ -561,43 +562,9 @@ fn a_flood_of_requests_on_a_call_only_stream_is_held_to_our_budget() {
         Duration::from_millis(100),
     ));
     assert!(called.is_err(), "{called:?}");
-    let (before, mut raw, _, rss_before) = before_attack(&server, &honest);
+    let (before, raw, _, rss_before) = before_attack(&server, &honest);
     let peer = raw.peer;
-    let calls_stream = 4; // the attacker's id for "calls"
-    let flood = std::thread::spawn(move || {
-        let mut sent = 0u64;
-        let mut request = [0u8; 9];
-        request[0] = 1; // REQUEST (PROTOCOL.md §7)
-        'flood: loop {
-            let mut frames = Vec::with_capacity(2000);
-            let ids: Vec<[u8; 9]> = (0..2000u64)
-                .map(|i| {
-                    request[1..].copy_from_slice(&(sent + i).to_be_bytes());
-                    request
-                })
-                .collect();
-            for id in &ids {
-                frames.push(Frame::Data {
-                    stream: calls_stream,
-                    flags: DATA_FIRST | DATA_LAST,
-                    total_len: None,
-                    payload: id,
-                });
-            }
-            if raw.send(&frames).is_err() {
-                break 'flood;
-            }
-            sent += 2000;
-            // Reads what the node sends (the refusals), confirms none of it. Paced at ~100,000
-            // requests a second: enough to fill what the node will hold for it many times over
-            // before the deadline, without making this a test of CPU fairness, which is not
-            // built yet (an unpaced flood raises the honest p99 to tens of ms here).
-            if !raw.read_frames(Duration::from_millis(20), |_| true) {
-                break;
-            }
-        }
-        sent
-    });
+    let flood = flood_requests(raw, 4); // the attacker's id for "calls"
     let seen = watch(&server, peer, &honest, STALL * 4);
     let sent = flood.join().unwrap();
     println!(
@@ -618,6 +585,73 @@ fn a_flood_of_requests_on_a_call_only_stream_is_held_to_our_budget() {
         "the node grew by {} KiB",
         seen.peak_rss - rss_before
     );
+    served(&before, &seen.honest);
+    honest.stop_blocking();
+    server.node.stop_blocking();
+}
+
+/// REQUESTs on `stream` (the attacker's id), 2,000 a record, reading what the node sends and
+/// confirming none of it, until the node cuts the connection; returns how many were sent.
+/// Paced by the reads (20 ms between records): enough to fill what the node will hold for it
+/// many times over before the deadline.
+fn flood_requests(mut raw: Raw, stream: u16) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut sent = 0u64;
+        let mut request = [0u8; 9];
+        request[0] = 1; // REQUEST (PROTOCOL.md §7)
+        loop {
+            let ids: Vec<[u8; 9]> = (0..2000u64)
+                .map(|i| {
+                    request[1..].copy_from_slice(&(sent + i).to_be_bytes());
+                    request
+                })
+                .collect();
+            let frames: Vec<Frame<'_>> = ids
+                .iter()
+                .map(|id| Frame::Data {
+                    stream,
+                    flags: DATA_FIRST | DATA_LAST,
+                    total_len: None,
+                    payload: id,
+                })
+                .collect();
+            if raw.send(&frames).is_err() {
+                break;
+            }
+            sent += 2000;
+            if !raw.read_frames(Duration::from_millis(20), |_| true) {
+                break;
+            }
+        }
+        sent
+    })
+}
+
+/// (f), the request server: a requester that floods a served stream and never confirms the
+/// answers fills only its own route (the server answers with `try_respond`, as
+/// `examples/rpc.rs` does, so its loop never waits on it) and is cut at the deadline; the
+/// honest requester beside it is answered throughout.
+#[test]
+fn a_requester_that_never_confirms_answers_does_not_stop_the_server_answering_others() {
+    let _alone = common::alone();
+    let server = Server::start();
+    let honest = honest(&server);
+    let (before, raw, _, rss_before) = before_attack(&server, &honest);
+    let peer = raw.peer;
+    let flood = flood_requests(raw, 3); // the attacker's id for "kv"
+    let seen = watch(&server, peer, &honest, STALL * 4);
+    let sent = flood.join().unwrap();
+    println!(
+        "{sent} REQUESTs on a served stream, answers never confirmed: node RSS {rss_before} KiB \
+         -> peak {} KiB; held for the attacker at most {} KiB queued, {} KiB unconfirmed; cut \
+         after {:?}",
+        seen.peak_rss,
+        seen.peak_held.0 / 1024,
+        seen.peak_held.1 / 1024,
+        seen.cut_after
+    );
+    assert!(sent > 40_000, "the flood did not get going");
+    assert!(seen.cut_after.is_some(), "the attacker was never cut");
     served(&before, &seen.honest);
     honest.stop_blocking();
     server.node.stop_blocking();
