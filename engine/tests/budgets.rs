@@ -627,6 +627,97 @@ fn flood_requests(mut raw: Raw, stream: u16) -> std::thread::JoinHandle<u64> {
     })
 }
 
+/// `rounds` rounds of one `kv` request from each honest peer in turn: the round trips, and how
+/// many failed.
+fn request_rounds(honest: &[Node], server: PeerId, rounds: usize) -> Samples {
+    let mut samples = Samples::default();
+    for _ in 0..rounds {
+        for peer in honest {
+            let start = Instant::now();
+            let answer = futures::executor::block_on(peer.request(
+                server,
+                "kv",
+                Bytes::from_static(b"get height"),
+                Duration::from_secs(2),
+            ));
+            match answer {
+                Ok(_) => samples.times.push(start.elapsed()),
+                Err(_) => samples.failed += 1,
+            }
+        }
+    }
+    samples
+}
+
+/// (f), the request server: one requester that withholds the credit for its answers (20,000
+/// requests, more answers than its route holds, none confirmed, nothing read) beside ten honest
+/// requesters. The server answers with `try_respond` on one application thread, as
+/// `examples/rpc.rs` does, so nothing waits on the staller: every honest request is answered,
+/// the p99 within 3× of before.
+#[test]
+fn a_requester_withholding_credit_leaves_ten_honest_requesters_served() {
+    let _alone = common::alone();
+    // A long stall deadline: the staller stays connected while the honest peers are measured.
+    let server = Server::start_with(Duration::from_secs(60), 1 << 30);
+    let honest: Vec<Node> = (0..10).map(|_| honest(&server)).collect();
+    let before = request_rounds(&honest, server.node.peer_id(), 20);
+    let (mut raw, _) = attacker(&server, greedy());
+    let peer = raw.peer;
+    let mut request = [0u8; 9];
+    request[0] = 1; // REQUEST (PROTOCOL.md §7)
+    for batch in 0..10u64 {
+        let ids: Vec<[u8; 9]> = (0..2000u64)
+            .map(|i| {
+                request[1..].copy_from_slice(&(batch * 2000 + i).to_be_bytes());
+                request
+            })
+            .collect();
+        let frames: Vec<Frame<'_>> = ids
+            .iter()
+            .map(|id| Frame::Data {
+                stream: 3, // the attacker's id for "kv"
+                flags: DATA_FIRST | DATA_LAST,
+                total_len: None,
+                payload: id,
+            })
+            .collect();
+        raw.send(&frames).unwrap();
+    }
+    // Until the server has answered (or refused to queue answers for) all of them.
+    let mut last = (u64::MAX, u64::MAX);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = held(&server.node, peer, "kv");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let during = request_rounds(&honest, server.node.peer_id(), 20);
+    println!(
+        "a requester withholding credit ({} KiB queued, {} KiB unconfirmed for it), still {:?}; \
+         ten honest requesters before: {}; beside it: {}",
+        last.0 / 1024,
+        last.1 / 1024,
+        server.node.state(peer),
+        before.describe(),
+        during.describe()
+    );
+    assert!(last.0 + last.1 > 0, "the staller's answers were not held");
+    served(&before, &during);
+    assert!(
+        during.percentile(0.99) <= before.percentile(0.99) * 3,
+        "honest p99 {:?} beside the staller against {:?} before",
+        during.percentile(0.99),
+        before.percentile(0.99)
+    );
+    drop(raw);
+    for node in honest {
+        node.stop_blocking();
+    }
+    server.node.stop_blocking();
+}
+
 /// (f), the request server: a requester that floods a served stream and never confirms the
 /// answers fills only its own route (the server answers with `try_respond`, as
 /// `examples/rpc.rs` does, so its loop never waits on it) and is cut at the deadline; the
