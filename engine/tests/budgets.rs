@@ -661,6 +661,7 @@ fn a_requester_withholding_credit_leaves_ten_honest_requesters_served() {
     let server = Server::start_with(Duration::from_secs(60), 1 << 30);
     let honest: Vec<Node> = (0..10).map(|_| honest(&server)).collect();
     let before = request_rounds(&honest, server.node.peer_id(), 20);
+    let rss_before = rss_kib();
     let (mut raw, _) = attacker(&server, greedy());
     let peer = raw.peer;
     let mut request = [0u8; 9];
@@ -695,10 +696,11 @@ fn a_requester_withholding_credit_leaves_ten_honest_requesters_served() {
     }
     let during = request_rounds(&honest, server.node.peer_id(), 20);
     println!(
-        "a requester withholding credit ({} KiB queued, {} KiB unconfirmed for it), still {:?}; \
-         ten honest requesters before: {}; beside it: {}",
+        "a requester withholding credit ({} KiB queued, {} KiB unconfirmed for it; RSS \
+         {rss_before} -> {} KiB), still {:?}; ten honest requesters before: {}; beside it: {}",
         last.0 / 1024,
         last.1 / 1024,
+        rss_kib(),
         server.node.state(peer),
         before.describe(),
         during.describe()
@@ -1104,6 +1106,7 @@ fn four_connections_flooding_tiny_messages_leave_an_honest_peer_served() {
             Duration::from_millis(500),
             50,
         );
+        let rss_before = rss_kib();
         let stop = Arc::new(AtomicBool::new(false));
         let floods: Vec<_> = (0..4)
             .map(|_| {
@@ -1117,10 +1120,12 @@ fn four_connections_flooding_tiny_messages_leave_an_honest_peer_served() {
             .collect();
         std::thread::sleep(Duration::from_millis(200));
         let during = round_trips(&honest, server.node.peer_id(), Duration::from_secs(2), 50);
+        let rss_during = rss_kib();
         stop.store(true, Ordering::Relaxed);
         let sent: u64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
         println!(
-            "attempt {attempt}: four flooding connections sent {sent} 1-byte messages in ~2.2 s"
+            "attempt {attempt}: four flooding connections sent {sent} 1-byte messages in ~2.2 s; \
+             RSS {rss_before} KiB before, {rss_during} KiB at the end of the flood"
         );
         served(&before, &during);
         let ratio = during.percentile(0.99).as_secs_f64() / before.percentile(0.99).as_secs_f64();
