@@ -750,6 +750,34 @@ fn a_requester_that_never_confirms_answers_does_not_stop_the_server_answering_ot
     server.node.stop_blocking();
 }
 
+/// Waits for the first peer the node disconnects (seen on `events`), with the honest peer's
+/// round trips meanwhile: which peer, why, and the round trips.
+fn first_cut(
+    server: &Server,
+    honest: &Node,
+    events: &glueberry::Subscription,
+) -> ((PeerId, Option<CloseReason>), Samples) {
+    let deadline = Instant::now() + T;
+    let mut honest_during = Samples::default();
+    loop {
+        assert!(Instant::now() < deadline, "no peer was cut over the budget");
+        let more = round_trips(honest, server.node.peer_id(), Duration::from_millis(50), 1);
+        honest_during.times.extend(more.times);
+        honest_during.failed += more.failed;
+        while let Some(event) = events.try_recv() {
+            if let Event::State {
+                peer,
+                state: ConnState::Disconnected,
+                reason,
+                ..
+            } = event
+            {
+                return ((peer, reason), honest_during);
+            }
+        }
+    }
+}
+
 /// Sends on each of `streams` the first 992 KiB of a 1 MiB message and never its end: the node
 /// holds them in reassembly (paid for by the attacker's credit, within our windows).
 fn begin_and_never_finish(raw: &mut Raw, streams: &[u16]) {
@@ -807,27 +835,8 @@ fn over_the_node_receive_budget_the_peer_holding_the_most_is_cut() {
     );
     let started = Instant::now();
     begin_and_never_finish(&mut large, &[1, 2, 3, 4]);
-    let deadline = Instant::now() + T;
-    let mut cut = None;
-    let mut honest_during = Samples::default();
-    while cut.is_none() {
-        assert!(Instant::now() < deadline, "no peer was cut over the budget");
-        let more = round_trips(&honest, server.node.peer_id(), Duration::from_millis(50), 1);
-        honest_during.times.extend(more.times);
-        honest_during.failed += more.failed;
-        while let Some(event) = events.try_recv() {
-            if let Event::State {
-                peer,
-                state: ConnState::Disconnected,
-                reason,
-                ..
-            } = event
-            {
-                cut = Some((peer, reason));
-            }
-        }
-    }
-    let (peer, reason) = cut.unwrap();
+    let (cut, honest_during) = first_cut(&server, &honest, &events);
+    let (peer, reason) = cut;
     println!(
         "node receive budget {} MiB: cut {:.0?} after the large peer began: {} with {:?}; the \
          small one (1 MiB held) {:?}, the honest one {:?}",
@@ -892,29 +901,10 @@ fn over_the_node_budget_the_peer_holding_the_most_is_cut() {
     // The large one is fed as fast as its route allows (16 MiB, twice the node's budget).
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = feed(&server.node, large_peer, stop.clone());
-    let deadline = Instant::now() + T;
-    let mut cut = None;
-    let mut honest_during = Samples::default();
-    while cut.is_none() {
-        assert!(Instant::now() < deadline, "no peer was cut over the budget");
-        let more = round_trips(&honest, server.node.peer_id(), Duration::from_millis(50), 1);
-        honest_during.times.extend(more.times);
-        honest_during.failed += more.failed;
-        while let Some(event) = events.try_recv() {
-            if let Event::State {
-                peer,
-                state: ConnState::Disconnected,
-                reason,
-                ..
-            } = event
-            {
-                cut = Some((peer, reason));
-            }
-        }
-    }
+    let (cut, honest_during) = first_cut(&server, &honest, &events);
     stop.store(true, Ordering::Relaxed);
     let accepted = feeder.join().unwrap();
-    let (peer, reason) = cut.unwrap();
+    let (peer, reason) = cut;
     println!(
         "node budget {} MiB: {accepted} × 64 KiB accepted for the large peer; cut: {} with {:?}; \
          the small one (1 MiB held) {:?}, the honest one {:?}",

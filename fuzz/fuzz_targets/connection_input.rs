@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
     let mut events = 0usize;
     // Bit 0 of the piece size picks the path: the copying `handle_input`, or the engine's
     // `handle_input_buf` (buffers handed over, the unfinished record moved to the front of the
-    // next one, buffers of varying spare room so that messages are sliced or copied out).
+    // next one, buffers of varying spare room so that messages are sliced or copied out, read a
+    // few frames at a time and resumed until none is left unread, as the shard's shares do).
     let owned = chunk % 2 == 0;
     for (i, piece) in input.chunks(chunk).enumerate() {
         let at = now + Duration::from_millis(i as u64);
@@ -40,7 +41,14 @@ fuzz_target!(|data: &[u8]| {
             let mut buf = conn.take_pending_input();
             buf.reserve(piece.len() * (1 + i % 16));
             buf.extend_from_slice(piece);
-            conn.handle_input_buf(at, buf);
+            let frames = 1 + i % 8;
+            conn.handle_input_buf(at, buf, frames);
+            while conn.has_unread_input() {
+                while conn.poll_event().is_some() {
+                    events += 1;
+                }
+                conn.resume_input(at, frames);
+            }
         } else {
             conn.handle_input(at, piece);
         }

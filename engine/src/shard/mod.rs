@@ -435,7 +435,10 @@ impl Shard {
     fn enforce_receive_budget(&mut self, now: Instant) {
         let budget = &self.shared.receive_budget;
         budget.set(self.index, self.core.received_held());
-        if !budget.holds_most(self.index) || !budget.should_cut(now) {
+        if budget.held() <= budget.limit()
+            || !budget.holds_most(self.index)
+            || !budget.should_cut(now)
+        {
             return;
         }
         let Some((peer, held)) = self.core.largest_receiver() else {
