@@ -779,8 +779,9 @@ fn first_cut(
 }
 
 /// Sends on each of `streams` the first 992 KiB of a 1 MiB message and never its end: the node
-/// holds them in reassembly (paid for by the attacker's credit, within our windows).
-fn begin_and_never_finish(raw: &mut Raw, streams: &[u16]) {
+/// holds them in reassembly (paid for by the attacker's credit, within our windows). Fails
+/// once the node closes the connection (the budget cuts a peer while it sends).
+fn begin_and_never_finish(raw: &mut Raw, streams: &[u16]) -> std::io::Result<()> {
     let piece = vec![7u8; 32 * 1024];
     for &stream in streams {
         raw.send(&[Frame::Data {
@@ -788,18 +789,17 @@ fn begin_and_never_finish(raw: &mut Raw, streams: &[u16]) {
             flags: DATA_FIRST,
             total_len: Some(1 << 20),
             payload: &piece,
-        }])
-        .unwrap();
+        }])?;
         for _ in 0..30 {
             raw.send(&[Frame::Data {
                 stream,
                 flags: 0,
                 total_len: None,
                 payload: &piece,
-            }])
-            .unwrap();
+            }])?;
         }
     }
+    Ok(())
 }
 
 /// The node-wide receive budget: two peers that begin messages and never finish them, one on
@@ -826,7 +826,7 @@ fn over_the_node_receive_budget_the_peer_holding_the_most_is_cut() {
     let (mut large, _) = attacker(&server, greedy());
     let (small_peer, large_peer) = (small.peer, large.peer);
     let events = server.node.subscribe(EventFilter::default(), 10_000);
-    begin_and_never_finish(&mut small, &[1]);
+    begin_and_never_finish(&mut small, &[1]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         server.node.state(small_peer),
@@ -834,7 +834,9 @@ fn over_the_node_receive_budget_the_peer_holding_the_most_is_cut() {
         "1 MiB held is within the budget"
     );
     let started = Instant::now();
-    begin_and_never_finish(&mut large, &[1, 2, 3, 4]);
+    // Cut on the way, most likely (3.9 MiB against a budget of 3 with 1 held): its sends may
+    // fail, which is the point.
+    let _ = begin_and_never_finish(&mut large, &[1, 2, 3, 4]);
     let (cut, honest_during) = first_cut(&server, &honest, &events);
     let (peer, reason) = cut;
     println!(
