@@ -562,20 +562,9 @@ fn a_flood_of_requests_on_a_call_only_stream_is_held_to_our_budget() {
         Duration::from_millis(100),
     ));
     assert!(called.is_err(), "{called:?}");
-    let (before, raw, _, rss_before) = before_attack(&server, &honest);
-    let peer = raw.peer;
-    let flood = flood_requests(raw, 4); // the attacker's id for "calls"
-    let seen = watch(&server, peer, &honest, STALL * 4);
-    let sent = flood.join().unwrap();
-    println!(
-        "{sent} REQUESTs on a call-only stream, refusals never confirmed: node RSS \
-         {rss_before} KiB -> peak {} KiB; held for the attacker at most {} KiB queued, {} KiB \
-         unconfirmed; cut after {:?}",
-        seen.peak_rss,
-        seen.peak_held.0 / 1024,
-        seen.peak_held.1 / 1024,
-        seen.cut_after
-    );
+    // The attacker's id for "calls" is 4.
+    let (sent, seen, rss_before) =
+        flood_requests(&server, &honest, 4, "a call-only stream (refusals)");
     assert!(sent > 40_000, "the flood did not get going");
     let window = ConnectionConfig::default().initial_window;
     assert!(seen.peak_held.1 <= u64::from(window));
@@ -585,46 +574,62 @@ fn a_flood_of_requests_on_a_call_only_stream_is_held_to_our_budget() {
         "the node grew by {} KiB",
         seen.peak_rss - rss_before
     );
-    served(&before, &seen.honest);
     honest.stop_blocking();
     server.node.stop_blocking();
 }
 
-/// REQUESTs on `stream` (the attacker's id), 2,000 a record, reading what the node sends and
-/// confirming none of it, until the node cuts the connection; returns how many were sent.
-/// Paced by the reads (20 ms between records): enough to fill what the node will hold for it
-/// many times over before the deadline.
-fn flood_requests(mut raw: Raw, stream: u16) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
+/// Sends one record of 2,000 REQUESTs on `stream` (the attacker's id), ids from `first`.
+fn send_requests(raw: &mut Raw, stream: u16, first: u64) -> std::io::Result<()> {
+    let mut request = [0u8; 9];
+    request[0] = 1; // REQUEST (PROTOCOL.md §7)
+    let ids: Vec<[u8; 9]> = (0..2000u64)
+        .map(|i| {
+            request[1..].copy_from_slice(&(first + i).to_be_bytes());
+            request
+        })
+        .collect();
+    let frames: Vec<Frame<'_>> = ids
+        .iter()
+        .map(|id| Frame::Data {
+            stream,
+            flags: DATA_FIRST | DATA_LAST,
+            total_len: None,
+            payload: id,
+        })
+        .collect();
+    raw.send(&frames)
+}
+
+/// A flood of REQUESTs on the attacker's stream `stream` (2,000 a record), reading what the node
+/// sends and confirming none of it, watched until the node cuts it (at most four stall
+/// deadlines): how many were sent, what the node held meanwhile, and its RSS before (KiB). Paced by the reads (20 ms
+/// between records): enough to fill what the node will hold for it many times over before the
+/// deadline.
+fn flood_requests(server: &Server, honest: &Node, stream: u16, what: &str) -> (u64, Watch, u64) {
+    let (before, mut raw, _, rss_before) = before_attack(server, honest);
+    let peer = raw.peer;
+    let flood = std::thread::spawn(move || {
         let mut sent = 0u64;
-        let mut request = [0u8; 9];
-        request[0] = 1; // REQUEST (PROTOCOL.md §7)
-        loop {
-            let ids: Vec<[u8; 9]> = (0..2000u64)
-                .map(|i| {
-                    request[1..].copy_from_slice(&(sent + i).to_be_bytes());
-                    request
-                })
-                .collect();
-            let frames: Vec<Frame<'_>> = ids
-                .iter()
-                .map(|id| Frame::Data {
-                    stream,
-                    flags: DATA_FIRST | DATA_LAST,
-                    total_len: None,
-                    payload: id,
-                })
-                .collect();
-            if raw.send(&frames).is_err() {
-                break;
-            }
+        while send_requests(&mut raw, stream, sent).is_ok() {
             sent += 2000;
             if !raw.read_frames(Duration::from_millis(20), |_| true) {
                 break;
             }
         }
         sent
-    })
+    });
+    let seen = watch(server, peer, honest, STALL * 4);
+    let sent = flood.join().unwrap();
+    println!(
+        "{sent} REQUESTs on {what}, never confirmed: node RSS {rss_before} KiB -> peak {} KiB; \
+         held for the attacker at most {} KiB queued, {} KiB unconfirmed; cut after {:?}",
+        seen.peak_rss,
+        seen.peak_held.0 / 1024,
+        seen.peak_held.1 / 1024,
+        seen.cut_after
+    );
+    served(&before, &seen.honest);
+    (sent, seen, rss_before)
 }
 
 /// `rounds` rounds of one `kv` request from each honest peer in turn: the round trips, and how
@@ -664,25 +669,8 @@ fn a_requester_withholding_credit_leaves_ten_honest_requesters_served() {
     let rss_before = rss_kib();
     let (mut raw, _) = attacker(&server, greedy());
     let peer = raw.peer;
-    let mut request = [0u8; 9];
-    request[0] = 1; // REQUEST (PROTOCOL.md §7)
     for batch in 0..10u64 {
-        let ids: Vec<[u8; 9]> = (0..2000u64)
-            .map(|i| {
-                request[1..].copy_from_slice(&(batch * 2000 + i).to_be_bytes());
-                request
-            })
-            .collect();
-        let frames: Vec<Frame<'_>> = ids
-            .iter()
-            .map(|id| Frame::Data {
-                stream: 3, // the attacker's id for "kv"
-                flags: DATA_FIRST | DATA_LAST,
-                total_len: None,
-                payload: id,
-            })
-            .collect();
-        raw.send(&frames).unwrap();
+        send_requests(&mut raw, 3, batch * 2000).unwrap(); // 3: the attacker's id for "kv"
     }
     // Until the server has answered (or refused to queue answers for) all of them.
     let mut last = (u64::MAX, u64::MAX);
@@ -737,23 +725,10 @@ fn a_requester_that_never_confirms_answers_does_not_stop_the_server_answering_ot
     let _alone = common::alone();
     let server = Server::start();
     let honest = honest(&server);
-    let (before, raw, _, rss_before) = before_attack(&server, &honest);
-    let peer = raw.peer;
-    let flood = flood_requests(raw, 3); // the attacker's id for "kv"
-    let seen = watch(&server, peer, &honest, STALL * 4);
-    let sent = flood.join().unwrap();
-    println!(
-        "{sent} REQUESTs on a served stream, answers never confirmed: node RSS {rss_before} KiB \
-         -> peak {} KiB; held for the attacker at most {} KiB queued, {} KiB unconfirmed; cut \
-         after {:?}",
-        seen.peak_rss,
-        seen.peak_held.0 / 1024,
-        seen.peak_held.1 / 1024,
-        seen.cut_after
-    );
+    // The attacker's id for "kv" is 3.
+    let (sent, seen, _) = flood_requests(&server, &honest, 3, "a served stream (answers)");
     assert!(sent > 40_000, "the flood did not get going");
     assert!(seen.cut_after.is_some(), "the attacker was never cut");
-    served(&before, &seen.honest);
     honest.stop_blocking();
     server.node.stop_blocking();
 }
