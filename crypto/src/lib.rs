@@ -5,6 +5,8 @@
 //! - [`Handshake`]: `Noise_XX_25519_ChaChaPoly_SHA256` with the identity bound to a fresh X25519
 //!   key, a prologue that binds network and version, and an optional application hello payload.
 //!   Sans-IO: bytes in, bytes out, a [`Session`] when done.
+//! - [`AddressRecord`]: a peer's addresses signed by its identity, for discovery among the
+//!   members of a peer set.
 //! - [`RecordSealer`] / [`RecordOpener`]: records sealed and opened in place in buffers the
 //!   caller owns, one key and nonce counter per direction, rekeyed as they go.
 //!
@@ -53,12 +55,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod address;
 pub mod file;
 pub mod handshake;
 mod identity;
 mod peer_id;
 pub mod record;
 
+pub use address::{AddressRecord, AddressRecordError};
 pub use handshake::{Handshake, HandshakeConfig, HandshakeError, Role, Session};
 pub use identity::{Identity, IdentityError, SEED_LEN};
 pub use peer_id::{PEER_ID_HRP, PEER_ID_TEXT_LEN, PeerId, PeerIdError};

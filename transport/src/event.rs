@@ -143,6 +143,9 @@ pub enum CloseCode {
     /// 11: the node's budget for what it holds for its peers was reached, and this peer held
     /// the most of it (messages sent to it and not confirmed, queued for it).
     OverBudget,
+    /// 12: the peer is not a member of any peer set this node tracks (it admits members only),
+    /// or it left every tracked set and its grace ran out.
+    NotMember,
     /// A code this version does not define (received from a newer peer).
     Other(u16),
 }
@@ -163,6 +166,7 @@ impl CloseCode {
             CloseCode::TooManyConnections => 9,
             CloseCode::SendStalled => 10,
             CloseCode::OverBudget => 11,
+            CloseCode::NotMember => 12,
             CloseCode::Other(code) => code,
         }
     }
@@ -182,6 +186,7 @@ impl CloseCode {
             9 => CloseCode::TooManyConnections,
             10 => CloseCode::SendStalled,
             11 => CloseCode::OverBudget,
+            12 => CloseCode::NotMember,
             other => CloseCode::Other(other),
         }
     }
@@ -202,6 +207,7 @@ impl CloseCode {
             CloseCode::TooManyConnections => "TooManyConnections",
             CloseCode::SendStalled => "SendStalled",
             CloseCode::OverBudget => "OverBudget",
+            CloseCode::NotMember => "NotMember",
             CloseCode::Other(_) => return None,
         })
     }

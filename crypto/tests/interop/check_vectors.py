@@ -10,16 +10,23 @@ It also re-encodes, from the frame table of PROTOCOL.md §5, every frame of the 
 exchange after the handshake (SETTINGS, OPEN, CREDIT, DATA whole and fragmented, PING, PONG,
 REJECT, CLOSE) and checks the fragments add up as §5.3 requires.
 
-Usage: check_vectors.py crypto/tests/vectors/handshake-v1.txt [transport/tests/vectors/exchange-v1.txt]
+And it builds the signed address records of PROTOCOL.md §9 (encoding, signature input, the
+message that carries them) from their seeds, sequences and addresses, and checks that a record
+with a flipped signature bit does not verify.
+
+Usage: check_vectors.py crypto/tests/vectors/handshake-v1.txt [transport/tests/vectors/exchange-v1.txt
+       [crypto/tests/vectors/address-record-v1.txt]]
 """
 
 import hashlib
 import hmac
+import ipaddress
 import struct
 import sys
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
@@ -313,8 +320,54 @@ def check_exchange(path):
     print(f"all {n} exchange frames re-encoded from PROTOCOL.md")
 
 
+ADDRESS_RECORD_DOMAIN = b"glueberry/1 address record:"
+
+
+def encode_address(text):
+    host, _, port = text.rpartition(":")
+    if host.startswith("["):
+        return bytes([6]) + ipaddress.IPv6Address(host[1:-1]).packed + struct.pack(">H", int(port))
+    return bytes([4]) + ipaddress.IPv4Address(host).packed + struct.pack(">H", int(port))
+
+
+def check_address_records(path):
+    v = load(path)
+    network = quoted(v["network_id"])
+    records = []
+    n = 0
+    while f"record_{n}" in v:
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v[f"record_{n}_identity_seed"]))
+        public = key.public_key().public_bytes(RAW, RAW_PUB)
+        addresses = v[f"record_{n}_addresses"].split(",")
+        unsigned = (public + struct.pack(">Q", int(v[f"record_{n}_sequence"]))
+                    + bytes([len(addresses)]) + b"".join(encode_address(a) for a in addresses))
+        signature_input = ADDRESS_RECORD_DOMAIN + bytes([len(network)]) + network + unsigned
+        check(f"record_{n}_signature_input", v[f"record_{n}_signature_input"], signature_input)
+        record = unsigned + key.sign(signature_input)
+        check(f"record_{n}", v[f"record_{n}"], record)
+        records.append(record)
+        n += 1
+    assert n >= 2
+    check("records_message", v["records_message"], bytes([0x01, len(records)]) + b"".join(records))
+    bad = bytes.fromhex(v["bad_signature_record"])
+    public, rest = bad[:32], bad[32:]
+    count = rest[8]
+    at = 9
+    for _ in range(count):
+        at += 1 + (4 if rest[at] == 4 else 16) + 2
+    signed = ADDRESS_RECORD_DOMAIN + bytes([len(network)]) + network + bad[:32 + at]
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(rest[at:], signed)
+        sys.exit("MISMATCH bad_signature_record: it verifies")
+    except InvalidSignature:
+        print("ok bad_signature_record (refused)")
+    print(f"all {n} address records reproduced from PROTOCOL.md")
+
+
 if __name__ == "__main__":
     exchange = sys.argv[2] if len(sys.argv) > 2 else None
     main(sys.argv[1], exchange)
     if exchange:
         check_exchange(exchange)
+    if len(sys.argv) > 3:
+        check_address_records(sys.argv[3])
