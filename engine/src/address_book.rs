@@ -46,6 +46,9 @@ pub struct PeerEntry {
     pub created_at: u64,
     /// When it last changed (seconds since the Unix epoch).
     pub updated_at: u64,
+    /// The newest signed address record learned for it (discovery among members,
+    /// PROTOCOL.md §9), kept so that a restarted node finds the members where they last were.
+    pub address_record: Option<glueberry_crypto::AddressRecord>,
 }
 
 /// The file's shape: `{"version":1,"peers":{"<peer id>":{…}}}` (times in Unix seconds,
@@ -71,6 +74,9 @@ struct PeerRecord {
     blacklisted: bool,
     created_at: u64,
     updated_at: u64,
+    /// The signed address record, hex (PROTOCOL.md §9.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address_record: Option<String>,
 }
 
 /// Why the book could not be opened or changed.
@@ -223,7 +229,20 @@ impl AddressBook {
         if metadata_len(&record.metadata) > MAX_METADATA_LEN {
             return Err(format!("peer {peer_id}: metadata too large"));
         }
+        let address_record = match &record.address_record {
+            None => None,
+            Some(text) => {
+                let bytes = unhex(text)
+                    .filter(|b| b.len() <= glueberry_crypto::address::MAX_ADDRESS_RECORD_LEN)
+                    .ok_or_else(|| format!("peer {peer_id}: address_record is not hex"))?;
+                match glueberry_crypto::AddressRecord::decode(&bytes) {
+                    Ok((r, used)) if used == bytes.len() && r.peer() == peer_id => Some(r),
+                    _ => return Err(format!("peer {peer_id}: bad address_record")),
+                }
+            }
+        };
         Ok(PeerEntry {
+            address_record,
             peer_id,
             addresses,
             metadata: record.metadata,
@@ -258,6 +277,7 @@ impl AddressBook {
             last_seen: None,
             created_at: now,
             updated_at: now,
+            address_record: None,
         });
         entry.addresses = addresses;
         entry.metadata = metadata;
@@ -282,6 +302,7 @@ impl AddressBook {
             last_seen: None,
             created_at: now,
             updated_at: now,
+            address_record: None,
         });
         entry.blacklisted = blacklisted;
         entry.updated_at = now;
@@ -295,6 +316,27 @@ impl AddressBook {
             entry.last_seen = Some(now_secs());
             self.last_seen_dirty = true;
         }
+    }
+
+    /// Keeps a member's newest signed address record (its addresses become the peer's).
+    /// Batched like [`AddressBook::touch`]: records arrive in bursts while a mesh forms.
+    pub fn set_address_record(&mut self, record: glueberry_crypto::AddressRecord) {
+        let now = now_secs();
+        let peer_id = record.peer();
+        let entry = self.peers.entry(peer_id).or_insert_with(|| PeerEntry {
+            peer_id,
+            addresses: Vec::new(),
+            metadata: BTreeMap::new(),
+            blacklisted: false,
+            last_seen: None,
+            created_at: now,
+            updated_at: now,
+            address_record: None,
+        });
+        entry.addresses = record.addresses().to_vec();
+        entry.address_record = Some(record);
+        entry.updated_at = now;
+        self.last_seen_dirty = true;
     }
 
     /// Writes batched last-seen updates if they have waited long enough.
@@ -350,6 +392,11 @@ impl AddressBook {
                         blacklisted: e.blacklisted,
                         created_at: e.created_at,
                         updated_at: e.updated_at,
+                        address_record: e.address_record.as_ref().map(|r| {
+                            let mut bytes = Vec::with_capacity(r.encoded_len());
+                            r.encode(&mut bytes);
+                            hex(&bytes)
+                        }),
                     };
                     (id, record)
                 })
@@ -376,6 +423,16 @@ impl AddressBook {
 
 fn metadata_len(metadata: &BTreeMap<String, String>) -> usize {
     metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -255,6 +255,7 @@ mod api;
 mod budget;
 mod channel;
 mod limits;
+mod members;
 pub mod metrics;
 mod observe;
 mod resolve;
@@ -290,6 +291,9 @@ pub use glueberry_transport::{
 };
 #[doc(inline)]
 pub use limits::ConnectionLimits;
+pub use members::{
+    AddressSource, MEMBERS_STREAM, Member, MemberInfo, MembersConfig, MembershipPolicy, TrackError,
+};
 pub use sys::socket::open_fd_count;
 
 /// The README's examples, compiled and run as doctests.

@@ -17,6 +17,8 @@ use std::time::Instant;
 use glueberry_crypto::PeerId;
 use glueberry_transport::{Admission, CloseCode, Direction};
 
+use crate::members::{MembershipPolicy, PeerSets};
+
 /// Connection limits. The defaults keep room for 50 outbound connections that inbound peers
 /// cannot take (400 in all, Glueberry's high watermark, of which at most 350 inbound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -131,6 +133,12 @@ pub(crate) struct Limits {
     known: std::sync::RwLock<std::collections::HashSet<IpAddr>>,
     /// Node-wide handshake tokens for strangers left, and when they were last refilled.
     strangers: Mutex<(f64, Instant)>,
+    /// The tracked peer sets: members are admitted without being counted (and only they, under
+    /// `MembersOnly`); under `MembersFirst` every member keeps a slot strangers cannot take.
+    members: Arc<PeerSets>,
+    /// Members admitted without being counted: their release gives nothing back (membership
+    /// may change while they are connected).
+    uncounted: Mutex<std::collections::HashSet<(PeerId, Direction)>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -168,8 +176,10 @@ impl AcceptRefusal {
 }
 
 impl Limits {
-    pub(crate) fn new(limits: ConnectionLimits) -> Self {
+    pub(crate) fn new(limits: ConnectionLimits, members: Arc<PeerSets>) -> Self {
         Self {
+            members,
+            uncounted: Mutex::new(std::collections::HashSet::new()),
             limits,
             inbound: AtomicUsize::new(0),
             outbound: AtomicUsize::new(0),
@@ -276,7 +286,8 @@ impl Limits {
         let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
         let (peers, in_flight) = &mut *admitted;
         let inbound = self.inbound.load(Ordering::Acquire);
-        let total = inbound + self.outbound.load(Ordering::Acquire);
+        // Under MembersFirst every tracked member keeps a slot strangers cannot take.
+        let total = inbound + self.outbound.load(Ordering::Acquire) + self.members.reserved();
         let full = inbound.saturating_sub(*in_flight) >= self.limits.max_inbound
             || total.saturating_sub(*in_flight) >= self.limits.max_total;
         if full {
@@ -357,13 +368,22 @@ impl Admission for Limits {
         direction: Direction,
         remote: Option<IpAddr>,
     ) -> Result<(), CloseCode> {
+        if self.members.is_member(peer) {
+            // Members are never counted against the limits for strangers, and never evicted.
+            let mut uncounted = self.uncounted.lock().unwrap_or_else(|p| p.into_inner());
+            uncounted.insert((*peer, direction));
+            return Ok(());
+        }
+        if self.members.policy() == MembershipPolicy::MembersOnly {
+            return Err(CloseCode::NotMember);
+        }
         if direction == Direction::Inbound {
             return self.admit_inbound(peer, remote);
         }
         // Reserve, then check; undo when over. Concurrent shards may both undo near the limit,
         // never both pass it.
         let now_mine = self.outbound.fetch_add(1, Ordering::AcqRel) + 1;
-        let total = now_mine + self.inbound.load(Ordering::Acquire);
+        let total = now_mine + self.inbound.load(Ordering::Acquire) + self.members.reserved();
         if now_mine > self.limits.max_outbound || total > self.limits.max_total {
             self.outbound.fetch_sub(1, Ordering::AcqRel);
             return Err(CloseCode::TooManyConnections);
@@ -372,6 +392,11 @@ impl Admission for Limits {
     }
 
     fn release(&self, peer: &PeerId, direction: Direction) {
+        let mut uncounted = self.uncounted.lock().unwrap_or_else(|p| p.into_inner());
+        if uncounted.remove(&(*peer, direction)) {
+            return;
+        }
+        drop(uncounted);
         let counter = match direction {
             Direction::Inbound => {
                 let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
@@ -492,14 +517,108 @@ mod tests {
         assert_eq!(choose_victim(&diverse, ip("10.7.0.0")), None);
     }
 
+    fn peer(n: u8) -> PeerId {
+        glueberry_crypto::Identity::from_seed(&[n; 32]).peer_id()
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn open_sets() -> Arc<PeerSets> {
+        Arc::new(PeerSets::new(&crate::members::MembersConfig::default()))
+    }
+
+    fn sets(policy: MembershipPolicy, members: &[PeerId]) -> Arc<PeerSets> {
+        let sets = PeerSets::new(&crate::members::MembersConfig {
+            policy,
+            ..crate::members::MembersConfig::default()
+        });
+        sets.track(1, members).expect("track");
+        Arc::new(sets)
+    }
+
+    #[test]
+    fn members_only_refuses_every_other_identity_with_not_member_and_counts_no_member() {
+        let members: Vec<PeerId> = (0..3).map(peer).collect();
+        let limits = Limits::new(
+            ConnectionLimits {
+                max_inbound: 1,
+                max_total: 1,
+                ..ConnectionLimits::default()
+            },
+            sets(MembershipPolicy::MembersOnly, &members),
+        );
+        let remote = ip("10.0.0.1");
+        for member in &members {
+            assert_eq!(limits.admit(member, Direction::Inbound, remote), Ok(()));
+        }
+        assert_eq!(limits.counts(), (0, 0), "members are not counted");
+        assert_eq!(
+            limits.admit(&peer(9), Direction::Inbound, remote),
+            Err(CloseCode::NotMember)
+        );
+        assert_eq!(
+            limits.admit(&peer(9), Direction::Outbound, None),
+            Err(CloseCode::NotMember)
+        );
+        // A member's release gives nothing back that it never took.
+        limits.release(&members[0], Direction::Inbound);
+        assert_eq!(limits.counts(), (0, 0));
+    }
+
+    #[test]
+    fn members_first_keeps_a_slot_per_member_and_strangers_never_evict_a_member() {
+        let members: Vec<PeerId> = (0..3).map(peer).collect();
+        let limits = Limits::new(
+            ConnectionLimits {
+                max_inbound: 5,
+                max_total: 5,
+                ..ConnectionLimits::default()
+            },
+            sets(MembershipPolicy::MembersFirst, &members),
+        );
+        let evicted = Arc::new(Mutex::new(Vec::new()));
+        let seen = evicted.clone();
+        limits.set_evictor(Box::new(move |p| seen.lock().unwrap().push(p)));
+        for member in &members {
+            assert_eq!(
+                limits.admit(member, Direction::Inbound, ip("10.0.0.1")),
+                Ok(())
+            );
+        }
+        // Five slots, three kept for members: two strangers fit.
+        for n in 10..12 {
+            assert_eq!(
+                limits.admit(&peer(n), Direction::Inbound, ip(&format!("10.{n}.0.1"))),
+                Ok(())
+            );
+        }
+        // A third stranger finds inbound full; it may evict a stranger (the newer half), never
+        // a member, whatever its network group.
+        for n in 20..40 {
+            let _ = limits.admit(&peer(n), Direction::Inbound, ip(&format!("10.{n}.0.1")));
+        }
+        let evicted = evicted.lock().unwrap();
+        assert!(evicted.iter().all(|p| !members.contains(p)), "{evicted:?}");
+        assert_eq!(
+            limits.admit(&peer(50), Direction::Outbound, None),
+            Err(CloseCode::TooManyConnections),
+            "outbound strangers share what members leave"
+        );
+    }
+
     /// Handshakes with strangers are budgeted node-wide, whatever their network groups; a
     /// known peer's address is not counted.
     #[test]
     fn strangers_share_a_node_wide_handshake_budget_and_known_peers_are_not_counted() {
-        let limits = Arc::new(Limits::new(ConnectionLimits {
-            stranger_handshakes_per_sec: 5,
-            ..ConnectionLimits::default()
-        }));
+        let limits = Arc::new(Limits::new(
+            ConnectionLimits {
+                stranger_handshakes_per_sec: 5,
+                ..ConnectionLimits::default()
+            },
+            open_sets(),
+        ));
         let now = Instant::now();
         let ip = |a: u8, b: u8| IpAddr::from([10, a, b, 1]);
         let mut slots = Vec::new();

@@ -298,6 +298,10 @@ pub enum NodeSendError {
     /// The peer did not open this stream on its side.
     #[error("the peer rejected this stream")]
     StreamRejected,
+    /// The stream name is the node's own (`glueberry-members`, for discovery among members):
+    /// an application cannot open it.
+    #[error("the stream name glueberry-members is the node's own")]
+    ReservedStream,
     /// No room came on the stream within the time allowed
     /// ([`Node::send_timeout`](crate::Node::send_timeout), or a response past its
     /// `respond_timeout`): the peer is not taking what it was sent. The message was not

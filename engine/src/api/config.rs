@@ -41,6 +41,7 @@ pub struct NodeConfig {
     pub(super) backoff: glueberry_transport::Backoff,
     pub(super) limits: crate::limits::ConnectionLimits,
     pub(super) persistent: Vec<(glueberry_crypto::PeerId, SocketAddr)>,
+    pub(super) members: crate::members::MembersConfig,
     pub(super) pending_handshakes: (usize, std::time::Duration),
     pub(super) suites: Vec<glueberry_crypto::Suite>,
     pub(super) record_metrics: bool,
@@ -80,6 +81,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("backoff", &self.backoff)
             .field("limits", &self.limits)
             .field("persistent", &self.persistent)
+            .field("members", &self.members)
             .field("pending_handshakes", &self.pending_handshakes)
             .field("suites", &self.suites)
             .field("record_metrics", &self.record_metrics);
@@ -124,6 +126,7 @@ impl NodeConfig {
             backoff: glueberry_transport::Backoff::default(),
             limits: crate::limits::ConnectionLimits::default(),
             persistent: Vec::new(),
+            members: crate::members::MembersConfig::default(),
             pending_handshakes: (256, std::time::Duration::from_secs(10)),
             suites: Vec::new(),
             record_metrics: false,
@@ -260,6 +263,21 @@ impl NodeConfig {
             return Err(ConfigError::new(*name, "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// How the node treats the peer sets [`Node::track`](crate::Node::track) gives it: who else
+    /// is admitted ([`MembershipPolicy`](crate::MembershipPolicy)), how many epochs are kept, the
+    /// grace before a peer that left every set is cut, the addresses this node publishes.
+    pub fn members(mut self, members: crate::members::MembersConfig) -> Self {
+        self.members = members;
+        self
+    }
+
+    /// Only [`MembershipPolicy`](crate::MembershipPolicy) changed from
+    /// [`NodeConfig::members`]'s defaults.
+    pub fn membership(mut self, policy: crate::members::MembershipPolicy) -> Self {
+        self.members.policy = policy;
+        self
     }
 
     /// A persistent peer (a validator this node must stay connected to), dialled at start:

@@ -259,6 +259,7 @@ impl From<NodeSendError> for Error {
             NodeSendError::Blacklisted => ErrorKind::PeerBlacklisted,
             NodeSendError::StreamNotOpen | NodeSendError::StreamRejected => ErrorKind::StreamClosed,
             NodeSendError::TimedOut => ErrorKind::BufferFull,
+            NodeSendError::ReservedStream => ErrorKind::InvalidConfig,
             _ => ErrorKind::NodeStopped,
         };
         Error::new(kind, e)

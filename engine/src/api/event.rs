@@ -162,6 +162,16 @@ pub enum Event {
         /// Why.
         error: crate::Error,
     },
+    /// [`Node::track`](crate::Node::track) changed who the members are.
+    Members {
+        /// The epoch tracked.
+        epoch: u64,
+        /// Peers that are members now and were not before (dialled where their address is
+        /// known).
+        joined: Arc<[PeerId]>,
+        /// Peers in no kept set any more (cut with `NotMember` after the grace).
+        left: Arc<[PeerId]>,
+    },
 }
 
 /// The kinds of [`Event`], to filter on ([`EventFilter::kinds`]).
@@ -184,6 +194,8 @@ pub enum EventKind {
     Refused,
     /// [`Event::CommandFailed`].
     CommandFailed,
+    /// [`Event::Members`].
+    Members,
 }
 
 /// Why a connection was refused before it could carry messages.
@@ -245,7 +257,7 @@ impl Event {
             | Event::StreamRejected { peer, .. }
             | Event::CommandFailed { peer, .. } => Some(*peer),
             Event::Refused { peer, .. } => *peer,
-            Event::Missed { .. } => None,
+            Event::Missed { .. } | Event::Members { .. } => None,
         }
     }
 
@@ -260,6 +272,7 @@ impl Event {
             Event::Missed { .. } => EventKind::Missed,
             Event::Refused { .. } => EventKind::Refused,
             Event::CommandFailed { .. } => EventKind::CommandFailed,
+            Event::Members { .. } => EventKind::Members,
         }
     }
 }

@@ -53,6 +53,14 @@ pub(super) struct Inner {
     pub(super) backpressure_wait: ::metrics::Histogram,
     pub(super) backpressure_engaged: ::metrics::Counter,
     pub(super) next_injected: std::sync::atomic::AtomicUsize,
+    /// The tracked peer sets (the limits read the same ones).
+    pub(super) members: Arc<crate::members::PeerSets>,
+    pub(super) members_config: crate::members::MembersConfig,
+    /// This node's signed address record, when it has an address to publish.
+    pub(super) own_record: Option<glueberry_crypto::AddressRecord>,
+    pub(super) network_id: String,
+    /// Discovery among members, started by the first `track`.
+    pub(super) discovery: Mutex<Option<crate::members::Discovery>>,
 }
 
 /// A running node. Cheap to clone; all clones drive the same node.

@@ -75,13 +75,16 @@ impl crate::observe::Source for EndpointSource {
 
 impl Node {
     /// Liveness and readiness, Glueberry's checks: the node is running, listening, its address
-    /// book (if any) is held, and it has at least one authenticated connection (readiness only).
+    /// book (if any) is held, it has at least one authenticated connection, and, once it tracks
+    /// a peer set, at least one member is Ready ("connected to N of M members") (readiness
+    /// only).
     pub fn health(&self) -> Health {
         let dead = self.inner.shared.dead_shards.load(Ordering::Relaxed) as usize;
         let running = !self.inner.stopped.load(Ordering::Acquire)
             && !self.inner.shared.stop.load(Ordering::Acquire)
             && dead == 0;
         let (inbound, outbound) = self.connection_counts();
+        let (members_ready, members) = self.members_connected();
         let book = self
             .inner
             .shared
@@ -118,11 +121,16 @@ impl Node {
             },
             HealthCheck {
                 name: "connections",
-                ok: inbound + outbound > 0,
+                ok: inbound + outbound + members_ready > 0,
                 detail: format!(
-                    "{inbound} inbound, {outbound} outbound, {} evicted",
+                    "{inbound} inbound, {outbound} outbound, {} evicted (members not counted)",
                     self.inner.shared.limits.evictions()
                 ),
+            },
+            HealthCheck {
+                name: "members",
+                ok: members == 0 || members_ready > 0,
+                detail: format!("connected to {members_ready} of {members} members"),
             },
         ];
         Health {

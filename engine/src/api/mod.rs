@@ -8,6 +8,7 @@ mod error;
 mod event;
 mod handle;
 mod health;
+mod members;
 mod messaging;
 mod node;
 mod peers;
@@ -34,6 +35,7 @@ pub use event::{
 pub use handle::Node;
 pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
+pub(crate) use members::WeakNode;
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};
 pub use settings::{ConnectionSettings, NodeSettings, QueueSettings, StreamRateLimit};

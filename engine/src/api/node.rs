@@ -159,7 +159,7 @@ impl Node {
     /// `consensus` 7, `mempool` 3, `blocksync` 0. A stream whose consumer may fall behind can
     /// have a receiver of its own ([`Node::messages_on`]), asked for before this call.
     pub fn complete_handshake(&self, peer: PeerId, streams: &[&str]) -> Result<(), NodeSendError> {
-        let streams = streams.iter().map(|s| s.to_string()).collect();
+        let streams = self.with_members_stream(streams.iter().map(|s| s.to_string()).collect())?;
         self.command(peer, Command::CompleteHandshake { peer, streams })
     }
 
@@ -181,6 +181,7 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&peer)
             .unwrap_or_default();
+        let streams = self.with_members_stream(streams)?;
         self.command(peer, Command::CompleteHandshake { peer, streams })
     }
 
@@ -312,7 +313,9 @@ impl Node {
         push_command(&shards[index], Command::Accepted { fd })
     }
 
-    /// Authenticated connections now: (inbound, outbound).
+    /// Authenticated connections counted against the connection limits now: (inbound,
+    /// outbound). Members of the tracked peer sets are not counted
+    /// ([`Node::members_connected`] counts them).
     pub fn connection_counts(&self) -> (usize, usize) {
         self.inner.shared.limits.counts()
     }

@@ -53,7 +53,8 @@ impl Node {
         let count = placement.count;
         let (listeners, listen_addrs) = bind_listeners(&config, count)?;
 
-        let limits = Arc::new(Limits::new(config.limits));
+        let members = Arc::new(crate::members::PeerSets::new(&config.members));
+        let limits = Arc::new(Limits::new(config.limits, members.clone()));
         let subscribers: crate::api::Subscribers = Arc::new(Mutex::new(Vec::new()));
         // Every event, kept from the start: what `Node::events` hands out.
         let events = Subscription::join(&subscribers, 0, EventFilter::all(), config.event_buffer);
@@ -120,6 +121,7 @@ impl Node {
         let failure = wait_ready(&ready_rx, count);
 
         let recorder = shared.recorder.clone();
+        let own_record = own_record(&config, &listen_addrs);
         let node = Node {
             inner: Arc::new(Inner {
                 peer_id: handshake.peer_id(),
@@ -141,6 +143,11 @@ impl Node {
                 next_injected: std::sync::atomic::AtomicUsize::new(0),
                 backpressure_engaged: backpressure_engaged(recorder.as_deref()),
                 backpressure_wait: backpressure_wait(recorder.as_deref()),
+                own_record,
+                members,
+                members_config: config.members.clone(),
+                network_id: config.network_id.clone(),
+                discovery: Mutex::new(None),
             }),
         };
         if let Some(e) = failure {
@@ -169,6 +176,34 @@ impl Node {
         }
         Ok(node)
     }
+}
+
+/// This node's address record: the addresses it advertises (or the listen addresses that can
+/// be dialled), signed with a sequence from the wall clock. None when nothing can be dialled.
+fn own_record(
+    config: &NodeConfig,
+    listen_addrs: &[SocketAddr],
+) -> Option<glueberry_crypto::AddressRecord> {
+    let advertised: Vec<SocketAddr> = if config.members.advertise.is_empty() {
+        listen_addrs
+            .iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .copied()
+            .collect()
+    } else {
+        config.members.advertise.clone()
+    };
+    let advertised = &advertised[..advertised
+        .len()
+        .min(glueberry_crypto::address::MAX_RECORD_ADDRESSES)];
+    let sequence = crate::members::own_sequence();
+    glueberry_crypto::AddressRecord::sign(
+        &config.identity,
+        &config.network_id,
+        sequence,
+        advertised,
+    )
+    .ok()
 }
 
 /// The secure handshake's configuration: the identity, the network and the suites offered.

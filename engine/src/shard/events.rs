@@ -347,34 +347,38 @@ impl Shard {
     }
 
     pub(super) fn emit(&self, event: Event) {
-        {
-            let mut subscribers = self
-                .shared
-                .subscribers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let bytes = event.held_bytes();
-            for sub in subscribers.iter_mut().filter(|s| s.filter.matches(&event)) {
-                if sub.missed > 0 {
-                    match sub.tx.try_send(Event::Missed { count: sub.missed }) {
-                        Ok(()) => sub.missed = 0,
-                        Err(_) => {
-                            sub.missed += 1;
-                            self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
-                            self.metrics.events_dropped.increment(1);
-                            continue;
-                        }
-                    }
-                }
-                // A clone is O(1): the messages an event carries are shared, not copied.
-                if !sub.offer(event.clone(), bytes) {
+        let dropped = publish(&self.shared, event);
+        if dropped > 0 {
+            self.metrics.events_dropped.increment(dropped);
+        }
+    }
+}
+
+/// Offers `event` to every subscription it passes; returns how many subscriptions lost it
+/// (each is told with `Missed` before its next event). Any thread may publish.
+pub(crate) fn publish(shared: &Shared, event: Event) -> u64 {
+    let mut subscribers = shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+    let bytes = event.held_bytes();
+    let mut dropped = 0;
+    for sub in subscribers.iter_mut().filter(|s| s.filter.matches(&event)) {
+        if sub.missed > 0 {
+            match sub.tx.try_send(Event::Missed { count: sub.missed }) {
+                Ok(()) => sub.missed = 0,
+                Err(_) => {
                     sub.missed += 1;
-                    self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.events_dropped.increment(1);
+                    dropped += 1;
+                    continue;
                 }
             }
         }
+        // A clone is O(1): the messages an event carries are shared, not copied.
+        if !sub.offer(event.clone(), bytes) {
+            sub.missed += 1;
+            dropped += 1;
+        }
     }
+    shared.events_dropped.fetch_add(dropped, Ordering::Relaxed);
+    dropped
 }
 
 /// At most `per_second` log lines a second; the rest are counted and reported with the next.

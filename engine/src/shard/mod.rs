@@ -33,7 +33,7 @@ mod requests;
 mod send;
 mod shared;
 
-pub(crate) use events::RateLimit;
+pub(crate) use events::{RateLimit, publish};
 pub(crate) use mailbox::{Command, ShardHandle};
 pub(crate) use queue::{CommandQueue, Refused};
 pub(crate) use shared::{ExitGuard, PeerReport, Shared, deliver_resolved};

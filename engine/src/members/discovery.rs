@@ -1,0 +1,513 @@
+//! Discovery among members: each member publishes a signed address record; members pass the
+//! records of tracked members to each other on [`MEMBERS_STREAM`], and dial the members whose
+//! addresses they learn (PROTOCOL.md §9).
+//!
+//! It runs on a thread of its own ("glueberry-members", started by the first
+//! [`crate::Node::track`]) and uses the node as an application would: `try_send` on the
+//! members' stream, its own receiver for that stream, a subscription for `Ready`. Nothing of it
+//! runs on a shard: signature checks and address-book updates cost the shards nothing.
+//!
+//! What a member can make it spend is bounded per peer: [`VERIFY_BURST`] signature checks and
+//! then [`VERIFY_PER_SEC`] a second, one full answer per [`SYNC_INTERVAL`] to a request, one
+//! replacement of a subject's record per [`REPLACE_INTERVAL`]; what it holds is one record per
+//! tracked member. Records from or about non-members are dropped before any signature check.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use glueberry_crypto::PeerId;
+use glueberry_crypto::address::{
+    AddressRecord, MAX_RECORDS_PER_MESSAGE, decode_records_message, encode_records_message,
+};
+use glueberry_transport::ConnState;
+
+use super::{AddressSource, Change, MEMBERS_STREAM, Member, MemberInfo, MembersConfig, PeerSets};
+use crate::api::{Event, EventFilter, EventKind, WeakNode};
+use crate::{Messages, Node, Subscription};
+
+/// How often the thread looks at grace periods and at Ready members it has not synced.
+const TICK: Duration = Duration::from_millis(200);
+/// Signature checks a member may cost at once, and then per second.
+pub(crate) const VERIFY_BURST: f64 = 256.0;
+pub(crate) const VERIFY_PER_SEC: f64 = 64.0;
+/// At most one full answer per peer this often.
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// A subject's record is replaced at most this often (a member that bumps its sequence in a
+/// loop cannot make the members forward its records faster).
+pub(crate) const REPLACE_INTERVAL: Duration = Duration::from_secs(1);
+/// The message kind asking a member for every record it holds (PROTOCOL.md §9.3).
+const REQUEST_MESSAGE: u8 = 0x02;
+
+/// What the API tells the thread.
+pub(crate) enum Tracked {
+    /// `Node::track` changed the sets.
+    Track {
+        epoch: u64,
+        members: Vec<Member>,
+        change: Change,
+    },
+}
+
+/// One member's entry: the address it is dialled at and its newest record.
+#[derive(Debug, Clone)]
+struct Known {
+    given: Vec<SocketAddr>,
+    record: Option<AddressRecord>,
+    from_book: bool,
+    replaced_at: Option<Instant>,
+    last_seen: Option<u64>,
+}
+
+impl Known {
+    fn empty() -> Self {
+        Self {
+            given: Vec::new(),
+            record: None,
+            from_book: false,
+            replaced_at: None,
+            last_seen: None,
+        }
+    }
+
+    /// Where to dial: the member's own signed statement first (newer than any configuration),
+    /// then what the application gave.
+    fn address(&self) -> (Option<SocketAddr>, AddressSource) {
+        if let Some(record) = &self.record {
+            let source = if self.from_book {
+                AddressSource::Book
+            } else {
+                AddressSource::Record
+            };
+            return (record.addresses().first().copied(), source);
+        }
+        match self.given.first() {
+            Some(addr) => (Some(*addr), AddressSource::Given),
+            None => (None, AddressSource::Unknown),
+        }
+    }
+}
+
+/// What discovery knows, shared with `Node::members` and the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    known: Mutex<HashMap<PeerId, Known>>,
+    /// Records dropped: malformed, from or about non-members, bad signatures, over budget.
+    pub(crate) ignored: std::sync::atomic::AtomicU64,
+    /// Records accepted (each replaced an older one, or was the first).
+    pub(crate) accepted: std::sync::atomic::AtomicU64,
+}
+
+impl Directory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every tracked member's state.
+    pub(crate) fn members(&self, node: &Node, sets: &PeerSets) -> Vec<MemberInfo> {
+        let known = self.lock();
+        sets.members()
+            .into_iter()
+            .map(|peer| {
+                let entry = known.get(&peer);
+                let (address, source) =
+                    entry.map_or((None, AddressSource::Unknown), Known::address);
+                MemberInfo {
+                    peer,
+                    epochs: sets.epochs_of(&peer),
+                    state: node.state(peer),
+                    ready: node.is_ready(peer),
+                    address,
+                    source,
+                    record_sequence: entry.and_then(|e| e.record.as_ref()).map(|r| r.sequence()),
+                    last_seen: entry.and_then(|e| e.last_seen),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The running discovery: how the API reaches it.
+pub(crate) struct Discovery {
+    pub(crate) commands: async_channel::Sender<Tracked>,
+    pub(crate) directory: Arc<Directory>,
+}
+
+/// A token bucket of signature checks.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * VERIFY_PER_SEC;
+        self.tokens = (self.tokens + refill).min(VERIFY_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct State {
+    node: WeakNode,
+    me: PeerId,
+    network_id: String,
+    own: Option<AddressRecord>,
+    grace: Duration,
+    sets: Arc<PeerSets>,
+    directory: Arc<Directory>,
+    /// Members that left every kept set: cut when their grace ends.
+    leaving: HashMap<PeerId, Instant>,
+    /// Ready members that have had every record we hold on their current connection.
+    synced: HashSet<PeerId>,
+    budgets: HashMap<PeerId, Bucket>,
+    answered: HashMap<PeerId, Instant>,
+}
+
+impl Discovery {
+    /// Starts the thread; it ends when the node stops or its last handle is dropped.
+    pub(crate) fn start(
+        node: &Node,
+        config: &MembersConfig,
+        own: Option<AddressRecord>,
+        network_id: String,
+        sets: Arc<PeerSets>,
+    ) -> std::io::Result<Self> {
+        let (commands, receiver) = async_channel::bounded(64);
+        let directory = Arc::new(Directory::default());
+        let messages = node
+            .messages_on(MEMBERS_STREAM)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let filter = EventFilter::all()
+            .kind(EventKind::Ready)
+            .kind(EventKind::State);
+        let events = node.subscribe(filter, 4096);
+        {
+            // Records kept from an earlier run: members are found where they last were.
+            let mut known = directory.lock();
+            for entry in node.book_records() {
+                let peer = entry.peer();
+                let slot = known.entry(peer).or_insert_with(Known::empty);
+                slot.record = Some(entry);
+                slot.from_book = true;
+            }
+        }
+        let state = State {
+            node: node.downgrade(),
+            me: node.peer_id(),
+            network_id,
+            own,
+            grace: config.grace,
+            sets,
+            directory: directory.clone(),
+            leaving: HashMap::new(),
+            synced: HashSet::new(),
+            budgets: HashMap::new(),
+            answered: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("glueberry-members".into())
+            .spawn(move || futures::executor::block_on(run(state, receiver, messages, events)))?;
+        Ok(Self {
+            commands,
+            directory,
+        })
+    }
+}
+
+async fn run(
+    mut state: State,
+    commands: async_channel::Receiver<Tracked>,
+    mut messages: Messages,
+    events: Subscription,
+) {
+    let mut tick = futures_timer::Delay::new(TICK).fuse();
+    loop {
+        let command = commands.recv().fuse();
+        let message = messages.recv().fuse();
+        let event = events.recv().fuse();
+        futures::pin_mut!(command, message, event);
+        futures::select_biased! {
+            command = command => match command {
+                Ok(command) => state.on_command(command),
+                Err(_) => return,
+            },
+            event = event => match event {
+                Some(event) => state.on_event(event),
+                None => return,
+            },
+            message = message => match message {
+                Some(message) => state.on_message(message.peer, &message.data),
+                None => return,
+            },
+            _ = tick => {
+                if !state.on_tick() {
+                    return;
+                }
+                tick = futures_timer::Delay::new(TICK).fuse();
+            }
+        }
+    }
+}
+
+impl State {
+    fn on_command(&mut self, command: Tracked) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let Tracked::Track {
+            epoch,
+            members,
+            change,
+        } = command;
+        {
+            let mut known = self.directory.lock();
+            for member in &members {
+                if !member.addresses.is_empty() {
+                    known.entry(member.peer).or_insert_with(Known::empty).given =
+                        member.addresses.clone();
+                }
+            }
+            // Records of peers in no kept set are not held.
+            known.retain(|peer, _| self.sets.is_member(peer));
+        }
+        for peer in &change.left {
+            self.leaving.insert(*peer, Instant::now() + self.grace);
+        }
+        self.leaving.retain(|peer, _| !self.sets.is_member(peer));
+        for member in self.sets.members() {
+            self.dial(&node, member);
+        }
+        node.publish(Event::Members {
+            epoch,
+            joined: change.joined.into(),
+            left: change.left.into(),
+        });
+        // Records we ignored while these members were strangers to us: ask again, and tell
+        // everyone what we hold.
+        self.synced.clear();
+        for peer in node.ready_peers() {
+            if self.sets.is_member(&peer) {
+                let _ = node.try_send(peer, MEMBERS_STREAM, Bytes::from_static(&[REQUEST_MESSAGE]));
+            }
+        }
+    }
+
+    /// Makes `peer` persistent and dials it where it is known to be (nothing to do for an
+    /// address not known yet: a record will bring one).
+    fn dial(&self, node: &Node, peer: PeerId) {
+        if peer == self.me {
+            return;
+        }
+        let address = self.directory.lock().get(&peer).and_then(|k| k.address().0);
+        match address {
+            Some(addr) => {
+                let _ = node.add_persistent_peer(peer, addr);
+            }
+            None => {
+                let _ = node.set_persistent(peer, true);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        match event {
+            Event::Ready { peer } if self.sets.is_member(&peer) => {
+                self.sync(&node, peer);
+            }
+            Event::State { peer, state, .. } => {
+                if state != ConnState::Established {
+                    self.synced.remove(&peer);
+                }
+                if state == ConnState::Connected
+                    && let Some(known) = self.directory.lock().get_mut(&peer)
+                {
+                    known.last_seen = Some(unix_secs());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends `peer` every record we hold of tracked members, ours first.
+    fn sync(&mut self, node: &Node, peer: PeerId) {
+        let records: Vec<AddressRecord> = {
+            let known = self.directory.lock();
+            self.own
+                .iter()
+                .cloned()
+                .chain(
+                    known
+                        .iter()
+                        .filter(|(subject, _)| **subject != peer && self.sets.is_member(subject))
+                        .filter_map(|(_, k)| k.record.clone()),
+                )
+                .collect()
+        };
+        let mut sent = true;
+        for chunk in records.chunks(MAX_RECORDS_PER_MESSAGE) {
+            let message = Bytes::from(encode_records_message(chunk));
+            sent &= node.try_send(peer, MEMBERS_STREAM, message).is_ok();
+        }
+        if sent {
+            self.synced.insert(peer);
+        }
+    }
+
+    fn on_message(&mut self, from: PeerId, data: &[u8]) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let ignored = &self.directory.ignored;
+        if !self.sets.is_member(&from) {
+            ignored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        if data == [REQUEST_MESSAGE] {
+            let now = Instant::now();
+            let due = self
+                .answered
+                .get(&from)
+                .is_none_or(|at| now.duration_since(*at) >= SYNC_INTERVAL);
+            if due {
+                self.answered.insert(from, now);
+                self.sync(&node, from);
+            }
+            return;
+        }
+        let records = match decode_records_message(data) {
+            Ok(Some(records)) => records,
+            // Another kind (a later version's): not ours to read.
+            Ok(None) => return,
+            Err(_) => {
+                ignored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        let fresh = self.take_records(from, records);
+        if fresh.is_empty() {
+            return;
+        }
+        for record in &fresh {
+            self.dial(&node, record.peer());
+        }
+        // Passed on once, to every other Ready member: each record floods the mesh once per
+        // sequence number.
+        let message = Bytes::from(encode_records_message(&fresh));
+        for peer in node.ready_peers() {
+            if peer != from && self.sets.is_member(&peer) {
+                let _ = node.try_send(peer, MEMBERS_STREAM, message.clone());
+            }
+        }
+    }
+
+    /// Keeps the records that replace what we hold (checked in that order: membership,
+    /// sequence, replacement rate, the sender's budget, and only then the signature).
+    fn take_records(&mut self, from: PeerId, records: Vec<AddressRecord>) -> Vec<AddressRecord> {
+        let now = Instant::now();
+        let ignored = &self.directory.ignored;
+        let mut fresh = Vec::new();
+        for record in records {
+            let subject = record.peer();
+            if subject == self.me || !self.sets.is_member(&subject) {
+                ignored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            let replaces = {
+                let known = self.directory.lock();
+                known.get(&subject).is_none_or(|k| {
+                    k.record
+                        .as_ref()
+                        .is_none_or(|old| record.sequence() > old.sequence())
+                        && k.replaced_at
+                            .is_none_or(|at| now.duration_since(at) >= REPLACE_INTERVAL)
+                })
+            };
+            if !replaces {
+                continue;
+            }
+            let bucket = self.budgets.entry(from).or_insert(Bucket {
+                tokens: VERIFY_BURST,
+                at: now,
+            });
+            if !bucket.take(now) || record.verify(&self.network_id).is_err() {
+                ignored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            {
+                let mut known = self.directory.lock();
+                let entry = known.entry(subject).or_insert_with(Known::empty);
+                entry.record = Some(record.clone());
+                entry.from_book = false;
+                entry.replaced_at = Some(now);
+            }
+            if let Some(node) = self.node.upgrade() {
+                node.keep_record(record.clone());
+            }
+            self.directory
+                .accepted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            fresh.push(record);
+        }
+        fresh
+    }
+
+    /// Grace periods and Ready members not synced (a `Ready` event lost to a full queue).
+    /// False once the node is gone.
+    fn on_tick(&mut self) -> bool {
+        let Some(node) = self.node.upgrade() else {
+            return false;
+        };
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .leaving
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.leaving.remove(&peer);
+            if !self.sets.is_member(&peer) {
+                let _ = node.set_persistent(peer, false);
+                node.cut(peer, glueberry_transport::CloseCode::NotMember);
+            }
+        }
+        let ready: Vec<PeerId> = node.ready_peers();
+        self.synced.retain(|peer| ready.contains(peer));
+        for peer in ready {
+            if self.sets.is_member(&peer) && !self.synced.contains(&peer) {
+                self.sync(&node, peer);
+            }
+        }
+        self.budgets.retain(|peer, _| {
+            self.sets.is_member(peer) || node.state(*peer) != ConnState::Disconnected
+        });
+        self.answered.retain(|peer, _| self.sets.is_member(peer));
+        true
+    }
+}
+
+/// This node's own record's sequence: the wall clock in milliseconds, so a restarted node's
+/// record replaces the one it published before without keeping a counter on disk.
+pub(crate) fn own_sequence() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
