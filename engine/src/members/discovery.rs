@@ -8,9 +8,9 @@
 //! runs on a shard: signature checks and address-book updates cost the shards nothing.
 //!
 //! What a member can make it spend is bounded per peer: [`VERIFY_BURST`] signature checks and
-//! then [`VERIFY_PER_SEC`] a second, one full answer per [`SYNC_INTERVAL`] to a request, one
-//! replacement of a subject's record per [`REPLACE_INTERVAL`]; what it holds is one record per
-//! tracked member. Records from or about non-members are dropped before any signature check.
+//! then [`VERIFY_PER_SEC`] a second, one full answer per [`SYNC_INTERVAL`] to a request; a
+//! subject's record is passed on at most once per [`FORWARD_INTERVAL`]; what it holds is one
+//! record per tracked member. Records from or about non-members are dropped before any signature check.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -36,9 +36,10 @@ pub(crate) const VERIFY_BURST: f64 = 256.0;
 pub(crate) const VERIFY_PER_SEC: f64 = 64.0;
 /// At most one full answer per peer this often.
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// A subject's record is replaced at most this often (a member that bumps its sequence in a
-/// loop cannot make the members forward its records faster).
-pub(crate) const REPLACE_INTERVAL: Duration = Duration::from_secs(1);
+/// A subject's record is passed on at most this often (a member that bumps its sequence in a
+/// loop cannot make the members flood its records faster); a newer one that arrives sooner is
+/// passed on when the interval ends.
+pub(crate) const FORWARD_INTERVAL: Duration = Duration::from_secs(1);
 /// The message kind asking a member for every record it holds (PROTOCOL.md §9.3).
 const REQUEST_MESSAGE: u8 = 0x02;
 
@@ -58,7 +59,9 @@ struct Known {
     given: Vec<SocketAddr>,
     record: Option<AddressRecord>,
     from_book: bool,
-    replaced_at: Option<Instant>,
+    /// When its record was last passed on, and whether a newer one waits to be.
+    forwarded_at: Option<Instant>,
+    forward_pending: bool,
     last_seen: Option<u64>,
 }
 
@@ -68,7 +71,8 @@ impl Known {
             given: Vec::new(),
             record: None,
             from_book: false,
-            replaced_at: None,
+            forwarded_at: None,
+            forward_pending: false,
             last_seen: None,
         }
     }
@@ -403,17 +407,48 @@ impl State {
             self.dial(&node, record.peer());
         }
         // Passed on once, to every other Ready member: each record floods the mesh once per
-        // sequence number.
-        let message = Bytes::from(encode_records_message(&fresh));
-        for peer in node.ready_peers() {
-            if peer != from && self.sets.is_member(&peer) {
-                let _ = node.try_send(peer, MEMBERS_STREAM, message.clone());
+        // sequence number (a subject's at most once per FORWARD_INTERVAL: the rest at a tick).
+        let now = Instant::now();
+        let due: Vec<AddressRecord> = {
+            let mut known = self.directory.lock();
+            fresh
+                .into_iter()
+                .filter(|record| {
+                    let Some(entry) = known.get_mut(&record.peer()) else {
+                        return false;
+                    };
+                    let due = entry
+                        .forwarded_at
+                        .is_none_or(|at| now.duration_since(at) >= FORWARD_INTERVAL);
+                    if due {
+                        entry.forwarded_at = Some(now);
+                    } else {
+                        entry.forward_pending = true;
+                    }
+                    due
+                })
+                .collect()
+        };
+        self.forward(&node, &due, Some(from));
+    }
+
+    /// Sends `records` to every Ready member but `except` and the records' subjects.
+    fn forward(&self, node: &Node, records: &[AddressRecord], except: Option<PeerId>) {
+        if records.is_empty() {
+            return;
+        }
+        for chunk in records.chunks(MAX_RECORDS_PER_MESSAGE) {
+            let message = Bytes::from(encode_records_message(chunk));
+            for peer in node.ready_peers() {
+                if Some(peer) != except && self.sets.is_member(&peer) {
+                    let _ = node.try_send(peer, MEMBERS_STREAM, message.clone());
+                }
             }
         }
     }
 
     /// Keeps the records that replace what we hold (checked in that order: membership,
-    /// sequence, replacement rate, the sender's budget, and only then the signature).
+    /// sequence, the sender's budget, and only then the signature).
     fn take_records(&mut self, from: PeerId, records: Vec<AddressRecord>) -> Vec<AddressRecord> {
         let now = Instant::now();
         let ignored = &self.directory.ignored;
@@ -430,8 +465,6 @@ impl State {
                     k.record
                         .as_ref()
                         .is_none_or(|old| record.sequence() > old.sequence())
-                        && k.replaced_at
-                            .is_none_or(|at| now.duration_since(at) >= REPLACE_INTERVAL)
                 })
             };
             if !replaces {
@@ -450,7 +483,6 @@ impl State {
                 let entry = known.entry(subject).or_insert_with(Known::empty);
                 entry.record = Some(record.clone());
                 entry.from_book = false;
-                entry.replaced_at = Some(now);
             }
             if let Some(node) = self.node.upgrade() {
                 node.keep_record(record.clone());
@@ -483,6 +515,23 @@ impl State {
                 node.cut(peer, glueberry_transport::CloseCode::NotMember);
             }
         }
+        let pending: Vec<AddressRecord> = {
+            let mut known = self.directory.lock();
+            known
+                .values_mut()
+                .filter(|k| {
+                    k.forward_pending
+                        && k.forwarded_at
+                            .is_none_or(|at| now.duration_since(at) >= FORWARD_INTERVAL)
+                })
+                .filter_map(|k| {
+                    k.forward_pending = false;
+                    k.forwarded_at = Some(now);
+                    k.record.clone()
+                })
+                .collect()
+        };
+        self.forward(&node, &pending, None);
         let ready: Vec<PeerId> = node.ready_peers();
         self.synced.retain(|peer| ready.contains(peer));
         for peer in ready {
