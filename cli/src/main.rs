@@ -39,7 +39,7 @@ pub(crate) const PING_STREAM: &str = "ping";
 #[command(
     name = "glueberry",
     version,
-    about = "Glueberry: keys, nodes, status, ping"
+    about = "Glueberry: keys, nodes, status, members, ping"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,6 +75,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints each member of a running node's peer sets: state, address and where it came
+    /// from, newest record, last seen (from its endpoint's `/debug/state`).
+    Members {
+        /// The node's metrics endpoint (`metrics` in its file, with `debug_state_endpoint`).
+        #[arg(long)]
+        endpoint: SocketAddr,
+        /// The `membership` object as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measures round trips to a node (a `glueberry node`, which answers on "ping").
     Ping {
         /// The peer, `ID@host:port`.
@@ -104,6 +114,7 @@ fn main() -> ExitCode {
             .map_err(|e| format!("{}: {e}", key.display())),
         Command::Node { config } => run::node(&config),
         Command::Status { endpoint, json } => status(endpoint, json),
+        Command::Members { endpoint, json } => members(endpoint, json),
         Command::Ping {
             peer,
             network,
@@ -136,6 +147,54 @@ fn keygen(out: &std::path::Path) -> Result<(), String> {
         .save(out)
         .map_err(|e| format!("{}: {e}", out.display()))?;
     println!("{}", identity.peer_id());
+    Ok(())
+}
+
+fn members(endpoint: SocketAddr, json: bool) -> Result<(), String> {
+    let (code, state) = get(endpoint, "/debug/state")?;
+    if code != 200 {
+        return Err(format!(
+            "/debug/state answered {code}: set debug_state_endpoint = true in the node's file"
+        ));
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&state).map_err(|e| format!("/debug/state: {e}"))?;
+    let membership = &state["membership"];
+    if json {
+        println!("{membership}");
+        return Ok(());
+    }
+    let members = membership["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ready = members.iter().filter(|m| m["ready"] == true).count();
+    println!(
+        "policy {}, epochs {}: connected to {ready} of {} members",
+        membership["policy"],
+        membership["epochs"],
+        members.len()
+    );
+    println!(
+        "{:<64} {:<12} {:<22} {:<8} {:>14} {:>11}",
+        "member", "state", "address", "source", "record seq", "last seen"
+    );
+    for m in &members {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!(
+            "{:<64} {:<12} {:<22} {:<8} {:>14} {:>11}",
+            text(&m["peer_id"]),
+            text(&m["state"]),
+            text(&m["address"]),
+            text(&m["address_source"]),
+            text(&m["record_sequence"]),
+            text(&m["last_seen"]),
+        );
+    }
     Ok(())
 }
 

@@ -388,3 +388,83 @@ fn a_peer_that_takes_no_answers_does_not_stop_the_node_answering_others() {
     staller.stop_blocking();
     terminate(node);
 }
+
+#[test]
+fn members_from_the_toml_file_mesh_and_glueberry_members_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let a = keygen(dir, "a.key");
+    let b = keygen(dir, "b.key");
+    let (port_a, port_b, metrics) = (free_port(), free_port(), free_port());
+    // Only A's address is known (the bootstrap); B is found by its record.
+    let members = format!(
+        "[node.members]\npolicy = \"members-only\"\nepoch = 7\n\
+         validators = [\"{a}@127.0.0.1:{port_a}\", \"{b}\"]\n"
+    );
+    std::fs::write(
+        dir.join("a.toml"),
+        format!(
+            "key = \"a.key\"\n\n[node]\nnetwork_id = \"cli-members\"\n\
+             listen = \"127.0.0.1:{port_a}\"\nshards = 1\nmetrics = \"127.0.0.1:{metrics}\"\n\
+             debug_state_endpoint = true\n\n{members}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b.toml"),
+        format!(
+            "key = \"b.key\"\n\n[node]\nnetwork_id = \"cli-members\"\n\
+             listen = \"127.0.0.1:{port_b}\"\nshards = 1\n\n{members}"
+        ),
+    )
+    .unwrap();
+    let (node_a, _) = start_node(dir, "a.toml");
+    let (node_b, _) = start_node(dir, "b.toml");
+    let endpoint = format!("127.0.0.1:{metrics}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let table = loop {
+        let output = run(dir, &["members", "--endpoint", &endpoint]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        if output.status.success() && text.contains("connected to 1 of 1 members") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "B never connected: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(table.contains(&b), "{table}");
+    assert!(
+        table.contains("members-only") && table.contains("Established"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&run(
+        dir,
+        &["members", "--endpoint", &endpoint, "--json"],
+    )))
+    .unwrap();
+    assert_eq!(json["members"][0]["peer_id"], b.as_str(), "{json}");
+    assert_eq!(json["epochs"][0][0], 7, "{json}");
+    // B dialled A (A's address was given); A knows B's address from B's record.
+    assert_eq!(json["members"][0]["address_source"], "record", "{json}");
+    // A stranger's ping is refused: not a member.
+    let ping = run(
+        dir,
+        &[
+            "ping",
+            &format!("{a}@127.0.0.1:{port_a}"),
+            "--network",
+            "cli-members",
+            "--count",
+            "1",
+            "--timeout",
+            "5",
+        ],
+    );
+    assert!(!ping.status.success());
+    let err = String::from_utf8_lossy(&ping.stderr);
+    assert!(
+        err.contains("NotMember") || err.contains("not a member"),
+        "{err}"
+    );
+    terminate(node_b);
+    terminate(node_a);
+}

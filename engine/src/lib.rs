@@ -269,10 +269,11 @@ pub mod testing;
 #[doc(inline)]
 pub use api::{
     Backend, ConfigError, ConnectError, ConnectionSettings, DialFailure, Error, ErrorKind, Event,
-    EventFilter, EventKind, Handler, Health, HealthCheck, Host, Message, Node, NodeConfig,
-    NodeError, NodeSendError, NodeSettings, PeerAddr, PeerAddrError, QueueSettings, Refusal,
-    Request, RequestError, Requests, ResolveError, Route, SUBSCRIPTION_BYTES_PER_SLOT, StartError,
-    StreamName, StreamRateLimit, StreamRef, StreamSink, Subscription, TrySendError, WaitError,
+    EventFilter, EventKind, Handler, Health, HealthCheck, Host, MembersSettings, Message, Node,
+    NodeConfig, NodeError, NodeSendError, NodeSettings, PeerAddr, PeerAddrError, QueueSettings,
+    Refusal, Request, RequestError, Requests, ResolveError, Route, SUBSCRIPTION_BYTES_PER_SLOT,
+    StartError, StreamName, StreamRateLimit, StreamRef, StreamSink, Subscription, TrySendError,
+    WaitError,
 };
 #[doc(inline)]
 pub use channel::Messages;

@@ -67,6 +67,69 @@ pub mod names {
     pub const HANDOFF_STALLS: &str = "glueberry_handoff_stalls_total";
     /// Histogram: records sealed into one send.
     pub const RECORDS_PER_BATCH: &str = "glueberry_io_records_per_batch";
+    /// Gauge: members of the kept peer sets.
+    pub const MEMBERS_TRACKED: &str = "glueberry_members_tracked";
+    /// Gauge: members Ready (both sides' streams open).
+    pub const MEMBERS_CONNECTED: &str = "glueberry_members_connected";
+    /// Gauge: members of each kept epoch's set, by `age` (`newest`, `1`, `2`, … epochs older;
+    /// a bounded label, not the epoch number).
+    pub const EPOCH_MEMBERS: &str = "glueberry_members_epoch_size";
+    /// Gauge: the newest epoch tracked.
+    pub const EPOCH: &str = "glueberry_members_epoch";
+    /// Counter: address records accepted (`result` = `accepted`) and dropped (`ignored`:
+    /// malformed, from or about non-members, bad signature, over a member's budget).
+    pub const ADDRESS_RECORDS: &str = "glueberry_members_address_records_total";
+}
+
+/// Discovery's gauges, in the node's recorder when it has one.
+pub(crate) struct MembersMetrics {
+    pub(crate) tracked: Gauge,
+    pub(crate) connected: Gauge,
+    pub(crate) epoch: Gauge,
+    pub(crate) epoch_sizes: Vec<Gauge>,
+    pub(crate) accepted: Counter,
+    pub(crate) ignored: Counter,
+}
+
+impl MembersMetrics {
+    pub(crate) fn new(keep: usize) -> Self {
+        use ::metrics::{Unit, describe_counter, describe_gauge};
+        use names::*;
+        describe_gauge!(
+            MEMBERS_TRACKED,
+            Unit::Count,
+            "Members of the kept peer sets."
+        );
+        describe_gauge!(MEMBERS_CONNECTED, Unit::Count, "Members Ready.");
+        describe_gauge!(EPOCH, Unit::Count, "The newest epoch tracked.");
+        describe_gauge!(
+            EPOCH_MEMBERS,
+            Unit::Count,
+            "Members of each kept epoch, by age."
+        );
+        describe_counter!(
+            ADDRESS_RECORDS,
+            Unit::Count,
+            "Address records accepted and ignored by discovery."
+        );
+        Self {
+            tracked: gauge!(MEMBERS_TRACKED),
+            connected: gauge!(MEMBERS_CONNECTED),
+            epoch: gauge!(EPOCH),
+            epoch_sizes: (0..keep.max(1))
+                .map(|age| {
+                    let age = if age == 0 {
+                        "newest".to_string()
+                    } else {
+                        age.to_string()
+                    };
+                    gauge!(EPOCH_MEMBERS, "age" => age)
+                })
+                .collect(),
+            accepted: counter!(ADDRESS_RECORDS, "result" => "accepted"),
+            ignored: counter!(ADDRESS_RECORDS, "result" => "ignored"),
+        }
+    }
 }
 
 /// Help text and units of every metric, for the recorder in effect on this thread.

@@ -42,6 +42,7 @@ pub struct NodeConfig {
     pub(super) limits: crate::limits::ConnectionLimits,
     pub(super) persistent: Vec<(glueberry_crypto::PeerId, SocketAddr)>,
     pub(super) members: crate::members::MembersConfig,
+    pub(super) initial_set: Option<(u64, Vec<crate::members::Member>)>,
     pub(super) pending_handshakes: (usize, std::time::Duration),
     pub(super) suites: Vec<glueberry_crypto::Suite>,
     pub(super) record_metrics: bool,
@@ -82,6 +83,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("limits", &self.limits)
             .field("persistent", &self.persistent)
             .field("members", &self.members)
+            .field("initial_set", &self.initial_set)
             .field("pending_handshakes", &self.pending_handshakes)
             .field("suites", &self.suites)
             .field("record_metrics", &self.record_metrics);
@@ -127,6 +129,7 @@ impl NodeConfig {
             limits: crate::limits::ConnectionLimits::default(),
             persistent: Vec::new(),
             members: crate::members::MembersConfig::default(),
+            initial_set: None,
             pending_handshakes: (256, std::time::Duration::from_secs(10)),
             suites: Vec::new(),
             record_metrics: false,
@@ -270,6 +273,13 @@ impl NodeConfig {
     /// grace before a peer that left every set is cut, the addresses this node publishes.
     pub fn members(mut self, members: crate::members::MembersConfig) -> Self {
         self.members = members;
+        self
+    }
+
+    /// The peer set to track from the start ([`Node::track`](crate::Node::track) once the node
+    /// runs): a validator's set from its configuration file.
+    pub fn track(mut self, epoch: u64, members: Vec<crate::members::Member>) -> Self {
+        self.initial_set = Some((epoch, members));
         self
     }
 

@@ -169,6 +169,23 @@ impl Node {
             })
             .collect();
         let shared = &self.inner.shared;
+        let members: Vec<serde_json::Value> = self
+            .members()
+            .into_iter()
+            .map(|m| {
+                serde_json::json!({
+                    "peer_id": m.peer.to_string(),
+                    "epochs": m.epochs,
+                    "state": format!("{:?}", m.state),
+                    "ready": m.ready,
+                    "address": m.address.map(|a| a.to_string()),
+                    "address_source": m.source,
+                    "record_sequence": m.record_sequence,
+                    "last_seen": m.last_seen,
+                })
+            })
+            .collect();
+        let (records_accepted, records_ignored) = self.record_counts();
         serde_json::json!({
             "peer_id": self.peer_id().to_string(),
             "listen_addr": self.listen_addr().to_string(),
@@ -183,6 +200,13 @@ impl Node {
             "registered_send_buffers": self.registered_send_buffers(),
             "abandoned_operations": self.abandoned_operations(),
             "peers": peers,
+            "membership": {
+                "policy": self.membership_policy(),
+                "epochs": self.epochs(),
+                "members": members,
+                "records_accepted": records_accepted,
+                "records_ignored": records_ignored,
+            },
         })
         .to_string()
     }

@@ -78,7 +78,7 @@ impl Node {
             .map_err(|_| TrackError::Stopped)
     }
 
-    /// Every member of the kept peer sets: its epochs, connection state, the address it is
+    /// Every other member of the kept peer sets (this node left out): its epochs, connection state, the address it is
     /// dialled at and where that came from, its newest record's sequence, when it was last
     /// connected (this run). Sorted by peer id.
     pub fn members(&self) -> Vec<MemberInfo> {
@@ -108,9 +108,16 @@ impl Node {
         self.inner.members.policy()
     }
 
-    /// (members connected, members tracked): what the health check reports.
+    /// (members Ready, members tracked), this node not counted: what the health check reports.
     pub fn members_connected(&self) -> (usize, usize) {
-        let members = self.inner.members.members();
+        let me = self.peer_id();
+        let members: Vec<PeerId> = self
+            .inner
+            .members
+            .members()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect();
         let connected = members.iter().filter(|p| self.is_ready(**p)).count();
         (connected, members.len())
     }
@@ -147,6 +154,15 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+    }
+
+    /// Runs `make` with this node's own recorder in effect (when it has one): the metric
+    /// handles it makes record there.
+    pub(crate) fn in_recorder<T>(&self, make: impl FnOnce() -> T) -> T {
+        match self.inner.shared.recorder.as_deref() {
+            Some(recorder) => ::metrics::with_local_recorder(recorder, make),
+            None => make(),
+        }
     }
 
     pub(crate) fn downgrade(&self) -> WeakNode {

@@ -38,5 +38,7 @@ pub use health::{Health, HealthCheck};
 pub(crate) use members::WeakNode;
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};
-pub use settings::{ConnectionSettings, NodeSettings, QueueSettings, StreamRateLimit};
+pub use settings::{
+    ConnectionSettings, MembersSettings, NodeSettings, QueueSettings, StreamRateLimit,
+};
 pub use sink::StreamSink;

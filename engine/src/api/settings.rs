@@ -75,6 +75,86 @@ pub struct NodeSettings {
     /// What the node may hold for all its peers of what they sent, in bytes (default 1 GiB;
     /// `NodeConfig::receive_budget`).
     pub receive_budget: Option<u64>,
+    /// The validator set this node starts with, and who else it admits (`[node.members]`;
+    /// `NodeConfig::members` and `NodeConfig::track`).
+    pub members: Option<MembersSettings>,
+}
+
+/// Peer sets in a file: the set the node tracks at start and the membership settings.
+///
+/// ```toml
+/// [node.members]
+/// policy = "members-only"       # or "open" (the default), "members-first"
+/// epoch = 42
+/// validators = ["gbp1…@203.0.113.5:26656", "gbp1…"]   # an address for the bootstraps
+/// advertise = ["203.0.113.9:26656"]                    # what this node publishes
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembersSettings {
+    /// Who else is admitted (default `open`).
+    pub policy: crate::MembershipPolicy,
+    /// The epoch of `validators` (default 0).
+    pub epoch: u64,
+    /// The members: a peer id, or `ID@ip:port` for one whose address is known (a bootstrap).
+    pub validators: Vec<String>,
+    /// Epochs kept (default 3).
+    pub keep_epochs: Option<usize>,
+    /// How long a peer that left every set stays, in milliseconds (default 30000).
+    pub grace_ms: Option<u64>,
+    /// The addresses this node publishes in its record (default: its listen addresses that
+    /// can be dialled).
+    pub advertise: Vec<SocketAddr>,
+}
+
+impl MembersSettings {
+    fn apply(&self, mut config: NodeConfig) -> Result<NodeConfig, ConfigError> {
+        let mut members = crate::MembersConfig {
+            policy: self.policy,
+            advertise: self.advertise.clone(),
+            ..crate::MembersConfig::default()
+        };
+        if let Some(keep) = self.keep_epochs {
+            if keep == 0 {
+                return Err(ConfigError::new(
+                    "members.keep_epochs",
+                    "must be at least 1",
+                ));
+            }
+            members.keep_epochs = keep;
+        }
+        if let Some(ms) = self.grace_ms {
+            members.grace = std::time::Duration::from_millis(ms);
+        }
+        let set = self
+            .validators
+            .iter()
+            .map(|text| parse_member(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        config = config.members(members);
+        if !set.is_empty() {
+            config = config.track(self.epoch, set);
+        }
+        Ok(config)
+    }
+}
+
+/// `ID` or `ID@ip:port`.
+fn parse_member(text: &str) -> Result<crate::Member, ConfigError> {
+    let bad = |why: String| ConfigError::new("members.validators", format!("{text:?}: {why}"));
+    match text.split_once('@') {
+        None => text
+            .parse()
+            .map(crate::Member::new)
+            .map_err(|e| bad(format!("{e}"))),
+        Some(_) => {
+            let addr: PeerAddr = text.parse().map_err(|e| bad(format!("{e}")))?;
+            let socket = addr
+                .socket_addr()
+                .ok_or_else(|| bad("an IP address is needed, not a host name".into()))?;
+            Ok(crate::Member::at(addr.peer, socket))
+        }
+    }
 }
 
 /// Per-connection settings in a file (see
@@ -165,6 +245,7 @@ impl Default for NodeSettings {
             rate_limits: std::collections::BTreeMap::new(),
             send_budget: None,
             receive_budget: None,
+            members: None,
         }
     }
 }
@@ -219,6 +300,9 @@ impl NodeSettings {
         }
         if let Some(path) = self.address_book {
             config = config.address_book(path);
+        }
+        if let Some(members) = &self.members {
+            config = members.apply(config)?;
         }
         for peer in &self.persistent_peers {
             let addr = peer.socket_addr().ok_or_else(|| {

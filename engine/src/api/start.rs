@@ -174,6 +174,15 @@ impl Node {
             node.stop_blocking();
             return Err(e);
         }
+        if let Some((epoch, members)) = config.initial_set.clone()
+            && let Err(e) = node.track(epoch, members)
+        {
+            node.stop_blocking();
+            return Err(StartError::Config(super::ConfigError::new(
+                "members",
+                e.to_string(),
+            )));
+        }
         Ok(node)
     }
 }

@@ -113,8 +113,10 @@ impl Directory {
     /// Every tracked member's state.
     pub(crate) fn members(&self, node: &Node, sets: &PeerSets) -> Vec<MemberInfo> {
         let known = self.lock();
+        let me = node.peer_id();
         sets.members()
             .into_iter()
+            .filter(|peer| *peer != me)
             .map(|peer| {
                 let entry = known.get(&peer);
                 let (address, source) =
@@ -174,6 +176,9 @@ struct State {
     synced: HashSet<PeerId>,
     budgets: HashMap<PeerId, Bucket>,
     answered: HashMap<PeerId, Instant>,
+    metrics: crate::metrics::MembersMetrics,
+    /// The directory's counts already added to the counters.
+    counted: (u64, u64),
 }
 
 impl Discovery {
@@ -216,6 +221,8 @@ impl Discovery {
             synced: HashSet::new(),
             budgets: HashMap::new(),
             answered: HashMap::new(),
+            metrics: node.in_recorder(|| crate::metrics::MembersMetrics::new(config.keep_epochs)),
+            counted: (0, 0),
         };
         std::thread::Builder::new()
             .name("glueberry-members".into())
@@ -532,6 +539,7 @@ impl State {
                 .collect()
         };
         self.forward(&node, &pending, None);
+        self.record_metrics(&node);
         let ready: Vec<PeerId> = node.ready_peers();
         self.synced.retain(|peer| ready.contains(peer));
         for peer in ready {
@@ -544,6 +552,33 @@ impl State {
         });
         self.answered.retain(|peer, _| self.sets.is_member(peer));
         true
+    }
+}
+
+impl State {
+    fn record_metrics(&mut self, node: &Node) {
+        let (connected, tracked) = node.members_connected();
+        self.metrics.tracked.set(tracked as f64);
+        self.metrics.connected.set(connected as f64);
+        let epochs = self.sets.epochs();
+        if let Some((newest, _)) = epochs.last() {
+            self.metrics.epoch.set(*newest as f64);
+        }
+        for (age, gauge) in self.metrics.epoch_sizes.iter().enumerate() {
+            let size = epochs.iter().rev().nth(age).map_or(0, |(_, n)| *n);
+            gauge.set(size as f64);
+        }
+        let accepted = self
+            .directory
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let ignored = self
+            .directory
+            .ignored
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.metrics.accepted.increment(accepted - self.counted.0);
+        self.metrics.ignored.increment(ignored - self.counted.1);
+        self.counted = (accepted, ignored);
     }
 }
 
