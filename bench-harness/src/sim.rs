@@ -519,8 +519,8 @@ impl SimNetwork {
                         unsent,
                         unconfirmed,
                     }),
-                    // Simulated nodes have no connection limits.
-                    NodeEvent::Refused { .. } => {}
+                    // Simulated nodes have no connection limits and admit everyone.
+                    NodeEvent::Refused { .. } | NodeEvent::StrangerRefused { .. } => {}
                     NodeEvent::Writable { .. } | NodeEvent::Confirmed { .. } => {}
                 }
             }

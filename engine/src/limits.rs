@@ -249,18 +249,21 @@ impl Limits {
         now: Instant,
     ) -> Result<IpSlot, AcceptRefusal> {
         let group = self.limits.group_of(ip);
-        if !self.attempt(group, now) {
+        // A known peer's exact address (persistent, the address book, a member's record) is
+        // not held to its network group's limits: validators share /24s in the same clouds.
+        let known = self.is_known(ip);
+        if !known && !self.attempt(group, now) {
             return Err(AcceptRefusal::Rate);
         }
-        if !self.is_known(ip) && !self.stranger(now) {
+        if !known && !self.stranger(now) {
             return Err(AcceptRefusal::Strangers);
         }
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let count = groups.entry(group).or_default();
-        if count.sockets >= self.limits.max_inbound_per_group {
+        if !known && count.sockets >= self.limits.max_inbound_per_group {
             return Err(AcceptRefusal::Sockets);
         }
-        if count.pending >= self.limits.max_pending_per_group {
+        if !known && count.pending >= self.limits.max_pending_per_group {
             return Err(AcceptRefusal::Pending);
         }
         count.sockets += 1;

@@ -90,8 +90,20 @@ fn a_non_member_never_reaches_connected_and_is_told_not_member() {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    assert_eq!(reason, CloseReason::Peer(CloseCode::NotMember));
-    assert_eq!(CloseCode::NotMember.to_u16(), 12, "PROTOCOL.md §5.5");
+    // Refused in the handshake itself (HelloReject 0x04), before its proof was checked.
+    assert_eq!(
+        reason,
+        CloseReason::Error(glueberry::transport::ConnectionError::Handshake(
+            glueberry::crypto::HandshakeError::Rejected(
+                glueberry::crypto::handshake::RejectReason::NotAdmitted
+            )
+        ))
+    );
+    assert_eq!(
+        glueberry::DialFailure::from_reason(Some(&reason)),
+        glueberry::DialFailure::NotMember
+    );
+    assert!(glueberry::DialFailure::NotMember.is_retriable());
 
     // A member is admitted beside it.
     let member = start(&member_id, MembershipPolicy::MembersOnly);
@@ -112,13 +124,10 @@ fn a_non_member_never_reaches_connected_and_is_told_not_member() {
                 panic!("the stranger reached {state:?} on the validator")
             }
             Event::Refused {
-                peer: Some(peer),
-                reason: Refusal::Limits { code, .. },
+                peer: None,
+                reason: Refusal::NotMember,
                 ..
-            } if peer == stranger.peer_id() => {
-                assert_eq!(code, CloseCode::NotMember);
-                refused_stranger = true;
-            }
+            } => refused_stranger = true,
             _ => {}
         }
     }
@@ -170,6 +179,7 @@ fn members_that_know_two_bootstrap_addresses_form_a_full_mesh_and_leavers_are_cu
 
     // Epoch 2: 1 leaves (keep_epochs 1 would drop it at once; here epochs 1 and 2 are kept, so
     // drop epoch 1 by tracking 2 and 3), 6 and 7 join.
+    let told = nodes[1].subscribe(glueberry::EventFilter::all(), 1000);
     let next: Vec<Member> = set(0..1).into_iter().chain(set(2..8)).collect();
     for node in &nodes {
         node.track(2, next.clone()).unwrap();
@@ -190,6 +200,19 @@ fn members_that_know_two_bootstrap_addresses_form_a_full_mesh_and_leavers_are_cu
             .all(|&i| nodes[i].state(ids[1].peer_id()) == ConnState::Disconnected)
     });
     assert!(!nodes[0].is_member(&ids[1].peer_id()));
+    // The leaver was told why: close code 12 (PROTOCOL.md §5.5).
+    let mut codes = Vec::new();
+    while let Some(event) = told.try_recv() {
+        if let Event::State {
+            reason: Some(CloseReason::Peer(code)),
+            ..
+        } = event
+        {
+            codes.push(code);
+        }
+    }
+    assert!(codes.contains(&CloseCode::NotMember), "{codes:?}");
+    assert_eq!(CloseCode::NotMember.to_u16(), 12);
     for node in &nodes {
         node.stop_blocking();
     }

@@ -75,6 +75,22 @@ enum Cmd {
         #[arg(long, value_name = "N", value_parser = positive::<usize>, default_value_t = 3)]
         trials: usize,
     },
+    /// Peer sets on loopback: time to a full mesh from two bootstrap addresses, after an epoch
+    /// change, after a member moves; the shard's CPU per refused stranger and per member.
+    Members {
+        /// Members of the first set.
+        #[arg(long, value_name = "N", value_parser = positive::<usize>, default_value_t = 50)]
+        members: usize,
+        /// Members the epoch change replaces.
+        #[arg(long, value_name = "N", value_parser = positive::<usize>, default_value_t = 10)]
+        replace: usize,
+        /// Dials of each kind per round of the stranger measurement.
+        #[arg(long, value_name = "N", value_parser = positive::<usize>, default_value_t = 200)]
+        dials: usize,
+        /// Rounds (strangers and members interleaved).
+        #[arg(long, value_name = "N", value_parser = positive::<usize>, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Three nodes through fault proxies: faults, churn and invariants over time, with the
     /// process's memory, threads and descriptors every 5 s.
     Soak {
@@ -223,6 +239,12 @@ pub(crate) enum Command {
     },
     Soak {
         seed: u64,
+    },
+    Members {
+        members: usize,
+        replace: usize,
+        dials: usize,
+        rounds: usize,
     },
 }
 
@@ -399,6 +421,17 @@ fn options(command: Cmd) -> Options {
             o.seconds(seconds);
             o
         }
+        Cmd::Members {
+            members,
+            replace,
+            dials,
+            rounds,
+        } => Options::new(Command::Members {
+            members,
+            replace: replace.min(members.saturating_sub(3)),
+            dials,
+            rounds,
+        }),
     }
 }
 

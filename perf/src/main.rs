@@ -8,6 +8,7 @@
 //! glueberry-perf compare [--seconds N] [--trials N] [--scenario NAME] [--out FILE.md] [--save FILE.json]
 //! glueberry-perf regress [--baseline FILE.json] [--seconds N] [--trials N]
 //! glueberry-perf soak    [--seconds N] [--seed N]    faults, churn and invariants over time
+//! glueberry-perf members [--members N] [--replace N]  peer sets: mesh times, refused strangers' cost
 //!
 //! OPTIONS (local, server, client; `glueberry-perf help COMMAND` describes each):
 //!          --seconds N | --bytes N, --size N, --peers N, --streams N, --shards N, --window BYTES,
@@ -35,6 +36,7 @@ mod figures;
 mod glueberry_peer;
 #[cfg(feature = "compare")]
 mod libp2p_peer;
+mod members;
 mod remote;
 mod soak;
 mod streams;
@@ -140,6 +142,12 @@ fn main() -> ExitCode {
             compare::regress(baseline, options.length.time(), *trials)
         }
         Command::Soak { seed } => soak::soak(options.length.time(), *seed),
+        Command::Members {
+            members,
+            replace,
+            dials,
+            rounds,
+        } => members::mesh(*members, *replace).and_then(|()| members::strangers(*dials, *rounds)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

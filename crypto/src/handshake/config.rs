@@ -44,7 +44,15 @@ pub struct HandshakeConfig {
     pub(crate) hello_payload: Vec<u8>,
     pub(crate) capabilities: u32,
     pub(crate) rekey_after_records: u64,
+    /// A responder's admission check on the identity an initiator claims, asked before its
+    /// signature is verified (see [`HandshakeConfig::with_admission`]).
+    pub(crate) admission: Option<Admission>,
 }
+
+/// Whether a responder admits the identity an initiator claims (a node that admits only the
+/// members of its peer sets). Asked on the shard's thread for every HelloFinalize: it must be
+/// quick and never block.
+pub type Admission = std::sync::Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
 
 impl HandshakeConfig {
     /// Settings for `identity` on the network `network_id` (the chain id: 1 to 64 printable
@@ -85,6 +93,7 @@ impl HandshakeConfig {
             hello_payload: Vec::new(),
             capabilities: 0,
             rekey_after_records: DEFAULT_REKEY_AFTER_RECORDS,
+            admission: None,
         })
     }
 
@@ -127,6 +136,17 @@ impl HandshakeConfig {
         Ok(self)
     }
 
+    /// A responder asks `admit` about the identity an initiator claims in its HelloFinalize,
+    /// before verifying the signature that proves it: one it refuses gets HelloReject with
+    /// reason 0x04 (`NotAdmitted`, PROTOCOL.md §3.5) and the connection ends, so a stranger
+    /// costs the responder its first flight and one Diffie-Hellman, not the signature check,
+    /// the session or any frame. (A claim is not a proof: a refusal is safe on it, an admission
+    /// is decided again on the verified identity.)
+    pub fn with_admission(mut self, admit: Admission) -> Self {
+        self.admission = Some(admit);
+        self
+    }
+
     /// Capability bits to offer; the session gets those both sides offered. None are defined in
     /// protocol 1.0.
     pub fn with_capabilities(mut self, capabilities: u32) -> Self {
@@ -159,6 +179,7 @@ impl std::fmt::Debug for HandshakeConfig {
             .field("network_id", &self.network_id.escape_ascii().to_string())
             .field("version", &self.version)
             .field("suites", &self.suites)
+            .field("admission", &self.admission.is_some())
             .finish_non_exhaustive()
     }
 }

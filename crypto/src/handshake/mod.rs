@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ed25519_dalek::Signature;
 use zeroize::Zeroizing;
 
-pub use config::{ConfigError, HandshakeConfig, PROTOCOL_VERSION, ProtocolVersion};
+pub use config::{Admission, ConfigError, HandshakeConfig, PROTOCOL_VERSION, ProtocolVersion};
 use wire::{
     FRAME_HEADER_LEN, FinalizePayload, IdentityProof, KIND_FINALIZE, KIND_REJECT, KIND_REQUEST,
     KIND_RESPONSE, Preamble, Reader, ResponsePayload,
@@ -203,7 +203,11 @@ impl Handshake {
         // The initiator already believes the handshake done; tell it, so that it does not wait
         // for records that will never come. Earlier failures are told by the reject or the close.
         if self.state == State::AwaitFinalize {
-            self.push_reject(RejectReason::HandshakeFailed);
+            let reason = match error {
+                HandshakeError::NotAdmitted(_) => RejectReason::NotAdmitted,
+                _ => RejectReason::HandshakeFailed,
+            };
+            self.push_reject(reason);
         }
         self.state = State::Failed;
         self.noise = None;
@@ -341,6 +345,14 @@ impl Handshake {
             .read_message(body, &mut plaintext)
             .map_err(noise_error)?;
         let payload = FinalizePayload::decode(&plaintext[..len])?;
+        if let Some(admit) = &self.config.admission {
+            // The claim is checked before the proof: a refused stranger costs no signature check.
+            let claimed = PeerId::from_public_key(payload.proof.identity_key)
+                .map_err(HandshakeError::IdentityKey)?;
+            if !admit(&claimed) {
+                return Err(HandshakeError::NotAdmitted(claimed));
+            }
+        }
         let peer_id = self.verify(&noise, payload.proof)?;
         let suite = Suite::from_wire_id(payload.suite)
             .filter(|s| self.config.suites.contains(s))
@@ -698,6 +710,10 @@ pub enum HandshakeError {
     /// The responder refused our HelloFinalize.
     #[error("the peer rejected the handshake: {0:?}")]
     Rejected(RejectReason),
+    /// Responder: the identity the initiator claims is not admitted
+    /// ([`HandshakeConfig::with_admission`]); not verified, so only a claim.
+    #[error("identity {0} not admitted")]
+    NotAdmitted(PeerId),
     /// The handshake was used after it failed.
     #[error("handshake already failed")]
     Failed,

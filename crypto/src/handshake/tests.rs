@@ -681,3 +681,39 @@ fn a_finalize_refused_from_its_header_gets_a_hello_reject() {
         assert_eq!(parsed.reason, RejectReason::HandshakeFailed);
     }
 }
+
+#[test]
+fn a_responder_refuses_a_claimed_identity_it_does_not_admit_with_not_admitted() {
+    let member = peer(1);
+    let admit: super::Admission = Arc::new(move |claimed: &PeerId| *claimed == member);
+    let responder_config = Arc::new(
+        HandshakeConfig::new(&Identity::from_seed(&[2; 32]), NET)
+            .expect("config")
+            .with_admission(admit),
+    );
+    // A stranger (seed 3): refused, and told why after its HelloFinalize.
+    let outcome = drive(
+        Handshake::initiator(config(3), Some(peer(2))).expect("initiator"),
+        Handshake::responder(responder_config.clone()),
+    );
+    assert_eq!(
+        outcome.responder_error,
+        Some(HandshakeError::NotAdmitted(peer(3)))
+    );
+    let reject = decode_reject(&outcome.late_reject[3..]).expect("a HelloReject");
+    assert_eq!(reject.reason, RejectReason::NotAdmitted);
+    assert_eq!(outcome.late_reject[0], 0x04);
+    assert_eq!(
+        RejectReason::NotAdmitted.wire_id(),
+        0x04,
+        "PROTOCOL.md §3.5"
+    );
+    // The member (seed 1) completes.
+    let outcome = drive(
+        Handshake::initiator(config(1), Some(peer(2))).expect("initiator"),
+        Handshake::responder(responder_config),
+    );
+    assert!(outcome.responder_error.is_none() && outcome.initiator_error.is_none());
+    let (_, responder) = sessions(outcome);
+    assert_eq!(responder.peer_id(), member);
+}

@@ -41,6 +41,9 @@ pub enum RejectReason {
     NetworkMismatch,
     /// The HelloFinalize failed to authenticate or verify.
     HandshakeFailed,
+    /// The responder does not admit the identity the HelloFinalize claims (it admits only the
+    /// members of its peer sets).
+    NotAdmitted,
 }
 
 impl RejectReason {
@@ -49,6 +52,7 @@ impl RejectReason {
             RejectReason::VersionMismatch => 0x01,
             RejectReason::NetworkMismatch => 0x02,
             RejectReason::HandshakeFailed => 0x03,
+            RejectReason::NotAdmitted => 0x04,
         }
     }
 
@@ -57,6 +61,7 @@ impl RejectReason {
             0x01 => Some(RejectReason::VersionMismatch),
             0x02 => Some(RejectReason::NetworkMismatch),
             0x03 => Some(RejectReason::HandshakeFailed),
+            0x04 => Some(RejectReason::NotAdmitted),
             _ => None,
         }
     }

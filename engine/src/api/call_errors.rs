@@ -139,6 +139,11 @@ pub enum DialFailure {
     /// This node closed it with `code` (a `disconnect`, its own connection limits).
     #[error("closed by this node: {0}")]
     ClosedLocally(CloseCode),
+    /// The peer admits only the members of its peer sets and this node is not one (refused in
+    /// the handshake with HelloReject 0x04, or after it with close code 12). Retried with
+    /// backoff: the peer may not have tracked the epoch that names us yet.
+    #[error("the peer admits only members of its peer sets, and this node is not one")]
+    NotMember,
     /// The connection broke, or the secure handshake failed for another reason.
     #[error(transparent)]
     Failed(ConnectionError),
@@ -152,7 +157,8 @@ impl DialFailure {
             DialFailure::Refused
             | DialFailure::Unreachable(_)
             | DialFailure::TimedOut
-            | DialFailure::NameNotResolved(_) => true,
+            | DialFailure::NameNotResolved(_)
+            | DialFailure::NotMember => true,
             DialFailure::WrongNetwork { .. }
             | DialFailure::WrongVersion { .. }
             | DialFailure::WrongPeer { .. } => false,
@@ -167,7 +173,7 @@ impl DialFailure {
 
     /// A short stable name for the cause, for logs, metrics and JSON: `refused`,
     /// `unreachable`, `timed_out`, `name_not_resolved`, `wrong_network`, `wrong_version`,
-    /// `wrong_peer`, `refused_by_peer`, `closed_locally`, `failed`.
+    /// `wrong_peer`, `refused_by_peer`, `closed_locally`, `not_member`, `failed`.
     pub fn name(&self) -> &'static str {
         match self {
             DialFailure::Refused => "refused",
@@ -179,6 +185,7 @@ impl DialFailure {
             DialFailure::WrongPeer { .. } => "wrong_peer",
             DialFailure::RefusedByPeer(_) => "refused_by_peer",
             DialFailure::ClosedLocally(_) => "closed_locally",
+            DialFailure::NotMember => "not_member",
             DialFailure::Failed(_) => "failed",
         }
     }
@@ -188,6 +195,7 @@ impl DialFailure {
     pub fn from_reason(reason: Option<&CloseReason>) -> Self {
         match reason {
             None => DialFailure::Failed(ConnectionError::ConnectionLost),
+            Some(CloseReason::Peer(CloseCode::NotMember)) => DialFailure::NotMember,
             Some(CloseReason::Peer(code)) => DialFailure::RefusedByPeer(*code),
             Some(CloseReason::Local(code)) => DialFailure::ClosedLocally(*code),
             Some(CloseReason::Error(e)) => match e {
@@ -199,6 +207,9 @@ impl DialFailure {
                     DialFailure::NameNotResolved(message.clone())
                 }
                 ConnectionError::DialTimeout => DialFailure::TimedOut,
+                ConnectionError::Handshake(HandshakeError::Rejected(
+                    glueberry_crypto::handshake::RejectReason::NotAdmitted,
+                )) => DialFailure::NotMember,
                 ConnectionError::Handshake(HandshakeError::NetworkMismatch { ours, theirs }) => {
                     DialFailure::WrongNetwork {
                         ours: ours.clone(),

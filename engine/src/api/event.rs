@@ -221,6 +221,10 @@ pub enum Refusal {
     /// Too many handshakes a second with sources that are not known peers
     /// (`ConnectionLimits::stranger_handshakes_per_sec`), node-wide.
     Strangers,
+    /// Under `MembershipPolicy::MembersOnly`: the identity the initiator claimed is not a
+    /// member; refused in the handshake (HelloReject 0x04) before its proof was checked, so
+    /// the claim is not reported as a peer.
+    NotMember,
 }
 
 impl fmt::Display for Refusal {
@@ -242,6 +246,7 @@ impl fmt::Display for Refusal {
             Refusal::Strangers => {
                 f.write_str("too many handshakes a second with sources that are not known peers")
             }
+            Refusal::NotMember => f.write_str("the identity claimed is not a member"),
         }
     }
 }

@@ -123,7 +123,7 @@ impl Node {
                 name: "connections",
                 ok: inbound + outbound + members_ready > 0,
                 detail: format!(
-                    "{inbound} inbound, {outbound} outbound, {} evicted (members not counted)",
+                    "{inbound} inbound, {outbound} outbound, {} evicted",
                     self.inner.shared.limits.evictions()
                 ),
             },

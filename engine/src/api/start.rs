@@ -42,7 +42,8 @@ impl Node {
                  for profiling only, never on a network"
             );
         }
-        let handshake = handshake_config(&config)?;
+        let members = Arc::new(crate::members::PeerSets::new(&config.members));
+        let handshake = handshake_config(&config, &members)?;
         let backend = super::backend::choose(config.backend, config.ring_entries)
             .map_err(StartError::IoUringUnavailable)?;
         let book = match &config.address_book {
@@ -53,7 +54,6 @@ impl Node {
         let count = placement.count;
         let (listeners, listen_addrs) = bind_listeners(&config, count)?;
 
-        let members = Arc::new(crate::members::PeerSets::new(&config.members));
         let limits = Arc::new(Limits::new(config.limits, members.clone()));
         let subscribers: crate::api::Subscribers = Arc::new(Mutex::new(Vec::new()));
         // Every event, kept from the start: what `Node::events` hands out.
@@ -215,10 +215,19 @@ fn own_record(
     .ok()
 }
 
-/// The secure handshake's configuration: the identity, the network and the suites offered.
-fn handshake_config(config: &NodeConfig) -> Result<Arc<HandshakeConfig>, StartError> {
+/// The secure handshake's configuration: the identity, the network, the suites offered, and
+/// under `MembersOnly` the check that refuses strangers before their signature is verified.
+fn handshake_config(
+    config: &NodeConfig,
+    members: &Arc<crate::members::PeerSets>,
+) -> Result<Arc<HandshakeConfig>, StartError> {
     let mut handshake = HandshakeConfig::new(&config.identity, &config.network_id)
         .map_err(|e| ConfigError::new("network_id", e.to_string()))?;
+    if members.policy() == crate::MembershipPolicy::MembersOnly {
+        // A stranger is refused on the identity it claims, before its proof is checked.
+        let members = members.clone();
+        handshake = handshake.with_admission(Arc::new(move |peer| members.is_member(peer)));
+    }
     if !config.suites.is_empty() {
         handshake = handshake
             .with_suites(&config.suites)

@@ -83,6 +83,14 @@ impl Shard {
                         unconfirmed: unconfirmed.into(),
                     });
                 }
+                NodeEvent::StrangerRefused { .. } => {
+                    self.metrics.refused.increment(1);
+                    self.emit(Event::Refused {
+                        peer: None,
+                        address: None,
+                        reason: crate::Refusal::NotMember,
+                    });
+                }
                 NodeEvent::Refused {
                     peer,
                     direction,

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use glueberry_crypto::record::{HEADER_LEN, RecordHeader};
+use glueberry_crypto::HandshakeError;
+use glueberry_crypto::handshake::{MAX_HANDSHAKE_BODY_LEN, decode_reject};
+use glueberry_crypto::record::{HEADER_LEN, RecordError, RecordHeader};
 
 use crate::event::{CloseCode, CloseReason, ConnectionError, Event, StreamId};
 use crate::frame::{DATA_FIRST, DATA_LAST, Frame, Settings};
@@ -99,7 +101,12 @@ impl Connection {
         }
         self.rx_open.is_some()
             || self.rx.first_chunk::<HEADER_LEN>().is_some_and(|head| {
-                RecordHeader::decode(*head).map_or(true, |h| self.rx.len() >= h.record_len())
+                let len = match RecordHeader::decode(*head) {
+                    Ok(h) => h.record_len(),
+                    Err(RecordError::HandshakeRejected) => reject_len(&self.rx),
+                    Err(_) => 0,
+                };
+                self.rx.len() >= len
             })
     }
 
@@ -146,7 +153,23 @@ impl Connection {
             && self.phase != Phase::Closed
             && let Some(head) = self.rx.first_chunk::<HEADER_LEN>()
         {
-            let record_len = RecordHeader::decode(*head)?.record_len();
+            let record_len = match RecordHeader::decode(*head) {
+                Ok(header) => header.record_len(),
+                Err(RecordError::HandshakeRejected) => {
+                    // The responder refused our HelloFinalize: its HelloReject says why.
+                    let len = reject_len(&self.rx);
+                    if self.rx.len() < len {
+                        break;
+                    }
+                    return Err(match decode_reject(&self.rx[FRAME_HEADER..len]) {
+                        Ok(reject) => {
+                            ConnectionError::Handshake(HandshakeError::Rejected(reject.reason))
+                        }
+                        Err(_) => ConnectionError::Record(RecordError::HandshakeRejected),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
             if self.rx.len() < record_len {
                 break;
             }
@@ -571,4 +594,16 @@ impl Connection {
     }
 
     // ---- application commands ----
+}
+
+/// A handshake message's header: kind and body length.
+const FRAME_HEADER: usize = 3;
+
+/// The length of the HelloReject at the front of `rx` (its header read; bounded by the
+/// handshake's message limit whatever the length field says).
+fn reject_len(rx: &[u8]) -> usize {
+    let body = rx
+        .get(1..FRAME_HEADER)
+        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    FRAME_HEADER + body.min(MAX_HANDSHAKE_BODY_LEN)
 }

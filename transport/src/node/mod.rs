@@ -239,6 +239,13 @@ pub enum NodeEvent {
         /// The close code sent to the peer.
         code: CloseCode,
     },
+    /// An inbound connection whose initiator claimed an identity the handshake's admission
+    /// check refused (`HandshakeConfig::with_admission`: not a member): it was told with
+    /// HelloReject and closed before any proof was checked.
+    StrangerRefused {
+        /// Where it came from, when known.
+        remote: Option<std::net::IpAddr>,
+    },
     /// A stream that hit its high watermark accepts messages again.
     Writable {
         /// The peer.

@@ -329,6 +329,17 @@ impl NodeCore {
         now: Instant,
     ) {
         if let Some(mut c) = self.conns.remove(id) {
+            if attached.is_none()
+                && matches!(
+                    &reason,
+                    CloseReason::Error(crate::event::ConnectionError::Handshake(
+                        glueberry_crypto::HandshakeError::NotAdmitted(_)
+                    ))
+                )
+            {
+                self.events
+                    .push_back(NodeEvent::StrangerRefused { remote: c.remote });
+            }
             if let Some(at) = c.timer.take() {
                 self.conn_timers.remove(&(at, id));
             }
