@@ -204,6 +204,44 @@ fn dial(node: &Node, identity: &Identity) -> Result<(), String> {
     Ok(())
 }
 
+/// A connection that is not Glueberry at all (a bad magic): what accepting, reading and closing
+/// a socket costs the shard, with no cryptography.
+fn dial_garbage(node: &Node) -> Result<(), String> {
+    let mut socket = TcpStream::connect(node.listen_addr()).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    std::io::Write::write_all(
+        &mut socket,
+        &[
+            0x01, 0x00, 0x08, b'n', b'o', b't', b' ', b'g', b'b', b'!', b'!',
+        ],
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    let _ = std::io::Read::read(&mut socket, &mut buf);
+    Ok(())
+}
+
+/// A dialler that sends its HelloRequest, reads the HelloResponse and hangs up: what the
+/// responder's first flight costs the shard (with the socket's own cost).
+fn dial_first_flight(node: &Node, identity: &Identity) -> Result<(), String> {
+    let config =
+        std::sync::Arc::new(HandshakeConfig::new(identity, NETWORK).map_err(|e| e.to_string())?);
+    let mut handshake = glueberry::crypto::Handshake::initiator(config, Some(node.peer_id()))
+        .map_err(|e| e.to_string())?;
+    let mut socket = TcpStream::connect(node.listen_addr()).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut request = Vec::new();
+    handshake.poll_transmit(&mut request);
+    std::io::Write::write_all(&mut socket, &request).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    let _ = std::io::Read::read(&mut socket, &mut buf);
+    Ok(())
+}
+
 /// The shard's CPU per refused stranger and per member handshake, interleaved in rounds.
 pub(crate) fn strangers(per_round: usize, rounds: usize) -> Result<(), String> {
     let validator = Identity::generate().map_err(|e| e.to_string())?;
@@ -233,14 +271,25 @@ pub(crate) fn strangers(per_round: usize, rounds: usize) -> Result<(), String> {
         members.iter().map(|m| Member::new(m.peer_id())).collect(),
     )
     .map_err(|e| e.to_string())?;
-    let (mut stranger_ns, mut member_ns) = (Vec::new(), Vec::new());
+    let mut spent: [Vec<f64>; 4] = Default::default();
+    let [stranger_ns, member_ns, garbage_ns, flight_ns] = &mut spent;
     for round in 0..rounds {
-        for (who, out) in [(&strangers, &mut stranger_ns), (&members, &mut member_ns)] {
+        for (kind, out) in [
+            (0, &mut *stranger_ns),
+            (1, &mut *member_ns),
+            (2, &mut *garbage_ns),
+            (3, &mut *flight_ns),
+        ] {
             // Let the previous batch's closes settle first.
             std::thread::sleep(Duration::from_millis(200));
             let before = shard_cpu_ns()?;
-            for identity in &who[round * per_round..(round + 1) * per_round] {
-                dial(&node, identity)?;
+            for n in round * per_round..(round + 1) * per_round {
+                match kind {
+                    0 => dial(&node, &strangers[n])?,
+                    1 => dial(&node, &members[n])?,
+                    2 => dial_garbage(&node)?,
+                    _ => dial_first_flight(&node, &strangers[n])?,
+                }
             }
             std::thread::sleep(Duration::from_millis(200));
             let spent = shard_cpu_ns()? - before;
@@ -261,12 +310,18 @@ pub(crate) fn strangers(per_round: usize, rounds: usize) -> Result<(), String> {
     };
     println!(
         "shard CPU per connection, {per_round} a round, {rounds} rounds interleaved: \
-         refused stranger {} µs (median {:.0}), member handshake {} µs (median {:.0}); \
-         strangers counted as connected: {accepted}",
-        text(&stranger_ns),
+         refused stranger {} µs (median {:.0}), member handshake {} µs (median {:.0}), \
+         a socket that is not Glueberry (bad magic: accept, read, close, no cryptography) {} µs \
+         (median {:.0}), the first flight alone (HelloRequest in, HelloResponse out, hang up) \
+         {} µs (median {:.0}); strangers counted as connected: {accepted}",
+        text(stranger_ns),
         median(&mut stranger_ns.clone()),
-        text(&member_ns),
+        text(member_ns),
         median(&mut member_ns.clone()),
+        text(garbage_ns),
+        median(&mut garbage_ns.clone()),
+        text(flight_ns),
+        median(&mut flight_ns.clone()),
     );
     Ok(())
 }
