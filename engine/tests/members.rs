@@ -326,3 +326,63 @@ fn an_application_cannot_open_the_members_stream() {
     assert_eq!(err, glueberry::NodeSendError::ReservedStream);
     node.stop_blocking();
 }
+
+/// Records go to the address book; a member restarted with no bootstrap address finds the
+/// others where their records said.
+#[test]
+fn records_are_kept_in_the_address_book_and_a_restarted_member_finds_the_members_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let book = dir.path().join("b.json");
+    let ids: Vec<Identity> = (0..3).map(|_| Identity::generate().unwrap()).collect();
+    let a = start(&ids[0], MembershipPolicy::MembersOnly);
+    let c = start(&ids[2], MembershipPolicy::MembersOnly);
+    let start_b = || {
+        let node = Node::start(config(&ids[1], MembershipPolicy::MembersOnly).address_book(&book))
+            .unwrap();
+        serve(&node);
+        node
+    };
+    let b = start_b();
+    let with_bootstrap = vec![
+        Member::at(ids[0].peer_id(), a.listen_addr()),
+        Member::new(ids[1].peer_id()),
+        Member::new(ids[2].peer_id()),
+    ];
+    for node in [&a, &b, &c] {
+        node.track(1, with_bootstrap.clone()).unwrap();
+    }
+    wait_until("B meshed", || {
+        b.is_ready(ids[0].peer_id()) && b.is_ready(ids[2].peer_id())
+    });
+    wait_until("B holds C's record", || {
+        b.members()
+            .iter()
+            .any(|m| m.peer == ids[2].peer_id() && m.record_sequence.is_some())
+    });
+    b.stop_blocking();
+    {
+        let stored = glueberry::address_book::AddressBook::open(&book).unwrap();
+        let record = stored
+            .get(&ids[2].peer_id())
+            .and_then(|e| e.address_record.clone())
+            .expect("C's record in B's book");
+        assert_eq!(record.addresses(), &[c.listen_addr()]);
+        record.verify(NET).unwrap();
+    }
+    // B again, told no address at all: the book's records are enough.
+    let b = start_b();
+    b.track(1, ids.iter().map(|id| Member::new(id.peer_id())).collect())
+        .unwrap();
+    wait_until("B meshed again from its book", || {
+        b.is_ready(ids[0].peer_id()) && b.is_ready(ids[2].peer_id())
+    });
+    let sources: Vec<glueberry::AddressSource> = b.members().iter().map(|m| m.source).collect();
+    assert!(
+        sources.contains(&glueberry::AddressSource::Book)
+            || sources.contains(&glueberry::AddressSource::Record),
+        "{sources:?}"
+    );
+    for node in [a, b, c] {
+        node.stop_blocking();
+    }
+}

@@ -190,6 +190,13 @@ impl Discovery {
         network_id: String,
         sets: Arc<PeerSets>,
     ) -> std::io::Result<Self> {
+        if own.is_none() {
+            tracing::warn!(
+                "no address record to publish: the node listens on an unspecified address and \
+                 MembersConfig::advertise is empty, so members learn where it is only when it \
+                 dials them"
+            );
+        }
         let (commands, receiver) = async_channel::bounded(64);
         let directory = Arc::new(Directory::default());
         let messages = node
