@@ -63,6 +63,16 @@ pub(super) struct Inner {
     pub(super) discovery: Mutex<Option<crate::members::Discovery>>,
 }
 
+/// A handle that does not keep the node running (discovery's thread holds one).
+#[derive(Clone)]
+pub(crate) struct WeakNode(pub(super) std::sync::Weak<Inner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
 /// A running node. Cheap to clone; all clones drive the same node.
 #[derive(Clone)]
 pub struct Node {

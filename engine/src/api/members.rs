@@ -1,25 +1,13 @@
 //! Peer sets on the `Node` handle: `track`, `members`, and what discovery (`crate::members`)
 //! asks of the node.
 
-use std::sync::{Arc, Weak};
-
 use glueberry_crypto::{AddressRecord, PeerId};
 use glueberry_transport::CloseCode;
 
-use super::handle::{Inner, Node};
-use crate::members::{Discovery, MEMBERS_STREAM, Member, MemberInfo, TrackError, Tracked};
+use super::handle::{Node, WeakNode};
+use crate::members::{MEMBERS_STREAM, Member, MemberInfo, TrackError, Tracked};
 use crate::shard::Command;
 use crate::{Event, MembershipPolicy};
-
-/// A handle that does not keep the node running (discovery's thread holds one).
-#[derive(Clone)]
-pub(crate) struct WeakNode(Weak<Inner>);
-
-impl WeakNode {
-    pub(crate) fn upgrade(&self) -> Option<Node> {
-        self.0.upgrade().map(|inner| Node { inner })
-    }
-}
 
 impl Node {
     /// Tracks epoch `epoch`'s peer set (the validators the chain names for it). The node keeps
@@ -51,7 +39,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if discovery.is_none() {
-            let started = Discovery::start(
+            let started = super::discovery::start(
                 self,
                 &self.inner.members_config,
                 self.inner.own_record.clone(),
@@ -88,7 +76,11 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match discovery.as_ref() {
-            Some(d) => d.directory.members(self, &self.inner.members),
+            Some(d) => d
+                .directory
+                .members(self.peer_id(), &self.inner.members, |peer| {
+                    (self.state(peer), self.is_ready(peer))
+                }),
             None => Vec::new(),
         }
     }
@@ -166,7 +158,7 @@ impl Node {
     }
 
     pub(crate) fn downgrade(&self) -> WeakNode {
-        WeakNode(Arc::downgrade(&self.inner))
+        WeakNode(std::sync::Arc::downgrade(&self.inner))
     }
 
     /// Records kept in the address book from an earlier run.

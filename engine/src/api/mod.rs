@@ -4,6 +4,7 @@ mod address;
 mod backend;
 mod call_errors;
 mod config;
+mod discovery;
 mod error;
 mod event;
 mod handle;
@@ -35,7 +36,6 @@ pub use event::{
 pub use handle::Node;
 pub(crate) use handle::push_command;
 pub use health::{Health, HealthCheck};
-pub(crate) use members::WeakNode;
 pub use request::{Request, Requests};
 pub use route::{Route, StreamRef};
 pub use settings::{

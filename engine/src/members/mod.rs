@@ -1,5 +1,6 @@
-//! Peer sets by epoch: which identities the chain says are validators, who is admitted, and
-//! discovery of the members' addresses among themselves (`discovery.rs`).
+//! Peer sets by epoch: which identities the chain says are validators and who is admitted.
+//! The vocabulary the limits, the handshake's admission check and the API share; discovery of
+//! the members' addresses among themselves runs on the API (`api/discovery.rs`).
 //!
 //! The application tells the node, per epoch, who the members are ([`crate::Node::track`]);
 //! the node keeps the last [`MembersConfig::keep_epochs`] sets, so a validator stays connected
@@ -7,17 +8,17 @@
 //! persistent peer: redialled with capped backoff, never counted against the limits for
 //! strangers); what strangers may do is [`MembershipPolicy`].
 
-mod discovery;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use glueberry_crypto::PeerId;
 
-pub(crate) use discovery::{Discovery, Tracked, own_sequence};
+mod directory;
+
+pub(crate) use directory::{Directory, Discovery, Known, Tracked};
 
 /// The stream members exchange their address records on (PROTOCOL.md §9.3). Opened with every
 /// peer by [`crate::Node::complete_handshake`] once the node tracks a peer set; an application
@@ -140,6 +141,14 @@ pub struct MemberInfo {
     pub record_sequence: Option<u64>,
     /// When it was last connected, seconds since the Unix epoch (this run), if ever.
     pub last_seen: Option<u64>,
+}
+
+/// This node's own record's sequence: the wall clock in milliseconds, so a restarted node's
+/// record replaces the one it published before without keeping a counter on disk.
+pub(crate) fn own_sequence() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
 }
 
 /// The kept peer sets, shared by the API (which changes them), the admission check on the

@@ -13,8 +13,7 @@
 //! record per tracked member. Records from or about non-members are dropped before any signature check.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -25,9 +24,12 @@ use glueberry_crypto::address::{
 };
 use glueberry_transport::ConnState;
 
-use super::{AddressSource, Change, MEMBERS_STREAM, Member, MemberInfo, MembersConfig, PeerSets};
-use crate::api::{Event, EventFilter, EventKind, WeakNode};
-use crate::{Messages, Node, Subscription};
+use super::handle::WeakNode;
+use super::{Event, EventFilter, EventKind, Node, Subscription};
+use crate::Messages;
+use crate::members::{
+    Directory, Discovery, Known, MEMBERS_STREAM, MembersConfig, PeerSets, Tracked,
+};
 
 /// How often the thread looks at grace periods and at Ready members it has not synced.
 const TICK: Duration = Duration::from_millis(200);
@@ -42,105 +44,6 @@ pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const FORWARD_INTERVAL: Duration = Duration::from_secs(1);
 /// The message kind asking a member for every record it holds (PROTOCOL.md §9.3).
 const REQUEST_MESSAGE: u8 = 0x02;
-
-/// What the API tells the thread.
-pub(crate) enum Tracked {
-    /// `Node::track` changed the sets.
-    Track {
-        epoch: u64,
-        members: Vec<Member>,
-        change: Change,
-    },
-}
-
-/// One member's entry: the address it is dialled at and its newest record.
-#[derive(Debug, Clone)]
-struct Known {
-    given: Vec<SocketAddr>,
-    record: Option<AddressRecord>,
-    from_book: bool,
-    /// When its record was last passed on, and whether a newer one waits to be.
-    forwarded_at: Option<Instant>,
-    forward_pending: bool,
-    last_seen: Option<u64>,
-}
-
-impl Known {
-    fn empty() -> Self {
-        Self {
-            given: Vec::new(),
-            record: None,
-            from_book: false,
-            forwarded_at: None,
-            forward_pending: false,
-            last_seen: None,
-        }
-    }
-
-    /// Where to dial: the member's own signed statement first (newer than any configuration),
-    /// then what the application gave.
-    fn address(&self) -> (Option<SocketAddr>, AddressSource) {
-        if let Some(record) = &self.record {
-            let source = if self.from_book {
-                AddressSource::Book
-            } else {
-                AddressSource::Record
-            };
-            return (record.addresses().first().copied(), source);
-        }
-        match self.given.first() {
-            Some(addr) => (Some(*addr), AddressSource::Given),
-            None => (None, AddressSource::Unknown),
-        }
-    }
-}
-
-/// What discovery knows, shared with `Node::members` and the metrics.
-#[derive(Debug, Default)]
-pub(crate) struct Directory {
-    known: Mutex<HashMap<PeerId, Known>>,
-    /// Records dropped: malformed, from or about non-members, bad signatures, over budget.
-    pub(crate) ignored: std::sync::atomic::AtomicU64,
-    /// Records accepted (each replaced an older one, or was the first).
-    pub(crate) accepted: std::sync::atomic::AtomicU64,
-}
-
-impl Directory {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Known>> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every tracked member's state.
-    pub(crate) fn members(&self, node: &Node, sets: &PeerSets) -> Vec<MemberInfo> {
-        let known = self.lock();
-        let me = node.peer_id();
-        sets.members()
-            .into_iter()
-            .filter(|peer| *peer != me)
-            .map(|peer| {
-                let entry = known.get(&peer);
-                let (address, source) =
-                    entry.map_or((None, AddressSource::Unknown), Known::address);
-                MemberInfo {
-                    peer,
-                    epochs: sets.epochs_of(&peer),
-                    state: node.state(peer),
-                    ready: node.is_ready(peer),
-                    address,
-                    source,
-                    record_sequence: entry.and_then(|e| e.record.as_ref()).map(|r| r.sequence()),
-                    last_seen: entry.and_then(|e| e.last_seen),
-                }
-            })
-            .collect()
-    }
-}
-
-/// The running discovery: how the API reaches it.
-pub(crate) struct Discovery {
-    pub(crate) commands: async_channel::Sender<Tracked>,
-    pub(crate) directory: Arc<Directory>,
-}
 
 /// A token bucket of signature checks.
 struct Bucket {
@@ -181,64 +84,62 @@ struct State {
     counted: (u64, u64),
 }
 
-impl Discovery {
-    /// Starts the thread; it ends when the node stops or its last handle is dropped.
-    pub(crate) fn start(
-        node: &Node,
-        config: &MembersConfig,
-        own: Option<AddressRecord>,
-        network_id: String,
-        sets: Arc<PeerSets>,
-    ) -> std::io::Result<Self> {
-        if own.is_none() {
-            tracing::warn!(
-                "no address record to publish: the node listens on an unspecified address and \
-                 MembersConfig::advertise is empty, so members learn where it is only when it \
-                 dials them"
-            );
-        }
-        let (commands, receiver) = async_channel::bounded(64);
-        let directory = Arc::new(Directory::default());
-        let messages = node
-            .messages_on(MEMBERS_STREAM)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let filter = EventFilter::all()
-            .kind(EventKind::Ready)
-            .kind(EventKind::State);
-        let events = node.subscribe(filter, 4096);
-        {
-            // Records kept from an earlier run: members are found where they last were.
-            let mut known = directory.lock();
-            for entry in node.book_records() {
-                let peer = entry.peer();
-                let slot = known.entry(peer).or_insert_with(Known::empty);
-                slot.record = Some(entry);
-                slot.from_book = true;
-            }
-        }
-        let state = State {
-            node: node.downgrade(),
-            me: node.peer_id(),
-            network_id,
-            own,
-            grace: config.grace,
-            sets,
-            directory: directory.clone(),
-            leaving: HashMap::new(),
-            synced: HashSet::new(),
-            budgets: HashMap::new(),
-            answered: HashMap::new(),
-            metrics: node.in_recorder(|| crate::metrics::MembersMetrics::new(config.keep_epochs)),
-            counted: (0, 0),
-        };
-        std::thread::Builder::new()
-            .name("glueberry-members".into())
-            .spawn(move || futures::executor::block_on(run(state, receiver, messages, events)))?;
-        Ok(Self {
-            commands,
-            directory,
-        })
+/// Starts the thread; it ends when the node stops or its last handle is dropped.
+pub(crate) fn start(
+    node: &Node,
+    config: &MembersConfig,
+    own: Option<AddressRecord>,
+    network_id: String,
+    sets: Arc<PeerSets>,
+) -> std::io::Result<Discovery> {
+    if own.is_none() {
+        tracing::warn!(
+            "no address record to publish: the node listens on an unspecified address and \
+             MembersConfig::advertise is empty, so members learn where it is only when it \
+             dials them"
+        );
     }
+    let (commands, receiver) = async_channel::bounded(64);
+    let directory = Arc::new(Directory::default());
+    let messages = node
+        .messages_on(MEMBERS_STREAM)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let filter = EventFilter::all()
+        .kind(EventKind::Ready)
+        .kind(EventKind::State);
+    let events = node.subscribe(filter, 4096);
+    {
+        // Records kept from an earlier run: members are found where they last were.
+        let mut known = directory.lock();
+        for entry in node.book_records() {
+            let peer = entry.peer();
+            let slot = known.entry(peer).or_insert_with(Known::empty);
+            slot.record = Some(entry);
+            slot.from_book = true;
+        }
+    }
+    let state = State {
+        node: node.downgrade(),
+        me: node.peer_id(),
+        network_id,
+        own,
+        grace: config.grace,
+        sets,
+        directory: directory.clone(),
+        leaving: HashMap::new(),
+        synced: HashSet::new(),
+        budgets: HashMap::new(),
+        answered: HashMap::new(),
+        metrics: node.in_recorder(|| crate::metrics::MembersMetrics::new(config.keep_epochs)),
+        counted: (0, 0),
+    };
+    std::thread::Builder::new()
+        .name("glueberry-members".into())
+        .spawn(move || futures::executor::block_on(run(state, receiver, messages, events)))?;
+    Ok(Discovery {
+        commands,
+        directory,
+    })
 }
 
 async fn run(
@@ -587,14 +488,6 @@ impl State {
         self.metrics.ignored.increment(ignored - self.counted.1);
         self.counted = (accepted, ignored);
     }
-}
-
-/// This node's own record's sequence: the wall clock in milliseconds, so a restarted node's
-/// record replaces the one it published before without keeping a counter on disk.
-pub(crate) fn own_sequence() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis() as u64)
 }
 
 fn unix_secs() -> u64 {
