@@ -3,7 +3,8 @@
 //!
 //! Twenty nodes. Epoch 1's set is nodes 0–14; every member knows only nodes 0 and 1's addresses
 //! (the bootstraps) and finds the others from their signed address records. Node 19 is never a
-//! member: it dials node 0 and is refused (close code 12, `NotMember`) before it sees a stream.
+//! member: it dials node 0 and is refused in the handshake (HelloReject 0x04,
+//! `DialFailure::NotMember`) before its signature is even checked.
 //! Epoch 2 rotates 11–14 out and 15–18 in: the leavers are cut after the grace, the joiners
 //! meshed. Then member 5 restarts on another port with the same key, and the others find it
 //! at its new address from its new record.
@@ -14,9 +15,10 @@
 use std::time::{Duration, Instant};
 
 use glueberry::crypto::Identity;
-use glueberry::transport::{CloseCode, CloseReason, ConnState};
+use glueberry::transport::ConnState;
 use glueberry::{
-    AddressSource, Event, EventFilter, Member, MembersConfig, MembershipPolicy, Node, NodeConfig,
+    AddressSource, DialFailure, Event, EventFilter, Member, MembersConfig, MembershipPolicy, Node,
+    NodeConfig,
 };
 
 const NETWORK: &str = "validators-demo";
@@ -145,11 +147,12 @@ async fn main() -> Result<(), Error> {
             None => return Err("no answer to the stranger".into()),
         }
     };
-    if reason != CloseReason::Peer(CloseCode::NotMember) {
+    // Refused in the handshake, on the identity it claimed (HelloReject 0x04).
+    if DialFailure::from_reason(Some(&reason)) != DialFailure::NotMember {
         return Err(format!("the stranger was told {reason:?}").into());
     }
     stranger.disconnect(ids[0].peer_id())?;
-    println!("stranger refused: {reason:?}");
+    println!("stranger refused: {}", DialFailure::NotMember);
 
     // Epoch 2: 11..15 out, 15..19 in.
     let epoch2: Vec<usize> = (0..11).chain(15..19).collect();
