@@ -75,6 +75,17 @@ enum Cmd {
         #[arg(long, value_name = "N", value_parser = positive::<usize>, default_value_t = 3)]
         trials: usize,
     },
+    /// The dialling end of `local --scenario scale` above 5,000 connections, started by it (a
+    /// process of its own: two descriptors per connection in one process pass the limit).
+    #[command(hide = true)]
+    ScaleClients {
+        #[arg(long, value_name = "ADDR")]
+        connect: SocketAddr,
+        #[arg(long, value_name = "ID")]
+        peer: String,
+        #[arg(long, value_name = "N")]
+        count: usize,
+    },
     /// Peer sets on loopback: time to a full mesh from two bootstrap addresses, after an epoch
     /// change, after a member moves; the shard's CPU per refused stranger and per member.
     Members {
@@ -245,6 +256,11 @@ pub(crate) enum Command {
         replace: usize,
         dials: usize,
         rounds: usize,
+    },
+    ScaleClients {
+        connect: SocketAddr,
+        peer: String,
+        count: usize,
     },
 }
 
@@ -421,6 +437,15 @@ fn options(command: Cmd) -> Options {
             o.seconds(seconds);
             o
         }
+        Cmd::ScaleClients {
+            connect,
+            peer,
+            count,
+        } => Options::new(Command::ScaleClients {
+            connect,
+            peer,
+            count,
+        }),
         Cmd::Members {
             members,
             replace,

@@ -1,7 +1,7 @@
 //! Glueberry measured: nodes on loopback, one shard each unless told otherwise, the sending and
 //! the receiving node on different CPUs.
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -360,7 +360,12 @@ fn idle_connections(server: &Node, setup: &Setup, busy: usize) -> Result<Vec<Tcp
     let config = Arc::new(setup.connection());
     let mut sockets = Vec::with_capacity(setup.idle);
     for _ in 0..setup.idle {
-        sockets.push(handshake_client(server, &client_config(setup)?, &config)?);
+        sockets.push(handshake_client(
+            server.peer_id(),
+            server.listen_addr(),
+            &client_config(setup)?,
+            &config,
+        )?);
     }
     let start = Instant::now();
     while server.connection_counts().0 < busy + setup.idle
@@ -456,18 +461,19 @@ fn server(setup: &Setup) -> Result<Node, String> {
 /// A client speaking the protocol with the transport core over a blocking socket: returns the
 /// socket once the handshake completed (the node then holds an authenticated connection).
 fn handshake_client(
-    server: &Node,
+    peer: glueberry::PeerId,
+    addr: SocketAddr,
     handshake: &Arc<HandshakeConfig>,
     config: &Arc<ConnectionConfig>,
 ) -> Result<TcpStream, String> {
     let mut conn = Connection::outbound(
         config.clone(),
         handshake.clone(),
-        Some(server.peer_id()),
+        Some(peer),
         Instant::now(),
     )
     .map_err(|e| e.to_string())?;
-    let mut socket = TcpStream::connect(server.listen_addr()).map_err(|e| e.to_string())?;
+    let mut socket = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     let _ = socket.set_nodelay(true);
     glueberry::transport::testing::handshake_blocking(&mut conn, &mut socket)
         .map_err(|e| e.to_string())?;
@@ -490,7 +496,12 @@ pub(crate) fn handshakes(setup: &Setup, duration: Duration) -> Result<Figures, S
     let config = Arc::new(setup.connection());
     let (start, mut count) = (Instant::now(), 0);
     while start.elapsed() < duration {
-        drop(handshake_client(&server, &handshake, &config)?);
+        drop(handshake_client(
+            server.peer_id(),
+            server.listen_addr(),
+            &handshake,
+            &config,
+        )?);
         count += 1;
     }
     let figures = figures::rate(count, start);
@@ -501,33 +512,119 @@ pub(crate) fn handshakes(setup: &Setup, duration: Duration) -> Result<Figures, S
 /// `count` idle authenticated connections to one node, each from a peer of its own: the time
 /// to make them all (one after another) and the resident memory each adds (both ends are in
 /// this process; the client side keeps only a socket).
+/// Above this many connections the dialling ends live in a child process (`glueberry-perf
+/// scale-clients`): both ends in one process would need two descriptors per connection, and
+/// this machine's hard limit is 20,000 (and only the node's memory is measured then).
+const SCALE_IN_PROCESS: usize = 5_000;
+
 pub(crate) fn scale(setup: &Setup, count: usize) -> Result<Figures, String> {
     let server = server(setup)?;
-    let clients = (0..=count)
-        .map(|_| client_config(setup))
-        .collect::<Result<Vec<_>, _>>()?;
     let config = Arc::new(setup.connection());
     // Warm up allocator and rings with one connection first.
-    let warm = handshake_client(&server, &clients[count], &config)?;
+    let warm = handshake_client(
+        server.peer_id(),
+        server.listen_addr(),
+        &client_config(setup)?,
+        &config,
+    )?;
     std::thread::sleep(Duration::from_millis(100));
     let before = figures::resident_bytes();
     let start = Instant::now();
-    let mut sockets = Vec::with_capacity(count);
-    for client in &clients[..count] {
-        sockets.push(handshake_client(&server, client, &config)?);
+    let mut sockets = Vec::new();
+    let mut child = None;
+    if count <= SCALE_IN_PROCESS {
+        let clients = (0..count)
+            .map(|_| client_config(setup))
+            .collect::<Result<Vec<_>, _>>()?;
+        sockets.reserve(count);
+        for client in &clients {
+            sockets.push(handshake_client(
+                server.peer_id(),
+                server.listen_addr(),
+                client,
+                &config,
+            )?);
+        }
+    } else {
+        child = Some(spawn_scale_clients(&server, count)?);
     }
     // Until the node has taken every connection in.
-    while server.connection_counts().0 < count + 1 && start.elapsed() < Duration::from_secs(30) {
+    while server.connection_counts().0 < count + 1 && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut figures = figures::rate(count as u64, start);
+    let taken = server.connection_counts().0.saturating_sub(1);
+    let mut figures = figures::rate(taken as u64, start);
     std::thread::sleep(Duration::from_millis(100));
     let after = figures::resident_bytes();
-    figures.bytes_per_connection = after.saturating_sub(before) as f64 / count as f64;
+    figures.bytes_per_connection = after.saturating_sub(before) as f64 / taken.max(1) as f64;
     drop(sockets);
+    if let Some(mut child) = child {
+        // Its stdin closing tells it to hang up.
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
     drop(warm);
     server.stop_blocking();
+    if taken < count {
+        return Err(format!("only {taken} of {count} connections were taken in"));
+    }
     Ok(figures)
+}
+
+/// `glueberry-perf scale-clients --connect ADDR --peer ID --count N`, started from this binary;
+/// returns once it says every connection is authenticated.
+fn spawn_scale_clients(server: &Node, count: usize) -> Result<std::process::Child, String> {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "scale-clients",
+            "--connect",
+            &server.listen_addr().to_string(),
+            "--peer",
+            &server.peer_id().to_string(),
+            "--count",
+            &count.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("scale-clients: {e}"))?;
+    let stdout = child.stdout.take().ok_or("scale-clients: no stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if !line.starts_with("ready") {
+        let _ = child.kill();
+        return Err(format!("scale-clients: {}", line.trim()));
+    }
+    Ok(child)
+}
+
+/// The child's side: `count` authenticated connections to `peer` at `addr`, held until stdin
+/// closes.
+pub(crate) fn scale_clients(addr: SocketAddr, peer: &str, count: usize) -> Result<(), String> {
+    let peer: glueberry::PeerId = peer.parse().map_err(|e| format!("--peer: {e}"))?;
+    let config = Arc::new(ConnectionConfig::default());
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let identity = Identity::generate().map_err(|e| e.to_string())?;
+        let handshake =
+            Arc::new(HandshakeConfig::new(&identity, "glueberry-perf").map_err(|e| e.to_string())?);
+        match handshake_client(peer, addr, &handshake, &config) {
+            Ok(socket) => sockets.push(socket),
+            Err(e) => {
+                println!("failed after {}: {e}", sockets.len());
+                return Err(e);
+            }
+        }
+    }
+    println!("ready {}", sockets.len());
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    drop(sockets);
+    Ok(())
 }
 
 /// 64 B request/response on a high-priority stream while a bulk transfer (64 KiB messages, as

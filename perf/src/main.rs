@@ -142,6 +142,11 @@ fn main() -> ExitCode {
             compare::regress(baseline, options.length.time(), *trials)
         }
         Command::Soak { seed } => soak::soak(options.length.time(), *seed),
+        Command::ScaleClients {
+            connect,
+            peer,
+            count,
+        } => glueberry_peer::scale_clients(*connect, peer, *count),
         Command::Members {
             members,
             replace,
