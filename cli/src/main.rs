@@ -151,14 +151,7 @@ fn keygen(out: &std::path::Path) -> Result<(), String> {
 }
 
 fn members(endpoint: SocketAddr, json: bool) -> Result<(), String> {
-    let (code, state) = get(endpoint, "/debug/state")?;
-    if code != 200 {
-        return Err(format!(
-            "/debug/state answered {code}: set debug_state_endpoint = true in the node's file"
-        ));
-    }
-    let state: serde_json::Value =
-        serde_json::from_str(&state).map_err(|e| format!("/debug/state: {e}"))?;
+    let state = debug_state(endpoint)?;
     let membership = &state["membership"];
     if json {
         println!("{membership}");
@@ -198,6 +191,17 @@ fn members(endpoint: SocketAddr, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A node's `/debug/state`, parsed (its file must turn the page on).
+fn debug_state(endpoint: SocketAddr) -> Result<serde_json::Value, String> {
+    let (code, state) = get(endpoint, "/debug/state")?;
+    if code != 200 {
+        return Err(format!(
+            "/debug/state answered {code}: set debug_state_endpoint = true in the node's file"
+        ));
+    }
+    serde_json::from_str(&state).map_err(|e| format!("/debug/state: {e}"))
+}
+
 /// `GET path` on a node's endpoint; its status code and body.
 fn get(endpoint: SocketAddr, path: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
@@ -229,14 +233,7 @@ fn get(endpoint: SocketAddr, path: &str) -> Result<(u16, String), String> {
 
 fn status(endpoint: SocketAddr, json: bool) -> Result<(), String> {
     let (health_code, health) = get(endpoint, "/healthz")?;
-    let (code, state) = get(endpoint, "/debug/state")?;
-    if code != 200 {
-        return Err(format!(
-            "/debug/state answered {code}: set debug_state_endpoint = true in the node's file"
-        ));
-    }
-    let state: serde_json::Value =
-        serde_json::from_str(&state).map_err(|e| format!("/debug/state: {e}"))?;
+    let state = debug_state(endpoint)?;
     if json {
         let health = serde_json::from_str(&health).unwrap_or(serde_json::Value::String(health));
         let out = serde_json::json!({

@@ -269,7 +269,16 @@ impl AddressBook {
             return Err(BookError::MetadataTooLarge { len });
         }
         let now = now_secs();
-        let entry = self.peers.entry(peer_id).or_insert_with(|| PeerEntry {
+        let entry = self.entry(peer_id, now);
+        entry.addresses = addresses;
+        entry.metadata = metadata;
+        entry.updated_at = now;
+        self.save()
+    }
+
+    /// The peer's entry, a new empty one (added `now`) if it has none.
+    fn entry(&mut self, peer_id: PeerId, now: u64) -> &mut PeerEntry {
+        self.peers.entry(peer_id).or_insert_with(|| PeerEntry {
             peer_id,
             addresses: Vec::new(),
             metadata: BTreeMap::new(),
@@ -278,11 +287,7 @@ impl AddressBook {
             created_at: now,
             updated_at: now,
             address_record: None,
-        });
-        entry.addresses = addresses;
-        entry.metadata = metadata;
-        entry.updated_at = now;
-        self.save()
+        })
     }
 
     /// Removes a peer (and its blacklist flag); written at once.
@@ -294,16 +299,7 @@ impl AddressBook {
     /// Sets or clears a peer's blacklist flag, adding the peer if needed; written at once.
     pub fn set_blacklisted(&mut self, peer_id: PeerId, blacklisted: bool) -> Result<(), BookError> {
         let now = now_secs();
-        let entry = self.peers.entry(peer_id).or_insert_with(|| PeerEntry {
-            peer_id,
-            addresses: Vec::new(),
-            metadata: BTreeMap::new(),
-            blacklisted,
-            last_seen: None,
-            created_at: now,
-            updated_at: now,
-            address_record: None,
-        });
+        let entry = self.entry(peer_id, now);
         entry.blacklisted = blacklisted;
         entry.updated_at = now;
         self.save()
@@ -323,16 +319,7 @@ impl AddressBook {
     pub fn set_address_record(&mut self, record: glueberry_crypto::AddressRecord) {
         let now = now_secs();
         let peer_id = record.peer();
-        let entry = self.peers.entry(peer_id).or_insert_with(|| PeerEntry {
-            peer_id,
-            addresses: Vec::new(),
-            metadata: BTreeMap::new(),
-            blacklisted: false,
-            last_seen: None,
-            created_at: now,
-            updated_at: now,
-            address_record: None,
-        });
+        let entry = self.entry(peer_id, now);
         entry.addresses = record.addresses().to_vec();
         entry.address_record = Some(record);
         entry.updated_at = now;
