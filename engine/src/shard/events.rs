@@ -385,7 +385,9 @@ pub(crate) fn publish(shared: &Shared, event: Event) -> u64 {
             dropped += 1;
         }
     }
-    shared.events_dropped.fetch_add(dropped, Ordering::Relaxed);
+    if dropped > 0 {
+        shared.events_dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
     dropped
 }
 
