@@ -45,7 +45,12 @@ impl Shard {
             // The start of a record still in flight goes first; the kernel writes after it, so
             // the connection gets whole records without copying them again.
             let pending = self.core.take_pending_input(id);
-            let mut buf = Vec::with_capacity(RECV_BUF.max(pending.len() + RECV_BUF / 2));
+            let size = if io.busy || !pending.is_empty() {
+                RECV_BUF.max(pending.len() + RECV_BUF / 2)
+            } else {
+                QUIET_RECV_BUF
+            };
+            let mut buf = Vec::with_capacity(size);
             buf.extend_from_slice(&pending);
             let key = self
                 .backend
@@ -161,6 +166,7 @@ impl Shard {
                 match RecvProgress::of(c.result) {
                     RecvProgress::Data(n) => {
                         received(&mut buf, n);
+                        io.busy = buf.len() == buf.capacity() || n > QUIET_RECV;
                         // A first chunk now; the rest, if any, in the turns' shares.
                         let buf = BytesMut::from(Bytes::from(buf));
                         self.core.handle_input_buf(conn, buf, INPUT_CHUNK, now);
