@@ -197,6 +197,7 @@ impl Node {
             "shards": shared.shards.len(),
             "events_dropped": self.events_dropped(),
             "handoffs": self.handoffs(),
+            "receive_buffer_bytes": self.receive_buffer_bytes(),
             "registered_send_buffers": self.registered_send_buffers(),
             "abandoned_operations": self.abandoned_operations(),
             "peers": peers,

@@ -301,6 +301,18 @@ impl Node {
             .load(Ordering::Relaxed)
     }
 
+    /// Bytes of receive buffers the node's shards have armed in the kernel, one per connection
+    /// (256 KiB for a busy connection, 2 KiB for a quiet one; a provided-buffer ring is not
+    /// counted): most of what an idle connection holds. As of the shards' last loop turns.
+    pub fn receive_buffer_bytes(&self) -> u64 {
+        let bytes = self
+            .inner
+            .shared
+            .receive_buffer_bytes
+            .load(Ordering::Relaxed);
+        u64::try_from(bytes).unwrap_or(0)
+    }
+
     /// Inbound connections handed from the shard that accepted them to their peer's shard.
     pub fn handoffs(&self) -> u64 {
         self.inner.shared.handoffs.load(Ordering::Relaxed)

@@ -324,6 +324,7 @@ fn shared_state(
         running_shards: std::sync::atomic::AtomicUsize::new(count),
         handler_panics: AtomicU64::new(0),
         handoffs: AtomicU64::new(0),
+        receive_buffer_bytes: std::sync::atomic::AtomicI64::new(0),
         ring_fds: (0..count)
             .map(|_| std::sync::atomic::AtomicI32::new(-1))
             .collect(),

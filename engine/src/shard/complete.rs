@@ -52,6 +52,7 @@ impl Shard {
             };
             let mut buf = Vec::with_capacity(size);
             buf.extend_from_slice(&pending);
+            self.receive_armed += buf.capacity() as i64;
             let key = self
                 .backend
                 .push(io.fd.as_raw_fd(), Op::Recv { conn: id, buf })?;
@@ -157,6 +158,7 @@ impl Shard {
                 self.handle_provided_recv(conn, c, now);
             }
             Op::Recv { conn, mut buf } => {
+                self.receive_armed -= buf.capacity() as i64;
                 let Some(io) = self.conns.get_mut(conn) else {
                     return Ok(());
                 };

@@ -157,6 +157,8 @@ pub(crate) struct Shard {
     seen: Vec<PeerId>,
     /// Connections looked at in the last turn (the `connections_touched` metric).
     touched: usize,
+    /// The change this turn in the bytes of receive buffers armed (`Shared::receive_buffer_bytes`).
+    receive_armed: i64,
     completions: Vec<Completion>,
     /// The routes of this shard's peers, kept while the peer is known.
     peer_routes: HashMap<PeerId, Vec<Arc<RouteShared>>>,
@@ -236,6 +238,7 @@ impl Shard {
             closing: Vec::new(),
             seen: Vec::new(),
             touched: 0,
+            receive_armed: 0,
             completions: Vec::with_capacity(1024),
             peer_routes: HashMap::new(),
             conn_routes: HashMap::new(),
@@ -376,6 +379,12 @@ impl Shard {
         self.metrics
             .touched
             .increment(std::mem::take(&mut self.touched) as u64);
+        let armed = std::mem::take(&mut self.receive_armed);
+        if armed != 0 {
+            self.shared
+                .receive_buffer_bytes
+                .fetch_add(armed, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     pub memlock_warned: AtomicBool,
     /// Inbound connections handed from the accepting shard to their peer's shard.
     pub handoffs: AtomicU64,
+    /// Bytes of the per-connection receive buffers armed in the kernel, over all shards (each
+    /// shard adds its change once per loop turn).
+    pub receive_buffer_bytes: std::sync::atomic::AtomicI64,
     /// Each shard's ring descriptor (-1 until it starts), for MSG_RING wake-ups between shards.
     pub ring_fds: Vec<std::sync::atomic::AtomicI32>,
     /// Each peer's last reported state (entries leave when Disconnected).
