@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use crate::api::Message;
+use crate::vocabulary::Message;
 
 /// One shard's channel to one destination, with the bytes in it: the channel is bounded in
 /// messages (`message_buffer`) and in bytes (`message_buffer_bytes`), the second kept by the

@@ -265,6 +265,7 @@ mod shard;
 #[allow(unsafe_code)] // the system layer: io_uring, registered buffers, sockets
 mod sys;
 pub mod testing;
+mod vocabulary;
 
 #[doc(inline)]
 pub use api::{

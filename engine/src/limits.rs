@@ -165,12 +165,12 @@ pub(crate) enum AcceptRefusal {
 
 impl AcceptRefusal {
     /// As the application is told.
-    pub(crate) fn refusal(self) -> crate::Refusal {
+    pub(crate) fn refusal(self) -> crate::vocabulary::Refusal {
         match self {
-            AcceptRefusal::Sockets => crate::Refusal::GroupSockets,
-            AcceptRefusal::Rate => crate::Refusal::GroupRate,
-            AcceptRefusal::Pending => crate::Refusal::GroupPending,
-            AcceptRefusal::Strangers => crate::Refusal::Strangers,
+            AcceptRefusal::Sockets => crate::vocabulary::Refusal::GroupSockets,
+            AcceptRefusal::Rate => crate::vocabulary::Refusal::GroupRate,
+            AcceptRefusal::Pending => crate::vocabulary::Refusal::GroupPending,
+            AcceptRefusal::Strangers => crate::vocabulary::Refusal::Strangers,
         }
     }
 }

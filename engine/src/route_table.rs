@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use glueberry_crypto::PeerId;
 use glueberry_transport::{ConnId, StreamId};
 
-use crate::api::StreamName;
+use crate::vocabulary::StreamName;
 
 /// Where a route's stream stands, as the shard last set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use glueberry_crypto::PeerId;
 
-use crate::RequestError;
+use crate::vocabulary::RequestError;
 
 /// A request: the responder answers with `RESPONSE` or `REFUSED` and the same id.
 pub(crate) const REQUEST: u8 = 1;
@@ -118,7 +118,9 @@ impl Pending {
             std::mem::take(&mut *waiting)
         };
         for (_, reply) in waiting.into_values().flatten() {
-            let _ = reply.send(Err(RequestError::Send(crate::NodeSendError::Stopped)));
+            let _ = reply.send(Err(RequestError::Send(
+                crate::vocabulary::NodeSendError::Stopped,
+            )));
         }
     }
 

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::call_errors::ConfigError;
-use super::event::Handler;
+use crate::vocabulary::ConfigError;
+use crate::vocabulary::Handler;
 use glueberry_crypto::Identity;
 use glueberry_transport::ConnectionConfig;
 

@@ -13,17 +13,12 @@ use std::thread::JoinHandle;
 use glueberry_crypto::PeerId;
 use glueberry_transport::shard_of;
 
-use super::call_errors::NodeSendError;
-use super::event::{StreamName, Subscription};
 use crate::channel::Channel;
 use crate::shard::{Command, ShardHandle, Shared};
+use crate::vocabulary::NodeSendError;
+use crate::vocabulary::{StreamName, Subscription};
 
-/// Queues a command for a shard without waiting, and wakes the shard if it sleeps.
-pub(crate) fn push_command(handle: &ShardHandle, command: Command) -> Result<(), NodeSendError> {
-    handle.commands.try_push_control(command)?;
-    handle.wake();
-    Ok(())
-}
+pub(super) use crate::shard::push_command;
 
 /// The state behind every `Node` handle.
 pub(super) struct Inner {

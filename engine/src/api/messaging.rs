@@ -7,14 +7,14 @@ use bytes::Bytes;
 use glueberry_crypto::PeerId;
 use glueberry_transport::{ConnState, shard_of};
 
-use super::call_errors::{NodeSendError, TrySendError};
-use super::event::{EventFilter, Subscription};
 use super::handle::{Node, push_command};
 use super::route::{Route, StreamRef};
 use crate::channel::{Channel, Messages};
 use crate::route_table::{RouteShared, RouteState};
 use crate::shard::Refused;
 use crate::shard::{Command, ShardHandle};
+use crate::vocabulary::{EventFilter, Subscription};
+use crate::vocabulary::{NodeSendError, TrySendError};
 
 impl Node {
     /// The route to `peer`'s stream `name`: resolved once, then every send on it is a reserve

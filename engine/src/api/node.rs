@@ -9,10 +9,10 @@ use glueberry_crypto::PeerId;
 use glueberry_transport::{ConnState, Direction};
 
 use super::Backend;
-use super::call_errors::NodeSendError;
-use super::event::StreamName;
 use super::handle::{Node, push_command};
 use crate::shard::{self, Command, PeerReport, Shared};
+use crate::vocabulary::NodeSendError;
+use crate::vocabulary::StreamName;
 
 impl Node {
     /// This node's peer id.
@@ -153,7 +153,7 @@ impl Node {
     /// Opens the named streams with a Connected peer: it becomes Established, and `send` on
     /// those streams is accepted from the moment the application sees `Established`.
     ///
-    /// Each stream sends at the priority [`NodeConfig::stream_priority`] gave its name (0 to 7,
+    /// Each stream sends at the priority [`NodeConfig::stream_priority`](crate::NodeConfig::stream_priority) gave its name (0 to 7,
     /// default 3): records are filled from higher priorities first, with a weighted share for
     /// the lower ones, so name the priorities in the config before the streams open — e.g.
     /// `consensus` 7, `mempool` 3, `blocksync` 0. A stream whose consumer may fall behind can

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use glueberry_crypto::PeerId;
 use glueberry_transport::PeerStats;
 
-use super::call_errors::{NodeError, NodeSendError};
 use super::handle::{Node, push_command};
 use crate::address_book::{AddressBook, PeerEntry};
 use crate::shard::Command;
+use crate::vocabulary::{NodeError, NodeSendError};
 
 impl Node {
     pub(super) fn book(&self) -> std::sync::MutexGuard<'_, Option<AddressBook>> {

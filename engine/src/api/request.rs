@@ -10,12 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use glueberry_crypto::PeerId;
 
-use super::call_errors::{NodeSendError, RequestError};
-use super::event::StreamName;
 use super::handle::{Node, push_command};
 use crate::channel::{Channel, Messages};
 use crate::rpc;
 use crate::shard::Command;
+use crate::vocabulary::StreamName;
+use crate::vocabulary::{NodeSendError, RequestError};
 
 /// A request from a peer, to answer with [`Request::respond`] (or [`Request::refuse`]). A
 /// request dropped without an answer leaves the peer to its timeout.

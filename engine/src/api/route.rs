@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use glueberry_crypto::PeerId;
 
-use super::event::StreamName;
 use super::handle::Node;
 use crate::route_table::RouteShared;
+use crate::vocabulary::StreamName;
 
 /// A resolved (peer, stream) to send on: see [`Node::route`].
 #[derive(Clone, Debug)]

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use glueberry_crypto::Identity;
 use serde::{Deserialize, Serialize};
 
-use super::call_errors::ConfigError;
 use super::{Backend, NodeConfig, PeerAddr};
 use crate::ConnectionLimits;
+use crate::vocabulary::ConfigError;
 
 /// A node's settings from a file: everything [`NodeConfig`] holds that is not code (the
 /// identity comes from its own key file, the handler from the application). Unknown keys are

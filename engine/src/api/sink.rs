@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::call_errors::NodeSendError;
 use super::handle::Node;
 use super::route::Route;
+use crate::vocabulary::NodeSendError;
 
 type Sending = Pin<Box<dyn Future<Output = Result<(), NodeSendError>> + Send>>;
 

@@ -15,9 +15,7 @@ use glueberry_transport::{ConnectionConfig, NodeConfig as CoreConfig, NodeCore, 
 use metrics_exporter_prometheus::PrometheusRecorder;
 
 use super::Backend;
-use super::call_errors::{ConfigError, StartError};
 use super::config::NodeConfig;
-use super::event::{EventFilter, Subscription};
 use super::handle::{Inner, Node};
 #[cfg(feature = "http")]
 use super::health::EndpointSource;
@@ -27,6 +25,8 @@ use crate::limits::Limits;
 use crate::shard::{self, Command, CommandQueue, ShardHandle, Shared};
 use crate::sys::io::Io;
 use crate::sys::{poll::Poller, ring::Ring, socket};
+use crate::vocabulary::{ConfigError, StartError};
+use crate::vocabulary::{EventFilter, Subscription};
 
 /// What a shard thread reports once it is ready to run, or why it cannot.
 type Ready = io::Result<()>;
@@ -44,7 +44,7 @@ impl Node {
         }
         let members = Arc::new(crate::members::PeerSets::new(&config.members));
         let handshake = handshake_config(&config, &members)?;
-        let backend = super::backend::choose(config.backend, config.ring_entries)
+        let backend = crate::vocabulary::choose_backend(config.backend, config.ring_entries)
             .map_err(StartError::IoUringUnavailable)?;
         let book = match &config.address_book {
             Some(path) => Some(AddressBook::open(path)?),
@@ -55,7 +55,7 @@ impl Node {
         let (listeners, listen_addrs) = bind_listeners(&config, count)?;
 
         let limits = Arc::new(Limits::new(config.limits, members.clone()));
-        let subscribers: crate::api::Subscribers = Arc::new(Mutex::new(Vec::new()));
+        let subscribers: crate::vocabulary::Subscribers = Arc::new(Mutex::new(Vec::new()));
         // Every event, kept from the start: what `Node::events` hands out.
         let events = Subscription::join(&subscribers, 0, EventFilter::all(), config.event_buffer);
         let channels: Vec<Channel> = (0..count)
@@ -298,7 +298,7 @@ fn shared_state(
     backend: Backend,
     book: Option<AddressBook>,
     shards: Vec<ShardHandle>,
-    subscribers: crate::api::Subscribers,
+    subscribers: crate::vocabulary::Subscribers,
     limits: &Arc<Limits>,
 ) -> Arc<Shared> {
     let count = shards.len();
@@ -584,7 +584,7 @@ fn start_endpoint(
 /// every shard), and the configuration's persistent peers.
 fn dial_known_peers(node: &Node, config: &NodeConfig) -> Result<(), StartError> {
     let failed =
-        |e: super::call_errors::NodeSendError| StartError::Io(io::Error::other(e.to_string()));
+        |e: crate::vocabulary::NodeSendError| StartError::Io(io::Error::other(e.to_string()));
     for entry in node.peers() {
         if !entry.blacklisted {
             node.connect_any(entry.peer_id, entry.addresses.clone())

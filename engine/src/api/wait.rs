@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use glueberry_crypto::PeerId;
 use glueberry_transport::ConnState;
 
-use super::call_errors::{ConnectError, DialFailure, NodeSendError, WaitError};
-use super::event::{Event, EventFilter, EventKind};
 use super::handle::Node;
+use crate::vocabulary::{ConnectError, DialFailure, NodeSendError, WaitError};
+use crate::vocabulary::{Event, EventFilter, EventKind};
 
 /// What a wait is for.
 #[derive(Clone, Copy)]

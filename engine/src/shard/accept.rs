@@ -4,8 +4,8 @@
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use crate::api::Event;
 use crate::sys::socket;
+use crate::vocabulary::Event;
 
 use super::{ConnIo, Shard};
 
@@ -41,7 +41,7 @@ impl Shard {
             self.emit(Event::Refused {
                 peer: None,
                 address: peer_addr,
-                reason: crate::Refusal::Handshakes,
+                reason: crate::vocabulary::Refusal::Handshakes,
             });
             return;
         }
@@ -51,7 +51,7 @@ impl Shard {
             self.emit(Event::Refused {
                 peer: None,
                 address: peer_addr,
-                reason: crate::Refusal::Handshakes,
+                reason: crate::vocabulary::Refusal::Handshakes,
             });
             return;
         };

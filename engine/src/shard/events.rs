@@ -11,7 +11,7 @@ use glueberry_transport::{
 
 use super::*;
 use crate::route_table::RouteState;
-use crate::{Event, Message, StreamName};
+use crate::vocabulary::{Event, Message, StreamName};
 
 impl Shard {
     pub(super) fn deliver_events(&mut self) {
@@ -88,7 +88,7 @@ impl Shard {
                     self.emit(Event::Refused {
                         peer: None,
                         address: None,
-                        reason: crate::Refusal::NotMember,
+                        reason: crate::vocabulary::Refusal::NotMember,
                     });
                 }
                 NodeEvent::Refused {
@@ -100,7 +100,7 @@ impl Shard {
                     self.emit(Event::Refused {
                         peer: Some(peer),
                         address: None,
-                        reason: crate::Refusal::Limits { direction, code },
+                        reason: crate::vocabulary::Refusal::Limits { direction, code },
                     });
                 }
                 NodeEvent::Confirmed {

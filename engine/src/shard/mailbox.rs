@@ -146,3 +146,13 @@ impl ShardHandle {
         }
     }
 }
+
+/// Queues a command for a shard without waiting, and wakes the shard if it sleeps.
+pub(crate) fn push_command(
+    handle: &ShardHandle,
+    command: Command,
+) -> Result<(), crate::vocabulary::NodeSendError> {
+    handle.commands.try_push_control(command)?;
+    handle.wake();
+    Ok(())
+}

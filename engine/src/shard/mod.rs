@@ -20,7 +20,7 @@ use crate::route_table::RouteShared;
 use crate::sys::io::Io;
 use crate::sys::op::{Completion, Op};
 use crate::sys::socket;
-use crate::{Event, StreamName};
+use crate::vocabulary::{Event, StreamName};
 use outbox::Outbox;
 
 mod accept;
@@ -34,7 +34,7 @@ mod send;
 mod shared;
 
 pub(crate) use events::{RateLimit, publish};
-pub(crate) use mailbox::{Command, ShardHandle};
+pub(crate) use mailbox::{Command, ShardHandle, push_command};
 pub(crate) use queue::{CommandQueue, Refused};
 pub(crate) use shared::{ExitGuard, PeerReport, Shared, deliver_resolved};
 
@@ -448,7 +448,7 @@ impl Shard {
         if shard == self.index {
             self.core.cut(peer, code, now);
         } else if let Some(handle) = self.shared.shards.get(shard) {
-            let _ = crate::api::push_command(handle, Command::Cut { peer, code });
+            let _ = push_command(handle, Command::Cut { peer, code });
         }
     }
 
@@ -553,7 +553,7 @@ impl Shard {
                     if let Err(e) = self.core.complete_handshake(peer, &names, now) {
                         self.emit(Event::CommandFailed {
                             peer,
-                            error: crate::Error::from(e).with_peer(peer),
+                            error: crate::vocabulary::Error::from(e).with_peer(peer),
                         });
                     }
                 }
@@ -602,7 +602,7 @@ impl Shard {
                     None => self.emit(Event::Refused {
                         peer: None,
                         address: None,
-                        reason: crate::Refusal::Handshakes,
+                        reason: crate::vocabulary::Refusal::Handshakes,
                     }),
                 },
                 Command::Adopt { fd, conn, ip_slot } => {
@@ -758,7 +758,7 @@ impl Shard {
                     self.fresh.remove(&peer);
                     self.emit(Event::CommandFailed {
                         peer,
-                        error: crate::Error::from(e).with_peer(peer),
+                        error: crate::vocabulary::Error::from(e).with_peer(peer),
                     });
                 }
             }
@@ -771,7 +771,7 @@ impl Shard {
                 }
                 self.emit(Event::CommandFailed {
                     peer,
-                    error: crate::Error::from(crate::ResolveError {
+                    error: crate::vocabulary::Error::from(crate::vocabulary::ResolveError {
                         host: host.0.to_string(),
                         message,
                     })

@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 
 use glueberry_transport::{ConnId, NodeCore, StreamId};
 
-use crate::api::Message;
 use crate::channel::Channel;
+use crate::vocabulary::Message;
 
 /// A message waiting for room in its destination's channel, with what releases its credit.
 struct Held {

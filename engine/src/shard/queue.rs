@@ -35,6 +35,16 @@ pub(crate) enum Refused<T> {
     Closed(T),
 }
 
+/// A full command queue refuses as `BufferFull`; a closed one (the node stopped) as `Stopped`.
+impl<T> From<Refused<T>> for crate::vocabulary::NodeSendError {
+    fn from(refused: Refused<T>) -> Self {
+        match refused {
+            Refused::Full(_) => Self::BufferFull,
+            Refused::Closed(_) => Self::Stopped,
+        }
+    }
+}
+
 impl<T> CommandQueue<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2);

@@ -9,7 +9,8 @@ use glueberry_crypto::PeerId;
 
 use super::Shard;
 use super::outbox::RequestStream;
-use crate::{RequestError, StreamName, rpc};
+use crate::rpc;
+use crate::vocabulary::{RequestError, StreamName};
 
 impl Shard {
     /// A message on a request stream. A response or refusal completes its request; a request

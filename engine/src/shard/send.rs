@@ -13,7 +13,7 @@ use super::*;
 use crate::metrics::ShardMetrics;
 use crate::route_table::{RouteShared, RouteState};
 use crate::sys::op::Op;
-use crate::{Event, StreamName};
+use crate::vocabulary::{Event, StreamName};
 use glueberry_transport::{ConnState, NodeError};
 
 impl Shard {
@@ -35,7 +35,7 @@ impl Shard {
                 result = self.send_bound(route, data);
             }
         }
-        let (error, data): (crate::Error, Bytes) = match result {
+        let (error, data): (crate::vocabulary::Error, Bytes) = match result {
             Ok(()) => {
                 let counters = match &self.last_sent {
                     Some((name, counters)) if StreamName::same(name, &route.name) => counters,
@@ -51,11 +51,13 @@ impl Shard {
             }
             Err((NodeError::NotConnected | NodeError::UnknownPeer, data)) => {
                 let error = match self.core.state(route.peer) {
-                    _ if self.core.is_blacklisted(&route.peer) => crate::NodeSendError::Blacklisted,
-                    ConnState::Connected | ConnState::Established => {
-                        crate::NodeSendError::StreamNotOpen
+                    _ if self.core.is_blacklisted(&route.peer) => {
+                        crate::vocabulary::NodeSendError::Blacklisted
                     }
-                    state => crate::NodeSendError::NotConnected { state },
+                    ConnState::Connected | ConnState::Established => {
+                        crate::vocabulary::NodeSendError::StreamNotOpen
+                    }
+                    state => crate::vocabulary::NodeSendError::NotConnected { state },
                 };
                 (error.into(), data)
             }

@@ -11,13 +11,13 @@ use glueberry_crypto::PeerId;
 
 use super::mailbox::{Command, ShardHandle};
 use super::queue::CommandQueue;
-use crate::Handler;
+use crate::vocabulary::Handler;
 
 /// State shared by all shards and the `Node` handles.
 pub(crate) struct Shared {
     pub shards: Vec<ShardHandle>,
     /// The I/O backend the shards run on (never `Auto`).
-    pub backend: crate::Backend,
+    pub backend: crate::vocabulary::Backend,
     /// Host names, resolved off the shards.
     pub resolver: crate::resolve::Resolver,
     /// Requests this node waits on (`Node::request`).
@@ -56,7 +56,7 @@ pub(crate) struct Shared {
     /// The connection manager's limits and counts.
     pub limits: Arc<crate::limits::Limits>,
     /// Filtered event subscriptions.
-    pub subscribers: crate::api::Subscribers,
+    pub subscribers: crate::vocabulary::Subscribers,
     pub next_subscriber: AtomicU64,
     /// The address book, when the node has one: shards record when peers are seen.
     pub book: std::sync::Mutex<Option<crate::address_book::AddressBook>>,

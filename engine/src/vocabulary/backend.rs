@@ -70,7 +70,7 @@ impl std::str::FromStr for Backend {
 
 /// The backend the shards will run on for `asked` (never `Auto`): io_uring is probed with a
 /// ring of `entries` entries. `Err` only when io_uring was asked for and cannot run.
-pub(super) fn choose(asked: Backend, entries: u32) -> Result<Backend, io::Error> {
+pub(crate) fn choose(asked: Backend, entries: u32) -> Result<Backend, io::Error> {
     // The probe ring is made and closed on a thread of its own: the kernel tears a ring down
     // with task work on the thread that made it, which interrupts that thread's next blocking
     // system call (EINTR) — it must not be the application's.

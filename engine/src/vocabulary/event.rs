@@ -109,7 +109,7 @@ pub enum Event {
         /// The stream.
         stream: StreamName,
         /// Why (its [`kind`](crate::Error::kind) says what to do).
-        error: crate::Error,
+        error: crate::vocabulary::Error,
         /// The message.
         data: Bytes,
     },
@@ -160,7 +160,7 @@ pub enum Event {
         /// The peer.
         peer: PeerId,
         /// Why.
-        error: crate::Error,
+        error: crate::vocabulary::Error,
     },
     /// [`Node::track`](crate::Node::track) changed who the members are.
     Members {

@@ -8,7 +8,6 @@ use glueberry_crypto::{HandshakeError, PeerId};
 use glueberry_transport::{CloseCode, CloseReason, ConnState, ConnectionError, DialError};
 
 use crate::address_book::BookError;
-use crate::shard::Refused;
 
 /// A setting that is invalid, named as the settings file names it (`network_id`,
 /// `connection.initial_window`, `rate_limits.mempool`; for a [`NodeConfig`](crate::NodeConfig)
@@ -319,16 +318,6 @@ pub enum NodeSendError {
     /// accepted.
     #[error("no room on the peer's stream in the time allowed: it is not taking its messages")]
     TimedOut,
-}
-
-/// A full command queue refuses as `BufferFull`; a closed one (the node stopped) as `Stopped`.
-impl<T> From<Refused<T>> for NodeSendError {
-    fn from(refused: Refused<T>) -> Self {
-        match refused {
-            Refused::Full(_) => NodeSendError::BufferFull,
-            Refused::Closed(_) => NodeSendError::Stopped,
-        }
-    }
 }
 
 /// [`Node::try_send`](crate::Node::try_send) refused: why, and the message, which is still the
